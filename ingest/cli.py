@@ -1,0 +1,78 @@
+"""`ingest`: the command line. Builds Settings once, installs uvloop, runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvloop
+
+from ingest import __version__
+from ingest.errors import IngestError
+from ingest.settings import Settings
+
+log = logging.getLogger("ingest")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ingest",
+        description="Pinpoint-wire-compatible event ingestion into Kafka.",
+    )
+    parser.add_argument("--version", action="version", version=f"ingest {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="the whole pipeline on one machine: embedded broker, SQLite, edge",
+        description="Runs everything in the foreground; Ctrl-C or SIGTERM drains and exits 0. "
+        "Uses the broker named by INGEST_KAFKA_BOOTSTRAP instead of the embedded one when set.",
+    )
+    run.add_argument("--host", help="edge listen address (INGEST_HOST, default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="edge port, 0 for any free one (INGEST_PORT, default 8080)")
+    run.add_argument("--data-dir", type=Path, help="SQLite and logs (INGEST_DATA_DIR, default ./data)")
+
+    edge = commands.add_parser(
+        "edge",
+        help="the HTTP edge alone, against INGEST_KAFKA_BOOTSTRAP",
+        description="For deployments: configuration only from INGEST_* variables.",
+    )
+    edge.add_argument("--host")
+    edge.add_argument("--port", type=int)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure the write path side by side with its ceilings",
+        description="Runs an embedded broker and measures, in one run: the pure core, raw aiokafka, "
+        "the publisher, and the full edge over HTTP. Prints a Markdown report.",
+    )
+    bench.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
+    bench.add_argument("--concurrency", type=int, default=32, help="HTTP connections for the edge run")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        overrides = {k: getattr(args, k, None) for k in ("host", "port", "data_dir")}
+        settings = Settings.from_env(**overrides)
+    except IngestError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)  # noqa: T201 - start-up error for the operator
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command in ("run", "edge"):
+            from ingest.process import serve
+
+            return uvloop.run(serve(settings, embedded_broker=args.command == "run"))
+        from ingest.bench import bench
+
+        return uvloop.run(bench(settings, seconds=args.seconds, concurrency=args.concurrency))
+    except IngestError as exc:
+        log.error("%s", exc)  # noqa: TRY400 - the message is the whole story for an operator
+        return 1

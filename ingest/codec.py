@@ -1,0 +1,142 @@
+"""Records ↔ Avro single-object encoding. Pure; schemas parsed once.
+
+Every value on ``ingest.events`` and ``ingest.endpoints`` is Avro's
+single-object encoding: the marker ``C3 01``, the 8-byte little-endian
+CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the
+binary body. Any consumer decodes a record with the ``schemas/*.avsc`` files
+alone: fingerprint → schema → ``schemaless_reader``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import to_parsing_canonical_form
+
+from ingest.errors import IngestError
+from ingest.records import EndpointContext, EndpointUpsert, Event
+
+MARKER = b"\xc3\x01"
+HEADER_BYTES = len(MARKER) + 8
+EVENT_SCHEMA = "ingest.v1.Event"
+ENDPOINT_SCHEMA = "ingest.v1.EndpointUpsert"
+
+_CRC64_EMPTY = 0xC15D213AA4D7A795
+
+
+def _crc64_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        fp = i
+        for _ in range(8):
+            fp = (fp >> 1) ^ (_CRC64_EMPTY & -(fp & 1))
+        table.append(fp)
+    return tuple(table)
+
+
+_CRC64_TABLE = _crc64_table()
+
+
+def fingerprint(canonical_form: str) -> bytes:
+    """CRC-64-AVRO of a schema's Parsing Canonical Form, little-endian (Avro spec)."""
+    fp = _CRC64_EMPTY
+    for byte in canonical_form.encode():
+        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
+    return fp.to_bytes(8, "little")
+
+
+class DecodeError(IngestError):
+    """Bytes that are not a single-object-encoded record of a known schema."""
+
+
+def schema_dir() -> Path:
+    """``schemas/`` inside an installed wheel, else at the source tree's root."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "schemas", here.parent / "schemas"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("schemas/ not found beside the ingest package")
+
+
+class Codec:
+    """Encodes records for Kafka and decodes what any producer of ours wrote."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        directory = directory or schema_dir()
+        self._by_name: dict[str, tuple[bytes, Any]] = {}
+        self._by_fingerprint: dict[bytes, tuple[str, Any]] = {}
+        for path in sorted(directory.glob("*.avsc")):
+            parsed = fastavro.parse_schema(json.loads(path.read_text()))
+            name = parsed["name"]
+            header = MARKER + fingerprint(to_parsing_canonical_form(parsed))
+            self._by_name[name] = (header, parsed)
+            self._by_fingerprint[header[2:]] = (name, parsed)
+        self._event = self._by_name[EVENT_SCHEMA]
+        self._endpoint = self._by_name[ENDPOINT_SCHEMA]
+
+    def encode_event(self, event: Event) -> bytes:
+        return self._write(self._event, event_datum(event))
+
+    def encode_endpoint(self, upsert: EndpointUpsert) -> bytes:
+        return self._write(self._endpoint, endpoint_datum(upsert))
+
+    @staticmethod
+    def _write(schema: tuple[bytes, Any], datum: Mapping[str, Any]) -> bytes:
+        header, parsed = schema
+        buf = io.BytesIO()
+        buf.write(header)
+        fastavro.schemaless_writer(buf, parsed, datum)
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        """→ (schema full name, Avro datum). DecodeError for anything else."""
+        if len(data) < HEADER_BYTES or data[:2] != MARKER:
+            raise DecodeError("not Avro single-object encoding (no C3 01 marker)")
+        known = self._by_fingerprint.get(data[2:HEADER_BYTES])
+        if known is None:
+            raise DecodeError(f"unknown schema fingerprint {data[2:HEADER_BYTES].hex()}")
+        name, parsed = known
+        try:
+            datum = fastavro.schemaless_reader(io.BytesIO(data[HEADER_BYTES:]), parsed, None)
+        except (EOFError, ValueError, IndexError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"{name} body does not decode: {exc}") from exc
+        if not isinstance(datum, dict):
+            raise DecodeError(f"{name} body is not a record")
+        return name, datum
+
+
+def _flat(value: Any) -> dict[str, Any] | None:
+    """A flat slotted record (Demographic, Location, Session) → Avro datum."""
+    if value is None:
+        return None
+    return {name: getattr(value, name) for name in value.__slots__}
+
+
+def _context(context: EndpointContext | None) -> dict[str, Any] | None:
+    if context is None:
+        return None
+    return {
+        "user_id": context.user_id,
+        "channel_type": context.channel_type,
+        "demographic": _flat(context.demographic),
+        "location": _flat(context.location),
+    }
+
+
+def event_datum(event: Event) -> dict[str, Any]:
+    datum = {name: getattr(event, name) for name in Event.__slots__}
+    datum["session"] = _flat(event.session)
+    datum["endpoint"] = _context(event.endpoint)
+    return datum
+
+
+def endpoint_datum(upsert: EndpointUpsert) -> dict[str, Any]:
+    datum = {name: getattr(upsert, name) for name in EndpointUpsert.__slots__}
+    datum["demographic"] = _flat(upsert.demographic)
+    datum["location"] = _flat(upsert.location)
+    return datum

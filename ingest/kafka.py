@@ -1,0 +1,92 @@
+"""Kafka connection settings → aiokafka clients, topic names and topic setup."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+
+from ingest.errors import BrokerError
+from ingest.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVENTS_TOPIC = "ingest.events"
+ENDPOINTS_TOPIC = "ingest.endpoints"
+DEADLETTER_TOPIC = "ingest.deadletter"
+# The dead-letter topic is unkeyed and low-volume: one partition keeps it in
+# the order records failed.
+DEADLETTER_PARTITIONS = 1
+
+
+def connection_options(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """Options every aiokafka client of ours shares: bootstrap, TLS, SASL."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=None if settings.kafka_ssl_cafile is None else str(settings.kafka_ssl_cafile),
+            certfile=None if settings.kafka_ssl_certfile is None else str(settings.kafka_ssl_certfile),
+            keyfile=None if settings.kafka_ssl_keyfile is None else str(settings.kafka_ssl_keyfile),
+        )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password
+    return options
+
+
+def producer(settings: Settings, bootstrap: str, *, idempotence: bool) -> AIOKafkaProducer:
+    """The edge's producer: acks=all, large batches, bounded retry time."""
+    return AIOKafkaProducer(
+        **connection_options(settings, bootstrap),
+        acks="all",
+        enable_idempotence=idempotence,
+        compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
+        max_batch_size=settings.kafka_max_batch_bytes,
+        linger_ms=settings.kafka_linger_ms,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        client_id="ingest-edge",
+    )
+
+
+async def ensure_topics(settings: Settings, bootstrap: str) -> None:
+    """Create the three topics if missing; check both main topics have the same
+    partition count (one worker must own all of an endpoint's history)."""
+    admin = AIOKafkaAdminClient(**connection_options(settings, bootstrap), client_id="ingest-setup")
+    wanted = {
+        EVENTS_TOPIC: settings.kafka_partitions,
+        ENDPOINTS_TOPIC: settings.kafka_partitions,
+        DEADLETTER_TOPIC: DEADLETTER_PARTITIONS,
+    }
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, count, settings.kafka_replication_factor)
+            for name, count in wanted.items()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                log.info("topics were created concurrently by another process")
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+        described = await admin.describe_topics([EVENTS_TOPIC, ENDPOINTS_TOPIC])
+    except KafkaError as exc:
+        raise BrokerError(f"could not set up topics on {bootstrap}: {exc!r}") from exc
+    finally:
+        await admin.close()
+    counts = {d["topic"]: len(d["partitions"]) for d in described}
+    if counts.get(EVENTS_TOPIC) != counts.get(ENDPOINTS_TOPIC):
+        raise BrokerError(
+            f"{EVENTS_TOPIC} and {ENDPOINTS_TOPIC} must have the same partition count; "
+            f"found {counts}"
+        )

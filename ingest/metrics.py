@@ -1,0 +1,98 @@
+"""Every Prometheus metric the project exports, declared once.
+
+Labels are small closed sets (route, status, outcome, reason, topic), never
+IDs. Components receive a :class:`Metrics` built on a registry, so tests read
+samples from a fresh ``CollectorRegistry``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Edge latencies run from sub-millisecond (a 202 from a warm producer) to the
+# produce deadline (5 s by default); buckets cover both ends.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The edge's metrics. Outcomes: ``accepted`` (Kafka acknowledged it),
+    ``rejected`` (400, ``reason`` says which rule), ``failed`` (no ack within the
+    produce deadline: 500, the client retries)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        # Counter: HTTP requests answered, by Pinpoint operation and status code.
+        self.requests = Counter(
+            "ingest_http_requests",
+            "HTTP requests answered, by operation (route) and status code.",
+            ["route", "status"],
+            registry=registry,
+        )
+        # Histogram: time from request start to response, by operation.
+        self.request_seconds = Histogram(
+            "ingest_http_request_seconds",
+            "Time from request start to response sent, by operation.",
+            ["route"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        # Gauge: requests admitted and not yet answered.
+        self.in_flight = Gauge(
+            "ingest_http_in_flight_requests",
+            "Requests admitted and not yet answered.",
+            registry=registry,
+        )
+        # Counter: requests refused with 429 before any work, by the limit hit.
+        self.overloaded = Counter(
+            "ingest_overload_rejections",
+            "Requests answered 429 TooManyRequests, by the limit that was full.",
+            ["limit"],
+            registry=registry,
+        )
+        # Counter: PutEvents events by outcome and rejection reason.
+        self.events = Counter(
+            "ingest_events",
+            "Events by outcome (accepted, rejected, failed) and rejection reason.",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        # Counter: endpoint writes (PutEvents Endpoint, UpdateEndpoint(s)) by outcome.
+        self.endpoints = Counter(
+            "ingest_endpoints",
+            "Endpoint writes by outcome (accepted, rejected, failed) and rejection reason.",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        # Histogram: time from a record batch's hand-over to the producer to its ack.
+        self.produce_seconds = Histogram(
+            "ingest_kafka_produce_seconds",
+            "Time from handing a record batch to the Kafka producer to its acks=all ack.",
+            ["topic"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        # Counter: record batches produced, by topic and outcome (acked, failed).
+        self.produce_batches = Counter(
+            "ingest_kafka_produce_batches",
+            "Record batches sent to Kafka, by topic and outcome (acked, failed).",
+            ["topic", "outcome"],
+            registry=registry,
+        )
+        # Gauge: bytes of records waiting for a Kafka ack.
+        self.buffer_bytes = Gauge(
+            "ingest_producer_buffer_bytes",
+            "Bytes of records handed to the producer and not yet acknowledged.",
+            registry=registry,
+        )
+        # Gauge: the bound on ingest_producer_buffer_bytes; past it requests get 429.
+        self.buffer_limit_bytes = Gauge(
+            "ingest_producer_buffer_limit_bytes",
+            "Bound on ingest_producer_buffer_bytes; past it requests are answered 429.",
+            registry=registry,
+        )
+        # Gauge: 1 while /readyz answers 200.
+        self.ready = Gauge(
+            "ingest_ready",
+            "1 while the process is ready (producer healthy, not draining), else 0.",
+            registry=registry,
+        )

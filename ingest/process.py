@@ -1,0 +1,125 @@
+"""Process assembly: one AsyncExitStack per process; a signal only sets an event.
+
+Shutdown order (the stack unwinds in reverse): readiness off and new work
+refused → the HTTP server stops accepting and waits for in-flight requests →
+the publisher waits for outstanding acks and flushes the producer → the store
+closes → the embedded broker stops. Each step is bounded by
+``INGEST_DRAIN_TIMEOUT_S``, which stays below Kubernetes'
+``terminationGracePeriodSeconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import uvicorn
+from prometheus_client import REGISTRY
+
+from ingest import kafka
+from ingest.broker import EmbeddedBroker
+from ingest.codec import Codec
+from ingest.edge import Edge
+from ingest.errors import IngestError, SettingsError
+from ingest.metrics import Metrics
+from ingest.publish import Publisher
+from ingest.settings import Settings
+from ingest.store import open_store
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def http_server(app: Edge, *, host: str, port: int, drain_timeout_s: float) -> AsyncIterator[int]:
+    """uvicorn (httptools parser) inside our event loop; yields the bound port.
+
+    uvicorn's own ``limit_concurrency`` answers 503, which Amplify JS drops, so
+    admission control is the edge's (429) and uvicorn's is left off.
+    """
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(max(1, drain_timeout_s)),
+    )
+    config.load()
+    server = uvicorn.Server(config)
+    server.lifespan = config.lifespan_class(config)
+    try:
+        await server.startup()
+    except SystemExit as exc:  # uvicorn exits when it cannot bind
+        raise IngestError(f"HTTP server could not listen on {host}:{port}") from exc
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    # uvicorn's tick loop keeps the Date header current (Amplify JS corrects
+    # its clock skew from it); it ends when should_exit is set.
+    ticker = asyncio.create_task(server.main_loop(), name="http-ticker")
+    try:
+        yield int(bound)
+    finally:
+        server.should_exit = True
+        await ticker
+        await server.shutdown()
+
+
+async def serve(settings: Settings, *, embedded_broker: bool) -> int:
+    """Run the edge (and, with ``embedded_broker``, Tansu) until SIGINT/SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("%s received: draining", sig.name)
+        stopping.set()
+        # A second Ctrl-C falls through to Python's default handler: abandon.
+        loop.remove_signal_handler(signal.SIGINT)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    async with AsyncExitStack() as stack:
+        bootstrap = settings.kafka_bootstrap
+        idempotence = settings.kafka_idempotence
+        if bootstrap is None:
+            if not embedded_broker:
+                raise SettingsError("INGEST_KAFKA_BOOTSTRAP is required for `ingest edge`")
+            broker = await stack.enter_async_context(
+                EmbeddedBroker(log_path=settings.data_dir / "tansu.log")
+            )
+            bootstrap = broker.bootstrap
+            # aiokafka's idempotent producer needs InitProducerId v3+, which Tansu lacks.
+            idempotence = False
+        await kafka.ensure_topics(settings, bootstrap)
+        log.info("Kafka at %s; topics %s, %s, %s", bootstrap, kafka.EVENTS_TOPIC, kafka.ENDPOINTS_TOPIC, kafka.DEADLETTER_TOPIC)
+
+        store = await open_store(settings.store_url, data_dir=settings.data_dir)
+        stack.push_async_callback(store.close)
+        log.info("store: %s", settings.store_url or f"SQLite at {settings.sqlite_path}")
+
+        metrics = Metrics(REGISTRY)
+        publisher = await stack.enter_async_context(
+            Publisher(
+                kafka.producer(settings, bootstrap, idempotence=idempotence),
+                topics=(kafka.EVENTS_TOPIC, kafka.ENDPOINTS_TOPIC),
+                produce_timeout_s=settings.produce_timeout_s,
+                buffer_bytes=settings.producer_buffer_bytes,
+                drain_timeout_s=settings.drain_timeout_s,
+                metrics=metrics,
+            )
+        )
+        edge = Edge(settings=settings, store=store, publisher=publisher, codec=Codec(), metrics=metrics)
+        port = await stack.enter_async_context(
+            http_server(edge, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s)
+        )
+        log.info("edge listening on http://%s:%d (Pinpoint API under /v1, /healthz, /readyz, /metrics)", settings.host, port)
+        await stopping.wait()
+        edge.draining = True
+    log.info("stopped cleanly")
+    return 0

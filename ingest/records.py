@@ -1,0 +1,148 @@
+"""The values that flow through the write path: frozen, slotted, no I/O.
+
+JSON dicts exist only at the HTTP edge and Avro dicts only in the codec; in
+between, a request is these records. For every optional member ``None`` means
+"the client did not send it" and an empty string or mapping means "sent empty":
+the endpoint store keeps what was not sent and overwrites what was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Source = Literal["PUT_EVENTS", "UPDATE_ENDPOINT", "UPDATE_ENDPOINTS_BATCH"]
+
+# Why an item was answered 400: a closed set, so it can label a metric.
+RejectReason = Literal[
+    "missing_field",
+    "wrong_type",
+    "bad_timestamp",
+    "bad_value",
+    "too_many_keys",
+    "key_too_long",
+    "value_too_long",
+    "too_many_values",
+    "too_large",
+]
+REJECT_REASONS: tuple[RejectReason, ...] = (
+    "missing_field",
+    "wrong_type",
+    "bad_timestamp",
+    "bad_value",
+    "too_many_keys",
+    "key_too_long",
+    "value_too_long",
+    "too_many_values",
+    "too_large",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """An item that breaks a rule; answered ``{"StatusCode": 400, "Message": message}``."""
+
+    reason: RejectReason
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Demographic:
+    app_version: str | None = None
+    locale: str | None = None
+    make: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    platform: str | None = None
+    platform_version: str | None = None
+    timezone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    city: str | None = None
+    country: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    postal_code: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointUpsert:
+    """One endpoint write. The store overwrites the members it carries (not
+    ``None``), keeps the others, and within a mapping replaces only the keys sent.
+    """
+
+    app_id: str
+    endpoint_id: str
+    request_id: str
+    received_at_ms: int
+    source: Source
+    address: str | None = None
+    attributes: Mapping[str, Sequence[str]] | None = None
+    channel_type: str | None = None
+    demographic: Demographic | None = None
+    effective_date: str | None = None
+    effective_date_ms: int | None = None
+    endpoint_status: str | None = None
+    location: Location | None = None
+    metrics: Mapping[str, float] | None = None
+    opt_out: str | None = None
+    client_request_id: str | None = None
+    user_id: str | None = None
+    user_attributes: Mapping[str, Sequence[str]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: str
+    start_timestamp: str
+    stop_timestamp: str | None = None
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointContext:
+    """What the batch's Endpoint said about the device when the event arrived."""
+
+    user_id: str | None = None
+    channel_type: str | None = None
+    demographic: Demographic | None = None
+    location: Location | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event. ``(app_id, endpoint_id, event_id)`` is its idempotency key:
+    clients resend the same event ID on every retry, so consumers dedupe on it.
+    """
+
+    app_id: str
+    endpoint_id: str
+    event_id: str
+    request_id: str
+    received_at_ms: int
+    event_type: str
+    timestamp: str
+    timestamp_ms: int
+    session: Session | None = None
+    attributes: Mapping[str, str] | None = None
+    metrics: Mapping[str, float] | None = None
+    app_package_name: str | None = None
+    app_title: str | None = None
+    app_version_code: str | None = None
+    client_sdk_version: str | None = None
+    sdk_name: str | None = None
+    endpoint: EndpointContext | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointBatch:
+    """One ``BatchItem`` entry of PutEvents after validation: the endpoint and
+    each event decided on its own, in the order the client sent them."""
+
+    endpoint_id: str
+    endpoint: EndpointUpsert | Invalid
+    events: tuple[tuple[str, Event | Invalid], ...]

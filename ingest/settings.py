@@ -1,0 +1,217 @@
+"""The one settings object, read once from ``INGEST_*`` environment variables.
+
+This is the only module that reads ``os.environ``. Every component takes the
+values it needs as keyword arguments carrying their unit; nothing reads the
+environment later. A bad value fails start-up with a message naming the
+variable (:class:`ingest.errors.SettingsError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar, get_args
+
+from ingest.errors import SettingsError
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+PREFIX = "INGEST_"
+
+# Pinpoint's PutEvents quota is "4 MB" per request; we read it as MiB, the
+# larger reading, so no request Pinpoint took is refused here.
+PINPOINT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of every process. Field ``foo_bar`` is ``INGEST_FOO_BAR``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    log_level: LogLevel = "INFO"
+
+    # Kafka. ``None`` bootstrap means "start the embedded broker" in `ingest run`
+    # and is an error for `ingest edge`.
+    kafka_bootstrap: str | None = None
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = dataclasses.field(default=None, repr=False)
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    # aiokafka's idempotent producer needs InitProducerId v3+ on the broker side
+    # (real Kafka has it; Tansu does not), so it is on by default and `ingest run`
+    # turns it off for the embedded broker.
+    kafka_idempotence: bool = True
+    # Both main topics get this many partitions so one worker owns all of an
+    # endpoint's history.
+    kafka_partitions: int = 8
+    kafka_replication_factor: int = 1
+    kafka_compression: Compression = "none"
+    # One Kafka record batch per partition carries every record that arrived
+    # while the previous one was in flight; 1 MiB is Kafka's default
+    # message.max.bytes, the largest batch a default broker takes.
+    kafka_max_batch_bytes: int = 1024 * 1024
+    kafka_linger_ms: int = 0
+    # How long aiokafka keeps retrying a batch before failing it; longer than
+    # the produce deadline so a slow ack still frees its buffer space.
+    kafka_request_timeout_ms: int = 30_000
+
+    # Edge.
+    produce_timeout_s: float = 5.0
+    max_body_bytes: int = PINPOINT_MAX_BODY_BYTES
+    max_in_flight_requests: int = 512
+    producer_buffer_bytes: int = 64 * 1024 * 1024
+    drain_timeout_s: float = 20.0
+    app_cache_ttl_s: float = 5.0
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
+
+    # Store. ``None`` means SQLite at ``{data_dir}/ingest.sqlite3``.
+    store_url: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.port, 0 <= self.port <= 65535, "port", "a TCP port 0-65535")
+        _check(self.kafka_partitions, self.kafka_partitions >= 1, "kafka_partitions", ">= 1")
+        _check(
+            self.kafka_replication_factor,
+            self.kafka_replication_factor >= 1,
+            "kafka_replication_factor",
+            ">= 1",
+        )
+        _check(
+            self.kafka_max_batch_bytes,
+            self.kafka_max_batch_bytes >= 64 * 1024,
+            "kafka_max_batch_bytes",
+            ">= 65536",
+        )
+        _check(self.kafka_linger_ms, self.kafka_linger_ms >= 0, "kafka_linger_ms", ">= 0")
+        _check(
+            self.produce_timeout_s,
+            0 < self.produce_timeout_s * 1000 < self.kafka_request_timeout_ms,
+            "produce_timeout_s",
+            "> 0 and below INGEST_KAFKA_REQUEST_TIMEOUT_MS",
+        )
+        _check(
+            self.max_body_bytes,
+            1024 <= self.max_body_bytes <= 64 * 1024 * 1024,
+            "max_body_bytes",
+            "1 KiB - 64 MiB",
+        )
+        _check(
+            self.max_in_flight_requests,
+            self.max_in_flight_requests >= 1,
+            "max_in_flight_requests",
+            ">= 1",
+        )
+        _check(
+            self.producer_buffer_bytes,
+            self.producer_buffer_bytes >= 2 * self.max_body_bytes,
+            "producer_buffer_bytes",
+            "at least twice INGEST_MAX_BODY_BYTES",
+        )
+        _check(self.drain_timeout_s, self.drain_timeout_s > 0, "drain_timeout_s", "> 0")
+        _check(self.app_cache_ttl_s, self.app_cache_ttl_s >= 0, "app_cache_ttl_s", ">= 0")
+        if self.kafka_security_protocol.startswith("SASL"):
+            if self.kafka_sasl_mechanism is None:
+                raise SettingsError(
+                    f"{PREFIX}KAFKA_SASL_MECHANISM is required with "
+                    f"{PREFIX}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+                )
+            if self.kafka_sasl_username is None or self.kafka_sasl_password is None:
+                raise SettingsError(
+                    f"{PREFIX}KAFKA_SASL_USERNAME and {PREFIX}KAFKA_SASL_PASSWORD are required "
+                    f"with {PREFIX}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+                )
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "ingest.sqlite3"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read every ``INGEST_*`` variable once; ``overrides`` (CLI flags) win.
+
+        Raises :class:`SettingsError` naming the variable for a bad value or an
+        ``INGEST_*`` variable no setting knows (a typo must not pass silently).
+        """
+        env = os.environ if environ is None else environ
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, object] = {}
+        for var, raw in env.items():
+            if not var.startswith(PREFIX):
+                continue
+            name = var[len(PREFIX) :].lower()
+            field = known.get(name)
+            if field is None:
+                raise SettingsError(f"{var} is not a setting this version knows")
+            values[name] = _parse(var, raw, field.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)  # type: ignore[arg-type]
+        except TypeError as exc:
+            raise SettingsError(str(exc)) from exc
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """Every environment variable a setting is read from."""
+        return frozenset(PREFIX + f.name.upper() for f in dataclasses.fields(cls))
+
+
+def _check(value: object, ok: bool, name: str, expected: str) -> None:
+    if not ok:
+        raise SettingsError(f"{PREFIX}{name.upper()}={value!r}: expected {expected}")
+
+
+def _parse(var: str, raw: str, annotation: object) -> object:
+    """Parse one variable by its field's annotation (a string under PEP 563)."""
+    text = str(annotation)
+    optional = text.endswith("| None")
+    base = text.removesuffix(" | None")
+    if optional and raw == "":
+        return None
+    parsers: dict[str, Callable[[str], object]] = {
+        "str": str,
+        "int": int,
+        "float": float,
+        "Path": Path,
+        "bool": _parse_bool,
+    }
+    literal = _LITERALS.get(base)
+    try:
+        if literal is not None:
+            if raw not in literal:
+                raise ValueError(f"one of {', '.join(literal)}")
+            return raw
+        return parsers[base](raw)
+    except ValueError as exc:
+        expected = str(exc) if literal is not None or base == "bool" else f"a value of type {base}"
+        raise SettingsError(f"{var}={raw!r}: expected {expected}") from exc
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("true or false")
+
+
+_LITERALS: dict[str, tuple[str, ...]] = {
+    "SecurityProtocol": get_args(SecurityProtocol),
+    "SaslMechanism": get_args(SaslMechanism),
+    "Compression": get_args(Compression),
+    "LogLevel": get_args(LogLevel),
+}

@@ -1,0 +1,582 @@
+"""Pinpoint request bodies → records, each item judged on its own. Pure.
+
+Every function here takes parsed JSON of any shape and either returns records
+or raises :class:`ingest.errors.BadRequest` when the body as a whole is
+unusable. Inside PutEvents one bad endpoint or event becomes an
+:class:`~ingest.records.Invalid` beside the good ones; it never fails the batch.
+No input makes these functions raise anything else (a property test holds them
+to that).
+
+Limits are Pinpoint's published quotas (DESIGN.md, "Quotas").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
+
+import orjson
+
+from ingest.errors import BadRequest
+from ingest.records import (
+    Demographic,
+    EndpointBatch,
+    EndpointContext,
+    EndpointUpsert,
+    Event,
+    Invalid,
+    Location,
+    RejectReason,
+    Session,
+    Source,
+)
+
+MAX_EVENTS_PER_REQUEST = 100
+# Pinpoint does not publish a cap on endpoints per PutEvents; each carries at
+# least an upsert, so the same 100 bounds the work one request can cause.
+MAX_ENDPOINTS_PER_REQUEST = 100
+MAX_BATCH_ITEMS = 100
+MAX_EVENT_BYTES = 1000 * 1024
+MAX_EVENT_KEYS = 40
+MAX_KEY_CHARS = 50
+MAX_EVENT_VALUE_CHARS = 200
+MAX_ENDPOINT_VALUE_CHARS = 100
+MAX_VALUES_PER_ATTRIBUTE = 50
+MAX_ENDPOINT_ATTRIBUTES = 250
+MAX_ENDPOINT_BYTES = 15 * 1024
+MAX_APP_NAME_CHARS = 128
+MAX_LONG = 2**63 - 1
+
+CHANNEL_TYPES = frozenset(
+    (
+        "PUSH",
+        "GCM",
+        "APNS",
+        "APNS_SANDBOX",
+        "APNS_VOIP",
+        "APNS_VOIP_SANDBOX",
+        "ADM",
+        "SMS",
+        "VOICE",
+        "EMAIL",
+        "BAIDU",
+        "CUSTOM",
+        "IN_APP",
+    )
+)
+ENDPOINT_STATUSES = frozenset(("ACTIVE", "INACTIVE"))
+OPT_OUTS = frozenset(("ALL", "NONE"))
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _reject(reason: RejectReason, message: str) -> NoReturn:
+    raise _Reject(reason, message)
+
+
+def parse_timestamp(value: str) -> int | None:
+    """ISO 8601 → epoch milliseconds UTC; no offset means UTC; None if unparseable."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return (parsed - _EPOCH) // _MS
+    except OverflowError:
+        return None
+
+
+def json_body(raw: bytes) -> Any:
+    """Parse a request body; BadRequest when it is not JSON text in UTF-8.
+
+    orjson refuses integers beyond 64 bits, which JSON allows; such a body goes
+    through the standard parser instead, so one odd number fails only the item
+    that holds it (a metric) or nothing (a member we ignore).
+    """
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        first = exc
+    try:
+        body = json.loads(raw, parse_constant=_no_constant)
+        # Lone surrogates parse here but cannot be re-encoded as UTF-8.
+        json.dumps(body, ensure_ascii=False).encode()
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"Request body is not valid JSON: {first}") from exc
+    return body
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError:  # integers beyond 64 bits, see json_body
+        return len(json.dumps(value, ensure_ascii=False).encode())
+
+
+# --- small typed readers ---------------------------------------------------
+
+
+def _string(obj: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if type(value) is not str:
+        _reject("wrong_type", f"{where}{key} must be a string")
+    return value
+
+
+def _required_string(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if value is None or value == "":
+        _reject("missing_field", f"{where}{key} is required")
+    if type(value) is not str:
+        _reject("wrong_type", f"{where}{key} must be a string")
+    return value
+
+
+def _timestamp(obj: Mapping[str, Any], key: str, where: str, *, required: bool) -> tuple[str, int] | None:
+    text = _required_string(obj, key, where) if required else _string(obj, key, where)
+    if text is None:
+        return None
+    millis = parse_timestamp(text)
+    if millis is None:
+        _reject("bad_timestamp", f"{where}{key} is not an ISO 8601 timestamp: {text[:64]!r}")
+    return text, millis
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if type(value) is not dict:
+        _reject("wrong_type", f"{where} must be an object")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if type(value) is float:
+        if math.isfinite(value):
+            return value
+    elif type(value) is int:
+        try:
+            return float(value)
+        except OverflowError:
+            pass
+    _reject("wrong_type", f"{where} must be a finite number")
+
+
+def _check_key(key: str, where: str) -> None:
+    if not 0 < len(key) <= MAX_KEY_CHARS:
+        _reject("key_too_long", f"{where} key {key[:64]!r} must be 1-{MAX_KEY_CHARS} characters")
+
+
+def _metrics(value: Any, where: str) -> dict[str, float]:
+    metrics = _object(value, where)
+    out: dict[str, float] = {}
+    for key, number in metrics.items():
+        _check_key(key, where)
+        out[key] = _number(number, f"{where}.{key}")
+    return out
+
+
+def _multi_attributes(value: Any, where: str) -> dict[str, list[str]]:
+    """Endpoint and user attributes: name → list of at most 50 short strings."""
+    attributes = _object(value, where)
+    for key, values in attributes.items():
+        _check_key(key, where)
+        if type(values) is not list:
+            _reject("wrong_type", f"{where}.{key} must be a list of strings")
+        if len(values) > MAX_VALUES_PER_ATTRIBUTE:
+            _reject(
+                "too_many_values",
+                f"{where}.{key} has {len(values)} values; at most {MAX_VALUES_PER_ATTRIBUTE}",
+            )
+        for item in values:
+            if type(item) is not str:
+                _reject("wrong_type", f"{where}.{key} must be a list of strings")
+            if len(item) > MAX_ENDPOINT_VALUE_CHARS:
+                _reject(
+                    "value_too_long",
+                    f"{where}.{key} has a value over {MAX_ENDPOINT_VALUE_CHARS} characters",
+                )
+    return attributes
+
+
+def _enum(obj: Mapping[str, Any], key: str, allowed: frozenset[str], where: str) -> str | None:
+    value = _string(obj, key, where)
+    if value is not None and value not in allowed:
+        _reject("bad_value", f"{where}{key} must be one of {', '.join(sorted(allowed))}")
+    return value
+
+
+# --- endpoints -------------------------------------------------------------
+
+
+def _demographic(value: Any) -> Demographic:
+    d = _object(value, "Demographic")
+    w = "Demographic."
+    return Demographic(
+        app_version=_string(d, "AppVersion", w),
+        locale=_string(d, "Locale", w),
+        make=_string(d, "Make", w),
+        model=_string(d, "Model", w),
+        model_version=_string(d, "ModelVersion", w),
+        platform=_string(d, "Platform", w),
+        platform_version=_string(d, "PlatformVersion", w),
+        timezone=_string(d, "Timezone", w),
+    )
+
+
+def _coordinate(obj: Mapping[str, Any], key: str, bound: float) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    number = _number(value, f"Location.{key}")
+    if not -bound <= number <= bound:
+        _reject("bad_value", f"Location.{key} must be between -{bound:g} and {bound:g}")
+    return number
+
+
+def _location(value: Any) -> Location:
+    loc = _object(value, "Location")
+    w = "Location."
+    return Location(
+        city=_string(loc, "City", w),
+        country=_string(loc, "Country", w),
+        latitude=_coordinate(loc, "Latitude", 90),
+        longitude=_coordinate(loc, "Longitude", 180),
+        postal_code=_string(loc, "PostalCode", w),
+        region=_string(loc, "Region", w),
+    )
+
+
+def _endpoint(
+    value: Any,
+    *,
+    app_id: str,
+    endpoint_id: str,
+    request_id: str,
+    received_at_ms: int,
+    source: Source,
+) -> EndpointUpsert:
+    ep = _object(value, "Endpoint")
+    if not endpoint_id:
+        _reject("missing_field", "Endpoint ID must not be empty")
+    attributes = None if ep.get("Attributes") is None else _multi_attributes(ep["Attributes"], "Attributes")
+    metrics = None if ep.get("Metrics") is None else _metrics(ep["Metrics"], "Metrics")
+    user_id = None
+    user_attributes = None
+    if ep.get("User") is not None:
+        user = _object(ep["User"], "User")
+        user_id = _string(user, "UserId", "User.")
+        if user.get("UserAttributes") is not None:
+            user_attributes = _multi_attributes(user["UserAttributes"], "User.UserAttributes")
+    keys = len(attributes or ()) + len(metrics or ()) + len(user_attributes or ())
+    if keys > MAX_ENDPOINT_ATTRIBUTES:
+        _reject(
+            "too_many_keys",
+            f"Endpoint has {keys} attributes, metrics and user attributes; "
+            f"at most {MAX_ENDPOINT_ATTRIBUTES}",
+        )
+    if keys and _json_size(ep) > MAX_ENDPOINT_BYTES:
+        _reject("too_large", f"Endpoint is larger than {MAX_ENDPOINT_BYTES} bytes")
+    effective = _timestamp(ep, "EffectiveDate", "", required=False)
+    return EndpointUpsert(
+        app_id=app_id,
+        endpoint_id=endpoint_id,
+        request_id=request_id,
+        received_at_ms=received_at_ms,
+        source=source,
+        address=_string(ep, "Address", ""),
+        attributes=attributes,
+        channel_type=_enum(ep, "ChannelType", CHANNEL_TYPES, ""),
+        demographic=None if ep.get("Demographic") is None else _demographic(ep["Demographic"]),
+        effective_date=None if effective is None else effective[0],
+        effective_date_ms=None if effective is None else effective[1],
+        endpoint_status=_enum(ep, "EndpointStatus", ENDPOINT_STATUSES, ""),
+        location=None if ep.get("Location") is None else _location(ep["Location"]),
+        metrics=metrics,
+        opt_out=_enum(ep, "OptOut", OPT_OUTS, ""),
+        client_request_id=_string(ep, "RequestId", ""),
+        user_id=user_id,
+        user_attributes=user_attributes,
+    )
+
+
+def endpoint_upsert(
+    value: Any,
+    *,
+    app_id: str,
+    endpoint_id: str,
+    request_id: str,
+    received_at_ms: int,
+    source: Source,
+) -> EndpointUpsert | Invalid:
+    """One endpoint body (PublicEndpoint / EndpointRequest) → upsert or Invalid."""
+    try:
+        return _endpoint(
+            value,
+            app_id=app_id,
+            endpoint_id=endpoint_id,
+            request_id=request_id,
+            received_at_ms=received_at_ms,
+            source=source,
+        )
+    except _Reject as exc:
+        return Invalid(exc.reason, exc.message)
+
+
+# --- events ----------------------------------------------------------------
+
+
+def _session(value: Any) -> Session:
+    s = _object(value, "Session")
+    sid = _required_string(s, "Id", "Session.")
+    start = _timestamp(s, "StartTimestamp", "Session.", required=True)
+    stop = _timestamp(s, "StopTimestamp", "Session.", required=False)
+    duration = s.get("Duration")
+    if duration is not None and (type(duration) is not int or not 0 <= duration <= MAX_LONG):
+        _reject("bad_value", "Session.Duration must be a whole number of milliseconds >= 0")
+    assert start is not None  # required=True never returns None
+    return Session(
+        id=sid,
+        start_timestamp=start[0],
+        stop_timestamp=None if stop is None else stop[0],
+        duration_ms=duration,
+    )
+
+
+def _event_attributes(value: Any) -> dict[str, str]:
+    attributes = _object(value, "Attributes")
+    for key, text in attributes.items():
+        _check_key(key, "Attributes")
+        if type(text) is not str:
+            _reject("wrong_type", f"Attributes.{key} must be a string")
+        if len(text) > MAX_EVENT_VALUE_CHARS:
+            _reject(
+                "value_too_long",
+                f"Attributes.{key} is over {MAX_EVENT_VALUE_CHARS} characters",
+            )
+    return attributes
+
+
+def _event(
+    value: Any,
+    *,
+    event_id: str,
+    app_id: str,
+    endpoint_id: str,
+    request_id: str,
+    received_at_ms: int,
+    context: EndpointContext | None,
+    check_size: bool,
+) -> Event:
+    ev = _object(value, "Event")
+    if not event_id:
+        _reject("missing_field", "Event ID must not be empty")
+    event_type = _required_string(ev, "EventType", "")
+    stamp = _timestamp(ev, "Timestamp", "", required=True)
+    assert stamp is not None  # required=True never returns None
+    attributes = None if ev.get("Attributes") is None else _event_attributes(ev["Attributes"])
+    metrics = None if ev.get("Metrics") is None else _metrics(ev["Metrics"], "Metrics")
+    keys = len(attributes or ()) + len(metrics or ())
+    if keys > MAX_EVENT_KEYS:
+        _reject(
+            "too_many_keys",
+            f"Event has {keys} attributes and metrics; at most {MAX_EVENT_KEYS}",
+        )
+    if check_size and _json_size(ev) > MAX_EVENT_BYTES:
+        _reject("too_large", f"Event is larger than {MAX_EVENT_BYTES} bytes")
+    return Event(
+        app_id=app_id,
+        endpoint_id=endpoint_id,
+        event_id=event_id,
+        request_id=request_id,
+        received_at_ms=received_at_ms,
+        event_type=event_type,
+        timestamp=stamp[0],
+        timestamp_ms=stamp[1],
+        session=None if ev.get("Session") is None else _session(ev["Session"]),
+        attributes=attributes,
+        metrics=metrics,
+        app_package_name=_string(ev, "AppPackageName", ""),
+        app_title=_string(ev, "AppTitle", ""),
+        app_version_code=_string(ev, "AppVersionCode", ""),
+        client_sdk_version=_string(ev, "ClientSdkVersion", ""),
+        sdk_name=_string(ev, "SdkName", ""),
+        endpoint=context,
+    )
+
+
+def _context(upsert: EndpointUpsert | Invalid) -> EndpointContext | None:
+    if isinstance(upsert, Invalid):
+        return None
+    return EndpointContext(
+        user_id=upsert.user_id,
+        channel_type=upsert.channel_type,
+        demographic=upsert.demographic,
+        location=upsert.location,
+    )
+
+
+def put_events(
+    body: Any,
+    *,
+    app_id: str,
+    request_id: str,
+    received_at_ms: int,
+    body_bytes: int,
+) -> list[EndpointBatch]:
+    """A PutEvents body (``{"BatchItem": …}``) → one EndpointBatch per endpoint.
+
+    Raises BadRequest only when the body as a whole is unusable: not an object,
+    no ``BatchItem`` object, more than 100 events or endpoints. Everything
+    else is decided per endpoint and per event.
+    """
+    if type(body) is not dict:
+        raise BadRequest("Request body must be a JSON object")
+    batch_item = body.get("BatchItem")
+    if type(batch_item) is not dict:
+        raise BadRequest("BatchItem is required and must be an object of endpoint ID to EventsBatch")
+    if len(batch_item) > MAX_ENDPOINTS_PER_REQUEST:
+        raise BadRequest(
+            f"BatchItem has {len(batch_item)} endpoints; at most {MAX_ENDPOINTS_PER_REQUEST} per request"
+        )
+    total = sum(
+        len(item["Events"])
+        for item in batch_item.values()
+        if type(item) is dict and type(item.get("Events")) is dict
+    )
+    if total > MAX_EVENTS_PER_REQUEST:
+        raise BadRequest(
+            f"Request has {total} events; at most {MAX_EVENTS_PER_REQUEST} per request"
+        )
+    # Only a body over the per-event quota can hold an event over it.
+    check_size = body_bytes > MAX_EVENT_BYTES
+    batches: list[EndpointBatch] = []
+    for endpoint_id, item in batch_item.items():
+        if type(item) is not dict:
+            batches.append(
+                EndpointBatch(
+                    endpoint_id,
+                    Invalid("wrong_type", f"BatchItem.{endpoint_id[:64]} must be an object"),
+                    (),
+                )
+            )
+            continue
+        raw_endpoint = item.get("Endpoint")
+        upsert: EndpointUpsert | Invalid
+        if raw_endpoint is None:
+            upsert = Invalid("missing_field", "Endpoint is required (send {} for no changes)")
+        else:
+            upsert = endpoint_upsert(
+                raw_endpoint,
+                app_id=app_id,
+                endpoint_id=endpoint_id,
+                request_id=request_id,
+                received_at_ms=received_at_ms,
+                source="PUT_EVENTS",
+            )
+        raw_events = item.get("Events")
+        if type(raw_events) is not dict:
+            if not isinstance(upsert, Invalid):
+                upsert = Invalid("missing_field", "Events is required and must be an object")
+            batches.append(EndpointBatch(endpoint_id, upsert, ()))
+            continue
+        context = _context(upsert)
+        events: list[tuple[str, Event | Invalid]] = []
+        for event_id, raw in raw_events.items():
+            try:
+                if not endpoint_id:
+                    _reject("missing_field", "Endpoint ID must not be empty")
+                decided: Event | Invalid = _event(
+                    raw,
+                    event_id=event_id,
+                    app_id=app_id,
+                    endpoint_id=endpoint_id,
+                    request_id=request_id,
+                    received_at_ms=received_at_ms,
+                    context=context,
+                    check_size=check_size,
+                )
+            except _Reject as exc:
+                decided = Invalid(exc.reason, exc.message)
+            events.append((event_id, decided))
+        batches.append(EndpointBatch(endpoint_id, upsert, tuple(events)))
+    return batches
+
+
+def update_endpoint(
+    body: Any, *, app_id: str, endpoint_id: str, request_id: str, received_at_ms: int
+) -> EndpointUpsert:
+    """An UpdateEndpoint body → upsert; BadRequest naming the rule otherwise."""
+    decided = endpoint_upsert(
+        body,
+        app_id=app_id,
+        endpoint_id=endpoint_id,
+        request_id=request_id,
+        received_at_ms=received_at_ms,
+        source="UPDATE_ENDPOINT",
+    )
+    if isinstance(decided, Invalid):
+        raise BadRequest(decided.message)
+    return decided
+
+
+def update_endpoints_batch(
+    body: Any, *, app_id: str, request_id: str, received_at_ms: int
+) -> list[EndpointUpsert]:
+    """An UpdateEndpointsBatch body (``{"Item": [...]}``) → upserts.
+
+    The response has no per-item status, so one invalid item rejects the
+    request with BadRequest naming its index; nothing of it is written.
+    """
+    if type(body) is not dict or type(body.get("Item")) is not list:
+        raise BadRequest("Item is required and must be a list of endpoints")
+    items = body["Item"]
+    if len(items) > MAX_BATCH_ITEMS:
+        raise BadRequest(f"Item has {len(items)} endpoints; at most {MAX_BATCH_ITEMS}")
+    upserts: list[EndpointUpsert] = []
+    for index, item in enumerate(items):
+        endpoint_id = item.get("Id") if type(item) is dict else None
+        if type(endpoint_id) is not str or not endpoint_id:
+            raise BadRequest(f"Item[{index}].Id is required and must be a string")
+        decided = endpoint_upsert(
+            item,
+            app_id=app_id,
+            endpoint_id=endpoint_id,
+            request_id=request_id,
+            received_at_ms=received_at_ms,
+            source="UPDATE_ENDPOINTS_BATCH",
+        )
+        if isinstance(decided, Invalid):
+            raise BadRequest(f"Item[{index}]: {decided.message}")
+        upserts.append(decided)
+    return upserts
+
+
+def create_app(body: Any) -> tuple[str, dict[str, str]]:
+    """A CreateApp body (``{"Name": …, "tags": {…}}``) → (name, tags)."""
+    if type(body) is not dict:
+        raise BadRequest("Request body must be a JSON object")
+    name = body.get("Name")
+    if type(name) is not str or not 0 < len(name) <= MAX_APP_NAME_CHARS:
+        raise BadRequest(f"Name is required: a string of 1-{MAX_APP_NAME_CHARS} characters")
+    tags = body.get("tags") or {}
+    if type(tags) is not dict or any(type(v) is not str for v in tags.values()):
+        raise BadRequest("tags must be an object of string values")
+    return name, tags

@@ -1,0 +1,160 @@
+"""Fixtures that run the real thing: `ingest run` as a subprocess (embedded
+Tansu broker, SQLite, the edge) driven by boto3's pinpoint client."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from ingest.broker import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Pipeline:
+    """One `ingest run` process and what tests need to reach and hurt it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def bootstrap(self) -> str:
+        found = re.search(r"listening on tcp://([\d.]+:\d+)", self.log())
+        assert found, self.log()
+        return found.group(1)
+
+    @property
+    def broker_pid(self) -> int:
+        found = re.search(r"listening on tcp://\S+, pid (\d+)", self.log())
+        assert found, self.log()
+        return int(found.group(1))
+
+    def client(self, **config: Any) -> Any:
+        return boto3.client(
+            "pinpoint",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="AKIDINGESTTEST",
+            aws_secret_access_key="not-checked",
+            config=Config(retries={"total_max_attempts": 1}, read_timeout=30, **config),
+        )
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float = 30.0,
+    ) -> tuple[int, dict[str, str], bytes]:
+        """A raw HTTP request, for what boto3 will not send (broken bodies)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"ingest run exited {self.process.returncode}:\n{self.log()}")
+            try:
+                status, _, _ = self.request("GET", "/readyz", timeout_s=2)
+            except OSError:
+                status = 0
+            if status == 200:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"ingest run not ready in {timeout_s} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
+        """Signal our own process by its PID and wait; resume a frozen broker first."""
+        if self.process.poll() is None:
+            try:
+                os.kill(self.broker_pid, signal.SIGCONT)
+            except (ProcessLookupError, AssertionError):
+                pass
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_pipeline(tmp: Path, **env: str) -> Pipeline:
+    port = free_port()
+    data_dir = tmp / f"data-{port}"
+    data_dir.mkdir(parents=True)
+    log_path = data_dir / "ingest.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    full_env.update(env)
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ingest", "run", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=ROOT,
+        )
+    pipeline = Pipeline(process, port, data_dir, log_path, env)
+    try:
+        pipeline.wait_ready()
+    except BaseException:
+        pipeline.stop(signal.SIGKILL)
+        raise
+    return pipeline
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    """The shared pipeline for tests that do not hurt it."""
+    running = start_pipeline(tmp_path_factory.mktemp("shared"))
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+@pytest.fixture(scope="session")
+def pinpoint(pipeline: Pipeline) -> Any:
+    return pipeline.client()
+
+
+@pytest.fixture(scope="session")
+def unvalidated(pipeline: Pipeline) -> Any:
+    """boto3 with its client-side checks off, to send what only other SDKs send."""
+    return pipeline.client(parameter_validation=False)
+
+
+@pytest.fixture
+def app_id(pinpoint: Any) -> str:
+    created = pinpoint.create_app(CreateApplicationRequest={"Name": "test"})
+    return str(created["ApplicationResponse"]["Id"])
