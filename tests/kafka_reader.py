@@ -1,0 +1,69 @@
+"""Read a topic to its end and decode with fastavro and schemas/ alone.
+
+Deliberately independent of ``ingest.codec``: it shows any consumer can decode
+what the edge writes with nothing but the ``.avsc`` files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+
+
+def schemas_by_header() -> dict[bytes, Any]:
+    found = {}
+    for path in SCHEMAS.glob("*.avsc"):
+        parsed = fastavro.parse_schema(json.loads(path.read_text()))
+        fp = fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO")
+        found[b"\xc3\x01" + bytes.fromhex(fp)] = parsed
+    return found
+
+
+def decode(value: bytes, schemas: dict[bytes, Any]) -> dict[str, Any]:
+    schema = schemas[value[:10]]
+    datum = fastavro.schemaless_reader(io.BytesIO(value[10:]), schema, None)
+    assert isinstance(datum, dict)
+    return datum
+
+
+async def _read_all(bootstrap: str, topic: str, timeout_s: float) -> list[tuple[bytes, dict[str, Any]]]:
+    """Every record on ``topic`` up to the high watermark seen on fetch (Tansu's
+    ListOffsets(latest) is wrong, so end offsets come from fetch responses)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    schemas = schemas_by_header()
+    out: list[tuple[bytes, dict[str, Any]]] = []
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert partitions, f"{topic} has no partitions"
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        idle_polls = 0
+        while loop.time() < deadline and idle_polls < 3:
+            batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
+            got = sum(len(records) for records in batch.values())
+            for records in batch.values():
+                out.extend((r.key, decode(r.value, schemas)) for r in records)
+            caught_up = True
+            for tp in partitions:
+                high = consumer.highwater(tp)
+                caught_up = caught_up and (high is None or await consumer.position(tp) >= high)
+            idle_polls = idle_polls + 1 if got == 0 and caught_up else 0
+    finally:
+        await consumer.stop()
+    return out
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[tuple[bytes, dict[str, Any]]]:
+    return asyncio.run(_read_all(bootstrap, topic, timeout_s))
