@@ -5,19 +5,22 @@ single-object encoding: the marker ``C3 01``, the 8-byte little-endian
 CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the
 binary body. Any consumer decodes a record with the ``schemas/*.avsc`` files
 alone: fingerprint → schema → ``schemaless_reader``.
+
+Encoding uses writers generated from the same schemas (:mod:`ingest.avro`),
+byte-for-byte what fastavro writes and about 20x cheaper; decoding is fastavro.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
+from ingest.avro import compile_encoder
 from ingest.errors import IngestError
 from ingest.records import EndpointContext, EndpointUpsert, Event
 
@@ -71,27 +74,25 @@ class Codec:
         self._by_name: dict[str, tuple[bytes, Any]] = {}
         self._by_fingerprint: dict[bytes, tuple[str, Any]] = {}
         for path in sorted(directory.glob("*.avsc")):
-            parsed = fastavro.parse_schema(json.loads(path.read_text()))
-            name = parsed["name"]
+            parsed: Any = fastavro.parse_schema(json.loads(path.read_text()))
+            name = str(parsed["name"])
             header = MARKER + fingerprint(to_parsing_canonical_form(parsed))
             self._by_name[name] = (header, parsed)
             self._by_fingerprint[header[2:]] = (name, parsed)
-        self._event = self._by_name[EVENT_SCHEMA]
-        self._endpoint = self._by_name[ENDPOINT_SCHEMA]
+        self._event_header, event_schema = self._by_name[EVENT_SCHEMA]
+        self._endpoint_header, endpoint_schema = self._by_name[ENDPOINT_SCHEMA]
+        self._write_event = compile_encoder(event_schema)
+        self._write_endpoint = compile_encoder(endpoint_schema)
 
     def encode_event(self, event: Event) -> bytes:
-        return self._write(self._event, event_datum(event))
+        out = bytearray(self._event_header)
+        self._write_event(out, event)
+        return bytes(out)
 
     def encode_endpoint(self, upsert: EndpointUpsert) -> bytes:
-        return self._write(self._endpoint, endpoint_datum(upsert))
-
-    @staticmethod
-    def _write(schema: tuple[bytes, Any], datum: Mapping[str, Any]) -> bytes:
-        header, parsed = schema
-        buf = io.BytesIO()
-        buf.write(header)
-        fastavro.schemaless_writer(buf, parsed, datum)
-        return buf.getvalue()
+        out = bytearray(self._endpoint_header)
+        self._write_endpoint(out, upsert)
+        return bytes(out)
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         """→ (schema full name, Avro datum). DecodeError for anything else."""
@@ -101,10 +102,15 @@ class Codec:
         if known is None:
             raise DecodeError(f"unknown schema fingerprint {data[2:HEADER_BYTES].hex()}")
         name, parsed = known
+        body = io.BytesIO(data[HEADER_BYTES:])
         try:
-            datum = fastavro.schemaless_reader(io.BytesIO(data[HEADER_BYTES:]), parsed, None)
+            datum = fastavro.schemaless_reader(body, parsed, None)
         except (EOFError, ValueError, IndexError, UnicodeDecodeError) as exc:
             raise DecodeError(f"{name} body does not decode: {exc}") from exc
+        if body.tell() != len(data) - HEADER_BYTES:
+            raise DecodeError(
+                f"{name} record is followed by {len(data) - HEADER_BYTES - body.tell()} stray bytes"
+            )
         if not isinstance(datum, dict):
             raise DecodeError(f"{name} body is not a record")
         return name, datum
