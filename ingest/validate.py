@@ -74,7 +74,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
-class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes
+class _Reject(Exception):
     def __init__(self, reason: RejectReason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
@@ -102,16 +102,17 @@ def parse_timestamp(value: str) -> int | None:
 def json_body(raw: bytes) -> Any:
     """Parse a request body; BadRequest when it is not JSON text in UTF-8.
 
-    orjson refuses integers beyond 64 bits, which JSON allows; such a body goes
-    through the standard parser instead, so one odd number fails only the item
-    that holds it (a metric) or nothing (a member we ignore).
+    orjson refuses some valid JSON (numbers beyond the float range); such a
+    body goes through the standard parser instead, so one odd number fails
+    only the item that holds it (a metric) or nothing (a member we ignore).
     """
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         first = exc
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
+        # Decoded first: json.loads would also take UTF-16 and UTF-32.
+        body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
         # Lone surrogates parse here but cannot be re-encoded as UTF-8.
         json.dumps(body, ensure_ascii=False).encode()
     except (ValueError, RecursionError) as exc:
@@ -123,11 +124,16 @@ def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
-def _json_size(value: Any) -> int:
+def _json_size(value: Any, where: str) -> int:
+    """Serialized size of an item, to hold it to a byte quota."""
     try:
         return len(orjson.dumps(value))
-    except orjson.JSONEncodeError:  # integers beyond 64 bits, see json_body
+    except orjson.JSONEncodeError:  # orjson writes 255 levels and refuses odd numbers
+        pass
+    try:
         return len(json.dumps(value, ensure_ascii=False).encode())
+    except (RecursionError, ValueError):
+        _reject("bad_value", f"{where} nests too deeply to measure")
 
 
 # --- small typed readers ---------------------------------------------------
@@ -289,10 +295,9 @@ def _endpoint(
     if keys > MAX_ENDPOINT_ATTRIBUTES:
         _reject(
             "too_many_keys",
-            f"Endpoint has {keys} attributes, metrics and user attributes; "
-            f"at most {MAX_ENDPOINT_ATTRIBUTES}",
+            f"Endpoint has {keys} attributes, metrics and user attributes; at most {MAX_ENDPOINT_ATTRIBUTES}",
         )
-    if keys and _json_size(ep) > MAX_ENDPOINT_BYTES:
+    if keys and _json_size(ep, "Endpoint") > MAX_ENDPOINT_BYTES:
         _reject("too_large", f"Endpoint is larger than {MAX_ENDPOINT_BYTES} bytes")
     effective = _timestamp(ep, "EffectiveDate", "", required=False)
     return EndpointUpsert(
@@ -399,7 +404,7 @@ def _event(
             "too_many_keys",
             f"Event has {keys} attributes and metrics; at most {MAX_EVENT_KEYS}",
         )
-    if check_size and _json_size(ev) > MAX_EVENT_BYTES:
+    if check_size and _json_size(ev, "Event") > MAX_EVENT_BYTES:
         _reject("too_large", f"Event is larger than {MAX_EVENT_BYTES} bytes")
     return Event(
         app_id=app_id,
@@ -462,9 +467,7 @@ def put_events(
         if type(item) is dict and type(item.get("Events")) is dict
     )
     if total > MAX_EVENTS_PER_REQUEST:
-        raise BadRequest(
-            f"Request has {total} events; at most {MAX_EVENTS_PER_REQUEST} per request"
-        )
+        raise BadRequest(f"Request has {total} events; at most {MAX_EVENTS_PER_REQUEST} per request")
     # Only a body over the per-event quota can hold an event over it.
     check_size = body_bytes > MAX_EVENT_BYTES
     batches: list[EndpointBatch] = []
