@@ -92,7 +92,9 @@ class EmbeddedBroker:
             await asyncio.wait_for(self._wait_listening(), READY_TIMEOUT_S)
         except TimeoutError as exc:
             await self.stop()
-            raise BrokerError(f"tansu did not listen on {url} within {READY_TIMEOUT_S:g} s; see {self._log_path}") from exc
+            raise BrokerError(
+                f"tansu did not listen on {url} within {READY_TIMEOUT_S:g} s; see {self._log_path}"
+            ) from exc
         log.info("embedded Kafka broker (tansu, memory engine) listening on %s, pid %d", url, self.pid)
 
     async def _wait_listening(self) -> None:

@@ -41,6 +41,7 @@ from ingest.settings import Settings
 from ingest.store import App, Store
 from ingest.wire import (
     PREFLIGHT_HEADERS,
+    Handler,
     Receive,
     Request,
     Response,
@@ -61,6 +62,11 @@ NOT_ACKED = {
     "StatusCode": 500,
     "Message": "Kafka did not acknowledge the record in time; retry with the same ID",
 }
+# Pinpoint API operations take an in-flight slot; probes and /metrics do not,
+# so an overloaded edge still answers Kubernetes and Prometheus.
+_ADMITTED = frozenset(
+    ("CreateApp", "GetApps", "GetApp", "DeleteApp", "PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch")
+)
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
@@ -113,7 +119,9 @@ class Edge:
         self.draining = False
         self._router = Router(
             [
-                Route("/v1/apps", {"POST": ("CreateApp", self.create_app), "GET": ("GetApps", self.get_apps)}),
+                Route(
+                    "/v1/apps", {"POST": ("CreateApp", self.create_app), "GET": ("GetApps", self.get_apps)}
+                ),
                 Route(
                     "/v1/apps/{app}",
                     {"GET": ("GetApp", self.get_app), "DELETE": ("DeleteApp", self.delete_app)},
@@ -147,36 +155,12 @@ class Edge:
         operation = "unknown"
         admitted = False
         try:
-            method = scope["method"]
-            found = self._router.match(scope.get("raw_path") or scope["path"].encode())
-            if method == "OPTIONS":
-                operation = "preflight"
-                response = Response(200, b"", b"text/plain", PREFLIGHT_HEADERS)
-            elif found is None:
-                raise NotFound(f"No such resource: {scope['path'][:200]}")
-            else:
-                route, params = found
-                if method not in route.operations:
-                    raise MethodNotAllowed(f"{method} is not allowed on {route.pattern}")
-                operation, handler = route.operations[method]
-                headers = dict(scope["headers"])
-                if route.pattern.startswith("/v1/"):
-                    if self.draining or self._in_flight >= self._settings.max_in_flight_requests:
-                        self._metrics.overloaded.labels("draining" if self.draining else "in_flight").inc()
-                        raise TooManyRequests("Too many requests in flight; retry shortly")
-                    admitted = True
-                    self._in_flight += 1
-                    self._metrics.in_flight.set(self._in_flight)
-                    self._keys.note(credential_scope(headers, scope["query_string"]))
-                request = Request(
-                    method=method,
-                    params=params,
-                    query=parse_query(scope["query_string"]),
-                    headers=headers,
-                    receive=receive,
-                    request_id=request_id,
-                )
-                response = await handler(request)
+            operation, handler, request = self._route(scope, receive, request_id)
+            if operation in _ADMITTED:
+                self._admit()
+                admitted = True
+                self._keys.note(credential_scope(request.headers, scope["query_string"]))
+            response = await handler(request)
         except ApiError as exc:
             response = error_response(exc, request_id)
         except Overloaded as exc:
@@ -195,6 +179,36 @@ class Edge:
         await send_response(send, response, request_id)
         self._metrics.requests.labels(operation, str(response.status)).inc()
         self._metrics.request_seconds.labels(operation).observe(time.perf_counter() - started)
+
+    def _route(self, scope: Scope, receive: Receive, request_id: str) -> tuple[str, Handler, Request]:
+        """→ (operation, handler, request); NotFound or MethodNotAllowed otherwise."""
+        method = scope["method"]
+        found = self._router.match(scope.get("raw_path") or scope["path"].encode())
+        if method == "OPTIONS":
+            return "preflight", _preflight, Request(method, {}, {}, {}, receive, request_id)
+        if found is None:
+            raise NotFound(f"No such resource: {scope['path'][:200]}")
+        route, params = found
+        if method not in route.operations:
+            raise MethodNotAllowed(f"{method} is not allowed on {route.pattern}")
+        operation, handler = route.operations[method]
+        request = Request(
+            method=method,
+            params=params,
+            query=parse_query(scope["query_string"]),
+            headers=dict(scope["headers"]),
+            receive=receive,
+            request_id=request_id,
+        )
+        return operation, handler, request
+
+    def _admit(self) -> None:
+        """Count one more API request in flight, or refuse it with 429 now."""
+        if self.draining or self._in_flight >= self._settings.max_in_flight_requests:
+            self._metrics.overloaded.labels("draining" if self.draining else "in_flight").inc()
+            raise TooManyRequests("Too many requests in flight; retry shortly")
+        self._in_flight += 1
+        self._metrics.in_flight.set(self._in_flight)
 
     # --- helpers ---------------------------------------------------------
 
@@ -359,6 +373,10 @@ class Edge:
     async def metrics(self, request: Request) -> Response:
         body = await asyncio.to_thread(generate_latest, self._metrics.registry)
         return Response(200, body, CONTENT_TYPE_LATEST.encode())
+
+
+async def _preflight(request: Request) -> Response:
+    return Response(200, b"", b"text/plain", PREFLIGHT_HEADERS)
 
 
 def _app_response(app: App) -> dict[str, Any]:

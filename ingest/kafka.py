@@ -87,6 +87,5 @@ async def ensure_topics(settings: Settings, bootstrap: str) -> None:
     counts = {d["topic"]: len(d["partitions"]) for d in described}
     if counts.get(EVENTS_TOPIC) != counts.get(ENDPOINTS_TOPIC):
         raise BrokerError(
-            f"{EVENTS_TOPIC} and {ENDPOINTS_TOPIC} must have the same partition count; "
-            f"found {counts}"
+            f"{EVENTS_TOPIC} and {ENDPOINTS_TOPIC} must have the same partition count; found {counts}"
         )

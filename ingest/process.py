@@ -90,14 +90,18 @@ async def serve(settings: Settings, *, embedded_broker: bool) -> int:
         if bootstrap is None:
             if not embedded_broker:
                 raise SettingsError("INGEST_KAFKA_BOOTSTRAP is required for `ingest edge`")
-            broker = await stack.enter_async_context(
-                EmbeddedBroker(log_path=settings.data_dir / "tansu.log")
-            )
+            broker = await stack.enter_async_context(EmbeddedBroker(log_path=settings.data_dir / "tansu.log"))
             bootstrap = broker.bootstrap
             # aiokafka's idempotent producer needs InitProducerId v3+, which Tansu lacks.
             idempotence = False
         await kafka.ensure_topics(settings, bootstrap)
-        log.info("Kafka at %s; topics %s, %s, %s", bootstrap, kafka.EVENTS_TOPIC, kafka.ENDPOINTS_TOPIC, kafka.DEADLETTER_TOPIC)
+        log.info(
+            "Kafka at %s; topics %s, %s, %s",
+            bootstrap,
+            kafka.EVENTS_TOPIC,
+            kafka.ENDPOINTS_TOPIC,
+            kafka.DEADLETTER_TOPIC,
+        )
 
         store = await open_store(settings.store_url, data_dir=settings.data_dir)
         stack.push_async_callback(store.close)
@@ -116,9 +120,15 @@ async def serve(settings: Settings, *, embedded_broker: bool) -> int:
         )
         edge = Edge(settings=settings, store=store, publisher=publisher, codec=Codec(), metrics=metrics)
         port = await stack.enter_async_context(
-            http_server(edge, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s)
+            http_server(
+                edge, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s
+            )
         )
-        log.info("edge listening on http://%s:%d (Pinpoint API under /v1, /healthz, /readyz, /metrics)", settings.host, port)
+        log.info(
+            "edge listening on http://%s:%d (Pinpoint API under /v1, /healthz, /readyz, /metrics)",
+            settings.host,
+            port,
+        )
         await stopping.wait()
         edge.draining = True
     log.info("stopped cleanly")

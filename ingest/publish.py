@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -220,11 +221,11 @@ class Publisher:
                     # Waits while this partition's previous batch is queued in
                     # aiokafka; meanwhile new records fill the next builder.
                     ack = await self._producer.send_batch(pending.builder, topic, partition=number)
-                except Exception:  # noqa: BLE001 - any failure fails just this batch
+                except Exception:
                     log.exception("handing a batch to the producer failed (%s/%d)", topic, number)
                     self._settle(pending, ok=False)
                     continue
-                ack.add_done_callback(lambda f, p=pending: self._acked(p, f))
+                ack.add_done_callback(functools.partial(self._acked, pending))
 
     def _acked(self, pending: _Pending, ack: asyncio.Future[Any]) -> None:
         error = "cancelled" if ack.cancelled() else ack.exception()

@@ -189,14 +189,14 @@ def _parse(var: str, raw: str, annotation: object) -> object:
         "bool": _parse_bool,
     }
     literal = _LITERALS.get(base)
+    if literal is not None:
+        if raw not in literal:
+            raise SettingsError(f"{var}={raw!r}: expected one of {', '.join(literal)}")
+        return raw
     try:
-        if literal is not None:
-            if raw not in literal:
-                raise ValueError(f"one of {', '.join(literal)}")
-            return raw
         return parsers[base](raw)
     except ValueError as exc:
-        expected = str(exc) if literal is not None or base == "bool" else f"a value of type {base}"
+        expected = str(exc) if base == "bool" else f"a value of type {base}"
         raise SettingsError(f"{var}={raw!r}: expected {expected}") from exc
 
 

@@ -111,16 +111,31 @@ class Pipeline:
         return self.process.returncode
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without INGEST_* settings, plus ``extra``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")} | extra
+
+
 def start_pipeline(tmp: Path, **env: str) -> Pipeline:
     port = free_port()
     data_dir = tmp / f"data-{port}"
     data_dir.mkdir(parents=True)
     log_path = data_dir / "ingest.log"
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
-    full_env.update(env)
+    full_env = clean_env(**env)
     with log_path.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "ingest", "run", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)],
+            [
+                sys.executable,
+                "-m",
+                "ingest",
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=full_env,

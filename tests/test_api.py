@@ -60,7 +60,9 @@ def test_apps_lifecycle(pinpoint: Any) -> None:
     assert created["ResponseMetadata"]["HTTPStatusCode"] == 201
     app = created["ApplicationResponse"]
     assert app["Name"] == "lifecycle" and app["tags"] == {"team": "a"}
-    assert app["Arn"].endswith(f":apps/{app['Id']}") and app["Arn"].startswith("arn:aws:mobiletargeting:us-east-1:")
+    assert app["Arn"].endswith(f":apps/{app['Id']}") and app["Arn"].startswith(
+        "arn:aws:mobiletargeting:us-east-1:"
+    )
     assert pinpoint.get_app(ApplicationId=app["Id"])["ApplicationResponse"] == app
 
     ids = {a["Id"] for a in pinpoint.get_apps(PageSize="1000")["ApplicationsResponse"]["Item"]}
@@ -120,7 +122,10 @@ def test_put_events_full_and_empty_endpoint(pinpoint: Any, app_id: str) -> None:
         pinpoint,
         app_id,
         {
-            "native-device": {"Endpoint": FULL_ENDPOINT, "Events": {"ev-1": event(), "ev-2": event(EventType="buy")}},
+            "native-device": {
+                "Endpoint": FULL_ENDPOINT,
+                "Events": {"ev-1": event(), "ev-2": event(EventType="buy")},
+            },
             "amplify-js-device": {"Endpoint": {}, "Events": {"ev-3": event()}},
         },
     )
@@ -141,9 +146,21 @@ EVENT_VIOLATIONS = [
     ("bad_timestamp", event(Timestamp="yesterday"), "Timestamp is not an ISO 8601 timestamp"),
     ("session_no_id", event(Session={"StartTimestamp": TS}), "Session.Id is required"),
     ("session_no_start", event(Session={"Id": "s"}), "Session.StartTimestamp is required"),
-    ("session_bad_start", event(Session={"Id": "s", "StartTimestamp": "x"}), "Session.StartTimestamp is not an ISO 8601"),
-    ("session_bad_stop", event(Session={"Id": "s", "StartTimestamp": TS, "StopTimestamp": "x"}), "Session.StopTimestamp"),
-    ("session_negative_duration", event(Session={"Id": "s", "StartTimestamp": TS, "Duration": -1}), "Session.Duration"),
+    (
+        "session_bad_start",
+        event(Session={"Id": "s", "StartTimestamp": "x"}),
+        "Session.StartTimestamp is not an ISO 8601",
+    ),
+    (
+        "session_bad_stop",
+        event(Session={"Id": "s", "StartTimestamp": TS, "StopTimestamp": "x"}),
+        "Session.StopTimestamp",
+    ),
+    (
+        "session_negative_duration",
+        event(Session={"Id": "s", "StartTimestamp": TS, "Duration": -1}),
+        "Session.Duration",
+    ),
     (
         "too_many_keys",
         event(Attributes={f"a{i}": "v" for i in range(21)}, Metrics={f"m{i}": 1.0 for i in range(20)}),
@@ -159,7 +176,11 @@ EVENT_VIOLATIONS = [
 def test_event_quota_violation_is_per_item(
     unvalidated: Any, app_id: str, name: str, bad: dict[str, Any], message: str
 ) -> None:
-    results = put(unvalidated, app_id, {"dev": {"Endpoint": {}, "Events": {"good-1": event(), "bad": bad, "good-2": event()}}})
+    results = put(
+        unvalidated,
+        app_id,
+        {"dev": {"Endpoint": {}, "Events": {"good-1": event(), "bad": bad, "good-2": event()}}},
+    )
     items = results["dev"]["EventsItemResponse"]
     assert items["good-1"] == ACCEPTED and items["good-2"] == ACCEPTED
     assert items["bad"]["StatusCode"] == 400
@@ -169,11 +190,27 @@ def test_event_quota_violation_is_per_item(
 
 ENDPOINT_VIOLATIONS = [
     ("attribute_name_long", {"Attributes": {LONG: ["v"]}}, "Attributes key"),
-    ("too_many_values", {"Attributes": {"a": [str(i) for i in range(51)]}}, "Attributes.a has 51 values; at most 50"),
+    (
+        "too_many_values",
+        {"Attributes": {"a": [str(i) for i in range(51)]}},
+        "Attributes.a has 51 values; at most 50",
+    ),
     ("value_long", {"Attributes": {"a": ["v" * 101]}}, "Attributes.a has a value over 100 characters"),
-    ("user_value_long", {"User": {"UserAttributes": {"a": ["v" * 101]}}}, "User.UserAttributes.a has a value over 100"),
-    ("too_many_attributes", {"Attributes": {f"a{i}": ["v"] for i in range(200)}, "Metrics": {f"m{i}": 1.0 for i in range(51)}}, "251 attributes"),
-    ("too_large", {"Attributes": {f"a{i}": ["v" * 90] * 20 for i in range(10)}}, "Endpoint is larger than 15360 bytes"),
+    (
+        "user_value_long",
+        {"User": {"UserAttributes": {"a": ["v" * 101]}}},
+        "User.UserAttributes.a has a value over 100",
+    ),
+    (
+        "too_many_attributes",
+        {"Attributes": {f"a{i}": ["v"] for i in range(200)}, "Metrics": {f"m{i}": 1.0 for i in range(51)}},
+        "251 attributes",
+    ),
+    (
+        "too_large",
+        {"Attributes": {f"a{i}": ["v" * 90] * 20 for i in range(10)}},
+        "Endpoint is larger than 15360 bytes",
+    ),
     ("channel_type", {"ChannelType": "PIGEON"}, "ChannelType must be one of"),
     ("effective_date", {"EffectiveDate": "soon"}, "EffectiveDate is not an ISO 8601"),
     ("latitude", {"Location": {"Latitude": 91.0}}, "Location.Latitude must be between -90 and 90"),
@@ -181,14 +218,19 @@ ENDPOINT_VIOLATIONS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "bad", "message"), ENDPOINT_VIOLATIONS, ids=[v[0] for v in ENDPOINT_VIOLATIONS])
+@pytest.mark.parametrize(
+    ("name", "bad", "message"), ENDPOINT_VIOLATIONS, ids=[v[0] for v in ENDPOINT_VIOLATIONS]
+)
 def test_invalid_endpoint_keeps_its_valid_events(
     unvalidated: Any, app_id: str, name: str, bad: dict[str, Any], message: str
 ) -> None:
     results = put(
         unvalidated,
         app_id,
-        {"bad-ep": {"Endpoint": bad, "Events": {"e1": event()}}, "good-ep": {"Endpoint": FULL_ENDPOINT, "Events": {"e2": event()}}},
+        {
+            "bad-ep": {"Endpoint": bad, "Events": {"e1": event()}},
+            "good-ep": {"Endpoint": FULL_ENDPOINT, "Events": {"e2": event()}},
+        },
     )
     assert results["bad-ep"]["EndpointItemResponse"]["StatusCode"] == 400
     assert message in results["bad-ep"]["EndpointItemResponse"]["Message"], results["bad-ep"]
@@ -217,8 +259,12 @@ def test_more_than_100_events_is_bad_request(pinpoint: Any, app_id: str) -> None
 def test_odd_ids_round_trip(pinpoint: Any, app_id: str, endpoint_id: str) -> None:
     event_id = f"{endpoint_id}/evt ☃"
     results = put(pinpoint, app_id, {endpoint_id: {"Endpoint": {}, "Events": {event_id: event()}}})
-    assert results == {endpoint_id: {"EndpointItemResponse": ACCEPTED, "EventsItemResponse": {event_id: ACCEPTED}}}
-    response = pinpoint.update_endpoint(ApplicationId=app_id, EndpointId=endpoint_id, EndpointRequest={"Address": "x"})
+    assert results == {
+        endpoint_id: {"EndpointItemResponse": ACCEPTED, "EventsItemResponse": {event_id: ACCEPTED}}
+    }
+    response = pinpoint.update_endpoint(
+        ApplicationId=app_id, EndpointId=endpoint_id, EndpointRequest={"Address": "x"}
+    )
     assert response["MessageBody"]["Message"] == "Accepted"
 
 
@@ -264,7 +310,12 @@ def test_body_over_4_mb_is_payload_too_large(pipeline: Pipeline, pinpoint: Any, 
     events = {f"e{i}": event(Attributes={f"a{j}": big for j in range(39)}) for i in range(100)}
     pad = {f"p{j}": ["x" * 100] * 50 for j in range(100)}
     with pytest.raises(ClientError) as exc:
-        put(pinpoint, app_id, {f"ep{n}": {"Endpoint": {"Attributes": pad}, "Events": {}} for n in range(9)} | {"x": {"Endpoint": {}, "Events": events}})
+        put(
+            pinpoint,
+            app_id,
+            {f"ep{n}": {"Endpoint": {"Attributes": pad}, "Events": {}} for n in range(9)}
+            | {"x": {"Endpoint": {}, "Events": events}},
+        )
     assert error_code(exc) == "PayloadTooLargeException"
 
 
@@ -311,7 +362,9 @@ def test_cors_preflight_and_headers(pipeline: Pipeline, app_id: str) -> None:
 
 
 def test_update_endpoint_accepted(pinpoint: Any, app_id: str) -> None:
-    response = pinpoint.update_endpoint(ApplicationId=app_id, EndpointId="dev-1", EndpointRequest=FULL_ENDPOINT)
+    response = pinpoint.update_endpoint(
+        ApplicationId=app_id, EndpointId="dev-1", EndpointRequest=FULL_ENDPOINT
+    )
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 202
     body = response["MessageBody"]
     assert body["Message"] == "Accepted"
@@ -320,7 +373,9 @@ def test_update_endpoint_accepted(pinpoint: Any, app_id: str) -> None:
 
 def test_update_endpoint_invalid_is_bad_request(pinpoint: Any, app_id: str) -> None:
     with pytest.raises(ClientError) as exc:
-        pinpoint.update_endpoint(ApplicationId=app_id, EndpointId="dev-1", EndpointRequest={"ChannelType": "FAX"})
+        pinpoint.update_endpoint(
+            ApplicationId=app_id, EndpointId="dev-1", EndpointRequest={"ChannelType": "FAX"}
+        )
     assert error_code(exc) == "BadRequestException"
     assert "ChannelType must be one of" in exc.value.response["Error"]["Message"]
 
@@ -335,7 +390,9 @@ def test_update_endpoints_batch(pinpoint: Any, app_id: str) -> None:
         pinpoint.update_endpoints_batch(
             ApplicationId=app_id, EndpointBatchRequest={"Item": [*items, {"Id": "one-too-many"}]}
         )
-    assert error_code(exc) == "BadRequestException" and "at most 100" in exc.value.response["Error"]["Message"]
+    assert (
+        error_code(exc) == "BadRequestException" and "at most 100" in exc.value.response["Error"]["Message"]
+    )
 
     with pytest.raises(ClientError) as exc:
         pinpoint.update_endpoints_batch(

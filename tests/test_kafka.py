@@ -26,7 +26,7 @@ def test_accepted_events_are_on_kafka_exactly_once(pipeline: Pipeline, unvalidat
                 events[event_id] = event(Timestamp="not a time") if bad else event(EventType=f"type-{i}")
             batch[endpoint_id] = {"Endpoint": FULL_ENDPOINT if e % 2 else {}, "Events": events}
         results = put(unvalidated, app_id, batch)
-        for endpoint_id, item in results.items():
+        for item in results.values():
             assert item["EndpointItemResponse"] == ACCEPTED
             for event_id, status in item["EventsItemResponse"].items():
                 (accepted if status == ACCEPTED else rejected).add(event_id)
@@ -43,11 +43,18 @@ def test_accepted_events_are_on_kafka_exactly_once(pipeline: Pipeline, unvalidat
             assert datum["app_id"] == app_id and datum["event_type"].startswith("type-")
 
 
-def test_records_carry_every_field_and_not_sent_stays_null(pipeline: Pipeline, pinpoint: Any, app_id: str) -> None:
+def test_records_carry_every_field_and_not_sent_stays_null(
+    pipeline: Pipeline, pinpoint: Any, app_id: str
+) -> None:
     endpoint_id = f"full-{uuid.uuid4()}"
     bare_id = f"bare-{uuid.uuid4()}"
     full_event = event(
-        Session={"Id": "s-9", "StartTimestamp": "2026-11-20T10:00:00Z", "StopTimestamp": "2026-11-20T10:05:00Z", "Duration": 300000},
+        Session={
+            "Id": "s-9",
+            "StartTimestamp": "2026-11-20T10:00:00Z",
+            "StopTimestamp": "2026-11-20T10:05:00Z",
+            "Duration": 300000,
+        },
         AppPackageName="com.example",
         AppTitle="Example",
         AppVersionCode="42",
@@ -60,10 +67,17 @@ def test_records_carry_every_field_and_not_sent_stays_null(pipeline: Pipeline, p
         app_id,
         {
             endpoint_id: {"Endpoint": FULL_ENDPOINT, "Events": {"full-evt": full_event}},
-            bare_id: {"Endpoint": {}, "Events": {"bare-evt": {"EventType": "t", "Timestamp": "2026-11-20T10:00:00Z"}}},
+            bare_id: {
+                "Endpoint": {},
+                "Events": {"bare-evt": {"EventType": "t", "Timestamp": "2026-11-20T10:00:00Z"}},
+            },
         },
     )
-    events = {d["endpoint_id"]: d for _, d in read_topic(pipeline.bootstrap, "ingest.events") if d["app_id"] == app_id}
+    events = {
+        d["endpoint_id"]: d
+        for _, d in read_topic(pipeline.bootstrap, "ingest.events")
+        if d["app_id"] == app_id
+    }
     full = events[endpoint_id]
     assert full["session"] == {
         "id": "s-9",
@@ -81,7 +95,11 @@ def test_records_carry_every_field_and_not_sent_stays_null(pipeline: Pipeline, p
     assert bare["attributes"] is None and bare["session"] is None and bare["app_title"] is None
     assert bare["endpoint"] == {"user_id": None, "channel_type": None, "demographic": None, "location": None}
 
-    upserts = {d["endpoint_id"]: d for _, d in read_topic(pipeline.bootstrap, "ingest.endpoints") if d["app_id"] == app_id}
+    upserts = {
+        d["endpoint_id"]: d
+        for _, d in read_topic(pipeline.bootstrap, "ingest.endpoints")
+        if d["app_id"] == app_id
+    }
     up = upserts[endpoint_id]
     assert up["source"] == "PUT_EVENTS"
     assert up["attributes"] == {"interests": ["a", "b"]} and up["user_attributes"] == {"plan": ["pro"]}

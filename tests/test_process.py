@@ -4,7 +4,6 @@ bodies over HTTP never yielding a 500."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,16 +19,26 @@ from hypothesis import strategies as st
 from ingest.broker import free_port
 from ingest.errors import SettingsError
 from ingest.settings import Settings
-from tests.conftest import ROOT, Pipeline
+from tests.conftest import ROOT, Pipeline, clean_env
 from tests.test_api import ACCEPTED, event, put
 
 
 def test_settings_read_from_env_with_overrides() -> None:
     loaded = Settings.from_env(
-        {"INGEST_PORT": "9000", "INGEST_KAFKA_IDEMPOTENCE": "false", "INGEST_KAFKA_COMPRESSION": "zstd", "PATH": "/x"},
+        {
+            "INGEST_PORT": "9000",
+            "INGEST_KAFKA_IDEMPOTENCE": "false",
+            "INGEST_KAFKA_COMPRESSION": "zstd",
+            "PATH": "/x",
+        },
         host="0.0.0.0",
     )
-    assert (loaded.port, loaded.kafka_idempotence, loaded.kafka_compression, loaded.host) == (9000, False, "zstd", "0.0.0.0")
+    assert (loaded.port, loaded.kafka_idempotence, loaded.kafka_compression, loaded.host) == (
+        9000,
+        False,
+        "zstd",
+        "0.0.0.0",
+    )
     assert Settings.from_env({"INGEST_PORT": "9000"}, port=1234).port == 1234
 
 
@@ -52,40 +61,49 @@ def test_bad_setting_names_the_variable(env: dict[str, str], named: str) -> None
         Settings.from_env(env)
 
 
-def test_cli_bad_setting_fails_start_up_naming_it() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")} | {"INGEST_MAX_IN_FLIGHT_REQUESTS": "lots"}
-    done = subprocess.run(
-        [sys.executable, "-m", "ingest", "run"], env=env, capture_output=True, timeout=60, cwd=ROOT, check=False
+def run_ingest(*args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "ingest", *args],
+        env=clean_env(**env),
+        capture_output=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
     )
+
+
+def test_cli_bad_setting_fails_start_up_naming_it() -> None:
+    done = run_ingest("run", INGEST_MAX_IN_FLIGHT_REQUESTS="lots")
     assert done.returncode == 2
     assert b"INGEST_MAX_IN_FLIGHT_REQUESTS='lots'" in done.stderr
 
 
 def test_edge_requires_a_bootstrap() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "ingest", "edge"], env=env, capture_output=True, timeout=60, cwd=ROOT, check=False
-    )
+    done = run_ingest("edge")
     assert done.returncode != 0 and b"INGEST_KAFKA_BOOTSTRAP" in done.stderr
 
 
 def test_edge_alone_against_an_external_broker(pipeline: Pipeline, tmp_path: Path) -> None:
     """`ingest edge` with INGEST_KAFKA_BOOTSTRAP: here the pipeline's broker."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")} | {
-        "INGEST_KAFKA_BOOTSTRAP": pipeline.bootstrap,
-        "INGEST_KAFKA_IDEMPOTENCE": "false",
-        "INGEST_DATA_DIR": str(tmp_path),
-        "INGEST_PORT": str(port),
-    }
+    env = clean_env(
+        INGEST_KAFKA_BOOTSTRAP=pipeline.bootstrap,
+        INGEST_KAFKA_IDEMPOTENCE="false",
+        INGEST_DATA_DIR=str(tmp_path),
+        INGEST_PORT=str(port),
+    )
     log_path = tmp_path / "edge.log"
     with log_path.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "ingest", "edge"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ingest", "edge"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
     edge = Pipeline(process, port, tmp_path, log_path)
     try:
         edge.wait_ready()
         client = edge.client()
-        app_id = client.create_app(CreateApplicationRequest={"Name": "edge-only"})["ApplicationResponse"]["Id"]
+        app_id = client.create_app(CreateApplicationRequest={"Name": "edge-only"})["ApplicationResponse"][
+            "Id"
+        ]
         results = put(client, app_id, {"d": {"Endpoint": {}, "Events": {"e": event()}}})
         assert results["d"]["EventsItemResponse"]["e"] == ACCEPTED
         assert "embedded Kafka broker" not in edge.log()
@@ -95,7 +113,11 @@ def test_edge_alone_against_an_external_broker(pipeline: Pipeline, tmp_path: Pat
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=25,
 )
@@ -104,8 +126,12 @@ event_like = st.fixed_dictionaries(
     optional={
         "EventType": json_values | st.text(max_size=20),
         "Timestamp": json_values | st.sampled_from(["2026-11-20T10:00:00Z", "2026-13-40", ""]),
-        "Session": json_values | st.fixed_dictionaries({}, optional={"Id": json_values, "StartTimestamp": json_values, "Duration": json_values}),
-        "Attributes": json_values | st.dictionaries(st.text(max_size=60), st.text(max_size=210) | json_values, max_size=45),
+        "Session": json_values
+        | st.fixed_dictionaries(
+            {}, optional={"Id": json_values, "StartTimestamp": json_values, "Duration": json_values}
+        ),
+        "Attributes": json_values
+        | st.dictionaries(st.text(max_size=60), st.text(max_size=210) | json_values, max_size=45),
         "Metrics": json_values | st.dictionaries(st.text(max_size=60), json_values, max_size=45),
     },
 )
@@ -129,7 +155,11 @@ bodies = st.one_of(
                 json_values
                 | st.fixed_dictionaries(
                     {},
-                    optional={"Endpoint": endpoint_like, "Events": json_values | st.dictionaries(st.text(max_size=20), event_like | json_values, max_size=8)},
+                    optional={
+                        "Endpoint": endpoint_like,
+                        "Events": json_values
+                        | st.dictionaries(st.text(max_size=20), event_like | json_values, max_size=8),
+                    },
                 ),
                 max_size=6,
             )
@@ -138,11 +168,17 @@ bodies = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(body=bodies)
 def test_arbitrary_bodies_never_yield_a_500(pipeline: Pipeline, app_id: str, body: Any) -> None:
     raw = json.dumps(body).encode()  # json, not orjson: integers beyond 64 bits too
-    status, headers, payload = pipeline.request("POST", f"/v1/apps/{app_id}/events", raw, {"Content-Type": "application/json"})
+    status, headers, payload = pipeline.request(
+        "POST", f"/v1/apps/{app_id}/events", raw, {"Content-Type": "application/json"}
+    )
     assert status in (202, 400), (status, payload)
     if status == 400:
         assert headers["x-amzn-errortype"] == "BadRequestException"
@@ -159,12 +195,20 @@ def test_arbitrary_bodies_never_yield_a_500(pipeline: Pipeline, app_id: str, bod
             assert status_item["StatusCode"] in (202, 400)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(body=json_values, operation=st.sampled_from(["PUT endpoints/x", "PUT endpoints", "POST apps"]))
-def test_arbitrary_bodies_on_other_operations(pipeline: Pipeline, app_id: str, body: Any, operation: str) -> None:
+def test_arbitrary_bodies_on_other_operations(
+    pipeline: Pipeline, app_id: str, body: Any, operation: str
+) -> None:
     method, path = operation.split(" ")
     url = "/v1/apps" if path == "apps" else f"/v1/apps/{app_id}/{path}"
-    status, headers, _ = pipeline.request(method, url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    status, headers, _ = pipeline.request(
+        method, url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
     assert status in (201, 202, 400), status
     if status == 400:
         assert headers["x-amzn-errortype"] == "BadRequestException"
