@@ -1,0 +1,442 @@
+"""`ingest bench`: the write path measured side by side with its ceilings.
+
+Everything runs in one invocation on one machine, so the ratios hold even when
+the machine is shared and noisy:
+
+1. core: JSON parse + validate + Avro encode of 100-event PutEvents bodies, in
+   this process, no I/O: the CPU cost of our own code per event;
+2. produce ceiling: the same Avro records produced by raw aiokafka
+   (``send_batch``, acks=all) to the embedded broker: what Kafka and the
+   client library allow;
+3. publisher: core + our Publisher to the broker, no HTTP;
+4. HTTP ceiling: the same uvicorn stack answering a canned 202 to the same
+   bodies, driven by the same client;
+5. edge: `ingest edge` in its own process, driven over HTTP; reported as
+   events/s and as events per CPU-second of the edge process ("per edge core").
+
+The HTTP client (aiohttp) comes with the dev extras.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+from prometheus_client import CollectorRegistry
+
+from ingest import kafka, validate
+from ingest.broker import EmbeddedBroker, free_port
+from ingest.codec import Codec
+from ingest.metrics import Metrics
+from ingest.publish import OutRecord, Publisher
+from ingest.records import Event, Invalid
+from ingest.settings import Settings
+
+EVENTS_PER_BODY = 100
+BODIES = 64
+
+
+def make_body(seed: int) -> bytes:
+    """A native-SDK-shaped PutEvents body: one endpoint, 100 realistic events."""
+    endpoint_id = str(uuid.UUID(int=seed))
+    session = f"{endpoint_id[:8]}-20261123-100000000"
+    ts = "2026-11-23T10:00:00.000Z"
+    events: dict[str, Any] = {}
+    for i in range(EVENTS_PER_BODY):
+        kind = i % 10
+        body: dict[str, Any] = {"Timestamp": ts, "Session": {"Id": session, "StartTimestamp": ts}}
+        if kind == 0:
+            body["EventType"] = "_session.start"
+        elif kind == 9:
+            body |= {"EventType": "_session.stop"}
+            body["Session"] |= {"StopTimestamp": ts, "Duration": 61000}
+        elif kind == 5:
+            body |= {
+                "EventType": "_monetization.purchase",
+                "Attributes": {"_product_id": "sku-1", "_currency": "USD", "_store": "Apple"},
+                "Metrics": {"_item_price": 4.99, "_quantity": 1},
+            }
+        else:
+            body |= {
+                "EventType": "screen.view",
+                "Attributes": {"screen": f"screen-{kind}", "source": "tab"},
+                "Metrics": {"dwell_ms": 1500.0},
+            }
+        body |= {"AppPackageName": "com.example.app", "AppVersionCode": "42", "SdkName": "aws-amplify-swift"}
+        events[str(uuid.UUID(int=seed * 1000 + i))] = body
+    endpoint = {
+        "ChannelType": "APNS",
+        "Address": f"token-{seed}",
+        "Demographic": {"Platform": "ios", "PlatformVersion": "18.1", "AppVersion": "4.2", "Locale": "en_US"},
+        "Location": {"Country": "NO", "City": "Oslo"},
+        "User": {"UserId": f"user-{seed}"},
+    }
+    return orjson.dumps({"BatchItem": {endpoint_id: {"Endpoint": endpoint, "Events": events}}})
+
+
+def core_records(codec: Codec, raw: bytes, app_id: str) -> list[OutRecord]:
+    """Parse, validate and encode one body: the edge's pure work."""
+    batches = validate.put_events(
+        validate.json_body(raw), app_id=app_id, request_id="bench", received_at_ms=0, body_bytes=len(raw)
+    )
+    records = []
+    for batch in batches:
+        key = f"{app_id}:{batch.endpoint_id}".encode()
+        if not isinstance(batch.endpoint, Invalid):
+            records.append(OutRecord(kafka.ENDPOINTS_TOPIC, key, codec.encode_endpoint(batch.endpoint)))
+        records.extend(
+            OutRecord(kafka.EVENTS_TOPIC, key, codec.encode_event(e))
+            for _, e in batch.events
+            if isinstance(e, Event)
+        )
+    return records
+
+
+@dataclass
+class Result:
+    name: str
+    events: int
+    seconds: float
+    cpu_s: float | None = None
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def per_cpu(self) -> float | None:
+        return None if not self.cpu_s else self.events / self.cpu_s
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _timed(seconds: float, step: Callable[[], Awaitable[int]], concurrency: int) -> tuple[int, float]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    total = 0
+
+    async def worker() -> None:
+        nonlocal total
+        while loop.time() < deadline:
+            # Not `total += await step()`: that reads `total` before the await
+            # and loses the other workers' additions.
+            done = await step()
+            total += done
+
+    started = loop.time()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(concurrency):
+            group.create_task(worker())
+    return total, loop.time() - started
+
+
+def bench_core(bodies: list[bytes], seconds: float) -> Result:
+    codec = Codec()
+    events = 0
+    started = time.perf_counter()
+    cpu = time.process_time()
+    while time.perf_counter() - started < seconds:
+        for raw in bodies:
+            events += EVENTS_PER_BODY
+            core_records(codec, raw, "bench-app")
+    return Result(
+        "core: parse + validate + encode", events, time.perf_counter() - started, time.process_time() - cpu
+    )
+
+
+async def bench_produce(settings: Settings, bootstrap: str, bodies: list[bytes], seconds: float) -> Result:
+    """Raw aiokafka: pre-built Avro records packed into one batch per partition
+    and handed over with ``send_batch`` from a single task.
+
+    A single task, because aiokafka 0.14's ``add_batch`` subtracts the time
+    since its first wait on every wake-up: with many tasks waiting on one
+    partition the budget runs out in well under ``request_timeout_ms`` and it
+    raises KafkaTimeoutError. (The Publisher has one pump per partition for
+    the same reason.)
+    """
+    codec = Codec()
+    per_body = [core_records(codec, raw, "bench-app") for raw in bodies]
+    producer = kafka.producer(settings, bootstrap, idempotence=False)
+    await producer.start()
+    partitions = len(await producer.partitions_for(kafka.EVENTS_TOPIC))
+    loop = asyncio.get_running_loop()
+    acks: deque[asyncio.Future[Any]] = deque()
+    events = 0
+    try:
+        cpu = time.process_time()
+        started = loop.time()
+        index = 0
+        while loop.time() - started < seconds:
+            builders: dict[tuple[str, int], Any] = {}
+            for _ in range(8):
+                for r in per_body[index % len(per_body)]:
+                    tp = (r.topic, (murmur2(r.key) & 0x7FFFFFFF) % partitions)
+                    builder = builders.get(tp) or builders.setdefault(tp, producer.create_batch())
+                    if builder.append(timestamp=None, key=r.key, value=r.value) is None:
+                        acks.append(await producer.send_batch(builder, tp[0], partition=tp[1]))
+                        builders[tp] = producer.create_batch()
+                        builders[tp].append(timestamp=None, key=r.key, value=r.value)
+                index += 1
+                events += EVENTS_PER_BODY
+            for (topic, number), builder in builders.items():
+                acks.append(await producer.send_batch(builder, topic, partition=number))
+            while len(acks) > 64:
+                await acks.popleft()
+        await asyncio.gather(*acks)
+        return Result(
+            "produce ceiling: raw aiokafka send_batch",
+            events,
+            loop.time() - started,
+            time.process_time() - cpu,
+        )
+    finally:
+        await producer.stop()
+
+
+async def bench_publisher(settings: Settings, bootstrap: str, bodies: list[bytes], seconds: float) -> Result:
+    codec = Codec()
+    publisher = Publisher(
+        kafka.producer(settings, bootstrap, idempotence=False),
+        topics=(kafka.EVENTS_TOPIC, kafka.ENDPOINTS_TOPIC),
+        produce_timeout_s=settings.produce_timeout_s,
+        buffer_bytes=settings.producer_buffer_bytes,
+        drain_timeout_s=settings.drain_timeout_s,
+        metrics=Metrics(CollectorRegistry()),
+    )
+    index = 0
+
+    async def step() -> int:
+        nonlocal index
+        raw = bodies[index % len(bodies)]
+        index += 1
+        acked = await publisher.publish(core_records(codec, raw, "bench-app"))
+        return acked.count(True) - 1  # minus the endpoint upsert
+
+    async with publisher:
+        cpu = time.process_time()
+        events, elapsed = await _timed(seconds, step, concurrency=32)
+        return Result("publisher: core + Publisher, no HTTP", events, elapsed, time.process_time() - cpu)
+
+
+async def _drive(
+    url: str, bodies: list[bytes], seconds: float, concurrency: int, pid: int
+) -> tuple[int, float, float]:
+    import aiohttp  # dev extra: only the benchmark drives HTTP
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    index = 0
+    async with aiohttp.ClientSession(
+        connector=connector, headers={"Content-Type": "application/json"}
+    ) as session:
+
+        async def step() -> int:
+            nonlocal index
+            raw = bodies[index % len(bodies)]
+            index += 1
+            async with session.post(url, data=raw) as response:
+                payload = await response.read()
+            if response.status != 202:
+                raise RuntimeError(f"edge answered {response.status}: {payload[:200]!r}")
+            return payload.count(b'"Accepted"') - 1
+
+        await _timed(min(1.0, seconds / 5), step, concurrency)  # warm up connections and caches
+        cpu = _cpu_seconds(pid)
+        events, elapsed = await _timed(seconds, step, concurrency)
+        return events, elapsed, _cpu_seconds(pid) - cpu
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603 - our own argv
+
+
+def _server_failed(what: str, log: Path) -> RuntimeError:
+    return RuntimeError(f"server {what}: {log.read_text()[-2000:]}")
+
+
+async def _wait_http(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    for _ in range(600):
+        if process.poll() is not None:
+            raise _server_failed("exited", log)
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)  # polling a port that is not yet bound
+            continue
+        writer.close()
+        return
+    raise _server_failed("did not listen", log)
+
+
+async def bench_http(
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    seconds: float,
+    concurrency: int,
+    log: Path,
+) -> Result:
+    process = _spawn(args, env, log)
+    try:
+        await _wait_http(port, process, log)
+        url = f"http://127.0.0.1:{port}{path}"
+        if path.startswith("/v1/apps/{app}"):
+            url = url.replace("{app}", await _create_app(port))
+            await asyncio.sleep(0.5)  # let /readyz-style warm-up (metadata, first batch) settle
+        events, elapsed, cpu = await _drive(url, bodies, seconds, concurrency, process.pid)
+        return Result(name, events, elapsed, cpu)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+async def _create_app(port: int) -> str:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/v1/apps", json={"Name": "bench"}) as response:
+            return str((await response.json())["Id"])
+
+
+async def bench(settings: Settings, *, seconds: float, concurrency: int) -> int:
+    bodies = [make_body(seed) for seed in range(1, BODIES + 1)]
+    work = Path(settings.data_dir) / f"bench-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    results: list[Result] = [bench_core(bodies, seconds)]
+    async with EmbeddedBroker(log_path=work / "tansu.log") as broker:
+        await kafka.ensure_topics(settings, broker.bootstrap)
+        results.append(await bench_produce(settings, broker.bootstrap, bodies, seconds))
+        results.append(await bench_publisher(settings, broker.bootstrap, bodies, seconds))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+        port = free_port()
+        results.append(
+            await bench_http(
+                "HTTP ceiling: uvicorn answering a canned 202",
+                [sys.executable, "-c", f"from ingest.bench import serve_canned; serve_canned({port})"],
+                env,
+                port,
+                "/v1/apps/x/events",
+                bodies,
+                seconds,
+                concurrency,
+                work / "canned.log",
+            )
+        )
+        port = free_port()
+        edge_env = env | {
+            "INGEST_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "INGEST_KAFKA_IDEMPOTENCE": "false",
+            "INGEST_PORT": str(port),
+            "INGEST_DATA_DIR": str(work),
+            "INGEST_LOG_LEVEL": "WARNING",
+        }
+        results.append(
+            await bench_http(
+                "edge: `ingest edge` over HTTP",
+                [sys.executable, "-m", "ingest", "edge"],
+                edge_env,
+                port,
+                "/v1/apps/{app}/events",
+                bodies,
+                seconds,
+                concurrency,
+                work / "edge.log",
+            )
+        )
+        broker_cpu = _cpu_seconds(broker.pid) if broker.pid else 0.0
+    print(report(results, seconds=seconds, concurrency=concurrency, broker_cpu_s=broker_cpu))  # noqa: T201
+    return 0
+
+
+CANNED = orjson.dumps(
+    {
+        "Results": {
+            "e": {
+                "EndpointItemResponse": {"StatusCode": 202, "Message": "Accepted"},
+                "EventsItemResponse": {},
+            }
+        }
+    }
+)
+
+
+async def _canned_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The HTTP ceiling: read the whole body, answer 202 with Accepted counts
+    matching the events sent, do nothing else."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    body = CANNED.replace(
+        b'"EventsItemResponse":{}',
+        b'"EventsItemResponse":{' + b'"x":"Accepted",' * EVENTS_PER_BODY + b'"y":1}',
+    )
+    await send(
+        {"type": "http.response.start", "status": 202, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve_canned(port: int) -> None:
+    import uvicorn
+    import uvloop
+
+    config = uvicorn.Config(
+        _canned_app,
+        host="127.0.0.1",
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
+    uvloop.run(uvicorn.Server(config).serve())
+
+
+def report(results: list[Result], *, seconds: float, concurrency: int, broker_cpu_s: float) -> str:
+    by = {r.name.split(":")[0]: r for r in results}
+    lines = [
+        f"Machine: {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, "
+        f"{seconds:g} s per measurement, {concurrency} HTTP connections, {EVENTS_PER_BODY}-event bodies. "
+        "Client, broker and server share the machine.",
+        "",
+        "| measurement | events/s | events per CPU-second of the measured process |",
+        "|---|---:|---:|",
+    ]
+    for r in results:
+        per_cpu = "" if r.per_cpu is None else f"{r.per_cpu:,.0f}"
+        lines.append(f"| {r.name} | {r.rate:,.0f} | {per_cpu} |")
+    edge, core, produce, http = by["edge"], by["core"], by["produce ceiling"], by["HTTP ceiling"]
+    lines += [
+        "",
+        "Ratios (same run):",
+        f"- edge events/s ÷ produce ceiling events/s: {edge.rate / produce.rate:.2f}",
+        f"- edge events/s ÷ HTTP ceiling events/s: {edge.rate / http.rate:.2f}",
+        "- edge events per edge CPU-second ÷ core events per CPU-second: "
+        f"{(edge.per_cpu or 0) / (core.per_cpu or 1):.2f}",
+        f'- edge events per edge CPU-second ("per edge core"): {edge.per_cpu or 0:,.0f}',
+        f"- broker CPU over the whole run: {broker_cpu_s:.1f} s",
+    ]
+    return "\n".join(lines)
