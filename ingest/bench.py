@@ -20,6 +20,7 @@ The HTTP client (aiohttp) comes with the dev extras.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import platform
 import subprocess
@@ -146,6 +147,52 @@ async def _timed(seconds: float, step: Callable[[], Awaitable[int]], concurrency
     return total, loop.time() - started
 
 
+def bench_encoders(bodies: list[bytes], seconds: float) -> tuple[Result, Result]:
+    """The same Event records through fastavro's schemaless_writer and through
+    the generated writer the codec uses (:mod:`ingest.avro`)."""
+    import io
+
+    import fastavro
+
+    from ingest.codec import EVENT_SCHEMA, event_datum
+
+    codec = Codec()
+    schema = codec.schema(EVENT_SCHEMA)
+    events = [
+        e
+        for raw in bodies
+        for batch in validate.put_events(
+            validate.json_body(raw),
+            app_id="bench-app",
+            request_id="bench",
+            received_at_ms=0,
+            body_bytes=len(raw),
+        )
+        for _, e in batch.events
+        if isinstance(e, Event)
+    ]
+
+    def run(name: str, encode: Callable[[Event], object]) -> Result:
+        done = 0
+        cpu = time.process_time()
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds / 2:
+            for event in events:
+                encode(event)
+            done += len(events)
+        return Result(name, done, time.perf_counter() - started, time.process_time() - cpu)
+
+    def with_fastavro(event: Event) -> object:
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, schema, event_datum(event))
+        return out
+
+    return (
+        run("encode: fastavro schemaless_writer", with_fastavro),
+        run("encode: generated writer (ingest.avro)", codec.encode_event),
+    )
+
+
 def bench_core(bodies: list[bytes], seconds: float) -> Result:
     codec = Codec()
     events = 0
@@ -175,6 +222,11 @@ async def bench_produce(settings: Settings, bootstrap: str, bodies: list[bytes],
     producer = kafka.producer(settings, bootstrap, idempotence=False)
     await producer.start()
     partitions = len(await producer.partitions_for(kafka.EVENTS_TOPIC))
+
+    @functools.cache
+    def partition_of(key: bytes) -> int:
+        return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
     loop = asyncio.get_running_loop()
     acks: deque[asyncio.Future[Any]] = deque()
     events = 0
@@ -186,7 +238,7 @@ async def bench_produce(settings: Settings, bootstrap: str, bodies: list[bytes],
             builders: dict[tuple[str, int], Any] = {}
             for _ in range(8):
                 for r in per_body[index % len(per_body)]:
-                    tp = (r.topic, (murmur2(r.key) & 0x7FFFFFFF) % partitions)
+                    tp = (r.topic, partition_of(r.key))
                     builder = builders.get(tp) or builders.setdefault(tp, producer.create_batch())
                     if builder.append(timestamp=None, key=r.key, value=r.value) is None:
                         acks.append(await producer.send_batch(builder, tp[0], partition=tp[1]))
@@ -321,7 +373,7 @@ async def bench(settings: Settings, *, seconds: float, concurrency: int) -> int:
     bodies = [make_body(seed) for seed in range(1, BODIES + 1)]
     work = Path(settings.data_dir) / f"bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
-    results: list[Result] = [bench_core(bodies, seconds)]
+    results: list[Result] = [*bench_encoders(bodies, seconds), bench_core(bodies, seconds)]
     async with EmbeddedBroker(log_path=work / "tansu.log") as broker:
         await kafka.ensure_topics(settings, broker.bootstrap)
         results.append(await bench_produce(settings, broker.bootstrap, bodies, seconds))
@@ -429,9 +481,12 @@ def report(results: list[Result], *, seconds: float, concurrency: int, broker_cp
         per_cpu = "" if r.per_cpu is None else f"{r.per_cpu:,.0f}"
         lines.append(f"| {r.name} | {r.rate:,.0f} | {per_cpu} |")
     edge, core, produce, http = by["edge"], by["core"], by["produce ceiling"], by["HTTP ceiling"]
+    fastavro_writer, generated = (r for r in results if r.name.startswith("encode"))
     lines += [
         "",
         "Ratios (same run):",
+        f"- generated writer ÷ fastavro schemaless_writer, events encoded per second: "
+        f"{generated.rate / fastavro_writer.rate:.1f}",
         f"- edge events/s ÷ produce ceiling events/s: {edge.rate / produce.rate:.2f}",
         f"- edge events/s ÷ HTTP ceiling events/s: {edge.rate / http.rate:.2f}",
         "- edge events per edge CPU-second ÷ core events per CPU-second: "

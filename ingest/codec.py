@@ -84,6 +84,10 @@ class Codec:
         self._write_event = compile_encoder(event_schema)
         self._write_endpoint = compile_encoder(endpoint_schema)
 
+    def schema(self, name: str) -> Any:
+        """The parsed schema of a full name (``ingest.v1.Event``)."""
+        return self._by_name[name][1]
+
     def encode_event(self, event: Event) -> bytes:
         out = bytearray(self._event_header)
         self._write_event(out, event)
@@ -120,7 +124,7 @@ def _flat(value: Any) -> dict[str, Any] | None:
     """A flat slotted record (Demographic, Location, Session) → Avro datum."""
     if value is None:
         return None
-    return {name: getattr(value, name) for name in value.__slots__}
+    return {name: getattr(value, name) for name in value._fields}
 
 
 def _context(context: EndpointContext | None) -> dict[str, Any] | None:
@@ -135,14 +139,14 @@ def _context(context: EndpointContext | None) -> dict[str, Any] | None:
 
 
 def event_datum(event: Event) -> dict[str, Any]:
-    datum = {name: getattr(event, name) for name in Event.__slots__}
+    datum = {name: getattr(event, name) for name in Event._fields}
     datum["session"] = _flat(event.session)
     datum["endpoint"] = _context(event.endpoint)
     return datum
 
 
 def endpoint_datum(upsert: EndpointUpsert) -> dict[str, Any]:
-    datum = {name: getattr(upsert, name) for name in EndpointUpsert.__slots__}
+    datum = {name: getattr(upsert, name) for name in EndpointUpsert._fields}
     datum["demographic"] = _flat(upsert.demographic)
     datum["location"] = _flat(upsert.location)
     return datum

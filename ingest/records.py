@@ -1,7 +1,9 @@
 """The values that flow through the write path: frozen, slotted, no I/O.
 
 JSON dicts exist only at the HTTP edge and Avro dicts only in the codec; in
-between, a request is these records. For every optional member ``None`` means
+between, a request is these records. They are NamedTuples: immutable, with no
+per-instance dict, and built about 4x faster than frozen dataclasses, which
+matters at a hundred records a request. For every optional member ``None`` means
 "the client did not send it" and an empty string or mapping means "sent empty":
 the endpoint store keeps what was not sent and overwrites what was.
 """
@@ -9,8 +11,7 @@ the endpoint store keeps what was not sent and overwrites what was.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Source = Literal["PUT_EVENTS", "UPDATE_ENDPOINT", "UPDATE_ENDPOINTS_BATCH"]
 
@@ -39,16 +40,14 @@ REJECT_REASONS: tuple[RejectReason, ...] = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
+class Invalid(NamedTuple):
     """An item that breaks a rule; answered ``{"StatusCode": 400, "Message": message}``."""
 
     reason: RejectReason
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class Demographic:
+class Demographic(NamedTuple):
     app_version: str | None = None
     locale: str | None = None
     make: str | None = None
@@ -59,8 +58,7 @@ class Demographic:
     timezone: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
     city: str | None = None
     country: str | None = None
     latitude: float | None = None
@@ -69,8 +67,7 @@ class Location:
     region: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointUpsert:
+class EndpointUpsert(NamedTuple):
     """One endpoint write. The store overwrites the members it carries (not
     ``None``), keeps the others, and within a mapping replaces only the keys sent.
     """
@@ -95,16 +92,14 @@ class EndpointUpsert:
     user_attributes: Mapping[str, Sequence[str]] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
+class Session(NamedTuple):
     id: str
     start_timestamp: str
     stop_timestamp: str | None = None
     duration_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointContext:
+class EndpointContext(NamedTuple):
     """What the batch's Endpoint said about the device when the event arrived."""
 
     user_id: str | None = None
@@ -113,8 +108,7 @@ class EndpointContext:
     location: Location | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One event. ``(app_id, endpoint_id, event_id)`` is its idempotency key:
     clients resend the same event ID on every retry, so consumers dedupe on it.
     """
@@ -138,8 +132,7 @@ class Event:
     endpoint: EndpointContext | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointBatch:
+class EndpointBatch(NamedTuple):
     """One ``BatchItem`` entry of PutEvents after validation: the endpoint and
     each event decided on its own, in the order the client sent them."""
 

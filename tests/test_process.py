@@ -223,3 +223,9 @@ def test_wait_for_edge_is_quick_to_refuse_after_stop(tmp_path: Path) -> None:
     assert time.monotonic() - started < 15
     with pytest.raises(OSError):
         running.request("GET", "/healthz", timeout_s=2)
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(name for name in Settings.names() if f"`{name}`" not in readme)
+    assert not missing, f"README's settings table lacks {missing}"
