@@ -407,3 +407,67 @@ def test_unique_ids_per_request(pinpoint: Any, app_id: str) -> None:
     first = pinpoint.update_endpoint(ApplicationId=app_id, EndpointId=str(uuid.uuid4()), EndpointRequest={})
     second = pinpoint.update_endpoint(ApplicationId=app_id, EndpointId=str(uuid.uuid4()), EndpointRequest={})
     assert first["MessageBody"]["RequestID"] != second["MessageBody"]["RequestID"]
+
+
+# --- metrics and logs ------------------------------------------------------
+
+
+def scrape(pipeline: Pipeline) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, _, body = pipeline.request("GET", "/metrics")
+    assert status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_outcomes_reasons_and_kafka(pipeline: Pipeline, unvalidated: Any, app_id: str) -> None:
+    before = scrape(pipeline)
+    put(
+        unvalidated,
+        app_id,
+        {
+            "m1": {
+                "Endpoint": {"ChannelType": "FAX"},
+                "Events": {
+                    "ok-1": event(),
+                    "ok-2": event(),
+                    "late": event(Timestamp="later"),
+                    "big": event(Attributes={"a": "v" * 201}),
+                },
+            }
+        },
+    )
+    after = scrape(pipeline)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("ingest_events_total", outcome="accepted", reason="") == 2
+    assert delta("ingest_events_total", outcome="rejected", reason="bad_timestamp") == 1
+    assert delta("ingest_events_total", outcome="rejected", reason="value_too_long") == 1
+    assert delta("ingest_endpoints_total", outcome="rejected", reason="bad_value") == 1
+    assert delta("ingest_http_requests_total", route="PutEvents", status="202") == 1
+    assert delta("ingest_http_request_seconds_count", route="PutEvents") == 1
+    assert delta("ingest_kafka_produce_batches_total", topic="ingest.events", outcome="acked") >= 1
+    assert delta("ingest_kafka_produce_seconds_count", topic="ingest.events") >= 1
+    assert after[("ingest_producer_buffer_limit_bytes", ())] == 64 * 1024 * 1024
+    assert ("ingest_producer_buffer_bytes", ()) in after
+    assert after[("ingest_http_in_flight_requests", ())] == 0
+    assert after[("ingest_ready", ())] == 1
+
+
+def test_signing_access_key_is_logged_once(pipeline: Pipeline, pinpoint: Any) -> None:
+    pinpoint.get_apps()
+    pinpoint.get_apps()
+    log = pipeline.log()
+    assert (
+        log.count(
+            "first request signed by access key AKIDINGESTTEST (region us-east-1, service mobiletargeting)"
+        )
+        == 1
+    )

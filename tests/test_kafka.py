@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from tests.conftest import Pipeline
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from ingest.broker import EmbeddedBroker
+from ingest.errors import BrokerError
+from ingest.kafka import ensure_topics
+from ingest.settings import Settings
+from tests.conftest import Pipeline, start_pipeline
 from tests.kafka_reader import read_topic
 from tests.test_api import ACCEPTED, FULL_ENDPOINT, event, put
 
@@ -118,3 +127,40 @@ def test_update_endpoints_land_on_the_endpoint_topic(pipeline: Pipeline, pinpoin
     assert by_id["a/b c"][0] == f"{app_id}:a/b c".encode()
     assert by_id["a/b c"][1]["source"] == "UPDATE_ENDPOINT" and by_id["a/b c"][1]["address"] == "one"
     assert by_id["x1"][1]["source"] == "UPDATE_ENDPOINTS_BATCH" and by_id["x2"][1]["address"] is None
+
+
+def test_both_main_topics_have_the_configured_partition_count(tmp_path: Path) -> None:
+    running = start_pipeline(tmp_path, INGEST_KAFKA_PARTITIONS="3")
+    try:
+        counts = asyncio.run(partition_counts(running.bootstrap))
+    finally:
+        running.stop()
+    assert counts == {"ingest.events": 3, "ingest.endpoints": 3, "ingest.deadletter": 1}
+
+
+async def partition_counts(bootstrap: str) -> dict[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(["ingest.events", "ingest.endpoints", "ingest.deadletter"])
+    finally:
+        await admin.close()
+    return {d["topic"]: len(d["partitions"]) for d in described}
+
+
+def test_topics_with_different_partition_counts_fail_start_up(tmp_path: Path) -> None:
+    async def scenario() -> str:
+        async with EmbeddedBroker(log_path=tmp_path / "tansu.log") as broker:
+            admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+            await admin.start()
+            try:
+                await admin.create_topics(
+                    [NewTopic("ingest.events", 2, 1), NewTopic("ingest.endpoints", 3, 1)]
+                )
+            finally:
+                await admin.close()
+            with pytest.raises(BrokerError) as exc:
+                await ensure_topics(Settings(), broker.bootstrap)
+            return str(exc.value)
+
+    assert "same partition count" in asyncio.run(scenario())
