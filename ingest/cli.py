@@ -42,6 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--host")
     edge.add_argument("--port", type=int)
 
+    worker = commands.add_parser(
+        "worker",
+        help="a consumer worker alone, against INGEST_KAFKA_BOOTSTRAP",
+        description="For deployments: serves /healthz, /readyz and /metrics on INGEST_PORT.",
+    )
+    worker.add_argument(
+        "role", choices=["endpoints"], help="endpoints: ingest.endpoints → the endpoint store"
+    )
+    worker.add_argument("--host")
+    worker.add_argument("--port", type=int)
+
     bench = commands.add_parser(
         "bench",
         help="measure the write path side by side with its ceilings",
@@ -66,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.command in ("run", "edge"):
-            from ingest.process import serve
+        if args.command in ("run", "edge", "worker"):
+            from ingest.process import Mode, serve
 
-            return uvloop.run(serve(settings, embedded_broker=args.command == "run"))
+            mode: Mode = "worker-endpoints" if args.command == "worker" else args.command
+            return uvloop.run(serve(settings, mode=mode))
         from ingest.bench import bench
 
         return uvloop.run(bench(settings, seconds=args.seconds, concurrency=args.concurrency))

@@ -21,13 +21,15 @@ import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
 from ingest.avro import compile_encoder
+from ingest.endpoints import EndpointDelete
 from ingest.errors import IngestError
-from ingest.records import EndpointContext, EndpointUpsert, Event
+from ingest.records import Demographic, EndpointContext, EndpointUpsert, Event, Location
 
 MARKER = b"\xc3\x01"
 HEADER_BYTES = len(MARKER) + 8
 EVENT_SCHEMA = "ingest.v1.Event"
 ENDPOINT_SCHEMA = "ingest.v1.EndpointUpsert"
+DELETE_SCHEMA = "ingest.v1.EndpointDelete"
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795
 
@@ -81,8 +83,10 @@ class Codec:
             self._by_fingerprint[header[2:]] = (name, parsed)
         self._event_header, event_schema = self._by_name[EVENT_SCHEMA]
         self._endpoint_header, endpoint_schema = self._by_name[ENDPOINT_SCHEMA]
+        self._delete_header, delete_schema = self._by_name[DELETE_SCHEMA]
         self._write_event = compile_encoder(event_schema)
         self._write_endpoint = compile_encoder(endpoint_schema)
+        self._write_delete = compile_encoder(delete_schema)
 
     def schema(self, name: str) -> Any:
         """The parsed schema of a full name (``ingest.v1.Event``)."""
@@ -97,6 +101,30 @@ class Codec:
         out = bytearray(self._endpoint_header)
         self._write_endpoint(out, upsert)
         return bytes(out)
+
+    def encode_delete(self, delete: EndpointDelete) -> bytes:
+        out = bytearray(self._delete_header)
+        self._write_delete(out, delete)
+        return bytes(out)
+
+    def decode_endpoint_record(self, data: bytes) -> EndpointUpsert | EndpointDelete:
+        """A value of ``ingest.endpoints`` → its record; DecodeError otherwise."""
+        name, datum = self.decode(data)
+        try:
+            if name == ENDPOINT_SCHEMA:
+                demographic, location = datum["demographic"], datum["location"]
+                return EndpointUpsert(
+                    **{
+                        **datum,
+                        "demographic": None if demographic is None else Demographic(**demographic),
+                        "location": None if location is None else Location(**location),
+                    }
+                )
+            if name == DELETE_SCHEMA:
+                return EndpointDelete(**datum)
+        except TypeError as exc:  # a schema whose fields our records do not know
+            raise DecodeError(f"{name} does not map onto a record: {exc}") from exc
+        raise DecodeError(f"{name} is not an endpoint record")
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
         """→ (schema full name, Avro datum). DecodeError for anything else."""

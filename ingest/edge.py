@@ -15,14 +15,16 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ingest import validate
+from ingest import endpoints, validate
 from ingest.auth import KeyLog, credential_scope
 from ingest.codec import Codec
+from ingest.endpoints import EndpointDelete, EndpointState
 from ingest.errors import (
     ApiError,
     BadRequest,
@@ -65,7 +67,19 @@ NOT_ACKED = {
 # Pinpoint API operations take an in-flight slot; probes and /metrics do not,
 # so an overloaded edge still answers Kubernetes and Prometheus.
 _ADMITTED = frozenset(
-    ("CreateApp", "GetApps", "GetApp", "DeleteApp", "PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch")
+    (
+        "CreateApp",
+        "GetApps",
+        "GetApp",
+        "DeleteApp",
+        "PutEvents",
+        "UpdateEndpoint",
+        "UpdateEndpointsBatch",
+        "GetEndpoint",
+        "DeleteEndpoint",
+        "GetUserEndpoints",
+        "DeleteUserEndpoints",
+    )
 )
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -107,8 +121,10 @@ class Edge:
         publisher: Publisher,
         codec: Codec,
         metrics: Metrics,
+        readiness: Sequence[Callable[[], bool]] = (),
     ) -> None:
         self._settings = settings
+        self._readiness = tuple(readiness)
         self._store = store
         self._apps = AppCache(store, settings.app_cache_ttl_s)
         self._publisher = publisher
@@ -133,7 +149,18 @@ class Edge:
                 ),
                 Route(
                     "/v1/apps/{app}/endpoints/{endpoint}",
-                    {"PUT": ("UpdateEndpoint", self.update_endpoint)},
+                    {
+                        "PUT": ("UpdateEndpoint", self.update_endpoint),
+                        "GET": ("GetEndpoint", self.get_endpoint),
+                        "DELETE": ("DeleteEndpoint", self.delete_endpoint),
+                    },
+                ),
+                Route(
+                    "/v1/apps/{app}/users/{user}",
+                    {
+                        "GET": ("GetUserEndpoints", self.get_user_endpoints),
+                        "DELETE": ("DeleteUserEndpoints", self.delete_user_endpoints),
+                    },
                 ),
                 Route("/healthz", {"GET": ("healthz", self.healthz)}),
                 Route("/readyz", {"GET": ("readyz", self.readyz)}),
@@ -143,7 +170,7 @@ class Edge:
 
     @property
     def ready(self) -> bool:
-        ready = not self.draining and self._publisher.healthy
+        ready = not self.draining and self._publisher.healthy and all(check() for check in self._readiness)
         self._metrics.ready.set(1 if ready else 0)
         return ready
 
@@ -320,6 +347,55 @@ class Edge:
         )
         return await self._write_endpoints(upserts, request)
 
+    async def get_endpoint(self, request: Request) -> Response:
+        """Eventually consistent: a write is readable once the endpoint worker
+        applied it (README states the measured delay)."""
+        app = await self._app(request)
+        state = await self._store.get_endpoint(app.id, request.params["endpoint"])
+        if state is None:
+            raise NotFound(f"Endpoint not found: {request.params['endpoint'][:200]}")
+        return json_response(200, endpoints.response(state))
+
+    async def delete_endpoint(self, request: Request) -> Response:
+        app = await self._app(request)
+        state = await self._store.get_endpoint(app.id, request.params["endpoint"])
+        if state is None:
+            raise NotFound(f"Endpoint not found: {request.params['endpoint'][:200]}")
+        await self._delete([state], request)
+        return json_response(202, endpoints.response(state))
+
+    async def get_user_endpoints(self, request: Request) -> Response:
+        app = await self._app(request)
+        states = await self._store.user_endpoints(app.id, request.params["user"])
+        if not states:
+            raise NotFound(f"User not found: {request.params['user'][:200]}")
+        return json_response(200, {"Item": [endpoints.response(s) for s in states]})
+
+    async def delete_user_endpoints(self, request: Request) -> Response:
+        app = await self._app(request)
+        states = await self._store.user_endpoints(app.id, request.params["user"])
+        if not states:
+            raise NotFound(f"User not found: {request.params['user'][:200]}")
+        await self._delete(states, request)
+        return json_response(202, {"Item": [endpoints.response(s) for s in states]})
+
+    async def _delete(self, states: Sequence[EndpointState], request: Request) -> None:
+        """Tombstones on ingest.endpoints, keyed like the upserts so they are
+        ordered with them; answered only once Kafka has them."""
+        received_at_ms = time.time_ns() // 1_000_000
+        records = [
+            OutRecord(
+                ENDPOINTS_TOPIC,
+                self._key(s.app_id, s.endpoint_id),
+                self._codec.encode_delete(
+                    EndpointDelete(s.app_id, s.endpoint_id, request.request_id, received_at_ms)
+                ),
+            )
+            for s in states
+        ]
+        if not all(await self._publisher.publish(records)):
+            raise InternalServerError("Kafka did not acknowledge the delete in time; retry")
+
     async def create_app(self, request: Request) -> Response:
         name, tags = validate.create_app(await self._json(request))
         app_id = uuid.uuid4().hex
@@ -367,7 +443,13 @@ class Edge:
     async def readyz(self, request: Request) -> Response:
         if self.ready:
             return json_response(200, {"status": "ready"})
-        reason = "draining" if self.draining else "producer unhealthy"
+        reason = (
+            "draining"
+            if self.draining
+            else "producer unhealthy"
+            if not self._publisher.healthy
+            else "a worker is not ready (store unavailable?)"
+        )
         return json_response(503, {"status": "not ready", "reason": reason})
 
     async def metrics(self, request: Request) -> Response:

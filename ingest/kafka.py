@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
@@ -53,6 +53,29 @@ def producer(settings: Settings, bootstrap: str, *, idempotence: bool) -> AIOKaf
         linger_ms=settings.kafka_linger_ms,
         request_timeout_ms=settings.kafka_request_timeout_ms,
         client_id="ingest-edge",
+    )
+
+
+def consumer(settings: Settings, bootstrap: str, *, group_id: str) -> AIOKafkaConsumer:
+    """A group member that commits by hand, after its store write."""
+    return AIOKafkaConsumer(
+        **connection_options(settings, bootstrap),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id=group_id,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=50 * 1024 * 1024,
+    )
+
+
+def deadletter_producer(settings: Settings, bootstrap: str, *, idempotence: bool) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **connection_options(settings, bootstrap),
+        acks="all",
+        enable_idempotence=idempotence,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        client_id="ingest-deadletter",
     )
 
 

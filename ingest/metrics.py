@@ -96,3 +96,49 @@ class Metrics:
             "1 while the process is ready (producer healthy, not draining), else 0.",
             registry=registry,
         )
+
+
+class WorkerMetrics:
+    """The endpoint worker's metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # Gauge: records between the committed position and the high watermark.
+        self.lag = Gauge(
+            "ingest_consumer_lag_records",
+            "Records not yet applied, per partition (fetch high watermark minus position).",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        # Counter: endpoint records by what the fold did with them.
+        self.records = Counter(
+            "ingest_endpoint_records",
+            "Endpoint records by outcome: applied, superseded (version guard), deleted, dead_lettered.",
+            ["outcome"],
+            registry=registry,
+        )
+        # Counter: endpoints made INACTIVE by the 15-endpoints-per-user rule.
+        self.deactivated = Counter(
+            "ingest_endpoints_deactivated",
+            "Endpoints made INACTIVE and stripped of their UserId by the 15-per-user rule.",
+            registry=registry,
+        )
+        # Histogram: records per applied batch.
+        self.batch_size = Histogram(
+            "ingest_endpoint_batch_records",
+            "Records per batch written to the store.",
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000),
+            registry=registry,
+        )
+        # Histogram: time of one store transaction.
+        self.write_seconds = Histogram(
+            "ingest_endpoint_write_seconds",
+            "Time of one store transaction applying a batch.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        # Counter: store writes that failed and were retried.
+        self.store_retries = Counter(
+            "ingest_endpoint_store_retries",
+            "Store writes that failed and will be retried after a backoff.",
+            registry=registry,
+        )

@@ -15,8 +15,9 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from typing import Any, Literal
 
 import uvicorn
 from prometheus_client import REGISTRY
@@ -26,19 +27,22 @@ from ingest.broker import EmbeddedBroker
 from ingest.codec import Codec
 from ingest.edge import Edge
 from ingest.errors import IngestError, SettingsError
-from ingest.metrics import Metrics
+from ingest.metrics import Metrics, WorkerMetrics
 from ingest.publish import Publisher
 from ingest.settings import Settings
 from ingest.store import open_store
+from ingest.wire import probe_app
+from ingest.worker import EndpointWorker
 
 log = logging.getLogger(__name__)
 
 # Allocations between young-generation collections (CPython's default: 700).
 GC_GEN0_THRESHOLD = 10_000
+ENDPOINT_GROUP = "ingest-endpoints"
 
 
 @contextlib.asynccontextmanager
-async def http_server(app: Edge, *, host: str, port: int, drain_timeout_s: float) -> AsyncIterator[int]:
+async def http_server(app: Any, *, host: str, port: int, drain_timeout_s: float) -> AsyncIterator[int]:
     """uvicorn (httptools parser) inside our event loop; yields the bound port.
 
     uvicorn's own ``limit_concurrency`` answers 503, which Amplify JS drops, so
@@ -74,8 +78,30 @@ async def http_server(app: Edge, *, host: str, port: int, drain_timeout_s: float
         await server.shutdown()
 
 
-async def serve(settings: Settings, *, embedded_broker: bool) -> int:
-    """Run the edge (and, with ``embedded_broker``, Tansu) until SIGINT/SIGTERM."""
+@contextlib.asynccontextmanager
+async def running(worker: EndpointWorker, stopping: asyncio.Event) -> AsyncIterator[EndpointWorker]:
+    """The worker as an owned task: on exit it drains and is awaited; if it
+    dies early the whole process stops rather than serve without it."""
+
+    def ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("endpoint worker failed: %r", task.exception())
+            stopping.set()
+
+    task = asyncio.create_task(worker.run(), name="endpoint-worker")
+    task.add_done_callback(ended)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await task
+
+
+Mode = Literal["run", "edge", "worker-endpoints"]
+
+
+async def serve(settings: Settings, *, mode: Mode) -> int:
+    """Run one process role until SIGINT/SIGTERM, then drain (module docstring)."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 
@@ -92,8 +118,10 @@ async def serve(settings: Settings, *, embedded_broker: bool) -> int:
         bootstrap = settings.kafka_bootstrap
         idempotence = settings.kafka_idempotence
         if bootstrap is None:
-            if not embedded_broker:
-                raise SettingsError("INGEST_KAFKA_BOOTSTRAP is required for `ingest edge`")
+            if mode != "run":
+                raise SettingsError(
+                    f"INGEST_KAFKA_BOOTSTRAP is required for `ingest {mode.replace('-', ' ')}`"
+                )
             broker = await stack.enter_async_context(EmbeddedBroker(log_path=settings.data_dir / "tansu.log"))
             bootstrap = broker.bootstrap
             # aiokafka's idempotent producer needs InitProducerId v3+, which Tansu lacks.
@@ -110,23 +138,55 @@ async def serve(settings: Settings, *, embedded_broker: bool) -> int:
         store = await open_store(settings.store_url, data_dir=settings.data_dir)
         stack.push_async_callback(store.close)
         log.info("store: %s", settings.store_url or f"SQLite at {settings.sqlite_path}")
+        codec = Codec()
 
-        metrics = Metrics(REGISTRY)
-        publisher = await stack.enter_async_context(
-            Publisher(
-                kafka.producer(settings, bootstrap, idempotence=idempotence),
-                topics=(kafka.EVENTS_TOPIC, kafka.ENDPOINTS_TOPIC),
-                produce_timeout_s=settings.produce_timeout_s,
-                buffer_bytes=settings.producer_buffer_bytes,
-                drain_timeout_s=settings.drain_timeout_s,
+        readiness: list[Callable[[], bool]] = []
+        if mode in ("run", "worker-endpoints"):
+            # Entered before the publisher, so it exits after it: the worker
+            # drains what the edge produced before the broker stops.
+            worker = await stack.enter_async_context(
+                running(
+                    EndpointWorker(
+                        kafka.consumer(settings, bootstrap, group_id=ENDPOINT_GROUP),
+                        kafka.deadletter_producer(settings, bootstrap, idempotence=idempotence),
+                        store,
+                        codec=codec,
+                        metrics=WorkerMetrics(REGISTRY),
+                        max_records=settings.worker_max_records,
+                        drain_timeout_s=settings.drain_timeout_s,
+                    ),
+                    stopping,
+                )
+            )
+            readiness.append(lambda: worker.ready)
+            log.info("endpoint worker consuming %s as group %s", kafka.ENDPOINTS_TOPIC, ENDPOINT_GROUP)
+
+        app: Any
+        if mode == "worker-endpoints":
+            app = probe_app(lambda: all(check() for check in readiness), REGISTRY)
+        else:
+            metrics = Metrics(REGISTRY)
+            publisher = await stack.enter_async_context(
+                Publisher(
+                    kafka.producer(settings, bootstrap, idempotence=idempotence),
+                    topics=(kafka.EVENTS_TOPIC, kafka.ENDPOINTS_TOPIC),
+                    produce_timeout_s=settings.produce_timeout_s,
+                    buffer_bytes=settings.producer_buffer_bytes,
+                    drain_timeout_s=settings.drain_timeout_s,
+                    metrics=metrics,
+                )
+            )
+            edge = Edge(
+                settings=settings,
+                store=store,
+                publisher=publisher,
+                codec=codec,
                 metrics=metrics,
+                readiness=readiness,
             )
-        )
-        edge = Edge(settings=settings, store=store, publisher=publisher, codec=Codec(), metrics=metrics)
+            app = edge
         port = await stack.enter_async_context(
-            http_server(
-                edge, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s
-            )
+            http_server(app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s)
         )
         # Everything built so far lives as long as the process: take it out of
         # the cyclic collector's view, and collect young objects less often (a
@@ -134,12 +194,16 @@ async def serve(settings: Settings, *, embedded_broker: bool) -> int:
         # 10-20 % more events per CPU-second.
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD)
-        log.info(
-            "edge listening on http://%s:%d (Pinpoint API under /v1, /healthz, /readyz, /metrics)",
-            settings.host,
-            port,
-        )
+        if mode == "worker-endpoints":
+            log.info("probes listening on http://%s:%d (/healthz, /readyz, /metrics)", settings.host, port)
+        else:
+            log.info(
+                "edge listening on http://%s:%d (Pinpoint API under /v1, /healthz, /readyz, /metrics)",
+                settings.host,
+                port,
+            )
         await stopping.wait()
-        edge.draining = True
+        if mode != "worker-endpoints":
+            edge.draining = True
     log.info("stopped cleanly")
     return 0

@@ -78,6 +78,9 @@ class Settings:
     region: str = "us-east-1"
     account_id: str = "000000000000"
 
+    # Endpoint worker: records per poll, and so per store transaction.
+    worker_max_records: int = 5000
+
     # Store. ``None`` means SQLite at ``{data_dir}/ingest.sqlite3``.
     store_url: str | None = None
 
@@ -120,6 +123,9 @@ class Settings:
             self.producer_buffer_bytes >= 2 * self.max_body_bytes,
             "producer_buffer_bytes",
             "at least twice INGEST_MAX_BODY_BYTES",
+        )
+        _check(
+            self.worker_max_records, 1 <= self.worker_max_records <= 100_000, "worker_max_records", "1-100000"
         )
         _check(self.drain_timeout_s, self.drain_timeout_s > 0, "drain_timeout_s", "> 0")
         _check(self.app_cache_ttl_s, self.app_cache_ttl_s >= 0, "app_cache_ttl_s", ">= 0")

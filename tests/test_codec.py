@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.codec import (
+    DELETE_SCHEMA,
     ENDPOINT_SCHEMA,
     EVENT_SCHEMA,
     HEADER_BYTES,
@@ -26,6 +27,7 @@ from ingest.codec import (
     endpoint_datum,
     event_datum,
 )
+from ingest.endpoints import EndpointDelete
 from ingest.records import (
     Demographic,
     EndpointContext,
@@ -150,12 +152,33 @@ def _upsert_bytes(upsert: EndpointUpsert) -> bytes:
     return CODEC.encode_endpoint(upsert)
 
 
+deletes = st.builds(EndpointDelete, app_id=texts, endpoint_id=texts, request_id=texts, received_at_ms=longs)
+
+
+def _delete_bytes(delete: EndpointDelete) -> bytes:
+    return CODEC.encode_delete(delete)
+
+
 # Schema full name → (records of it, encoder, expected datum).
 WRITERS: dict[str, tuple[st.SearchStrategy[Any], Callable[[Any], bytes], Callable[[Any], dict[str, Any]]]] = {
     EVENT_SCHEMA: (events, _event_bytes, event_datum),
     ENDPOINT_SCHEMA: (upserts, _upsert_bytes, endpoint_datum),
+    DELETE_SCHEMA: (deletes, _delete_bytes, lambda d: d._asdict()),
 }
-any_record = st.one_of(events.map(_event_bytes), upserts.map(_upsert_bytes))
+any_record = st.one_of(events.map(_event_bytes), upserts.map(_upsert_bytes), deletes.map(_delete_bytes))
+
+
+@FAST
+@given(record=st.one_of(upserts, deletes))
+def test_endpoint_records_decode_back_to_themselves(record: EndpointUpsert | EndpointDelete) -> None:
+    encoded = _upsert_bytes(record) if isinstance(record, EndpointUpsert) else _delete_bytes(record)
+    assert CODEC.decode_endpoint_record(encoded) == record
+
+
+def test_an_event_is_not_an_endpoint_record() -> None:
+    with pytest.raises(DecodeError, match="not an endpoint record"):
+        CODEC.decode_endpoint_record(_event_bytes(EVENT))
+
 
 # --- round trip through ingest.codec -------------------------------------------
 

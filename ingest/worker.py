@@ -1,0 +1,168 @@
+"""The endpoint worker: ``ingest.endpoints`` → the endpoint store.
+
+A consumer group member that, per poll: decodes the batch (a record it cannot
+decode goes to ``ingest.deadletter`` with the reason and its origin in headers,
+and never blocks its partition), folds it into the store in one transaction,
+and commits offsets only after that write. Delivery is at-least-once and the
+fold is idempotent (version guard), so a crash or a rebalance that replays
+records changes nothing.
+
+When the store is unavailable the worker holds its batch, pauses its
+partitions, retries with capped exponential backoff, and reports not ready
+until a write succeeds; no record is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from ingest.codec import Codec, DecodeError
+from ingest.errors import StoreError
+from ingest.kafka import DEADLETTER_TOPIC, ENDPOINTS_TOPIC
+from ingest.metrics import WorkerMetrics
+from ingest.store import EndpointRecord, Store
+
+log = logging.getLogger(__name__)
+
+POLL_TIMEOUT_MS = 200
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 2.0
+
+
+class EndpointWorker:
+    """Runs until ``stop()``; then applies everything up to the high watermark
+    of its partitions (bounded by ``drain_timeout_s``), commits and returns."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        deadletter: AIOKafkaProducer,
+        store: Store,
+        *,
+        codec: Codec,
+        metrics: WorkerMetrics,
+        max_records: int,
+        drain_timeout_s: float,
+    ) -> None:
+        self._consumer = consumer
+        self._deadletter = deadletter
+        self._store = store
+        self._codec = codec
+        self._metrics = metrics
+        self._max_records = max_records
+        self._drain_timeout_s = drain_timeout_s
+        self._stopping = asyncio.Event()
+        self._store_ok = True
+        self._started = False
+
+    @property
+    def ready(self) -> bool:
+        return self._started and self._store_ok and not self._stopping.is_set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self._consumer.start()
+        await self._deadletter.start()
+        self._consumer.subscribe([ENDPOINTS_TOPIC])
+        self._started = True
+        try:
+            while not self._stopping.is_set():
+                await self._poll_once()
+            await self._drain()
+        finally:
+            await self._consumer.stop()
+            await self._deadletter.stop()
+
+    async def _drain(self) -> None:
+        """After stop: poll until every assigned partition is at its high
+        watermark and a poll comes back empty, or the deadline passes."""
+        deadline = time.monotonic() + self._drain_timeout_s
+        while time.monotonic() < deadline:
+            got = await self._poll_once()
+            if got == 0 and await self._caught_up():
+                log.info("endpoint worker drained to the end of its partitions")
+                return
+        log.warning("endpoint worker drain deadline passed before the end of its partitions")
+
+    async def _caught_up(self) -> bool:
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None or await self._consumer.position(tp) < high:
+                return False
+        return True
+
+    async def _poll_once(self) -> int:
+        batch = await self._consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self._max_records)
+        if not batch:
+            return 0
+        records: list[tuple[EndpointRecord, int]] = []
+        dead: list[tuple[ConsumerRecord[Any, Any], str]] = []
+        for messages in batch.values():
+            for message in messages:
+                try:
+                    records.append((self._codec.decode_endpoint_record(message.value), message.offset))
+                except DecodeError as exc:
+                    dead.append((message, str(exc)))
+        for message, reason in dead:
+            await self._dead_letter(message, reason)
+        if records:
+            await self._apply(records, list(batch))
+        await self._consumer.commit({tp: messages[-1].offset + 1 for tp, messages in batch.items()})
+        for tp in batch:
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                position = await self._consumer.position(tp)
+                self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+        return sum(len(m) for m in batch.values())
+
+    async def _apply(
+        self, records: Sequence[tuple[EndpointRecord, int]], partitions: list[TopicPartition]
+    ) -> None:
+        backoff = BACKOFF_FIRST_S
+        while True:
+            started = time.perf_counter()
+            try:
+                outcome = await self._store.apply_endpoint_batch(records)
+            except StoreError as exc:
+                if not exc.retriable:
+                    raise
+                self._store_ok = False
+                self._metrics.store_retries.inc()
+                self._consumer.pause(*partitions)
+                log.warning(
+                    "store unavailable (%s); holding %d records, retry in %.2f s", exc, len(records), backoff
+                )
+                await asyncio.sleep(backoff)  # capped exponential backoff between retries
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            break
+        if not self._store_ok:
+            log.info("store available again")
+        self._store_ok = True
+        self._consumer.resume(*partitions)
+        self._metrics.write_seconds.observe(time.perf_counter() - started)
+        self._metrics.batch_size.observe(len(records))
+        for name in ("applied", "superseded", "deleted"):
+            self._metrics.records.labels(name).inc(getattr(outcome, name))
+        self._metrics.deactivated.inc(outcome.deactivated)
+
+    async def _dead_letter(self, message: ConsumerRecord[Any, Any], reason: str) -> None:
+        headers = [
+            ("ingest-reason", reason.encode()),
+            ("ingest-origin-topic", message.topic.encode()),
+            ("ingest-origin-partition", str(message.partition).encode()),
+            ("ingest-origin-offset", str(message.offset).encode()),
+        ]
+        await self._deadletter.send_and_wait(
+            DEADLETTER_TOPIC, message.value, key=message.key, headers=headers
+        )
+        self._metrics.records.labels("dead_lettered").inc()
+        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
