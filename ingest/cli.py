@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
     bench.add_argument("--concurrency", type=int, default=32, help="HTTP connections for the edge run")
+    bench.add_argument(
+        "--part",
+        choices=["write", "endpoints"],
+        default="write",
+        help="write: the write path (default); endpoints: the endpoint worker per store, and freshness",
+    )
+    bench.add_argument("--records", type=int, default=100_000, help="upserts for --part endpoints")
+    bench.add_argument("--postgres", help="also measure the worker on this PostgreSQL URL (--part endpoints)")
     return parser
 
 
@@ -82,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
             mode: Mode = "worker-endpoints" if args.command == "worker" else args.command
             return uvloop.run(serve(settings, mode=mode))
+        if args.part == "endpoints":
+            from ingest.bench_endpoints import bench_endpoints
+
+            return uvloop.run(bench_endpoints(settings, records=args.records, postgres_url=args.postgres))
         from ingest.bench import bench
 
         return uvloop.run(bench(settings, seconds=args.seconds, concurrency=args.concurrency))
