@@ -32,6 +32,10 @@ ENDPOINT_SCHEMA = "ingest.v1.EndpointUpsert"
 DELETE_SCHEMA = "ingest.v1.EndpointDelete"
 
 _CRC64_EMPTY = 0xC15D213AA4D7A795
+# Epoch milliseconds of 0001-01-01 and 9999-12-31T23:59:59.999: what Python's
+# datetime (and an ISO 8601 EffectiveDate) can express.
+MIN_MS = -62135596800000
+MAX_MS = 253402300799999
 
 
 def _crc64_table() -> tuple[int, ...]:
@@ -107,9 +111,14 @@ class Codec:
         self._write_delete(out, delete)
         return bytes(out)
 
-    def decode_endpoint_record(self, data: bytes) -> EndpointUpsert | EndpointDelete:
-        """A value of ``ingest.endpoints`` → its record; DecodeError otherwise."""
+    def decode_endpoint_record(self, data: bytes | None) -> EndpointUpsert | EndpointDelete:
+        """A value of ``ingest.endpoints`` → its record; DecodeError otherwise,
+        including times a record of ours cannot carry (beyond years 1-9999)."""
         name, datum = self.decode(data)
+        for field in ("received_at_ms", "effective_date_ms"):
+            millis = datum.get(field)
+            if millis is not None and not MIN_MS <= millis <= MAX_MS:
+                raise DecodeError(f"{name}.{field}={millis} is outside years 1-9999")
         try:
             if name == ENDPOINT_SCHEMA:
                 demographic, location = datum["demographic"], datum["location"]
@@ -126,8 +135,10 @@ class Codec:
             raise DecodeError(f"{name} does not map onto a record: {exc}") from exc
         raise DecodeError(f"{name} is not an endpoint record")
 
-    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+    def decode(self, data: bytes | None) -> tuple[str, dict[str, Any]]:
         """→ (schema full name, Avro datum). DecodeError for anything else."""
+        if data is None:
+            raise DecodeError("a null value (a Kafka tombstone) is not a record of ours")
         if len(data) < HEADER_BYTES or data[:2] != MARKER:
             raise DecodeError("not Avro single-object encoding (no C3 01 marker)")
         known = self._by_fingerprint.get(data[2:HEADER_BYTES])

@@ -8,7 +8,9 @@
   that key's value and keys not sent are kept;
 * a version guard — (EffectiveDate sent or else the receive time, Kafka
   offset) — skips an upsert older than the state: an offline batch or a
-  replay never clobbers newer state. Re-applying the record that made the
+  replay never clobbers newer state. An EffectiveDate later than the receive
+  time counts as the receive time: a device whose clock runs ahead must not
+  lock out every later write. Re-applying the record that made the
   state gives the same state, so at-least-once delivery is safe;
 * a delete leaves a tombstone carrying the newest version seen, so an older
   upsert replayed after it stays deleted while a newer one re-creates the
@@ -117,7 +119,9 @@ def _merge_keys(old: Any, new: Mapping[str, Any]) -> dict[str, Any]:
 
 def apply(state: EndpointState | None, upsert: EndpointUpsert, offset: int) -> tuple[EndpointState, Outcome]:
     """Fold one upsert at ``offset`` into ``state`` (None: never seen)."""
-    effective_ms = upsert.effective_date_ms if upsert.effective_date_ms is not None else upsert.received_at_ms
+    effective_ms = upsert.received_at_ms
+    if upsert.effective_date_ms is not None:
+        effective_ms = min(upsert.effective_date_ms, upsert.received_at_ms)
     version = Version(effective_ms, offset)
     if state is not None and version < state.version:
         return state, "superseded"

@@ -26,7 +26,7 @@ from ingest.codec import Codec, DecodeError
 from ingest.errors import StoreError
 from ingest.kafka import DEADLETTER_TOPIC, ENDPOINTS_TOPIC
 from ingest.metrics import WorkerMetrics
-from ingest.store import EndpointRecord, Store
+from ingest.store import BatchOutcome, EndpointRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +104,17 @@ class EndpointWorker:
         if not batch:
             return 0
         records: list[tuple[EndpointRecord, int]] = []
-        dead: list[tuple[ConsumerRecord[Any, Any], str]] = []
+        origins: list[ConsumerRecord[Any, Any]] = []
         for messages in batch.values():
             for message in messages:
                 try:
                     records.append((self._codec.decode_endpoint_record(message.value), message.offset))
                 except DecodeError as exc:
-                    dead.append((message, str(exc)))
-        for message, reason in dead:
-            await self._dead_letter(message, reason)
+                    await self._dead_letter(message, str(exc))
+                    continue
+                origins.append(message)
         if records:
-            await self._apply(records, list(batch))
+            await self._apply(records, origins, list(batch))
         await self._consumer.commit({tp: messages[-1].offset + 1 for tp, messages in batch.items()})
         for tp in batch:
             high = self._consumer.highwater(tp)
@@ -124,25 +124,37 @@ class EndpointWorker:
         return sum(len(m) for m in batch.values())
 
     async def _apply(
-        self, records: Sequence[tuple[EndpointRecord, int]], partitions: list[TopicPartition]
+        self,
+        records: Sequence[tuple[EndpointRecord, int]],
+        origins: Sequence[ConsumerRecord[Any, Any]],
+        partitions: list[TopicPartition],
     ) -> None:
+        """Write the batch; retry while the store is unavailable; if the batch
+        fails for another reason, find the records at fault one by one and
+        dead-letter them, so one bad record never blocks its partition."""
         backoff = BACKOFF_FIRST_S
         while True:
             started = time.perf_counter()
             try:
                 outcome = await self._store.apply_endpoint_batch(records)
             except StoreError as exc:
-                if not exc.retriable:
-                    raise
-                self._store_ok = False
-                self._metrics.store_retries.inc()
-                self._consumer.pause(*partitions)
-                log.warning(
-                    "store unavailable (%s); holding %d records, retry in %.2f s", exc, len(records), backoff
-                )
-                await asyncio.sleep(backoff)  # capped exponential backoff between retries
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
+                if exc.retriable:
+                    self._store_ok = False
+                    self._metrics.store_retries.inc()
+                    self._consumer.pause(*partitions)
+                    log.warning(
+                        "store unavailable (%s); holding %d records, retry in %.2f s",
+                        exc,
+                        len(records),
+                        backoff,
+                    )
+                    await asyncio.sleep(backoff)  # capped exponential backoff between retries
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    continue
+                outcome = await self._apply_one_by_one(records, origins)
+            except Exception:  # a record the fold cannot apply: isolate it below
+                log.exception("a batch of %d endpoint records failed; applying one by one", len(records))
+                outcome = await self._apply_one_by_one(records, origins)
             break
         if not self._store_ok:
             log.info("store available again")
@@ -153,6 +165,27 @@ class EndpointWorker:
         for name in ("applied", "superseded", "deleted"):
             self._metrics.records.labels(name).inc(getattr(outcome, name))
         self._metrics.deactivated.inc(outcome.deactivated)
+
+    async def _apply_one_by_one(
+        self, records: Sequence[tuple[EndpointRecord, int]], origins: Sequence[ConsumerRecord[Any, Any]]
+    ) -> BatchOutcome:
+        """Slow path. A retriable StoreError propagates (the caller retries
+        the whole batch; re-applying is idempotent)."""
+        total = BatchOutcome()
+        for record, origin in zip(records, origins, strict=True):
+            try:
+                outcome = await self._store.apply_endpoint_batch([record])
+            except StoreError as exc:
+                if exc.retriable:
+                    raise
+                await self._dead_letter(origin, f"cannot apply: {exc}")
+                continue
+            except Exception as exc:  # noqa: BLE001 - dead-lettered with its reason
+                await self._dead_letter(origin, f"cannot apply: {exc!r}")
+                continue
+            for name in ("applied", "superseded", "deleted", "deactivated"):
+                setattr(total, name, getattr(total, name) + getattr(outcome, name))
+        return total
 
     async def _dead_letter(self, message: ConsumerRecord[Any, Any], reason: str) -> None:
         headers = [
