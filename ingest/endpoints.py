@@ -170,11 +170,18 @@ def apply(state: EndpointState | None, upsert: EndpointUpsert, offset: int) -> t
 
 
 def apply_delete(state: EndpointState | None, delete: EndpointDelete, offset: int) -> EndpointState:
-    """A delete always applies in log order (a privacy request must win); the
-    tombstone keeps the newest version seen so older upserts stay superseded."""
-    version = Version(delete.received_at_ms, offset)
-    if state is not None and state.version > version:
-        version = state.version
+    """A delete applies in log order whatever its time (a privacy request
+    must win). Replays are recognised by offset: records of one endpoint share
+    a partition, so a delete at an offset below the record that made the
+    current state was applied before, and applying it again would wipe what
+    came after it. The tombstone keeps the newest effective time seen, so older
+    upserts stay superseded, and the delete's offset."""
+    if state is not None and offset < state.version.offset:
+        return state
+    effective_ms = (
+        delete.received_at_ms if state is None else max(state.version.effective_ms, delete.received_at_ms)
+    )
+    version = Version(effective_ms, offset)
     return EndpointState(
         app_id=delete.app_id,
         endpoint_id=delete.endpoint_id,

@@ -18,6 +18,7 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import uvicorn
 from prometheus_client import REGISTRY
@@ -100,6 +101,16 @@ async def running(worker: EndpointWorker, stopping: asyncio.Event) -> AsyncItera
 Mode = Literal["run", "edge", "worker-endpoints"]
 
 
+def _redacted(url: str | None) -> str | None:
+    """A store URL fit for a log: the password replaced."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
 async def serve(settings: Settings, *, mode: Mode) -> int:
     """Run one process role until SIGINT/SIGTERM, then drain (module docstring)."""
     loop = asyncio.get_running_loop()
@@ -137,7 +148,7 @@ async def serve(settings: Settings, *, mode: Mode) -> int:
 
         store = await open_store(settings.store_url, data_dir=settings.data_dir)
         stack.push_async_callback(store.close)
-        log.info("store: %s", settings.store_url or f"SQLite at {settings.sqlite_path}")
+        log.info("store: %s", _redacted(settings.store_url) or f"SQLite at {settings.sqlite_path}")
         codec = Codec()
 
         readiness: list[Callable[[], bool]] = []

@@ -245,16 +245,25 @@ class SqliteStore:
                     current[(state.app_id, state.endpoint_id)] = state
             changed = fold(current, records, outcome)
             db.executemany(_PUT_ENDPOINT, [_row(s) for s in changed.values()])
-            users = {
-                (s.app_id, s.user_id) for s in changed.values() if s.user_id is not None and not s.deleted
-            }
-            for app_id, user_id in users:
-                rows = db.execute(
-                    _SELECT_ENDPOINTS + " WHERE app_id = ? AND user_id = ? AND deleted = 0", (app_id, user_id)
+            users = sorted({(s.app_id, s.user_id) for s in changed.values() if s.user_id and not s.deleted})
+            for start in range(0, len(users), _KEYS_PER_QUERY):
+                chunk = users[start : start + _KEYS_PER_QUERY]
+                values = ", ".join("(?, ?)" for _ in chunk)
+                # One counting query per chunk of users; rows are loaded only
+                # for users over the limit, which is rare.
+                crowded = db.execute(
+                    "SELECT app_id, user_id FROM endpoints WHERE deleted = 0 AND (app_id, user_id) IN "  # noqa: S608
+                    f"(VALUES {values}) GROUP BY app_id, user_id HAVING count(*) > ?",
+                    [*(part for key in chunk for part in key), endpoints.MAX_ENDPOINTS_PER_USER],
                 ).fetchall()
-                evicted = [endpoints.deactivated(s) for s in over_user_limit([_state(r) for r in rows])]
-                db.executemany(_PUT_ENDPOINT, [_row(s) for s in evicted])
-                outcome.deactivated += len(evicted)
+                for app_id, user_id in crowded:
+                    rows = db.execute(
+                        _SELECT_ENDPOINTS + " WHERE app_id = ? AND user_id = ? AND deleted = 0",
+                        (app_id, user_id),
+                    ).fetchall()
+                    evicted = [endpoints.deactivated(s) for s in over_user_limit([_state(r) for r in rows])]
+                    db.executemany(_PUT_ENDPOINT, [_row(s) for s in evicted])
+                    outcome.deactivated += len(evicted)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -267,13 +276,19 @@ class SqliteStore:
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
-    (current,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
-    for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
-        db.execute("BEGIN")
-        db.execute(sql)
-        db.execute("INSERT INTO schema_migrations(version) VALUES (?)", (version,))
+    """All pending migrations in one write transaction: a second process
+    opening the same fresh store waits (busy_timeout) instead of racing."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
+        (current,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+        for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
+            db.execute(sql)
+            db.execute("INSERT INTO schema_migrations(version) VALUES (?)", (version,))
         db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _app(row: Sequence[Any]) -> App:
@@ -311,12 +326,20 @@ def _state(row: Sequence[Any]) -> EndpointState:
 
 
 async def open_store(store_url: str | None, *, data_dir: Path) -> Store:
-    """``None`` or ``sqlite:///path`` → SQLite. Other schemes are refused by name."""
+    """``None`` or ``sqlite:///path`` → SQLite; ``postgresql://…`` or
+    ``postgres://…`` (an asyncpg URL) → PostgreSQL. Other schemes are refused
+    by name. Raises StoreError when the store cannot be opened (retriable when
+    it is unreachable)."""
     if store_url is None:
         return await SqliteStore.open(data_dir / "ingest.sqlite3")
     if store_url.startswith("sqlite:///"):
         return await SqliteStore.open(Path(store_url.removeprefix("sqlite://")))
+    if store_url.startswith(("postgresql://", "postgres://")):
+        # Imported here so a SQLite deployment never loads asyncpg.
+        from ingest.postgres import PostgresStore
+
+        return await PostgresStore.open(store_url)
     raise SettingsError(
-        f"INGEST_STORE_URL={store_url.split(':', 1)[0]}:…: this version stores in SQLite only "
-        "(sqlite:///path, or unset for the data dir)"
+        f"INGEST_STORE_URL={store_url.split(':', 1)[0]}:…: the store is SQLite "
+        "(sqlite:///path, or unset for the data dir) or PostgreSQL (postgresql://…)"
     )

@@ -1,0 +1,583 @@
+"""The store on both backends: SQLite in a temp dir and PostgreSQL at
+``INGEST_TEST_POSTGRES_URL`` (scripts/test.sh starts it and sets it). Each
+store gets a fresh database: a new SQLite file, or a new PostgreSQL schema
+dropped afterwards.
+
+The property test drives both backends with arbitrary batch cuts and Kafka
+style redelivery, and holds each to a pure oracle: ``fold`` per batch, then
+the 15-per-user rule. One way in which the cuts still change the result (in
+the pure core, the same on both backends) is pinned by a strict xfail below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import tempfile
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from ingest import endpoints
+from ingest.broker import free_port
+from ingest.endpoints import EndpointDelete, EndpointState, iso_ms
+from ingest.errors import StoreError
+from ingest.postgres import PostgresStore
+from ingest.records import Demographic, EndpointUpsert
+from ingest.store import App, BatchOutcome, EndpointRecord, SqliteStore, Store, fold, over_user_limit
+
+BACKENDS = ("sqlite", "postgres")
+T0_MS = 1_700_000_000_000
+HOUR_MS = 3_600_000
+
+
+def postgres_url() -> str:
+    url = os.environ.get("INGEST_TEST_POSTGRES_URL")
+    if not url:
+        pytest.fail(
+            "INGEST_TEST_POSTGRES_URL is not set: run scripts/test.sh, which starts PostgreSQL "
+            "(scripts/postgres.sh) and sets it"
+        )
+    return url
+
+
+def with_search_path(url: str, schema: str) -> str:
+    # asyncpg passes unknown URL parameters to the server as settings.
+    return f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """A new empty schema; yields the URL whose search_path is that schema."""
+    url = postgres_url()
+    schema = f"test_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield with_search_path(url, schema)
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_store(backend: str) -> AsyncIterator[Store]:
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="ingest-store-") as tmp:
+            sqlite = await SqliteStore.open(Path(tmp) / "ingest.sqlite3")
+            try:
+                yield sqlite
+            finally:
+                await sqlite.close()
+        return
+    async with postgres_schema() as url:
+        postgres = await PostgresStore.open(url)
+        try:
+            yield postgres
+        finally:
+            await postgres.close()
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    async with fresh_store(request.param) as opened:
+        yield opened
+
+
+def upsert(
+    endpoint_id: str,
+    *,
+    app_id: str = "app-a",
+    received_at_ms: int | None = None,
+    effective_ms: int | None = None,
+    user_id: str | None = None,
+    request_id: str = "req",
+    **members: object,
+) -> EndpointUpsert:
+    return EndpointUpsert(
+        app_id=app_id,
+        endpoint_id=endpoint_id,
+        request_id=request_id,
+        # Received when it was effective unless said otherwise: an
+        # EffectiveDate after the receive time counts as the receive time.
+        received_at_ms=received_at_ms or effective_ms or T0_MS,
+        source="UPDATE_ENDPOINT",
+        effective_date=None if effective_ms is None else iso_ms(effective_ms),
+        effective_date_ms=effective_ms,
+        user_id=user_id,
+        **members,  # type: ignore[arg-type]
+    )
+
+
+def delete(endpoint_id: str, *, app_id: str = "app-a", received_at_ms: int = T0_MS) -> EndpointDelete:
+    return EndpointDelete(app_id, endpoint_id, "req-delete", received_at_ms)
+
+
+def offsets(records: Sequence[EndpointRecord], start: int = 0) -> list[tuple[EndpointRecord, int]]:
+    return [(record, offset) for offset, record in enumerate(records, start=start)]
+
+
+# Apps.
+
+
+def app(app_id: str) -> App:
+    return App(
+        id=app_id,
+        name=f"name {app_id}",
+        arn=f"arn:aws:mobiletargeting:us-east-1:000000000000:apps/{app_id}",
+        tags={"team": "ingest", "ü": "ß"},
+        creation_date="2024-01-02T03:04:05.678Z",
+    )
+
+
+async def test_apps_create_get_list_delete(store: Store) -> None:
+    # Byte order, not a locale's: "B" < "a" < "b" < "é".
+    ids = ["b", "a", "é", "B", "a1", "c"]
+    for app_id in ids:
+        await store.create_app(app(app_id))
+    assert await store.get_app("a") == app("a")
+    assert await store.get_app("missing") is None
+
+    pages: list[list[str]] = []
+    after: str | None = None
+    while True:
+        page = await store.list_apps(after=after, limit=4)
+        pages.append([a.id for a in page])
+        if len(page) < 4:
+            break
+        after = page[-1].id
+    assert pages == [["B", "a", "a1", "b"], ["c", "é"]]
+    assert list(await store.list_apps(after=None, limit=100)) == [app(i) for i in sorted(ids)]
+
+    assert await store.delete_app("a1") == app("a1")
+    assert await store.delete_app("a1") is None
+    assert await store.get_app("a1") is None
+    assert [a.id for a in await store.list_apps(after="a", limit=10)] == ["b", "c", "é"]
+
+
+async def test_duplicate_app_is_not_retriable(store: Store) -> None:
+    await store.create_app(app("a"))
+    with pytest.raises(StoreError) as caught:
+        await store.create_app(app("a"))
+    assert caught.value.retriable is False
+
+
+# Endpoint rules.
+
+
+async def test_sixteenth_endpoint_deactivates_the_oldest(store: Store) -> None:
+    records = [
+        upsert(f"ep-{i:02d}", user_id="u1", effective_ms=T0_MS + i * HOUR_MS, address=f"a{i}")
+        for i in range(16)
+    ]
+    outcome = await store.apply_endpoint_batch(offsets(records))
+    assert outcome.deactivated == 1
+
+    oldest = await store.get_endpoint("app-a", "ep-00")
+    assert oldest is not None
+    assert oldest.document["EndpointStatus"] == "INACTIVE"
+    assert oldest.user_id is None
+    assert "User" not in oldest.document
+    assert oldest.document["Address"] == "a0"
+    live = await store.user_endpoints("app-a", "u1")
+    assert [s.endpoint_id for s in live] == [f"ep-{i:02d}" for i in range(1, 16)]
+    assert all(s.document["EndpointStatus"] == "ACTIVE" for s in live)
+
+
+async def test_sixteenth_endpoint_across_batches(store: Store) -> None:
+    # The newest arrives first (offline devices sending late): the one
+    # arriving 16th is itself the oldest.
+    records = [
+        upsert(
+            f"ep-{i:02d}",
+            user_id="u1",
+            received_at_ms=T0_MS + 20 * HOUR_MS,
+            effective_ms=T0_MS + (16 - i) * HOUR_MS,
+        )
+        for i in range(16)
+    ]
+    for offset, record in enumerate(records):
+        await store.apply_endpoint_batch([(record, offset)])
+    assert len(await store.user_endpoints("app-a", "u1")) == 15
+    last = await store.get_endpoint("app-a", "ep-15")
+    assert last is not None
+    assert last.user_id is None
+    assert last.document["EndpointStatus"] == "INACTIVE"
+
+
+async def test_delete_then_older_upsert_stays_deleted(store: Store) -> None:
+    await store.apply_endpoint_batch(offsets([upsert("ep", user_id="u1", received_at_ms=T0_MS)]))
+    await store.apply_endpoint_batch(offsets([delete("ep", received_at_ms=T0_MS + HOUR_MS)], start=1))
+    assert await store.get_endpoint("app-a", "ep") is None
+    assert await store.user_endpoints("app-a", "u1") == []
+
+    older = upsert("ep", user_id="u1", received_at_ms=T0_MS + 2 * HOUR_MS, effective_ms=T0_MS + 30 * 60_000)
+    outcome = await store.apply_endpoint_batch(offsets([older], start=2))
+    assert outcome.superseded == 1
+    assert await store.get_endpoint("app-a", "ep") is None
+    assert await store.user_endpoints("app-a", "u1") == []
+
+
+async def test_delete_then_newer_upsert_recreates(store: Store) -> None:
+    await store.apply_endpoint_batch(offsets([upsert("ep", user_id="u1", address="old")]))
+    first = await store.get_endpoint("app-a", "ep")
+    assert first is not None
+    await store.apply_endpoint_batch(offsets([delete("ep", received_at_ms=T0_MS + HOUR_MS)], start=1))
+
+    newer = upsert("ep", received_at_ms=T0_MS + 2 * HOUR_MS, channel_type="GCM")
+    outcome = await store.apply_endpoint_batch(offsets([newer], start=2))
+    assert outcome.applied == 1
+    again = await store.get_endpoint("app-a", "ep")
+    assert again is not None
+    assert again.creation_date == iso_ms(T0_MS + 2 * HOUR_MS) != first.creation_date
+    # Nothing of the deleted endpoint survives.
+    assert dict(again.document) == {"ChannelType": "GCM", "EndpointStatus": "ACTIVE"}
+    assert await store.user_endpoints("app-a", "u1") == []
+
+
+async def test_document_round_trips_exactly(store: Store) -> None:
+    attributes = {"nul": ["a\x00b"], "emoji": ["\U0001f600"], "": [""]}
+    metrics = {"huge": 1e300, "tiny": 5e-324, "neg": -0.0, "int-like": 2.0}
+    await store.apply_endpoint_batch(offsets([upsert("ep", attributes=attributes, metrics=metrics)]))
+    state = await store.get_endpoint("app-a", "ep")
+    assert state is not None
+    assert state.document["Attributes"] == attributes
+    assert list(state.document["Metrics"]) == list(metrics)
+    assert [repr(v) for v in state.document["Metrics"].values()] == [repr(v) for v in metrics.values()]
+
+
+async def test_nul_in_an_id(store: Store) -> None:
+    """SQLite stores NUL in an ID; PostgreSQL text cannot, so the write is a
+    non-retriable error (the worker dead-letters it). Reads agree."""
+    assert await store.get_endpoint("app-a", "e\x00p") is None
+    assert await store.user_endpoints("app-a", "u\x00") == []
+    assert await store.get_app("a\x00") is None
+    assert await store.delete_app("a\x00") is None
+    for app_id in ("a", "a\x01", "b"):
+        await store.create_app(app(app_id))
+    assert [a.id for a in await store.list_apps(after="a\x00z", limit=10)] == ["a\x01", "b"]
+
+    write = offsets([upsert("e\x00p", user_id="u")])
+    if isinstance(store, PostgresStore):
+        with pytest.raises(StoreError) as caught:
+            await store.apply_endpoint_batch(write)
+        assert caught.value.retriable is False
+    else:
+        await store.apply_endpoint_batch(write)
+        assert await store.get_endpoint("app-a", "e\x00p") is not None
+
+
+# The property: both backends do exactly what the pure fold and the user
+# rule say, for any batching and any replay.
+
+APP_IDS = ("app-a", "app-b")
+USER_IDS = ("u1", "u2", "")
+ENDPOINT_IDS = tuple(f"ep-{i:02d}" for i in range(20))
+# The receive time moves forward a minute a record; EffectiveDates fall up to
+# an hour either side of it, so older and newer writes interleave.
+MINUTE_MS = 60_000
+
+States = dict[tuple[str, str], EndpointState]
+Snapshot = tuple[dict[tuple[str, str], EndpointState | None], dict[tuple[str, str], list[EndpointState]]]
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[EndpointRecord]:
+    """Mostly: two apps, 6 endpoint IDs, so records collide. A crowd: one
+    app, and 15 to 20 endpoints that each join user u1 at some point among
+    the other records, so the 15-per-user rule triggers."""
+    crowd = draw(st.booleans())
+    app_ids = APP_IDS[:1] if crowd else APP_IDS
+    endpoint_ids = ENDPOINT_IDS if crowd else ENDPOINT_IDS[:6]
+    records: list[EndpointRecord] = []
+
+    def add(endpoint_id: str | None = None, user_id: str | None = None) -> None:
+        i = len(records)  # one record a minute
+        received = T0_MS + i * MINUTE_MS
+        app_id = draw(st.sampled_from(app_ids))
+        if endpoint_id is None:
+            endpoint_id = draw(st.sampled_from(endpoint_ids))
+            if draw(st.integers(0, 9)) == 0:
+                records.append(EndpointDelete(app_id, endpoint_id, f"del-{i}", received))
+                return
+            user_id = draw(st.one_of(st.none(), st.sampled_from(USER_IDS)))
+        effective = draw(st.one_of(st.none(), st.integers(received - HOUR_MS, received + HOUR_MS)))
+        records.append(
+            upsert(
+                endpoint_id,
+                app_id=app_id,
+                received_at_ms=received,
+                effective_ms=effective,
+                request_id=f"req-{i}",
+                user_id=user_id,
+                endpoint_status=draw(st.sampled_from((None, None, "ACTIVE", "INACTIVE"))),
+                attributes=draw(
+                    st.one_of(
+                        st.none(),
+                        st.dictionaries(st.sampled_from("xyz"), st.lists(st.sampled_from("pq"), max_size=2)),
+                    )
+                ),
+                metrics=draw(st.one_of(st.none(), st.dictionaries(st.sampled_from("mn"), st.just(float(i))))),
+                demographic=draw(
+                    st.sampled_from((None, Demographic(platform="ios"), Demographic(make=str(i))))
+                ),
+                address=draw(st.one_of(st.none(), st.just(f"addr-{i}"))),
+            )
+        )
+
+    if crowd:
+        joining = draw(st.permutations(ENDPOINT_IDS))[: draw(st.integers(15, 20))]
+        for endpoint_id in joining:
+            add(endpoint_id, "u1")
+            for _ in range(draw(st.integers(0, 2))):
+                add()
+    else:
+        for _ in range(draw(st.integers(1, 40))):
+            add()
+    return records
+
+
+@st.composite
+def cuts(draw: st.DrawFn, length: int) -> list[tuple[int, int]]:
+    """Arbitrary [start, end) slices covering range(length) in order."""
+    points = sorted(draw(st.sets(st.integers(1, max(1, length - 1)), max_size=8)) | {0, length})
+    return [(a, b) for a, b in itertools.pairwise(points) if a < b]
+
+
+def oracle(batches: Sequence[Sequence[tuple[EndpointRecord, int]]]) -> States:
+    """The stores' contract in memory: per batch, ``fold`` over the current
+    states, then the user rule for the users of the changed live endpoints."""
+    states: States = {}
+    for batch in batches:
+        changed = fold(states, batch, BatchOutcome())
+        states.update(changed)
+        users = {(s.app_id, s.user_id) for s in changed.values() if s.user_id and not s.deleted}
+        for app_id, user_id in users:
+            members = [
+                s for s in states.values() if (s.app_id, s.user_id) == (app_id, user_id) and not s.deleted
+            ]
+            for evicted in over_user_limit(members):
+                states[(evicted.app_id, evicted.endpoint_id)] = endpoints.deactivated(evicted)
+    return states
+
+
+async def snapshot(store: Store) -> Snapshot:
+    """Every endpoint and every user, through the read methods."""
+    found = {(a, e): await store.get_endpoint(a, e) for a in APP_IDS for e in ENDPOINT_IDS}
+    users = {(a, u): list(await store.user_endpoints(a, u)) for a in APP_IDS for u in USER_IDS}
+    return found, users
+
+
+def oracle_snapshot(states: States) -> Snapshot:
+    live = {key: state for key, state in states.items() if not state.deleted}
+    found = {(a, e): live.get((a, e)) for a in APP_IDS for e in ENDPOINT_IDS}
+    users = {
+        (a, u): sorted(
+            (s for s in live.values() if (s.app_id, s.user_id) == (a, u)), key=lambda s: s.endpoint_id
+        )
+        for a in APP_IDS
+        for u in USER_IDS
+    }
+    return found, users
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(
+    max_examples=40,
+    deadline=None,
+    # No explain phase: its tracing (Python < 3.12) costs more than the test.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data())
+async def test_store_equals_the_fold_under_batching_and_replay(backend: str, data: st.DataObject) -> None:
+    records = data.draw(streams(), label="stream")
+    stream = offsets(records, start=100)
+    # At-least-once as Kafka delivers it: a consumer gets records up to
+    # crash_at, then its successor starts again from an earlier offset and
+    # goes on to the end.
+    crash_at = data.draw(st.integers(0, len(stream)), label="crash at")
+    restart_from = data.draw(st.integers(0, crash_at), label="restart from")
+    delivered = stream[:crash_at] + stream[restart_from:]
+    batches = [delivered[a:b] for a, b in data.draw(cuts(len(delivered)), label="cuts")]
+
+    async with fresh_store(backend) as batched:
+        for batch in batches:
+            await batched.apply_endpoint_batch(batch)
+        assert await snapshot(batched) == oracle_snapshot(oracle(batches))
+    async with fresh_store(backend) as whole:
+        await whole.apply_endpoint_batch(stream)
+        assert await snapshot(whole) == oracle_snapshot(oracle([stream]))
+
+
+# Batching and replay should change nothing; today they can. These pin the
+# two ways, in the pure core shared by both backends (ingest.endpoints and the
+# per-batch user rule), so fixing either turns its test into a strict XPASS.
+
+
+@pytest.mark.xfail(
+    raises=AssertionError,
+    reason="the 15-per-user rule runs once per batch, not per record, so where a batch is cut "
+    "decides which endpoint is deactivated",
+)
+async def test_user_rule_does_not_depend_on_batch_cuts(store: Store) -> None:
+    records = [upsert(f"ep-{i:02d}", user_id="u1", effective_ms=T0_MS + i * HOUR_MS) for i in range(16)]
+    # A newer write to the oldest endpoint, without a UserId.
+    records.append(upsert("ep-00", effective_ms=T0_MS + 20 * HOUR_MS, address="x"))
+    stream = offsets(records)
+    await store.apply_endpoint_batch(stream[:16])
+    await store.apply_endpoint_batch(stream[16:])
+    assert await snapshot(store) == oracle_snapshot(oracle([stream]))
+
+
+async def test_replay_after_delete_changes_nothing(store: Store) -> None:
+    records: list[EndpointRecord] = [
+        upsert("ep-00", received_at_ms=T0_MS, address="a"),
+        delete("ep-00", received_at_ms=T0_MS + HOUR_MS),
+        upsert("ep-00", received_at_ms=T0_MS + 2 * HOUR_MS, attributes={"x": ["p"]}),
+        upsert("ep-00", received_at_ms=T0_MS + 3 * HOUR_MS, channel_type="GCM"),
+    ]
+    stream = offsets(records)
+    await store.apply_endpoint_batch(stream)
+    await store.apply_endpoint_batch(stream[1:])  # redelivered from the delete on
+    assert await snapshot(store) == oracle_snapshot(oracle([stream]))
+
+
+# PostgreSQL only: migrations, concurrency, availability.
+
+
+async def test_concurrent_opens_migrate_once() -> None:
+    async with postgres_schema() as url:
+        stores = await asyncio.gather(*(PostgresStore.open(url) for _ in range(4)))
+        for opened in stores:
+            await opened.close()
+        admin = await asyncpg.connect(url)
+        try:
+            versions = await admin.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        finally:
+            await admin.close()
+    assert [v["version"] for v in versions] == [1, 2, 3]
+
+
+async def apply_retrying(store: Store, batch: Sequence[tuple[EndpointRecord, int]]) -> BatchOutcome:
+    """What the endpoint worker does: retry retriable errors (here deadlocks)."""
+    while True:
+        try:
+            return await store.apply_endpoint_batch(batch)
+        except StoreError as exc:
+            if not exc.retriable:
+                raise
+            await asyncio.sleep(0.01)
+
+
+async def test_concurrent_batches_keep_the_user_rule() -> None:
+    """Four processes adding to one user at the same time end as some serial
+    order would: exactly the 15 newest stay the user's. (Without the per-user
+    lock this ended with more than 15 in 10 runs out of 10.)"""
+    async with postgres_schema() as url:
+        stores = [await PostgresStore.open(url) for _ in range(4)]
+        try:
+            records = [
+                upsert(f"ep-{i:02d}", user_id="u1", effective_ms=T0_MS + i * HOUR_MS) for i in range(60)
+            ]
+            stream = offsets(records)
+            random.Random(7).shuffle(stream)
+            batches = [stream[i : i + 3] for i in range(0, len(stream), 3)]
+            outcomes = await asyncio.gather(
+                *(apply_retrying(stores[i % 4], batch) for i, batch in enumerate(batches))
+            )
+            live = await stores[0].user_endpoints("app-a", "u1")
+        finally:
+            for opened in stores:
+                await opened.close()
+    assert [s.endpoint_id for s in live] == [f"ep-{i:02d}" for i in range(45, 60)]
+    assert sum(o.deactivated for o in outcomes) == 45
+
+
+class Proxy:
+    """A TCP forwarder to PostgreSQL that a test can cut and restore, to
+    play the server going away without stopping the shared cluster."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        """Close the listener and every connection: the port is closed."""
+        if self._server is None:
+            return
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while chunk := await src.read(65536):
+                    dst.write(chunk)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+async def test_unreachable_at_open_is_retriable() -> None:
+    with pytest.raises(StoreError) as caught:
+        await PostgresStore.open(f"postgresql://postgres@127.0.0.1:{free_port()}/ingest_test")
+    assert caught.value.retriable is True
+
+
+async def test_server_gone_is_retriable_and_the_pool_reconnects() -> None:
+    async with postgres_schema() as url:
+        parts = urllib.parse.urlsplit(url)
+        proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+        await proxy.start()
+        user = parts.netloc.rpartition("@")[0]
+        proxied = parts._replace(
+            netloc=f"{user}@127.0.0.1:{proxy.port}" if user else f"127.0.0.1:{proxy.port}"
+        )
+        store = await PostgresStore.open(urllib.parse.urlunsplit(proxied))
+        try:
+            await store.apply_endpoint_batch(offsets([upsert("ep-1")]))
+
+            await proxy.cut()
+            for attempt in range(3):
+                with pytest.raises(StoreError) as caught:
+                    await store.apply_endpoint_batch(offsets([upsert("ep-2")], start=1 + attempt))
+                assert caught.value.retriable is True, caught.value
+            with pytest.raises(StoreError) as read:
+                await store.get_endpoint("app-a", "ep-1")
+            assert read.value.retriable is True
+
+            await proxy.start()
+            outcome = await apply_retrying(store, offsets([upsert("ep-2")], start=10))
+            assert outcome.applied == 1
+            assert await store.get_endpoint("app-a", "ep-1") is not None
+            assert await store.get_endpoint("app-a", "ep-2") is not None
+        finally:
+            await store.close()
+            await store.close()  # idempotent
+            await proxy.cut()
