@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--host")
     worker.add_argument("--port", type=int)
 
+    commands.add_parser(
+        "migrate",
+        help="bring the store's schema up to date (INGEST_STORE_URL) and exit",
+        description="Every process also migrates when it opens the store; this is for a deploy step.",
+    )
+
     bench = commands.add_parser(
         "bench",
         help="measure the write path side by side with its ceilings",
@@ -70,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--records", type=int, default=100_000, help="upserts for --part endpoints")
     bench.add_argument("--postgres", help="also measure the worker on this PostgreSQL URL (--part endpoints)")
     return parser
+
+
+async def _migrate(settings: Settings) -> int:
+    from ingest.store import open_store
+
+    store = await open_store(settings.store_url, data_dir=settings.data_dir)
+    await store.close()
+    log.info("store schema is up to date")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
             mode: Mode = "worker-endpoints" if args.command == "worker" else args.command
             return uvloop.run(serve(settings, mode=mode))
+        if args.command == "migrate":
+            return uvloop.run(_migrate(settings))
         if args.part == "endpoints":
             from ingest.bench_endpoints import bench_endpoints
 

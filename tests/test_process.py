@@ -229,3 +229,17 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = sorted(name for name in Settings.names() if f"`{name}`" not in readme)
     assert not missing, f"README's settings table lacks {missing}"
+
+
+def test_migrate_brings_a_fresh_store_up_to_date(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ingest.store import MIGRATIONS
+
+    path = tmp_path / "fresh.sqlite3"
+    done = run_ingest("migrate", INGEST_STORE_URL=f"sqlite:///{path}")
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(path) as db:
+        (version,) = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+    assert version == len(MIGRATIONS)
+    assert run_ingest("migrate", INGEST_STORE_URL=f"sqlite:///{path}").returncode == 0  # idempotent
