@@ -8,9 +8,10 @@ is visible (its RequestId is the endpoint's) or a deadline passes.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -18,8 +19,28 @@ import orjson
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, start_pipeline
 from tests.test_api import ACCEPTED, FULL_ENDPOINT, TS, event, put
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def pipeline(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    """This module's own `ingest run`, once per store backend."""
+    env: dict[str, str] = {}
+    if request.param == "postgres":
+        url = os.environ.get("INGEST_TEST_POSTGRES_URL")
+        if not url:
+            pytest.fail("INGEST_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh")
+        env["INGEST_STORE_URL"] = url
+    running = start_pipeline(tmp_path_factory.mktemp(request.param), **env)
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+@pytest.fixture(scope="module")
+def pinpoint(pipeline: Pipeline) -> Any:
+    return pipeline.client()
+
 
 T = TypeVar("T")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import signal
 import sqlite3
@@ -114,11 +115,18 @@ class Topology:
 
 
 @pytest.fixture
-def topology(tmp_path: Path, broker: str) -> Iterator[Topology]:
+def topology(request: pytest.FixtureRequest, tmp_path: Path, broker: str) -> Iterator[Topology]:
+    """Edge and worker processes on one store: SQLite unless a test asks
+    for ``postgres`` (indirect parametrization)."""
+    store_url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    if getattr(request, "param", "sqlite") == "postgres":
+        store_url = os.environ.get("INGEST_TEST_POSTGRES_URL", "")
+        if not store_url:
+            pytest.fail("INGEST_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh")
     env = {
         "INGEST_KAFKA_BOOTSTRAP": broker,
         "INGEST_KAFKA_IDEMPOTENCE": "false",
-        "INGEST_STORE_URL": f"sqlite:///{tmp_path / 'store.sqlite3'}",
+        "INGEST_STORE_URL": store_url,
         "INGEST_DATA_DIR": str(tmp_path),
         "INGEST_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
     }
@@ -260,6 +268,7 @@ def stored(client: Any, app_id: str, endpoint_id: str) -> dict[str, Any] | None:
     }
 
 
+@pytest.mark.parametrize("topology", ["sqlite", "postgres"], indirect=True)
 def test_sigkilled_worker_loses_nothing(topology: Topology) -> None:
     client = topology.edge.client()
     app_id = client.create_app(CreateApplicationRequest={"Name": "sigkill"})["ApplicationResponse"]["Id"]
