@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -34,6 +35,15 @@ def tansu_binary() -> Path:
     if not os.access(path, os.X_OK):
         path.chmod(path.stat().st_mode | 0o111)
     return path
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel kills the broker when `ingest run`
+    dies, even by SIGKILL, so a crash never leaves an orphan holding memory."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -87,6 +97,7 @@ class EmbeddedBroker:
                 # Its own session: a terminal's Ctrl-C reaches only `ingest run`,
                 # which then drains before it stops the broker.
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # async-signal-safe: one prctl call
             )
         try:
             await asyncio.wait_for(self._wait_listening(), READY_TIMEOUT_S)

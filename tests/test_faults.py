@@ -207,3 +207,21 @@ def test_sigterm_under_a_stream_gives_only_real_statuses(tmp_path: Path) -> None
     seen = set().union(*answered)
     assert seen <= {202, 429}, seen
     assert 202 in seen
+
+
+def test_sigkill_of_ingest_run_takes_the_embedded_broker_with_it(tmp_path: Path) -> None:
+    running = start_pipeline(tmp_path)
+    broker_pid = running.broker_pid
+    running.process.kill()
+    running.process.wait(30)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(broker_pid, 0)
+        except ProcessLookupError:
+            break  # gone: no orphan left holding its memory
+        state = Path(f"/proc/{broker_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            break  # dead, waiting to be reaped by init
+        assert time.monotonic() < deadline, "the embedded broker outlived a SIGKILLed ingest run"
+        time.sleep(0.05)
