@@ -46,9 +46,18 @@ import asyncpg
 import orjson
 
 from ingest import endpoints
-from ingest.endpoints import EndpointState, Version
+from ingest.endpoints import EndpointState
 from ingest.errors import StoreError
-from ingest.store import App, BatchOutcome, EndpointRecord, Key, fold, over_user_limit
+from ingest.store import (
+    App,
+    BatchOutcome,
+    EndpointRecord,
+    Key,
+    endpoint_row,
+    endpoint_state,
+    fold,
+    over_user_limit,
+)
 
 # A small pool: a process runs one endpoint worker (one batch at a time) plus
 # the edge's reads.
@@ -95,7 +104,7 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX endpoints_by_user ON endpoints (app_id, user_id) WHERE user_id IS NOT NULL",
 )
 
-# Every endpoint query lists the columns in the order of _row and _state.
+# Every endpoint query lists the columns in the order of endpoint_row.
 _GET_ENDPOINT = (
     "SELECT app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, creation_date, "
     "effective_date, request_id, document FROM endpoints "
@@ -225,14 +234,14 @@ class PostgresStore:
             return None
         with _boundary("get endpoint"):
             row = await self._pool.fetchrow(_GET_ENDPOINT, app_id, endpoint_id)
-        return None if row is None else _state(row)
+        return None if row is None else endpoint_state(row)
 
     async def user_endpoints(self, app_id: str, user_id: str) -> Sequence[EndpointState]:
         if NUL in app_id or NUL in user_id:
             return []
         with _boundary("user endpoints"):
             rows = await self._pool.fetch(_USER_ENDPOINTS, app_id, user_id)
-        return [_state(row) for row in rows]
+        return [endpoint_state(row) for row in rows]
 
     async def apply_endpoint_batch(self, records: Sequence[tuple[EndpointRecord, int]]) -> BatchOutcome:
         """Fold ``records`` (in partition order) into the store in one
@@ -242,7 +251,7 @@ class PostgresStore:
         with _boundary("apply endpoint batch"):
             async with self._pool.acquire() as con, con.transaction():
                 rows = await con.fetch(_LOAD_BATCH, *_columns(keys, 2))
-                current = {(row["app_id"], row["endpoint_id"]): _state(row) for row in rows}
+                current = {(row["app_id"], row["endpoint_id"]): endpoint_state(row) for row in rows}
                 changed = fold(current, records, outcome)
                 users = sorted(
                     {(s.app_id, s.user_id) for s in changed.values() if s.user_id and not s.deleted}
@@ -287,14 +296,14 @@ async def _enforce_user_limit(con: asyncpg.Connection, users: Sequence[Key]) -> 
     members: dict[Key, list[EndpointState]] = {}
     keys = [(row["app_id"], row["user_id"]) for row in crowded]
     for row in await con.fetch(_LOAD_USERS, *_columns(keys, 2)):
-        members.setdefault((row["app_id"], row["user_id"]), []).append(_state(row))
+        members.setdefault((row["app_id"], row["user_id"]), []).append(endpoint_state(row))
     evicted = [endpoints.deactivated(s) for states in members.values() for s in over_user_limit(states)]
     await _upsert(con, evicted)
     return len(evicted)
 
 
 async def _upsert(con: asyncpg.Connection, states: Iterable[EndpointState]) -> None:
-    rows = sorted((_row(s) for s in states), key=lambda row: (row[0], row[1]))
+    rows = sorted((endpoint_row(s) for s in states), key=lambda row: (row[0], row[1]))
     if rows:
         await con.execute(_UPSERT, *_columns(rows, 10))
 
@@ -332,32 +341,4 @@ def _app(row: asyncpg.Record) -> App:
         arn=row["arn"],
         tags=orjson.loads(row["tags"]),
         creation_date=row["creation_date"],
-    )
-
-
-def _row(state: EndpointState) -> tuple[Any, ...]:
-    return (
-        state.app_id,
-        state.endpoint_id,
-        None if state.deleted else state.user_id,
-        state.deleted,
-        state.version.effective_ms,
-        state.version.offset,
-        state.creation_date,
-        state.effective_date,
-        state.request_id,
-        orjson.dumps(state.document).decode(),
-    )
-
-
-def _state(row: asyncpg.Record) -> EndpointState:
-    return EndpointState(
-        app_id=row["app_id"],
-        endpoint_id=row["endpoint_id"],
-        version=Version(row["effective_ms"], row["kafka_offset"]),
-        deleted=row["deleted"],
-        creation_date=row["creation_date"],
-        effective_date=row["effective_date"],
-        request_id=row["request_id"],
-        document=orjson.loads(row["document"]),
     )

@@ -29,7 +29,7 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -146,10 +146,6 @@ class Publisher:
                 task.add_done_callback(self._pump_ended)
                 self._pumps.append(task)
         self._started = True
-
-    @property
-    def partition_counts(self) -> Mapping[str, int]:
-        return self._partition_counts
 
     @property
     def healthy(self) -> bool:

@@ -11,7 +11,7 @@ the endpoint store keeps what was not sent and overwrites what was.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 Source = Literal["PUT_EVENTS", "UPDATE_ENDPOINT", "UPDATE_ENDPOINTS_BATCH"]
 
@@ -27,17 +27,7 @@ RejectReason = Literal[
     "too_many_values",
     "too_large",
 ]
-REJECT_REASONS: tuple[RejectReason, ...] = (
-    "missing_field",
-    "wrong_type",
-    "bad_timestamp",
-    "bad_value",
-    "too_many_keys",
-    "key_too_long",
-    "value_too_long",
-    "too_many_values",
-    "too_large",
-)
+REJECT_REASONS: tuple[RejectReason, ...] = get_args(RejectReason)
 
 
 class Invalid(NamedTuple):

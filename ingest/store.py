@@ -208,7 +208,7 @@ class SqliteStore:
                 _SELECT_ENDPOINTS + " WHERE app_id = ? AND endpoint_id = ? AND deleted = 0",
                 (app_id, endpoint_id),
             ).fetchone()
-            return None if row is None else _state(row)
+            return None if row is None else endpoint_state(row)
 
         return await self._run("get endpoint", get)
 
@@ -218,7 +218,7 @@ class SqliteStore:
                 _SELECT_ENDPOINTS + " WHERE app_id = ? AND user_id = ? AND deleted = 0 ORDER BY endpoint_id",
                 (app_id, user_id),
             ).fetchall()
-            return [_state(row) for row in rows]
+            return [endpoint_state(row) for row in rows]
 
         return await self._run("user endpoints", get)
 
@@ -241,10 +241,10 @@ class SqliteStore:
                     [part for key in chunk for part in key],
                 ).fetchall()
                 for row in rows:
-                    state = _state(row)
+                    state = endpoint_state(row)
                     current[(state.app_id, state.endpoint_id)] = state
             changed = fold(current, records, outcome)
-            db.executemany(_PUT_ENDPOINT, [_row(s) for s in changed.values()])
+            db.executemany(_PUT_ENDPOINT, [endpoint_row(s) for s in changed.values()])
             users = sorted({(s.app_id, s.user_id) for s in changed.values() if s.user_id and not s.deleted})
             for start in range(0, len(users), _KEYS_PER_QUERY):
                 chunk = users[start : start + _KEYS_PER_QUERY]
@@ -261,8 +261,10 @@ class SqliteStore:
                         _SELECT_ENDPOINTS + " WHERE app_id = ? AND user_id = ? AND deleted = 0",
                         (app_id, user_id),
                     ).fetchall()
-                    evicted = [endpoints.deactivated(s) for s in over_user_limit([_state(r) for r in rows])]
-                    db.executemany(_PUT_ENDPOINT, [_row(s) for s in evicted])
+                    evicted = [
+                        endpoints.deactivated(s) for s in over_user_limit([endpoint_state(r) for r in rows])
+                    ]
+                    db.executemany(_PUT_ENDPOINT, [endpoint_row(s) for s in evicted])
                     outcome.deactivated += len(evicted)
             db.execute("COMMIT")
         except BaseException:
@@ -296,12 +298,13 @@ def _app(row: Sequence[Any]) -> App:
     return App(id=app_id, name=name, arn=arn, tags=orjson.loads(tags), creation_date=created)
 
 
-def _row(state: EndpointState) -> tuple[Any, ...]:
+def endpoint_row(state: EndpointState) -> tuple[Any, ...]:
+    """An endpoint as the column values every backend stores, in table order."""
     return (
         state.app_id,
         state.endpoint_id,
         None if state.deleted else state.user_id,
-        int(state.deleted),
+        state.deleted,
         state.version.effective_ms,
         state.version.offset,
         state.creation_date,
@@ -311,7 +314,8 @@ def _row(state: EndpointState) -> tuple[Any, ...]:
     )
 
 
-def _state(row: Sequence[Any]) -> EndpointState:
+def endpoint_state(row: Sequence[Any]) -> EndpointState:
+    """The inverse of :func:`endpoint_row` (any backend's row, in table order)."""
     app_id, endpoint_id, _user, deleted, effective_ms, offset, created, effective, request_id, document = row
     return EndpointState(
         app_id=app_id,

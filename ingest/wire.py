@@ -84,7 +84,6 @@ class Request:
     headers: Mapping[bytes, bytes]
     receive: Receive
     request_id: str
-    body_read: bool = field(default=False)
 
     def query_one(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -114,7 +113,6 @@ class Request:
                 raise PayloadTooLarge(f"Request body is over {limit} bytes")
             chunks.append(chunk)
             more = message.get("more_body", False)
-        self.body_read = True
         return b"".join(chunks)
 
 
