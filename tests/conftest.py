@@ -10,19 +10,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from ingest.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -116,38 +118,56 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")} | extra
 
 
+def start_ingest(tmp: Path, args: list[str], *, port: int, data_dir: Path, env: dict[str, str]) -> Pipeline:
+    """`python -m ingest <args>` with this environment less INGEST_*, plus
+    ``env``; returns once its /readyz answers 200."""
+    log_path = tmp / f"{'-'.join(args[:2])}-{port}.log"
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ingest", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=clean_env(**env),
+            cwd=ROOT,
+        )
+    started = Pipeline(process, port, data_dir, log_path, env)
+    try:
+        started.wait_ready()
+    except BaseException:
+        started.stop(signal.SIGKILL)
+        raise
+    return started
+
+
 def start_pipeline(tmp: Path, **env: str) -> Pipeline:
+    """`ingest run` on a free port with its own data dir."""
     port = free_port()
     data_dir = tmp / f"data-{port}"
     data_dir.mkdir(parents=True)
-    log_path = data_dir / "ingest.log"
-    full_env = clean_env(**env)
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ingest",
-                "run",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--data-dir",
-                str(data_dir),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            cwd=ROOT,
-        )
-    pipeline = Pipeline(process, port, data_dir, log_path, env)
+    args = ["run", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
+    return start_ingest(data_dir, args, port=port, data_dir=data_dir, env=env)
+
+
+def eventually(read: Callable[[], T], done: Callable[[T], bool], what: str, within_s: float = 15.0) -> T:
+    """Call ``read`` until ``done`` holds for its answer; fail after ``within_s``."""
+    deadline = time.monotonic() + within_s
+    while True:
+        value = read()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within_s:g} s; last read {value!r}")
+        time.sleep(0.05)  # between polls, not instead of one
+
+
+def endpoint_or_none(client: Any, app_id: str, endpoint_id: str) -> dict[str, Any] | None:
+    """GetEndpoint's EndpointResponse, or None for NotFoundException."""
     try:
-        pipeline.wait_ready()
-    except BaseException:
-        pipeline.stop(signal.SIGKILL)
+        return dict(client.get_endpoint(ApplicationId=app_id, EndpointId=endpoint_id)["EndpointResponse"])
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "NotFoundException":
+            return None
         raise
-    return pipeline
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,16 @@ is visible (its RequestId is the endpoint's) or a deadline passes.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import Pipeline, start_pipeline
+from tests.conftest import Pipeline, endpoint_or_none, eventually, start_pipeline
 from tests.test_api import ACCEPTED, FULL_ENDPOINT, TS, event, put
 
 
@@ -42,12 +41,8 @@ def pinpoint(pipeline: Pipeline) -> Any:
     return pipeline.client()
 
 
-T = TypeVar("T")
-
 # Generous for a loaded CI machine: the worker applies a write within a poll
 # (200 ms) of Kafka acknowledging it.
-VISIBLE_WITHIN_S = 15.0
-POLL_INTERVAL_S = 0.05
 
 # The members a client sets; everything else in an EndpointResponse is the server's.
 CLIENT_MEMBERS = (
@@ -97,33 +92,11 @@ FULL_UPDATE: dict[str, Any] = {
 }
 
 
-def eventually(read: Callable[[], T], done: Callable[[T], bool], what: str) -> T:
-    """Call ``read`` until ``done`` holds for its answer; fail after VISIBLE_WITHIN_S."""
-    deadline = time.monotonic() + VISIBLE_WITHIN_S
-    while True:
-        value = read()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {VISIBLE_WITHIN_S:g} s; last read {value!r}")
-        time.sleep(POLL_INTERVAL_S)  # between polls, not instead of one
-
-
 def is_not_found(exc: ClientError) -> bool:
     return bool(
         exc.response["Error"]["Code"] == "NotFoundException"
         and exc.response["ResponseMetadata"]["HTTPStatusCode"] == 404
     )
-
-
-def endpoint_or_none(pinpoint: Any, app_id: str, endpoint_id: str) -> dict[str, Any] | None:
-    try:
-        response = pinpoint.get_endpoint(ApplicationId=app_id, EndpointId=endpoint_id)
-    except ClientError as exc:
-        if is_not_found(exc):
-            return None
-        raise
-    return dict(response["EndpointResponse"])
 
 
 def user_endpoints_or_none(pinpoint: Any, app_id: str, user_id: str) -> list[dict[str, Any]] | None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from ingest.broker import free_port
 from ingest.errors import SettingsError
 from ingest.settings import Settings
-from tests.conftest import ROOT, Pipeline, clean_env
+from tests.conftest import ROOT, Pipeline, clean_env, start_ingest
 from tests.test_api import ACCEPTED, event, put
 
 
@@ -86,20 +86,14 @@ def test_edge_requires_a_bootstrap() -> None:
 def test_edge_alone_against_an_external_broker(pipeline: Pipeline, tmp_path: Path) -> None:
     """`ingest edge` with INGEST_KAFKA_BOOTSTRAP: here the pipeline's broker."""
     port = free_port()
-    env = clean_env(
-        INGEST_KAFKA_BOOTSTRAP=pipeline.bootstrap,
-        INGEST_KAFKA_IDEMPOTENCE="false",
-        INGEST_DATA_DIR=str(tmp_path),
-        INGEST_PORT=str(port),
-    )
-    log_path = tmp_path / "edge.log"
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ingest", "edge"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-    edge = Pipeline(process, port, tmp_path, log_path)
+    env = {
+        "INGEST_KAFKA_BOOTSTRAP": pipeline.bootstrap,
+        "INGEST_KAFKA_IDEMPOTENCE": "false",
+        "INGEST_DATA_DIR": str(tmp_path),
+        "INGEST_PORT": str(port),
+    }
+    edge = start_ingest(tmp_path, ["edge"], port=port, data_dir=tmp_path, env=env)
     try:
-        edge.wait_ready()
         client = edge.client()
         app_id = client.create_app(CreateApplicationRequest={"Name": "edge-only"})["ApplicationResponse"][
             "Id"
@@ -108,8 +102,7 @@ def test_edge_alone_against_an_external_broker(pipeline: Pipeline, tmp_path: Pat
         assert results["d"]["EventsItemResponse"]["e"] == ACCEPTED
         assert "embedded Kafka broker" not in edge.log()
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
+        assert edge.stop() == 0, edge.log()
 
 
 json_values = st.recursive(

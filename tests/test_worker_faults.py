@@ -13,27 +13,21 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from botocore.exceptions import ClientError
 
 from ingest.broker import EmbeddedBroker, free_port
 from ingest.codec import Codec
 from ingest.kafka import DEADLETTER_TOPIC, ENDPOINTS_TOPIC
 from ingest.records import EndpointUpsert
-from tests.conftest import ROOT, Pipeline, clean_env, start_pipeline
+from tests.conftest import Pipeline, endpoint_or_none, eventually, start_ingest, start_pipeline
 from tests.test_api import ACCEPTED, event
-
-T = TypeVar("T")
 
 # Applying is quick; what takes time is a new worker joining the consumer
 # group while the killed member's session (aiokafka's default 10 s) runs out.
@@ -41,18 +35,6 @@ APPLIED_WITHIN_S = 40.0
 POLL_INTERVAL_S = 0.1
 # Bounds each process's drain so a teardown never waits the default 20 s.
 DRAIN_TIMEOUT_S = 5
-
-
-def eventually(read: Callable[[], T], done: Callable[[T], bool], what: str, within_s: float) -> T:
-    """Call ``read`` until ``done`` holds for its answer; fail after ``within_s``."""
-    deadline = time.monotonic() + within_s
-    while True:
-        value = read()
-        if done(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within_s:g} s; last read {value!r}")
-        time.sleep(POLL_INTERVAL_S)  # between polls, not instead of one
 
 
 # --- the topology ----------------------------------------------------------
@@ -73,22 +55,7 @@ def broker(tmp_path: Path) -> Iterator[str]:
 def start_role(tmp: Path, role: list[str], env: dict[str, str]) -> Pipeline:
     """`python -m ingest <role>` on a free port, ready (its /readyz answers 200)."""
     port = free_port()
-    log_path = tmp / f"{'-'.join(role)}-{port}.log"
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ingest", *role],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=clean_env(**env, INGEST_PORT=str(port)),
-            cwd=ROOT,
-        )
-    started = Pipeline(process, port, tmp, log_path, env)
-    try:
-        started.wait_ready()
-    except BaseException:
-        started.stop(signal.SIGKILL)
-        raise
-    return started
+    return start_ingest(tmp, role, port=port, data_dir=tmp, env={**env, "INGEST_PORT": str(port)})
 
 
 @dataclass
@@ -153,15 +120,6 @@ def metric(process: Pipeline, sample: str) -> float:
         if line.startswith(prefix):
             return float(line[len(prefix) :])
     return 0.0
-
-
-def endpoint_or_none(client: Any, app_id: str, endpoint_id: str) -> dict[str, Any] | None:
-    try:
-        return dict(client.get_endpoint(ApplicationId=app_id, EndpointId=endpoint_id)["EndpointResponse"])
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] == "NotFoundException":
-            return None
-        raise
 
 
 # --- SIGKILL in the middle of a stream -------------------------------------
