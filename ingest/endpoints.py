@@ -7,24 +7,28 @@
   ``Attributes``, ``Metrics`` and ``User.UserAttributes`` each key sent replaces
   that key's value and keys not sent are kept;
 * a version guard — (EffectiveDate sent or else the receive time, Kafka
-  offset) — skips an upsert older than the state: an offline batch or a
-  replay never clobbers newer state. An EffectiveDate later than the receive
-  time counts as the receive time: a device whose clock runs ahead must not
-  lock out every later write. Re-applying the record that made the
-  state gives the same state, so at-least-once delivery is safe;
+  offset) — skips an upsert no newer than the state: an offline batch or a
+  replay never clobbers newer state, and the record that made the state,
+  redelivered, changes nothing, so at-least-once delivery is safe. An
+  EffectiveDate later than the receive time counts as the receive time: a
+  device whose clock runs ahead must not lock out every later write;
 * a delete leaves a tombstone carrying the newest version seen, so an older
   upsert replayed after it stays deleted while a newer one re-creates the
   endpoint (with a new CreationDate);
 * server-set members: ``ApplicationId``, ``Id``, ``CohortId`` (a stable hash of
   the ID, "0"-"99"), ``CreationDate`` (first write), ``EffectiveDate``,
   ``RequestId`` (the client's, else the request's), ``EndpointStatus``
-  (ACTIVE unless set).
+  (ACTIVE unless set);
+* a user holds at most 15 live endpoints: when a 16th joins, the oldest
+  becomes INACTIVE and loses its UserId, record by record (``fold``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
@@ -34,6 +38,10 @@ COHORTS = 100
 MAX_ENDPOINTS_PER_USER = 15
 
 Outcome = Literal["applied", "superseded"]
+Key = tuple[str, str]
+"""(app ID, endpoint ID)"""
+UserKey = tuple[str, str]
+"""(app ID, user ID)"""
 
 
 class Version(NamedTuple):
@@ -50,6 +58,10 @@ class EndpointDelete(NamedTuple):
     endpoint_id: str
     request_id: str
     received_at_ms: int
+
+
+EndpointRecord = EndpointUpsert | EndpointDelete
+"""A record of ``ingest.endpoints``."""
 
 
 class EndpointState(NamedTuple):
@@ -77,12 +89,19 @@ def cohort_id(endpoint_id: str) -> str:
 
 
 def iso_ms(millis: int) -> str:
-    return (
-        datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    """Epoch milliseconds → ``2026-11-23T09:15:02.123Z``."""
+    seconds, millis = divmod(millis, 1000)
+    return f"{_iso_second(seconds)}.{millis:03d}Z"
 
 
-_DEMOGRAPHIC = {
+@functools.lru_cache(maxsize=4096)
+def _iso_second(seconds: int) -> str:
+    # Records of one batch arrive within seconds of each other, so the
+    # calendar arithmetic is done once a second rather than once a record.
+    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+_DEMOGRAPHIC_NAMES = {
     "app_version": "AppVersion",
     "locale": "Locale",
     "make": "Make",
@@ -92,7 +111,7 @@ _DEMOGRAPHIC = {
     "platform_version": "PlatformVersion",
     "timezone": "Timezone",
 }
-_LOCATION = {
+_LOCATION_NAMES = {
     "city": "City",
     "country": "Country",
     "latitude": "Latitude",
@@ -100,46 +119,58 @@ _LOCATION = {
     "postal_code": "PostalCode",
     "region": "Region",
 }
+# Member names in record field order, to zip with a record's values.
+_DEMOGRAPHIC = tuple(_DEMOGRAPHIC_NAMES[field] for field in Demographic._fields)
+_LOCATION = tuple(_LOCATION_NAMES[field] for field in Location._fields)
+_SCALARS = (
+    ("address", "Address"),
+    ("channel_type", "ChannelType"),
+    ("endpoint_status", "EndpointStatus"),
+    ("opt_out", "OptOut"),
+)
 
 
-def _merge_members(old: Any, new: Demographic | Location, names: Mapping[str, str]) -> dict[str, Any]:
-    merged = dict(old or {})
-    for field, member in names.items():
-        value = getattr(new, field)
+def _merge_members(old: Any, new: Demographic | Location, names: tuple[str, ...]) -> dict[str, Any]:
+    merged = dict(old) if old else {}
+    for member, value in zip(names, new, strict=True):
         if value is not None:
             merged[member] = value
     return merged
 
 
-def _merge_keys(old: Any, new: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(old or {})
-    merged.update({k: list(v) if isinstance(v, (list, tuple)) else v for k, v in new.items()})
+def _merge_lists(old: Any, new: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+    merged = dict(old) if old else {}
+    for key, values in new.items():
+        merged[key] = values if type(values) is list else list(values)
+    return merged
+
+
+def _merge_numbers(old: Any, new: Mapping[str, float]) -> dict[str, Any]:
+    merged = dict(old) if old else {}
+    merged.update(new)
     return merged
 
 
 def apply(state: EndpointState | None, upsert: EndpointUpsert, offset: int) -> tuple[EndpointState, Outcome]:
-    """Fold one upsert at ``offset`` into ``state`` (None: never seen)."""
+    """Fold one upsert at ``offset`` into ``state`` (None: never seen). An
+    upsert no newer than the state (the record that made it, redelivered,
+    included) is superseded and changes nothing."""
     effective_ms = upsert.received_at_ms
-    if upsert.effective_date_ms is not None:
-        effective_ms = min(upsert.effective_date_ms, upsert.received_at_ms)
+    if upsert.effective_date_ms is not None and upsert.effective_date_ms < effective_ms:
+        effective_ms = upsert.effective_date_ms
     version = Version(effective_ms, offset)
-    if state is not None and version < state.version:
+    if state is not None and version <= state.version:
         return state, "superseded"
     fresh = state is None or state.deleted
     doc: dict[str, Any] = {} if fresh or state is None else dict(state.document)
-    for field, member in (
-        ("address", "Address"),
-        ("channel_type", "ChannelType"),
-        ("endpoint_status", "EndpointStatus"),
-        ("opt_out", "OptOut"),
-    ):
+    for field, member in _SCALARS:
         value = getattr(upsert, field)
         if value is not None:
             doc[member] = value
     if upsert.attributes is not None:
-        doc["Attributes"] = _merge_keys(doc.get("Attributes"), upsert.attributes)
+        doc["Attributes"] = _merge_lists(doc.get("Attributes"), upsert.attributes)
     if upsert.metrics is not None:
-        doc["Metrics"] = _merge_keys(doc.get("Metrics"), upsert.metrics)
+        doc["Metrics"] = _merge_numbers(doc.get("Metrics"), upsert.metrics)
     if upsert.demographic is not None:
         doc["Demographic"] = _merge_members(doc.get("Demographic"), upsert.demographic, _DEMOGRAPHIC)
     if upsert.location is not None:
@@ -149,21 +180,19 @@ def apply(state: EndpointState | None, upsert: EndpointUpsert, offset: int) -> t
         if upsert.user_id is not None:
             user["UserId"] = upsert.user_id
         if upsert.user_attributes is not None:
-            user["UserAttributes"] = _merge_keys(user.get("UserAttributes"), upsert.user_attributes)
+            user["UserAttributes"] = _merge_lists(user.get("UserAttributes"), upsert.user_attributes)
         doc["User"] = user
     doc.setdefault("EndpointStatus", "ACTIVE")
     return (
         EndpointState(
-            app_id=upsert.app_id,
-            endpoint_id=upsert.endpoint_id,
-            version=version,
-            deleted=False,
-            creation_date=iso_ms(upsert.received_at_ms) if fresh or state is None else state.creation_date,
-            effective_date=upsert.effective_date
-            if upsert.effective_date is not None
-            else iso_ms(effective_ms),
-            request_id=upsert.client_request_id or upsert.request_id,
-            document=doc,
+            upsert.app_id,
+            upsert.endpoint_id,
+            version,
+            False,  # deleted
+            iso_ms(upsert.received_at_ms) if fresh or state is None else state.creation_date,
+            upsert.effective_date if upsert.effective_date is not None else iso_ms(effective_ms),
+            upsert.client_request_id or upsert.request_id,
+            doc,
         ),
         "applied",
     )
@@ -204,6 +233,107 @@ def deactivated(state: EndpointState) -> EndpointState:
         doc.pop("User", None)
     doc["EndpointStatus"] = "INACTIVE"
     return state._replace(document=doc)
+
+
+def member_of(state: EndpointState | None) -> UserKey | None:
+    """The user whose 15 endpoints ``state`` counts among, if any. An empty
+    UserId names no user."""
+    if state is None or state.deleted:
+        return None
+    user = state.document.get("User")
+    user_id = None if user is None else user.get("UserId")
+    return (state.app_id, user_id) if user_id else None
+
+
+def age(state: EndpointState) -> tuple[Version, str]:
+    """Orders one user's endpoints for the 15-per-user rule: the oldest
+    EffectiveDate goes first; version, then ID, make the order total."""
+    return state.version, state.endpoint_id
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What folding one batch did, for metrics."""
+
+    applied: int = 0
+    superseded: int = 0
+    deleted: int = 0
+    deactivated: int = 0
+
+
+def joining(
+    current: Mapping[Key, EndpointState], records: Iterable[tuple[EndpointRecord, int]]
+) -> dict[UserKey, set[str]]:
+    """The users a batch may add endpoints to: (app, user) → the batch's
+    endpoints that name the user and are not its members already. Only these
+    users can pass 15 during the batch, and only if the store holds more than
+    ``15 - len(joiners)`` of their endpoints."""
+    users: dict[UserKey, set[str]] = {}
+    for record, _ in records:
+        if isinstance(record, EndpointDelete) or not record.user_id:
+            continue
+        user = (record.app_id, record.user_id)
+        if member_of(current.get((record.app_id, record.endpoint_id))) != user:
+            users.setdefault(user, set()).add(record.endpoint_id)
+    return users
+
+
+def fold(
+    current: Mapping[Key, EndpointState],
+    records: Iterable[tuple[EndpointRecord, int]],
+    outcome: BatchOutcome,
+    crowded: Mapping[UserKey, Iterable[EndpointState]] | None = None,
+) -> dict[Key, EndpointState]:
+    """Fold ``records`` (in partition order) over ``current``; return the
+    states that changed.
+
+    ``crowded`` holds, for each user that may pass 15 endpoints in this batch
+    (see :func:`joining`), every live endpoint it has at the start of the
+    batch. The 15-per-user rule runs after every record, as if records
+    arrived one at a time: when a user gains a 16th endpoint, the oldest
+    (:func:`age`) is deactivated then and there. So where a batch is cut never
+    changes the result, and replays change nothing (an upsert no newer than
+    its endpoint's state is superseded, and deactivating keeps the version).
+    """
+    changed: dict[Key, EndpointState] = {}
+    members = {user: {s.endpoint_id: s for s in states} for user, states in (crowded or {}).items()}
+    for record, offset in records:
+        key = (record.app_id, record.endpoint_id)
+        state = changed[key] if key in changed else current.get(key)
+        if isinstance(record, EndpointDelete):
+            new = apply_delete(state, record, offset)
+            outcome.deleted += 1
+        else:
+            new, result = apply(state, record, offset)
+            if result == "superseded":
+                outcome.superseded += 1
+                continue
+            outcome.applied += 1
+        changed[key] = new
+        if members:
+            _follow_members(members, state, new, changed, outcome)
+    return changed
+
+
+def _follow_members(
+    members: dict[UserKey, dict[str, EndpointState]],
+    old: EndpointState | None,
+    new: EndpointState,
+    changed: dict[Key, EndpointState],
+    outcome: BatchOutcome,
+) -> None:
+    was, now = member_of(old), member_of(new)
+    if was is not None and was != now and was in members:
+        members[was].pop(new.endpoint_id, None)
+    if now is None or now not in members:
+        return
+    group = members[now]
+    group[new.endpoint_id] = new
+    if len(group) > MAX_ENDPOINTS_PER_USER:
+        oldest = min(group.values(), key=age)
+        del group[oldest.endpoint_id]
+        changed[(oldest.app_id, oldest.endpoint_id)] = deactivated(oldest)
+        outcome.deactivated += 1
 
 
 def response(state: EndpointState) -> dict[str, Any]:

@@ -4,20 +4,20 @@ Same logical schema and the same observable behaviour as
 :class:`ingest.store.SqliteStore`; migrations are numbered and applied at open
 under an advisory lock, so processes starting together migrate once.
 
-A batch is one transaction: load its endpoints, :func:`ingest.store.fold` them
-in Python, upsert the changed rows, then the 15-endpoints-per-user rule. SQLite
-runs one writer at a time; here workers of different partitions write at once,
-and one user's endpoints can sit in several partitions. To give the same
-results as some serial order of the batches:
+A batch is one transaction: load its endpoints, :func:`ingest.endpoints.fold`
+them in Python with the 15-endpoints-per-user rule, upsert the changed rows.
+SQLite runs one writer at a time; here workers of different partitions write
+at once, and one user's endpoints can sit in several partitions. To give the
+same results as some serial order of the batches:
 
 * the batch's endpoints are loaded ``FOR UPDATE``, so a concurrent eviction of
   one of them is either seen or waits for this batch;
-* before writing, the batch takes a transaction advisory lock per (app, user)
-  that gains an endpoint, so two batches adding to one user run the rule one
-  after the other, and the second sees the first's endpoints (READ COMMITTED
-  reads a fresh snapshot per statement);
-* the rule reads the user's endpoints ``FOR UPDATE``, so it never overwrites
-  an endpoint that another batch just moved to another user.
+* before counting a user's endpoints, the batch takes a transaction advisory
+  lock per (app, user) it may add an endpoint to, so two batches adding to one
+  user run the rule one after the other, and the second counts the first's
+  endpoints (READ COMMITTED reads a fresh snapshot per statement);
+* the rule loads a crowded user's endpoints ``FOR UPDATE``, so it never
+  overwrites an endpoint that another batch just moved to another user.
 
 Locks are taken in key order; a deadlock PostgreSQL still detects surfaces as a
 retriable StoreError, and the worker retries the whole batch, of which nothing
@@ -46,18 +46,9 @@ import asyncpg
 import orjson
 
 from ingest import endpoints
-from ingest.endpoints import EndpointState
+from ingest.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.errors import StoreError
-from ingest.store import (
-    App,
-    BatchOutcome,
-    EndpointRecord,
-    Key,
-    endpoint_row,
-    endpoint_state,
-    fold,
-    over_user_limit,
-)
+from ingest.store import App, endpoint_row, endpoint_state
 
 # A small pool: a process runs one endpoint worker (one batch at a time) plus
 # the edge's reads.
@@ -121,10 +112,10 @@ _LOAD_BATCH = (
     "WHERE (app_id, endpoint_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) "
     "ORDER BY app_id, endpoint_id FOR UPDATE"
 )
-_CROWDED_USERS = (
-    "SELECT app_id, user_id FROM endpoints "
-    "WHERE (app_id, user_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND NOT deleted "
-    "GROUP BY app_id, user_id HAVING count(*) > $3"
+_COUNT_USERS = (
+    "SELECT app_id, user_id, count(*) AS count FROM endpoints "
+    "WHERE (app_id, user_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) "
+    "GROUP BY app_id, user_id"
 )
 _LOAD_USERS = (
     "SELECT app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, creation_date, "
@@ -252,15 +243,10 @@ class PostgresStore:
             async with self._pool.acquire() as con, con.transaction():
                 rows = await con.fetch(_LOAD_BATCH, *_columns(keys, 2))
                 current = {(row["app_id"], row["endpoint_id"]): endpoint_state(row) for row in rows}
-                changed = fold(current, records, outcome)
-                users = sorted(
-                    {(s.app_id, s.user_id) for s in changed.values() if s.user_id and not s.deleted}
-                )
-                if users:
-                    await con.execute(_LOCK_USERS, *_columns(users, 2))
+                joining = endpoints.joining(current, records)
+                crowded = await _crowded(con, current, joining) if joining else {}
+                changed = endpoints.fold(current, records, outcome, crowded)
                 await _upsert(con, changed.values())
-                if users:
-                    outcome.deactivated += await _enforce_user_limit(con, users)
         return outcome
 
     async def close(self) -> None:
@@ -286,20 +272,31 @@ async def _migrate(con: asyncpg.Connection) -> None:
         await con.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
 
 
-async def _enforce_user_limit(con: asyncpg.Connection, users: Sequence[Key]) -> int:
-    """The 15-endpoints-per-user rule for ``users``, as SqliteStore applies
-    it: count first, load (and lock) only the users over the limit, which is
-    rare. Returns how many endpoints were deactivated."""
-    crowded = await con.fetch(_CROWDED_USERS, *_columns(users, 2), endpoints.MAX_ENDPOINTS_PER_USER)
-    if not crowded:
-        return 0
-    members: dict[Key, list[EndpointState]] = {}
-    keys = [(row["app_id"], row["user_id"]) for row in crowded]
-    for row in await con.fetch(_LOAD_USERS, *_columns(keys, 2)):
-        members.setdefault((row["app_id"], row["user_id"]), []).append(endpoint_state(row))
-    evicted = [endpoints.deactivated(s) for states in members.values() for s in over_user_limit(states)]
-    await _upsert(con, evicted)
-    return len(evicted)
+async def _crowded(
+    con: asyncpg.Connection, current: dict[Key, EndpointState], joining: dict[UserKey, set[str]]
+) -> dict[UserKey, list[EndpointState]]:
+    """The live endpoints of each user the batch may take past 15, as
+    SqliteStore finds them, under the users' advisory locks (so batches adding
+    to one user run the rule one after the other, and the later one counts
+    the earlier one's endpoints). Rows are loaded, ``FOR UPDATE``, only for
+    the crowded users, which is rare."""
+    users = sorted(joining)
+    await con.execute(_LOCK_USERS, *_columns(users, 2))
+    counts = {
+        (row["app_id"], row["user_id"]): row["count"]
+        for row in await con.fetch(_COUNT_USERS, *_columns(users, 2))
+    }
+    over = [u for u in users if counts.get(u, 0) + len(joining[u]) > endpoints.MAX_ENDPOINTS_PER_USER]
+    # A crowded user with no endpoint stored yet still gets its (empty) list:
+    # its members come from this batch, and fold must count them.
+    crowded: dict[UserKey, list[EndpointState]] = {user: [] for user in over}
+    if over:
+        for row in await con.fetch(_LOAD_USERS, *_columns(over, 2)):
+            state = endpoint_state(row)
+            crowded[(row["app_id"], row["user_id"])].append(
+                current.get((state.app_id, state.endpoint_id), state)
+            )
+    return crowded
 
 
 async def _upsert(con: asyncpg.Connection, states: Iterable[EndpointState]) -> None:

@@ -4,32 +4,30 @@ SQLite (WAL, under the data dir) is the embedded default. Migrations are
 numbered SQL applied in order and recorded in ``schema_migrations``, so opening
 a store brings its schema up to date.
 
-Endpoint writes go through :meth:`Store.apply_endpoint_batch`: load the
-batch's endpoints, fold the records in partition order with
-:mod:`ingest.endpoints`, write the result and the 15-endpoints-per-user rule in
-one transaction. The fold is the same Python for every backend.
+Endpoint writes go through :meth:`Store.apply_endpoint_batch`: in one
+transaction, load the batch's endpoints (and, rarely, every endpoint of a user
+the batch may take past 15), fold the records in partition order with
+:func:`ingest.endpoints.fold`, write what changed. The fold is the same Python
+for every backend.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import orjson
 
 from ingest import endpoints
-from ingest.endpoints import EndpointDelete, EndpointState, Version
+from ingest.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey, Version
 from ingest.errors import SettingsError, StoreError
-from ingest.records import EndpointUpsert
 
 T = TypeVar("T")
-Key = tuple[str, str]
-EndpointRecord = EndpointUpsert | EndpointDelete
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +39,6 @@ class App:
     arn: str
     tags: dict[str, str]
     creation_date: str
-
-
-@dataclass(slots=True)
-class BatchOutcome:
-    """What one ``apply_endpoint_batch`` did, for metrics."""
-
-    applied: int = 0
-    superseded: int = 0
-    deleted: int = 0
-    deactivated: int = 0
-    endpoints: int = 0
-    changed: list[Key] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -67,36 +53,6 @@ class Store(Protocol):
     async def user_endpoints(self, app_id: str, user_id: str) -> Sequence[EndpointState]: ...
     async def apply_endpoint_batch(self, records: Sequence[tuple[EndpointRecord, int]]) -> BatchOutcome: ...
     async def close(self) -> None: ...
-
-
-def fold(
-    current: dict[Key, EndpointState], records: Iterable[tuple[EndpointRecord, int]], outcome: BatchOutcome
-) -> dict[Key, EndpointState]:
-    """Fold records (in partition order) over the loaded states; return the
-    states that changed. Pure: shared by every backend and by the tests."""
-    changed: dict[Key, EndpointState] = {}
-    for record, offset in records:
-        key = (record.app_id, record.endpoint_id)
-        state = changed.get(key, current.get(key))
-        if isinstance(record, EndpointDelete):
-            changed[key] = endpoints.apply_delete(state, record, offset)
-            outcome.deleted += 1
-            continue
-        new, result = endpoints.apply(state, record, offset)
-        if result == "superseded":
-            outcome.superseded += 1
-        else:
-            outcome.applied += 1
-            changed[key] = new
-    outcome.endpoints = len(changed)
-    outcome.changed = list(changed)
-    return changed
-
-
-def over_user_limit(states: Sequence[EndpointState]) -> list[EndpointState]:
-    """Of one user's live endpoints, those beyond the 15 newest (by version)."""
-    newest_first = sorted(states, key=lambda s: s.version, reverse=True)
-    return newest_first[endpoints.MAX_ENDPOINTS_PER_USER :]
 
 
 MIGRATIONS: tuple[str, ...] = (
@@ -137,6 +93,13 @@ _PUT_ENDPOINT = (
 )
 # SQLite's default limit on bound variables is 32766; two per key.
 _KEYS_PER_QUERY = 500
+
+
+def _chunks(keys: Sequence[tuple[str, str]]) -> Iterator[tuple[list[str], str]]:
+    """Pairs in chunks a query can bind: (flat values, "(?, ?), …")."""
+    for start in range(0, len(keys), _KEYS_PER_QUERY):
+        chunk = keys[start : start + _KEYS_PER_QUERY]
+        yield [part for key in chunk for part in key], ", ".join("(?, ?)" for _ in chunk)
 
 
 class SqliteStore:
@@ -232,45 +195,47 @@ class SqliteStore:
         try:
             keys = list({(r.app_id, r.endpoint_id) for r, _ in records})
             current: dict[Key, EndpointState] = {}
-            for start in range(0, len(keys), _KEYS_PER_QUERY):
-                chunk = keys[start : start + _KEYS_PER_QUERY]
-                values = ", ".join("(?, ?)" for _ in chunk)
+            for chunk, values in _chunks(keys):
                 rows = db.execute(
                     # Only placeholders are interpolated; the keys are bound.
                     _SELECT_ENDPOINTS + f" WHERE (app_id, endpoint_id) IN (VALUES {values})",
-                    [part for key in chunk for part in key],
+                    chunk,
                 ).fetchall()
                 for row in rows:
                     state = endpoint_state(row)
                     current[(state.app_id, state.endpoint_id)] = state
-            changed = fold(current, records, outcome)
+            crowded = self._crowded(current, endpoints.joining(current, records))
+            changed = endpoints.fold(current, records, outcome, crowded)
             db.executemany(_PUT_ENDPOINT, [endpoint_row(s) for s in changed.values()])
-            users = sorted({(s.app_id, s.user_id) for s in changed.values() if s.user_id and not s.deleted})
-            for start in range(0, len(users), _KEYS_PER_QUERY):
-                chunk = users[start : start + _KEYS_PER_QUERY]
-                values = ", ".join("(?, ?)" for _ in chunk)
-                # One counting query per chunk of users; rows are loaded only
-                # for users over the limit, which is rare.
-                crowded = db.execute(
-                    "SELECT app_id, user_id FROM endpoints WHERE deleted = 0 AND (app_id, user_id) IN "  # noqa: S608
-                    f"(VALUES {values}) GROUP BY app_id, user_id HAVING count(*) > ?",
-                    [*(part for key in chunk for part in key), endpoints.MAX_ENDPOINTS_PER_USER],
-                ).fetchall()
-                for app_id, user_id in crowded:
-                    rows = db.execute(
-                        _SELECT_ENDPOINTS + " WHERE app_id = ? AND user_id = ? AND deleted = 0",
-                        (app_id, user_id),
-                    ).fetchall()
-                    evicted = [
-                        endpoints.deactivated(s) for s in over_user_limit([endpoint_state(r) for r in rows])
-                    ]
-                    db.executemany(_PUT_ENDPOINT, [endpoint_row(s) for s in evicted])
-                    outcome.deactivated += len(evicted)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         return outcome
+
+    def _crowded(
+        self, current: dict[Key, EndpointState], joining: dict[UserKey, set[str]]
+    ) -> dict[UserKey, list[EndpointState]]:
+        """The live endpoints of each user the batch may take past 15: one
+        counting query (on the user index alone: a deleted endpoint has no
+        user) per chunk of users; rows are loaded only for the crowded, which
+        is rare."""
+        counts: dict[UserKey, int] = {}
+        for chunk, values in _chunks(list(joining)):
+            rows = self._db.execute(
+                "SELECT app_id, user_id, count(*) FROM endpoints "  # noqa: S608
+                f"WHERE (app_id, user_id) IN (VALUES {values}) GROUP BY app_id, user_id",
+                chunk,
+            ).fetchall()
+            counts.update({(app_id, user_id): count for app_id, user_id, count in rows})
+        crowded: dict[UserKey, list[EndpointState]] = {}
+        for user, joiners in joining.items():
+            if counts.get(user, 0) + len(joiners) <= endpoints.MAX_ENDPOINTS_PER_USER:
+                continue
+            rows = self._db.execute(_SELECT_ENDPOINTS + " WHERE app_id = ? AND user_id = ?", user).fetchall()
+            states = (endpoint_state(row) for row in rows)
+            crowded[user] = [current.get((s.app_id, s.endpoint_id), s) for s in states]
+        return crowded
 
     async def close(self) -> None:
         await self._run("close", self._db.close)

@@ -26,7 +26,8 @@ from ingest.codec import Codec, DecodeError
 from ingest.errors import StoreError
 from ingest.kafka import DEADLETTER_TOPIC, ENDPOINTS_TOPIC
 from ingest.metrics import WorkerMetrics
-from ingest.store import BatchOutcome, EndpointRecord, Store
+from ingest.endpoints import BatchOutcome, EndpointRecord
+from ingest.store import Store
 
 log = logging.getLogger(__name__)
 

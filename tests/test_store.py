@@ -4,9 +4,8 @@ store gets a fresh database: a new SQLite file, or a new PostgreSQL schema
 dropped afterwards.
 
 The property test drives both backends with arbitrary batch cuts and Kafka
-style redelivery, and holds each to a pure oracle: ``fold`` per batch, then
-the 15-per-user rule. One way in which the cuts still change the result (in
-the pure core, the same on both backends) is pinned by a strict xfail below.
+style redelivery, and holds each to a brute-force oracle that applies the
+stream once, record by record, with the 15-per-user rule after each record.
 """
 
 from __future__ import annotations
@@ -29,11 +28,11 @@ from hypothesis import strategies as st
 
 from ingest import endpoints
 from ingest.broker import free_port
-from ingest.endpoints import EndpointDelete, EndpointState, iso_ms
+from ingest.endpoints import BatchOutcome, EndpointDelete, EndpointRecord, EndpointState, iso_ms
 from ingest.errors import StoreError
 from ingest.postgres import PostgresStore
 from ingest.records import Demographic, EndpointUpsert
-from ingest.store import App, BatchOutcome, EndpointRecord, SqliteStore, Store, fold, over_user_limit
+from ingest.store import App, SqliteStore, Store
 
 BACKENDS = ("sqlite", "postgres")
 T0_MS = 1_700_000_000_000
@@ -353,20 +352,26 @@ def cuts(draw: st.DrawFn, length: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(points) if a < b]
 
 
-def oracle(batches: Sequence[Sequence[tuple[EndpointRecord, int]]]) -> States:
-    """The stores' contract in memory: per batch, ``fold`` over the current
-    states, then the user rule for the users of the changed live endpoints."""
+def oracle(stream: Sequence[tuple[EndpointRecord, int]]) -> States:
+    """The contract by brute force: the stream applied once, record by
+    record; after each, a user with more than 15 live endpoints loses the
+    oldest (INACTIVE, no UserId)."""
     states: States = {}
-    for batch in batches:
-        changed = fold(states, batch, BatchOutcome())
-        states.update(changed)
-        users = {(s.app_id, s.user_id) for s in changed.values() if s.user_id and not s.deleted}
-        for app_id, user_id in users:
-            members = [
-                s for s in states.values() if (s.app_id, s.user_id) == (app_id, user_id) and not s.deleted
-            ]
-            for evicted in over_user_limit(members):
-                states[(evicted.app_id, evicted.endpoint_id)] = endpoints.deactivated(evicted)
+    for record, offset in stream:
+        key = (record.app_id, record.endpoint_id)
+        if isinstance(record, EndpointDelete):
+            states[key] = endpoints.apply_delete(states.get(key), record, offset)
+            continue
+        new, result = endpoints.apply(states.get(key), record, offset)
+        if result == "superseded":
+            continue
+        states[key] = new
+        user = endpoints.member_of(new)
+        members = sorted(
+            (s for s in states.values() if user and endpoints.member_of(s) == user), key=endpoints.age
+        )
+        for evicted in members[: -endpoints.MAX_ENDPOINTS_PER_USER]:
+            states[(evicted.app_id, evicted.endpoint_id)] = endpoints.deactivated(evicted)
     return states
 
 
@@ -410,33 +415,85 @@ async def test_store_equals_the_fold_under_batching_and_replay(backend: str, dat
     delivered = stream[:crash_at] + stream[restart_from:]
     batches = [delivered[a:b] for a, b in data.draw(cuts(len(delivered)), label="cuts")]
 
+    expected = oracle_snapshot(oracle(stream))
     async with fresh_store(backend) as batched:
         for batch in batches:
             await batched.apply_endpoint_batch(batch)
-        assert await snapshot(batched) == oracle_snapshot(oracle(batches))
+        assert await snapshot(batched) == expected
     async with fresh_store(backend) as whole:
         await whole.apply_endpoint_batch(stream)
-        assert await snapshot(whole) == oracle_snapshot(oracle([stream]))
+        assert await snapshot(whole) == expected
 
 
-# Batching and replay should change nothing; today they can. These pin the
-# two ways, in the pure core shared by both backends (ingest.endpoints and the
-# per-batch user rule), so fixing either turns its test into a strict XPASS.
+def test_the_pure_fold_equals_the_oracle_under_batching_and_replay() -> None:
+    """The same property without a database, many more examples: ``fold``
+    per batch, given each crowded user's endpoints as the stores find them."""
+
+    @settings(
+        max_examples=400, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]
+    )
+    @given(data=st.data())
+    def check(data: st.DataObject) -> None:
+        records = data.draw(streams(), label="stream")
+        stream = offsets(records, start=100)
+        crash_at = data.draw(st.integers(0, len(stream)), label="crash at")
+        delivered = stream[:crash_at] + stream[data.draw(st.integers(0, crash_at), label="restart from") :]
+        states: States = {}
+        for a, b in data.draw(cuts(len(delivered)), label="cuts"):
+            batch = delivered[a:b]
+            joining = endpoints.joining(states, batch)
+            crowded = {
+                user: [s for s in states.values() if endpoints.member_of(s) == user] for user in joining
+            }
+            states.update(endpoints.fold(states, batch, BatchOutcome(), crowded))
+        assert oracle_snapshot(states) == oracle_snapshot(oracle(stream))
+
+    check()
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    reason="the 15-per-user rule runs once per batch, not per record, so where a batch is cut "
-    "decides which endpoint is deactivated",
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "cut_at", [(), (16,), tuple(range(1, 17))], ids=["one-batch", "cut-at-16", "one-by-one"]
 )
-async def test_user_rule_does_not_depend_on_batch_cuts(store: Store) -> None:
+async def test_user_rule_does_not_depend_on_batch_cuts(backend: str, cut_at: tuple[int, ...]) -> None:
+    """The rule runs per record: the 16th endpoint deactivates ep-00 then and
+    there, and a newer write to ep-00 without a UserId, in the same batch or a
+    later one, neither brings it back nor costs another endpoint its place."""
     records = [upsert(f"ep-{i:02d}", user_id="u1", effective_ms=T0_MS + i * HOUR_MS) for i in range(16)]
-    # A newer write to the oldest endpoint, without a UserId.
     records.append(upsert("ep-00", effective_ms=T0_MS + 20 * HOUR_MS, address="x"))
     stream = offsets(records)
-    await store.apply_endpoint_batch(stream[:16])
-    await store.apply_endpoint_batch(stream[16:])
-    assert await snapshot(store) == oracle_snapshot(oracle([stream]))
+    bounds = [0, *cut_at, len(stream)]
+    async with fresh_store(backend) as store:
+        for a, b in itertools.pairwise(bounds):
+            await store.apply_endpoint_batch(stream[a:b])
+        live = await store.user_endpoints("app-a", "u1")
+        assert [s.endpoint_id for s in live] == [f"ep-{i:02d}" for i in range(1, 16)]
+        oldest = await store.get_endpoint("app-a", "ep-00")
+        assert oldest is not None
+        assert oldest.user_id is None
+        assert oldest.document["Address"] == "x"
+        assert await snapshot(store) == oracle_snapshot(oracle(stream))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_replay_of_an_evicted_endpoints_join_changes_nothing(backend: str) -> None:
+    """ep-00 joins u1 and is deactivated when a 16th joins; a delete makes
+    room, and ep-16, older than ep-00, joins. Redelivering the stream must
+    not let ep-00 rejoin (and push ep-16 out): a record no newer than its
+    endpoint's state is superseded, even after a deactivation."""
+    records: list[EndpointRecord] = [
+        upsert(f"ep-{i:02d}", user_id="u1", effective_ms=T0_MS + (i + 1) * HOUR_MS) for i in range(16)
+    ]
+    records.append(delete("ep-15", received_at_ms=T0_MS + 20 * HOUR_MS))
+    records.append(upsert("ep-16", user_id="u1", received_at_ms=T0_MS + 21 * HOUR_MS, effective_ms=T0_MS))
+    stream = offsets(records)
+    async with fresh_store(backend) as store:
+        await store.apply_endpoint_batch(stream)
+        members = [s.endpoint_id for s in await store.user_endpoints("app-a", "u1")]
+        assert members == [*(f"ep-{i:02d}" for i in range(1, 15)), "ep-16"]
+        outcome = await store.apply_endpoint_batch(stream)  # redelivered whole
+        assert (outcome.applied, outcome.deactivated) == (0, 0)
+        assert await snapshot(store) == oracle_snapshot(oracle(stream))
 
 
 async def test_replay_after_delete_changes_nothing(store: Store) -> None:
@@ -449,7 +506,7 @@ async def test_replay_after_delete_changes_nothing(store: Store) -> None:
     stream = offsets(records)
     await store.apply_endpoint_batch(stream)
     await store.apply_endpoint_batch(stream[1:])  # redelivered from the delete on
-    assert await snapshot(store) == oracle_snapshot(oracle([stream]))
+    assert await snapshot(store) == oracle_snapshot(oracle(stream))
 
 
 # PostgreSQL only: migrations, concurrency, availability.
