@@ -7,6 +7,10 @@ and commits offsets only after that write. Delivery is at-least-once and the
 fold is idempotent (version guard), so a crash or a rebalance that replays
 records changes nothing.
 
+Two batches overlap: while one is written (SQLite in its own thread,
+PostgreSQL in its server), the next is fetched and decoded. Writes still run
+one at a time, in fetch order.
+
 When the store is unavailable the worker holds its batch, pauses its
 partitions, retries with capped exponential backoff, and reports not ready
 until a write succeeds; no record is skipped.
@@ -23,10 +27,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from ingest.codec import Codec, DecodeError
+from ingest.endpoints import BatchOutcome, EndpointRecord
 from ingest.errors import StoreError
 from ingest.kafka import DEADLETTER_TOPIC, ENDPOINTS_TOPIC
 from ingest.metrics import WorkerMetrics
-from ingest.endpoints import BatchOutcome, EndpointRecord
 from ingest.store import Store
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,9 @@ class EndpointWorker:
         self._stopping = asyncio.Event()
         self._store_ok = True
         self._started = False
+        # The batch being written and committed while the next is fetched and
+        # decoded: at most one, so at most two batches are in memory.
+        self._writing: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -79,8 +86,11 @@ class EndpointWorker:
                 await self._poll_once()
             await self._drain()
         finally:
-            await self._consumer.stop()
-            await self._deadletter.stop()
+            try:
+                await self._settle()
+            finally:
+                await self._consumer.stop()
+                await self._deadletter.stop()
 
     async def _drain(self) -> None:
         """After stop: poll until every assigned partition is at its high
@@ -100,29 +110,72 @@ class EndpointWorker:
                 return False
         return True
 
+    async def _settle(self) -> None:
+        """Wait for the batch being written (and committed), if any. Its
+        failure is raised here, so the worker stops on it."""
+        writing, self._writing = self._writing, None
+        if writing is None:
+            return
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            # Cancelled while waiting: the write runs on in the store's own
+            # thread or connection; let it finish (and commit) before leaving.
+            if not writing.done():
+                await asyncio.wait([writing])
+            raise
+
     async def _poll_once(self) -> int:
+        """Fetch and decode a batch while the previous one is written, then
+        hand it to the writer. Batches are written one after the other, in
+        the order fetched, each committed only after its write."""
         batch = await self._consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self._max_records)
         if not batch:
+            await self._settle()
+            await self._report_idle_lag()
             return 0
         records: list[tuple[EndpointRecord, int]] = []
         origins: list[ConsumerRecord[Any, Any]] = []
+        decode = self._codec.decode_endpoint_record
         for messages in batch.values():
             for message in messages:
                 try:
-                    records.append((self._codec.decode_endpoint_record(message.value), message.offset))
+                    records.append((decode(message.value), message.offset))
                 except DecodeError as exc:
                     await self._dead_letter(message, str(exc))
                     continue
                 origins.append(message)
+        await self._settle()
+        self._writing = asyncio.create_task(self._write(records, origins, batch))
+        return sum(len(m) for m in batch.values())
+
+    async def _write(
+        self,
+        records: Sequence[tuple[EndpointRecord, int]],
+        origins: Sequence[ConsumerRecord[Any, Any]],
+        batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]],
+    ) -> None:
         if records:
             await self._apply(records, origins, list(batch))
-        await self._consumer.commit({tp: messages[-1].offset + 1 for tp, messages in batch.items()})
-        for tp in batch:
-            high = self._consumer.highwater(tp)
-            if high is not None:
-                position = await self._consumer.position(tp)
-                self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
-        return sum(len(m) for m in batch.values())
+        applied = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
+        await self._consumer.commit(applied)
+        for tp, next_offset in applied.items():
+            self._report_lag(tp, next_offset)
+
+    async def _report_idle_lag(self) -> None:
+        """After an empty poll with nothing being written, every fetched
+        record is applied: the position is the next record to apply."""
+        for tp in self._consumer.assignment():
+            if self._consumer.highwater(tp) is not None:
+                self._report_lag(tp, await self._consumer.position(tp))
+
+    def _report_lag(self, tp: TopicPartition, next_offset: int) -> None:
+        """Records on the partition not applied yet: the high watermark of the
+        last fetch (Tansu's end_offsets() is wrong) minus the next offset to
+        apply."""
+        high = self._consumer.highwater(tp)
+        if high is not None:
+            self._metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - next_offset))
 
     async def _apply(
         self,

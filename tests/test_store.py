@@ -19,6 +19,7 @@ import tempfile
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 
 from ingest import endpoints
 from ingest.broker import free_port
+from ingest.codec import MAX_MS, MIN_MS
 from ingest.endpoints import BatchOutcome, EndpointDelete, EndpointRecord, EndpointState, iso_ms
 from ingest.errors import StoreError
 from ingest.postgres import PostgresStore
@@ -638,3 +640,9 @@ async def test_server_gone_is_retriable_and_the_pool_reconnects() -> None:
             await store.close()
             await store.close()  # idempotent
             await proxy.cut()
+
+
+@given(millis=st.integers(MIN_MS, MAX_MS))
+def test_iso_ms_is_exact_to_the_millisecond(millis: int) -> None:
+    expected = datetime(1970, 1, 1) + timedelta(milliseconds=millis)  # noqa: DTZ001 - naive UTC on purpose
+    assert iso_ms(millis) == expected.isoformat(timespec="milliseconds") + "Z"
