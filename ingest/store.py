@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,23 +83,47 @@ MIGRATIONS: tuple[str, ...] = (
     "CREATE INDEX endpoints_by_user ON endpoints (app_id, user_id) WHERE user_id IS NOT NULL",
 )
 
-_SELECT_ENDPOINTS = (
+_SELECT = (
     "SELECT app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, "
-    "creation_date, effective_date, request_id, document FROM endpoints"
+    "creation_date, effective_date, request_id, document FROM endpoints "
+)
+# Every endpoint query names its index. SQLite 3.40 answers a row-value
+# ``(app_id, endpoint_id) IN (VALUES …)`` with a full scan, and without
+# ANALYZE statistics it reads a user's endpoints by scanning the whole app in
+# primary-key order (to skip a sort) rather than through the user index: both
+# linear in the table. ``test_every_endpoint_query_searches_an_index`` holds
+# each query below to an index search.
+GET_ENDPOINT = _SELECT + "WHERE app_id = ? AND endpoint_id = ? AND deleted = 0"
+USER_ENDPOINTS = (
+    _SELECT
+    + "INDEXED BY endpoints_by_user WHERE app_id = ? AND user_id = ? AND deleted = 0 ORDER BY endpoint_id"
+)
+# A deleted endpoint has no user_id, so the user index holds live ones only.
+USER_MEMBERS = _SELECT + "INDEXED BY endpoints_by_user WHERE app_id = ? AND user_id = ?"
+# "{}" takes one "?" per ID: one app's IDs at a time.
+LOAD_ENDPOINTS = _SELECT + "WHERE app_id = ? AND endpoint_id IN ({})"
+COUNT_USERS = (
+    "SELECT app_id, user_id, count(*) FROM endpoints INDEXED BY endpoints_by_user "
+    "WHERE app_id = ? AND user_id IN ({}) GROUP BY app_id, user_id"
 )
 _PUT_ENDPOINT = (
     "INSERT OR REPLACE INTO endpoints (app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, "
     "creation_date, effective_date, request_id, document) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# SQLite's default limit on bound variables is 32766; two per key.
-_KEYS_PER_QUERY = 500
+# SQLite's default limit on bound variables is 32766 (3.32+); one per ID.
+_IDS_PER_QUERY = 1000
 
 
-def _chunks(keys: Sequence[tuple[str, str]]) -> Iterator[tuple[list[str], str]]:
-    """Pairs in chunks a query can bind: (flat values, "(?, ?), …")."""
-    for start in range(0, len(keys), _KEYS_PER_QUERY):
-        chunk = keys[start : start + _KEYS_PER_QUERY]
-        yield [part for key in chunk for part in key], ", ".join("(?, ?)" for _ in chunk)
+def by_app(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[list[str], str]]:
+    """(app, ID) pairs → the bound values and the placeholders of a query
+    taking one app and a list of its IDs, a chunk at a time."""
+    ids: dict[str, list[str]] = {}
+    for app_id, item in keys:
+        ids.setdefault(app_id, []).append(item)
+    for app_id, items in ids.items():
+        for start in range(0, len(items), _IDS_PER_QUERY):
+            chunk = items[start : start + _IDS_PER_QUERY]
+            yield [app_id, *chunk], ", ".join("?" * len(chunk))
 
 
 class SqliteStore:
@@ -167,20 +191,14 @@ class SqliteStore:
 
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None:
         def get() -> EndpointState | None:
-            row = self._db.execute(
-                _SELECT_ENDPOINTS + " WHERE app_id = ? AND endpoint_id = ? AND deleted = 0",
-                (app_id, endpoint_id),
-            ).fetchone()
+            row = self._db.execute(GET_ENDPOINT, (app_id, endpoint_id)).fetchone()
             return None if row is None else endpoint_state(row)
 
         return await self._run("get endpoint", get)
 
     async def user_endpoints(self, app_id: str, user_id: str) -> Sequence[EndpointState]:
         def get() -> list[EndpointState]:
-            rows = self._db.execute(
-                _SELECT_ENDPOINTS + " WHERE app_id = ? AND user_id = ? AND deleted = 0 ORDER BY endpoint_id",
-                (app_id, user_id),
-            ).fetchall()
+            rows = self._db.execute(USER_ENDPOINTS, (app_id, user_id)).fetchall()
             return [endpoint_state(row) for row in rows]
 
         return await self._run("user endpoints", get)
@@ -193,15 +211,9 @@ class SqliteStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            keys = list({(r.app_id, r.endpoint_id) for r, _ in records})
             current: dict[Key, EndpointState] = {}
-            for chunk, values in _chunks(keys):
-                rows = db.execute(
-                    # Only placeholders are interpolated; the keys are bound.
-                    _SELECT_ENDPOINTS + f" WHERE (app_id, endpoint_id) IN (VALUES {values})",
-                    chunk,
-                ).fetchall()
-                for row in rows:
+            for values, marks in by_app({(r.app_id, r.endpoint_id) for r, _ in records}):
+                for row in db.execute(LOAD_ENDPOINTS.format(marks), values):
                     state = endpoint_state(row)
                     current[(state.app_id, state.endpoint_id)] = state
             crowded = self._crowded(current, endpoints.joining(current, records))
@@ -221,18 +233,14 @@ class SqliteStore:
         user) per chunk of users; rows are loaded only for the crowded, which
         is rare."""
         counts: dict[UserKey, int] = {}
-        for chunk, values in _chunks(list(joining)):
-            rows = self._db.execute(
-                "SELECT app_id, user_id, count(*) FROM endpoints "  # noqa: S608
-                f"WHERE (app_id, user_id) IN (VALUES {values}) GROUP BY app_id, user_id",
-                chunk,
-            ).fetchall()
-            counts.update({(app_id, user_id): count for app_id, user_id, count in rows})
+        for values, marks in by_app(joining):
+            for app_id, user_id, count in self._db.execute(COUNT_USERS.format(marks), values):
+                counts[(app_id, user_id)] = count
         crowded: dict[UserKey, list[EndpointState]] = {}
         for user, joiners in joining.items():
             if counts.get(user, 0) + len(joiners) <= endpoints.MAX_ENDPOINTS_PER_USER:
                 continue
-            rows = self._db.execute(_SELECT_ENDPOINTS + " WHERE app_id = ? AND user_id = ?", user).fetchall()
+            rows = self._db.execute(USER_MEMBERS, user).fetchall()
             states = (endpoint_state(row) for row in rows)
             crowded[user] = [current.get((s.app_id, s.endpoint_id), s) for s in states]
         return crowded

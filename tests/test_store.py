@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import os
 import random
+import sqlite3
 import tempfile
 import urllib.parse
 import uuid
@@ -28,6 +29,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from ingest import endpoints
+from ingest import store as store_module
 from ingest.broker import free_port
 from ingest.codec import MAX_MS, MIN_MS
 from ingest.endpoints import BatchOutcome, EndpointDelete, EndpointRecord, EndpointState, iso_ms
@@ -275,6 +277,37 @@ async def test_nul_in_an_id(store: Store) -> None:
     else:
         await store.apply_endpoint_batch(write)
         assert await store.get_endpoint("app-a", "e\x00p") is not None
+
+
+# SQLite query plans.
+
+PRIMARY_KEY = "SEARCH endpoints USING PRIMARY KEY (app_id=? AND endpoint_id=?)"
+USER_INDEX = "INDEX endpoints_by_user (app_id=? AND user_id=?)"
+
+
+@pytest.mark.parametrize(
+    ("query", "search"),
+    [
+        (store_module.GET_ENDPOINT, PRIMARY_KEY),
+        (store_module.LOAD_ENDPOINTS.format("?, ?, ?"), PRIMARY_KEY),
+        (store_module.USER_ENDPOINTS, f"SEARCH endpoints USING {USER_INDEX}"),
+        (store_module.USER_MEMBERS, f"SEARCH endpoints USING {USER_INDEX}"),
+        (store_module.COUNT_USERS.format("?, ?, ?"), f"SEARCH endpoints USING COVERING {USER_INDEX}"),
+    ],
+    ids=["get", "load-batch", "user-endpoints", "user-members", "count-users"],
+)
+def test_every_endpoint_query_searches_an_index(query: str, search: str) -> None:
+    """No endpoint query reads the table or a whole app: each is an index
+    search, whatever the statistics (none here, the worst case)."""
+    db = sqlite3.connect(":memory:")
+    for migration in store_module.MIGRATIONS:
+        db.execute(migration)
+    db.executemany(
+        "INSERT INTO endpoints VALUES (?, ?, ?, 0, 0, 0, '', '', '', '{}')",
+        [("app-a", f"ep-{i}", f"u{i // 3}") for i in range(1000)],
+    )
+    plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + query, ["x"] * query.count("?"))]
+    assert plan[0] == search, plan
 
 
 # The property: both backends do exactly what the pure fold and the user
