@@ -21,10 +21,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from ingest.codec import Codec, DecodeError
 from ingest.endpoints import BatchOutcome, EndpointRecord
@@ -79,7 +86,7 @@ class EndpointWorker:
     async def run(self) -> None:
         await self._consumer.start()
         await self._deadletter.start()
-        self._consumer.subscribe([ENDPOINTS_TOPIC])
+        self._consumer.subscribe([ENDPOINTS_TOPIC], listener=_FinishWritesOnRevoke(self))
         self._started = True
         try:
             while not self._stopping.is_set():
@@ -158,9 +165,24 @@ class EndpointWorker:
         if records:
             await self._apply(records, origins, list(batch))
         applied = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
-        await self._consumer.commit(applied)
+        try:
+            await self._consumer.commit(applied)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced after this batch was fetched: its
+            # partitions may be another member's now, which starts from the
+            # last commit and applies these records again; the fold makes that
+            # change nothing.
+            log.warning("commit refused after a rebalance (%s); the new owner re-applies the batch", exc)
+            return
         for tp, next_offset in applied.items():
             self._report_lag(tp, next_offset)
+
+    async def finish_writing(self) -> None:
+        """Wait until the batch being written is written and committed,
+        leaving its outcome (an error included) to the loop."""
+        writing = self._writing
+        if writing is not None and not writing.done():
+            await asyncio.wait([writing])
 
     async def _report_idle_lag(self) -> None:
         """After an empty poll with nothing being written, every fetched
@@ -253,3 +275,17 @@ class EndpointWorker:
         )
         self._metrics.records.labels("dead_lettered").inc()
         log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+
+
+class _FinishWritesOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Before the group takes partitions away, let the batch being written
+    commit, so the next owner starts after it rather than applying it again."""
+
+    def __init__(self, worker: EndpointWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._worker.finish_writing()
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        pass

@@ -263,6 +263,39 @@ def test_sigkilled_worker_loses_nothing(topology: Topology) -> None:
     assert metric(topology.worker, 'ingest_endpoint_records_total{outcome="applied"}') > 0
 
 
+@pytest.mark.parametrize("topology", ["sqlite", "postgres"], indirect=True)
+def test_workers_joining_and_leaving_mid_stream_lose_nothing(topology: Topology) -> None:
+    """A second worker joins the group mid-stream (the partitions are split
+    between the two, while batches are being written), then the first stops
+    (SIGTERM: it drains, commits and leaves; the second takes every
+    partition). Both exit cleanly, and every write is applied."""
+    client = topology.edge.client()
+    app_id = client.create_app(CreateApplicationRequest={"Name": "rebalance"})["ApplicationResponse"]["Id"]
+    writes = stream(SEED + 1)
+    warm_at, join_at, leave_at = 10, len(writes) // 3, 2 * len(writes) // 3
+    oracle: dict[str, dict[str, Any]] = {}
+    first = topology.worker
+    applied = 'ingest_endpoint_records_total{outcome="applied"}'
+    for n, write in enumerate(writes):
+        if n == warm_at:
+            eventually(lambda: metric(first, applied), lambda got: got > 0, "the first worker applying", 20)
+        if n == join_at:
+            topology.start_worker()
+        if n == leave_at:
+            assert first.stop() == 0, topology.logs()
+        request_id = send(client, app_id, write)
+        oracle[write.endpoint_id] = expect(oracle.get(write.endpoint_id), write.body, request_id)
+
+    def everything() -> dict[str, dict[str, Any] | None]:
+        return {endpoint_id: stored(client, app_id, endpoint_id) for endpoint_id in oracle}
+
+    try:
+        eventually(everything, lambda found: found == oracle, "every write applied", APPLIED_WITHIN_S)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{topology.logs()}") from exc
+    assert metric(topology.worker, applied) > 0
+
+
 # --- a record that does not decode -----------------------------------------
 
 
