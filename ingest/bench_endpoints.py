@@ -25,6 +25,7 @@ from ingest import kafka
 from ingest.broker import EmbeddedBroker, free_port
 from ingest.codec import Codec
 from ingest.metrics import WorkerMetrics
+from ingest.process import settle_gc
 from ingest.records import Demographic, EndpointUpsert, Location
 from ingest.settings import Settings
 from ingest.store import open_store
@@ -100,6 +101,7 @@ async def drain_rate(
                 for o in ("applied", "superseded")
             )
 
+        settle_gc()  # as `ingest worker endpoints` does once started
         task = asyncio.create_task(worker.run())
         try:
             while done() == 0:  # noqa: ASYNC110 - polling a metric; the group join is not timed

@@ -39,6 +39,16 @@ log = logging.getLogger(__name__)
 
 # Allocations between young-generation collections (CPython's default: 700).
 GC_GEN0_THRESHOLD = 10_000
+
+
+def settle_gc() -> None:
+    """Once start-up is done: everything built so far lives as long as the
+    process, so take it out of the cyclic collector's view, and collect young
+    objects less often (a 100-event request, or a batch of endpoint records,
+    allocates thousands). Measured in-process: about 10-20 % more events per
+    CPU-second on the edge."""
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD)
 ENDPOINT_GROUP = "ingest-endpoints"
 
 
@@ -199,12 +209,7 @@ async def serve(settings: Settings, *, mode: Mode) -> int:
         port = await stack.enter_async_context(
             http_server(app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s)
         )
-        # Everything built so far lives as long as the process: take it out of
-        # the cyclic collector's view, and collect young objects less often (a
-        # 100-event request allocates thousands). Measured in-process: about
-        # 10-20 % more events per CPU-second.
-        gc.freeze()
-        gc.set_threshold(GC_GEN0_THRESHOLD)
+        settle_gc()
         if mode == "worker-endpoints":
             log.info("probes listening on http://%s:%d (/healthz, /readyz, /metrics)", settings.host, port)
         else:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import orjson
 
@@ -135,7 +135,7 @@ class SqliteStore:
         self._executor = executor
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
+    async def open(cls, path: Path) -> Self:
         executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
 
         def connect() -> sqlite3.Connection:

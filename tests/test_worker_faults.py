@@ -14,18 +14,25 @@ import random
 import signal
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
 
+from ingest import kafka
 from ingest.broker import EmbeddedBroker, free_port
 from ingest.codec import Codec
+from ingest.endpoints import BatchOutcome, EndpointRecord
 from ingest.kafka import DEADLETTER_TOPIC, ENDPOINTS_TOPIC
+from ingest.metrics import WorkerMetrics
 from ingest.records import EndpointUpsert
+from ingest.settings import Settings
+from ingest.store import SqliteStore
+from ingest.worker import EndpointWorker
 from tests.conftest import Pipeline, endpoint_or_none, eventually, start_ingest, start_pipeline
 from tests.test_api import ACCEPTED, event
 
@@ -35,6 +42,9 @@ APPLIED_WITHIN_S = 40.0
 POLL_INTERVAL_S = 0.1
 # Bounds each process's drain so a teardown never waits the default 20 s.
 DRAIN_TIMEOUT_S = 5
+LAG_RECORDS = 30
+LAG_BATCH = 10
+T0_MS = 1_700_000_000_000
 
 
 # --- the topology ----------------------------------------------------------
@@ -294,6 +304,77 @@ def test_workers_joining_and_leaving_mid_stream_lose_nothing(topology: Topology)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{topology.logs()}") from exc
     assert metric(topology.worker, applied) > 0
+
+
+# --- consumer lag -------------------------------------------------------------
+
+
+class GatedStore(SqliteStore):
+    """Fault injection: a store whose batch writes each wait for a permit
+    from the test, as a slow store would make them wait."""
+
+    permits: asyncio.Semaphore
+
+    async def apply_endpoint_batch(self, records: Sequence[tuple[EndpointRecord, int]]) -> BatchOutcome:
+        await self.permits.acquire()
+        return await super().apply_endpoint_batch(records)
+
+
+async def until(check: Callable[[], bool], what: str, within_s: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)  # polling a metric
+
+
+async def test_consumer_lag_counts_the_records_not_yet_applied(tmp_path: Path, broker: str) -> None:
+    settings = Settings()
+    await kafka.ensure_topics(settings, broker)
+    codec = Codec()
+    producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        for n in range(LAG_RECORDS):  # one endpoint, so one partition
+            upsert = EndpointUpsert("app", "ep", str(n), T0_MS + n, "UPDATE_ENDPOINT", address=str(n))
+            sent = await producer.send_and_wait(ENDPOINTS_TOPIC, codec.encode_endpoint(upsert), key=b"app:ep")
+    finally:
+        await producer.stop()
+    store = await GatedStore.open(tmp_path / "store.sqlite3")
+    store.permits = asyncio.Semaphore(0)
+    registry = CollectorRegistry()
+    worker = EndpointWorker(
+        kafka.consumer(settings, broker, group_id="lag"),
+        kafka.deadletter_producer(settings, broker, idempotence=False),
+        store,
+        codec=codec,
+        metrics=WorkerMetrics(registry),
+        max_records=LAG_BATCH,
+        drain_timeout_s=5,
+    )
+
+    def lag() -> float | None:
+        labels = {"topic": ENDPOINTS_TOPIC, "partition": str(sent.partition)}
+        return registry.get_sample_value("ingest_consumer_lag_records", labels)
+
+    def applied() -> float:
+        return registry.get_sample_value("ingest_endpoint_records_total", {"outcome": "applied"}) or 0.0
+
+    running = asyncio.create_task(worker.run())
+    try:
+        store.permits.release()  # one batch
+        await until(lambda: lag() is not None, "the first lag figure")
+        assert 0 < applied() <= LAG_BATCH
+        assert lag() == LAG_RECORDS - applied()
+        for _ in range(LAG_RECORDS):
+            store.permits.release()
+        await until(lambda: applied() == LAG_RECORDS, "every record applied")
+        await until(lambda: lag() == 0, "no lag")
+    finally:
+        worker.stop()
+        for _ in range(LAG_RECORDS):
+            store.permits.release()
+        await running
+        await store.close()
 
 
 # --- a record that does not decode -----------------------------------------
