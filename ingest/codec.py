@@ -6,8 +6,13 @@ CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the
 binary body. Any consumer decodes a record with the ``schemas/*.avsc`` files
 alone: fingerprint → schema → ``schemaless_reader``.
 
-Encoding uses writers generated from the same schemas (:mod:`ingest.avro`),
-byte-for-byte what fastavro writes and about 20x cheaper; decoding is fastavro.
+Encoding and the workers' decoding use writers and readers generated from
+the same schemas (:mod:`ingest.avro`): the writers are byte-for-byte what
+fastavro writes and about 20x cheaper; the readers build our records straight
+from the bytes, refuse whatever fastavro would refuse and more, and are
+about 3x cheaper than fastavro plus building the records from its dicts.
+:meth:`Codec.decode` is still plain fastavro, giving the Avro datum any
+consumer sees.
 """
 
 from __future__ import annotations
@@ -15,15 +20,15 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from ingest.avro import compile_encoder
+from ingest.avro import AvroDecodeError, Decoder, compile_decoder, compile_encoder
 from ingest.endpoints import EndpointDelete
 from ingest.errors import IngestError
-from ingest.records import Demographic, EndpointContext, EndpointUpsert, Event, Location
+from ingest.records import Demographic, EndpointContext, EndpointUpsert, Event, Location, Session
 
 MARKER = b"\xc3\x01"
 HEADER_BYTES = len(MARKER) + 8
@@ -36,6 +41,12 @@ _CRC64_EMPTY = 0xC15D213AA4D7A795
 # datetime (and an ISO 8601 EffectiveDate) can express.
 MIN_MS = -62135596800000
 MAX_MS = 253402300799999
+
+# The record class of each Avro record's short name, for the generated readers.
+RECORD_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (Event, Session, EndpointContext, EndpointUpsert, Demographic, Location, EndpointDelete)
+}
 
 
 def _crc64_table() -> tuple[int, ...]:
@@ -61,6 +72,15 @@ def fingerprint(canonical_form: str) -> bytes:
 
 class DecodeError(IngestError):
     """Bytes that are not a single-object-encoded record of a known schema."""
+
+
+class _RecordReader(NamedTuple):
+    """A generated reader of one schema, and the epoch-millisecond fields of
+    its records that must lie within years 1-9999."""
+
+    name: str
+    decode: Decoder
+    times: tuple[str, ...]
 
 
 def schema_dir() -> Path:
@@ -91,6 +111,23 @@ class Codec:
         self._write_event = compile_encoder(event_schema)
         self._write_endpoint = compile_encoder(endpoint_schema)
         self._write_delete = compile_encoder(delete_schema)
+        event_reader = _RecordReader(
+            EVENT_SCHEMA, compile_decoder(event_schema, RECORD_TYPES), ("received_at_ms", "timestamp_ms")
+        )
+        endpoint_reader = _RecordReader(
+            ENDPOINT_SCHEMA,
+            compile_decoder(endpoint_schema, RECORD_TYPES),
+            ("received_at_ms", "effective_date_ms"),
+        )
+        delete_reader = _RecordReader(
+            DELETE_SCHEMA, compile_decoder(delete_schema, RECORD_TYPES), ("received_at_ms",)
+        )
+        # Fingerprint → reader, per topic: what a consumer of that topic accepts.
+        self._event_readers = {self._event_header[2:]: event_reader}
+        self._endpoint_readers = {
+            self._endpoint_header[2:]: endpoint_reader,
+            self._delete_header[2:]: delete_reader,
+        }
 
     def schema(self, name: str) -> Any:
         """The parsed schema of a full name (``ingest.v1.Event``)."""
@@ -114,37 +151,52 @@ class Codec:
     def decode_endpoint_record(self, data: bytes | None) -> EndpointUpsert | EndpointDelete:
         """A value of ``ingest.endpoints`` → its record; DecodeError otherwise,
         including times a record of ours cannot carry (beyond years 1-9999)."""
-        name, datum = self.decode(data)
-        for field in ("received_at_ms", "effective_date_ms"):
-            millis = datum.get(field)
-            if millis is not None and not MIN_MS <= millis <= MAX_MS:
-                raise DecodeError(f"{name}.{field}={millis} is outside years 1-9999")
-        try:
-            if name == ENDPOINT_SCHEMA:
-                demographic, location = datum["demographic"], datum["location"]
-                return EndpointUpsert(
-                    **{
-                        **datum,
-                        "demographic": None if demographic is None else Demographic(**demographic),
-                        "location": None if location is None else Location(**location),
-                    }
-                )
-            if name == DELETE_SCHEMA:
-                return EndpointDelete(**datum)
-        except TypeError as exc:  # a schema whose fields our records do not know
-            raise DecodeError(f"{name} does not map onto a record: {exc}") from exc
-        raise DecodeError(f"{name} is not an endpoint record")
+        record: EndpointUpsert | EndpointDelete = self._read(
+            data, self._endpoint_readers, "an endpoint record"
+        )
+        return record
 
-    def decode(self, data: bytes | None) -> tuple[str, dict[str, Any]]:
-        """→ (schema full name, Avro datum). DecodeError for anything else."""
+    def decode_event(self, data: bytes | None) -> Event:
+        """A value of ``ingest.events`` → its Event; DecodeError otherwise,
+        including times a record of ours cannot carry (beyond years 1-9999)."""
+        event: Event = self._read(data, self._event_readers, "an event")
+        return event
+
+    def _read(self, data: bytes | None, readers: dict[bytes, _RecordReader], wanted: str) -> Any:
+        """The whole of ``data`` as a record of one of ``readers``' schemas."""
+        data, fp = self._header(data)
+        reader = readers.get(fp)
+        if reader is None:
+            raise DecodeError(f"{self._by_fingerprint[fp][0]} is not {wanted}")
+        try:
+            record, end = reader.decode(data, HEADER_BYTES)
+        except AvroDecodeError as exc:
+            raise DecodeError(f"{reader.name} body does not decode: {exc}") from exc
+        if end != len(data):
+            raise DecodeError(f"{reader.name} record is followed by {len(data) - end} stray bytes")
+        for field in reader.times:
+            millis = getattr(record, field)
+            if millis is not None and not MIN_MS <= millis <= MAX_MS:
+                raise DecodeError(f"{reader.name}.{field}={millis} is outside years 1-9999")
+        return record
+
+    def _header(self, data: bytes | None) -> tuple[bytes, bytes]:
+        """→ (data, its schema fingerprint) if ``data`` is single-object
+        encoding of a known schema; DecodeError otherwise."""
         if data is None:
             raise DecodeError("a null value (a Kafka tombstone) is not a record of ours")
         if len(data) < HEADER_BYTES or data[:2] != MARKER:
             raise DecodeError("not Avro single-object encoding (no C3 01 marker)")
-        known = self._by_fingerprint.get(data[2:HEADER_BYTES])
-        if known is None:
-            raise DecodeError(f"unknown schema fingerprint {data[2:HEADER_BYTES].hex()}")
-        name, parsed = known
+        fp = data[2:HEADER_BYTES]
+        if fp not in self._by_fingerprint:
+            raise DecodeError(f"unknown schema fingerprint {fp.hex()}")
+        return data, fp
+
+    def decode(self, data: bytes | None) -> tuple[str, dict[str, Any]]:
+        """→ (schema full name, Avro datum), with fastavro: what any consumer
+        of the .avsc files sees. DecodeError for anything else."""
+        data, fp = self._header(data)
+        name, parsed = self._by_fingerprint[fp]
         body = io.BytesIO(data[HEADER_BYTES:])
         try:
             datum = fastavro.schemaless_reader(body, parsed, None)
