@@ -50,7 +50,7 @@ def _upserts(app_id: str, count: int) -> list[EndpointUpsert]:
             metrics={"sessions": float(n)},
             demographic=Demographic(platform="ios", app_version=f"1.{n % 9}"),
             location=Location(country="NO"),
-            user_id=f"user-{n % (endpoints // 3 + 1)}",
+            user_id=f"user-{n % endpoints // 3}",  # three devices a user, as apps see them
         )
         for n in range(count)
     ]

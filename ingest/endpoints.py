@@ -101,40 +101,46 @@ def _iso_second(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None).isoformat(timespec="seconds")
 
 
-_DEMOGRAPHIC_NAMES = {
-    "app_version": "AppVersion",
-    "locale": "Locale",
-    "make": "Make",
-    "model": "Model",
-    "model_version": "ModelVersion",
-    "platform": "Platform",
-    "platform_version": "PlatformVersion",
-    "timezone": "Timezone",
-}
-_LOCATION_NAMES = {
-    "city": "City",
-    "country": "Country",
-    "latitude": "Latitude",
-    "longitude": "Longitude",
-    "postal_code": "PostalCode",
-    "region": "Region",
-}
-# Member names in record field order, to zip with a record's values.
-_DEMOGRAPHIC = tuple(_DEMOGRAPHIC_NAMES[field] for field in Demographic._fields)
-_LOCATION = tuple(_LOCATION_NAMES[field] for field in Location._fields)
-_SCALARS = (
-    ("address", "Address"),
-    ("channel_type", "ChannelType"),
-    ("endpoint_status", "EndpointStatus"),
-    ("opt_out", "OptOut"),
-)
+_new = tuple.__new__  # builds a NamedTuple without the Python frame of its __new__
 
 
-def _merge_members(old: Any, new: Demographic | Location, names: tuple[str, ...]) -> dict[str, Any]:
+def _merge_demographic(old: Any, new: Demographic) -> dict[str, Any]:
     merged = dict(old) if old else {}
-    for member, value in zip(names, new, strict=True):
-        if value is not None:
-            merged[member] = value
+    app_version, locale, make, model, model_version, platform, platform_version, timezone = new
+    if app_version is not None:
+        merged["AppVersion"] = app_version
+    if locale is not None:
+        merged["Locale"] = locale
+    if make is not None:
+        merged["Make"] = make
+    if model is not None:
+        merged["Model"] = model
+    if model_version is not None:
+        merged["ModelVersion"] = model_version
+    if platform is not None:
+        merged["Platform"] = platform
+    if platform_version is not None:
+        merged["PlatformVersion"] = platform_version
+    if timezone is not None:
+        merged["Timezone"] = timezone
+    return merged
+
+
+def _merge_location(old: Any, new: Location) -> dict[str, Any]:
+    merged = dict(old) if old else {}
+    city, country, latitude, longitude, postal_code, region = new
+    if city is not None:
+        merged["City"] = city
+    if country is not None:
+        merged["Country"] = country
+    if latitude is not None:
+        merged["Latitude"] = latitude
+    if longitude is not None:
+        merged["Longitude"] = longitude
+    if postal_code is not None:
+        merged["PostalCode"] = postal_code
+    if region is not None:
+        merged["Region"] = region
     return merged
 
 
@@ -154,48 +160,77 @@ def _merge_numbers(old: Any, new: Mapping[str, float]) -> dict[str, Any]:
 def apply(state: EndpointState | None, upsert: EndpointUpsert, offset: int) -> tuple[EndpointState, Outcome]:
     """Fold one upsert at ``offset`` into ``state`` (None: never seen). An
     upsert no newer than the state (the record that made it, redelivered,
-    included) is superseded and changes nothing."""
-    effective_ms = upsert.received_at_ms
-    if upsert.effective_date_ms is not None and upsert.effective_date_ms < effective_ms:
-        effective_ms = upsert.effective_date_ms
-    version = Version(effective_ms, offset)
+    included) is superseded and changes nothing.
+
+    The worker's hottest function: fields are unpacked once, in
+    EndpointUpsert's order, rather than looked up one by one."""
+    (
+        app_id,
+        endpoint_id,
+        request_id,
+        received_at_ms,
+        _source,
+        address,
+        attributes,
+        channel_type,
+        demographic,
+        effective_date,
+        effective_date_ms,
+        endpoint_status,
+        location,
+        metrics,
+        opt_out,
+        client_request_id,
+        user_id,
+        user_attributes,
+    ) = upsert
+    effective_ms = received_at_ms
+    if effective_date_ms is not None and effective_date_ms < effective_ms:
+        effective_ms = effective_date_ms
+    version: Version = _new(Version, (effective_ms, offset))
     if state is not None and version <= state.version:
         return state, "superseded"
     fresh = state is None or state.deleted
     doc: dict[str, Any] = {} if fresh or state is None else dict(state.document)
-    for field, member in _SCALARS:
-        value = getattr(upsert, field)
-        if value is not None:
-            doc[member] = value
-    if upsert.attributes is not None:
-        doc["Attributes"] = _merge_lists(doc.get("Attributes"), upsert.attributes)
-    if upsert.metrics is not None:
-        doc["Metrics"] = _merge_numbers(doc.get("Metrics"), upsert.metrics)
-    if upsert.demographic is not None:
-        doc["Demographic"] = _merge_members(doc.get("Demographic"), upsert.demographic, _DEMOGRAPHIC)
-    if upsert.location is not None:
-        doc["Location"] = _merge_members(doc.get("Location"), upsert.location, _LOCATION)
-    if upsert.user_id is not None or upsert.user_attributes is not None:
+    if address is not None:
+        doc["Address"] = address
+    if channel_type is not None:
+        doc["ChannelType"] = channel_type
+    if endpoint_status is not None:
+        doc["EndpointStatus"] = endpoint_status
+    if opt_out is not None:
+        doc["OptOut"] = opt_out
+    if attributes is not None:
+        doc["Attributes"] = _merge_lists(doc.get("Attributes"), attributes)
+    if metrics is not None:
+        doc["Metrics"] = _merge_numbers(doc.get("Metrics"), metrics)
+    if demographic is not None:
+        doc["Demographic"] = _merge_demographic(doc.get("Demographic"), demographic)
+    if location is not None:
+        doc["Location"] = _merge_location(doc.get("Location"), location)
+    if user_id is not None or user_attributes is not None:
         user = dict(doc.get("User") or {})
-        if upsert.user_id is not None:
-            user["UserId"] = upsert.user_id
-        if upsert.user_attributes is not None:
-            user["UserAttributes"] = _merge_lists(user.get("UserAttributes"), upsert.user_attributes)
+        if user_id is not None:
+            user["UserId"] = user_id
+        if user_attributes is not None:
+            user["UserAttributes"] = _merge_lists(user.get("UserAttributes"), user_attributes)
         doc["User"] = user
-    doc.setdefault("EndpointStatus", "ACTIVE")
-    return (
-        EndpointState(
-            upsert.app_id,
-            upsert.endpoint_id,
+    if "EndpointStatus" not in doc:
+        doc["EndpointStatus"] = "ACTIVE"
+    new: EndpointState = _new(
+        EndpointState,
+        (
+            app_id,
+            endpoint_id,
             version,
             False,  # deleted
-            iso_ms(upsert.received_at_ms) if fresh or state is None else state.creation_date,
-            upsert.effective_date if upsert.effective_date is not None else iso_ms(effective_ms),
-            upsert.client_request_id or upsert.request_id,
+            iso_ms(received_at_ms) if fresh or state is None else state.creation_date,
+            effective_date if effective_date is not None else iso_ms(effective_ms),
+            client_request_id or request_id,
             doc,
         ),
-        "applied",
     )
+    return new, "applied"
 
 
 def apply_delete(state: EndpointState | None, delete: EndpointDelete, offset: int) -> EndpointState:
