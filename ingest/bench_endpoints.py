@@ -1,34 +1,44 @@
 """`ingest bench --part endpoints`: the endpoint worker's drain rate per store
-backend, and freshness (UpdateEndpoint answered 202 → readable by GetEndpoint).
+backend beside the ceilings it runs under, and freshness (UpdateEndpoint
+answered 202 → readable by GetEndpoint).
 
 Drain rate: upserts already in Kafka (produced first, not timed), one
 EndpointWorker from a fresh consumer group, timed until every record is
-applied or superseded. Freshness: `ingest run` (edge + worker + SQLite) on
-the same machine, one write at a time, each then polled until readable.
+applied or superseded. Store ceiling: the same batches' SQL alone — load the
+batch's rows, upsert the rows the fold made (built beforehand) — in one
+transaction a batch. Decode and fold: the worker's two Python steps alone, on
+the same records. PostgreSQL runs in a schema of its own, dropped after.
+Freshness: `ingest run` (edge + worker + SQLite) on the same machine, one write
+at a time, each then polled until readable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from prometheus_client import CollectorRegistry
 
-from ingest import kafka
+from ingest import endpoints, kafka, postgres
 from ingest.broker import EmbeddedBroker, free_port
 from ingest.codec import Codec
+from ingest.endpoints import EndpointRecord, EndpointState
 from ingest.metrics import WorkerMetrics
 from ingest.process import settle_gc
 from ingest.records import Demographic, EndpointUpsert, Location
 from ingest.settings import Settings
-from ingest.store import open_store
+from ingest.store import LOAD_ENDPOINTS, MIGRATIONS, PUT_ENDPOINT, by_app, endpoint_row, open_store
 from ingest.worker import EndpointWorker
 
 UPSERTS_PER_ENDPOINT = 5
@@ -101,7 +111,6 @@ async def drain_rate(
                 for o in ("applied", "superseded")
             )
 
-        settle_gc()  # as `ingest worker endpoints` does once started
         task = asyncio.create_task(worker.run())
         try:
             while done() == 0:  # noqa: ASYNC110 - polling a metric; the group join is not timed
@@ -118,6 +127,92 @@ async def drain_rate(
             await task
             await store.close()
     return (count - first) / elapsed, used / (count - first) * 1_000_000
+
+
+def _batches(upserts: list[EndpointUpsert], size: int) -> list[list[tuple[EndpointRecord, int]]]:
+    records: list[tuple[EndpointRecord, int]] = [(u, offset) for offset, u in enumerate(upserts)]
+    return [records[start : start + size] for start in range(0, len(records), size)]
+
+
+def python_rates(upserts: list[EndpointUpsert], batch: int) -> tuple[float, float]:
+    """→ (records decoded per second, records folded per second), each the
+    worker's step alone on the same records."""
+    codec = Codec()
+    encoded = [codec.encode_endpoint(u) for u in upserts]
+    started = time.perf_counter()
+    for value in encoded:
+        codec.decode_endpoint_record(value)
+    decode_rate = len(encoded) / (time.perf_counter() - started)
+    states: dict[tuple[str, str], EndpointState] = {}
+    started = time.perf_counter()
+    for records in _batches(upserts, batch):
+        states.update(endpoints.fold(states, records, endpoints.BatchOutcome()))
+    return decode_rate, len(upserts) / (time.perf_counter() - started)
+
+
+def _rows_by_batch(
+    upserts: list[EndpointUpsert], batch: int
+) -> list[tuple[list[tuple[str, str]], list[Any]]]:
+    """Each batch's keys and the rows the fold writes for it."""
+    states: dict[tuple[str, str], EndpointState] = {}
+    out = []
+    for records in _batches(upserts, batch):
+        changed = endpoints.fold(states, records, endpoints.BatchOutcome())
+        states.update(changed)
+        keys = sorted({(r.app_id, r.endpoint_id) for r, _ in records})
+        out.append((keys, [endpoint_row(s) for s in changed.values()]))
+    return out
+
+
+def sqlite_ceiling(path: Path, upserts: list[EndpointUpsert], batch: int) -> float:
+    """Upserts/s when SQLite does only the SQL of each batch."""
+    prepared = _rows_by_batch(upserts, batch)
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        for migration in MIGRATIONS:
+            db.execute(migration)
+        started = time.perf_counter()
+        for keys, rows in prepared:
+            db.execute("BEGIN IMMEDIATE")
+            for values, marks in by_app(keys):
+                db.execute(LOAD_ENDPOINTS.format(marks), values).fetchall()
+            db.executemany(PUT_ENDPOINT, rows)
+            db.execute("COMMIT")
+        return len(upserts) / (time.perf_counter() - started)
+    finally:
+        db.close()
+
+
+@contextlib.asynccontextmanager
+async def _postgres_schema(url: str) -> AsyncIterator[str]:
+    """A fresh schema, dropped after; → a URL whose search_path is it."""
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+async def postgres_ceiling(url: str, upserts: list[EndpointUpsert], batch: int) -> float:
+    """Upserts/s when PostgreSQL does only the SQL of each batch."""
+    prepared = _rows_by_batch(upserts, batch)
+    async with _postgres_schema(url) as schema_url:
+        await (await open_store(schema_url, data_dir=Path())).close()  # migrate
+        con = await asyncpg.connect(schema_url)
+        try:
+            started = time.perf_counter()
+            for keys, rows in prepared:
+                async with con.transaction():
+                    await con.fetch(postgres.LOAD_BATCH, *postgres.columns(keys, 2))
+                    await con.execute(postgres.UPSERT, *postgres.columns(sorted(rows), 10))
+            return len(upserts) / (time.perf_counter() - started)
+        finally:
+            await con.close()
 
 
 async def freshness(settings: Settings, data_dir: Path, writes: int) -> list[float]:
@@ -173,22 +268,37 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 async def bench_endpoints(settings: Settings, *, records: int, postgres_url: str | None) -> int:
+    batch = settings.worker_max_records
+    upserts = _upserts("bench", records)
+    settle_gc()  # as `ingest worker endpoints` does once started
+    decode_rate, fold_rate = python_rates(upserts, batch)
     lines = [
         f"Machine: {os.cpu_count()} cores; {records:,} upserts over {records // UPSERTS_PER_ENDPOINT:,} "
-        f"endpoints, {settings.worker_max_records} records per poll; broker and worker share the machine.",
+        f"endpoints, {batch} records per poll and per transaction; broker, worker and database share "
+        "the machine.",
         "",
-        "| store | upserts/s through one worker | worker CPU-ms per 1,000 upserts |",
-        "|---|---:|---:|",
+        "| store | store ceiling: the batches' SQL alone, upserts/s | worker: Kafka → store, upserts/s "
+        "| worker ÷ ceiling | worker CPU-ms per 1,000 upserts |",
+        "|---|---:|---:|---:|---:|",
     ]
     with tempfile.TemporaryDirectory(dir=settings.data_dir if settings.data_dir.exists() else None) as tmp:
         backends: list[tuple[str, str | None]] = [("SQLite", None)]
         if postgres_url:
             backends.append(("PostgreSQL", postgres_url))
         for name, url in backends:
-            rate, cpu_ms = await drain_rate(settings, url, Path(tmp), records)
-            lines.append(f"| {name} | {rate:,.0f} | {cpu_ms:,.0f} |")
+            if url is None:
+                ceiling = sqlite_ceiling(Path(tmp) / f"ceiling-{uuid.uuid4().hex}.sqlite3", upserts, batch)
+                rate, cpu_ms = await drain_rate(settings, None, Path(tmp), records)
+            else:
+                ceiling = await postgres_ceiling(url, upserts, batch)
+                async with _postgres_schema(url) as schema_url:
+                    rate, cpu_ms = await drain_rate(settings, schema_url, Path(tmp), records)
+            lines.append(f"| {name} | {ceiling:,.0f} | {rate:,.0f} | {rate / ceiling:.2f} | {cpu_ms:,.0f} |")
         delays = await freshness(settings, Path(tmp), 200)
     lines += [
+        "",
+        f"The worker's Python steps alone, same records: decode {decode_rate:,.0f} records/s, "
+        f"fold {fold_rate:,.0f} records/s.",
         "",
         f"Freshness (SQLite, `ingest run`, {len(delays)} writes one at a time): UpdateEndpoint 202 → "
         f"readable by GetEndpoint: p50 {_quantile(delays, 0.5):.0f} ms, "

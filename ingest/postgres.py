@@ -106,7 +106,7 @@ _USER_ENDPOINTS = (
     "effective_date, request_id, document FROM endpoints "
     "WHERE app_id = $1 AND user_id = $2 AND NOT deleted ORDER BY endpoint_id"
 )
-_LOAD_BATCH = (
+LOAD_BATCH = (
     "SELECT app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, creation_date, "
     "effective_date, request_id, document FROM endpoints "
     "WHERE (app_id, endpoint_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) "
@@ -130,7 +130,7 @@ _LOCK_USERS = (
     "SELECT DISTINCT hashtext(a) AS a, hashtext(u) AS u FROM unnest($1::text[], $2::text[]) AS t(a, u) "
     "ORDER BY 1, 2) AS keys"
 )
-_UPSERT = (
+UPSERT = (
     "INSERT INTO endpoints (app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, "
     "creation_date, effective_date, request_id, document) "
     "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::bigint[], "
@@ -241,7 +241,7 @@ class PostgresStore:
         keys = sorted({(r.app_id, r.endpoint_id) for r, _ in records})
         with _boundary("apply endpoint batch"):
             async with self._pool.acquire() as con, con.transaction():
-                rows = await con.fetch(_LOAD_BATCH, *_columns(keys, 2))
+                rows = await con.fetch(LOAD_BATCH, *columns(keys, 2))
                 current = {(row["app_id"], row["endpoint_id"]): endpoint_state(row) for row in rows}
                 joining = endpoints.joining(current, records)
                 crowded = await _crowded(con, current, joining) if joining else {}
@@ -281,17 +281,17 @@ async def _crowded(
     the earlier one's endpoints). Rows are loaded, ``FOR UPDATE``, only for
     the crowded users, which is rare."""
     users = sorted(joining)
-    await con.execute(_LOCK_USERS, *_columns(users, 2))
+    await con.execute(_LOCK_USERS, *columns(users, 2))
     counts = {
         (row["app_id"], row["user_id"]): row["count"]
-        for row in await con.fetch(_COUNT_USERS, *_columns(users, 2))
+        for row in await con.fetch(_COUNT_USERS, *columns(users, 2))
     }
     over = [u for u in users if counts.get(u, 0) + len(joining[u]) > endpoints.MAX_ENDPOINTS_PER_USER]
     # A crowded user with no endpoint stored yet still gets its (empty) list:
     # its members come from this batch, and fold must count them.
     crowded: dict[UserKey, list[EndpointState]] = {user: [] for user in over}
     if over:
-        for row in await con.fetch(_LOAD_USERS, *_columns(over, 2)):
+        for row in await con.fetch(_LOAD_USERS, *columns(over, 2)):
             state = endpoint_state(row)
             crowded[(row["app_id"], row["user_id"])].append(
                 current.get((state.app_id, state.endpoint_id), state)
@@ -302,10 +302,10 @@ async def _crowded(
 async def _upsert(con: asyncpg.Connection, states: Iterable[EndpointState]) -> None:
     rows = sorted((endpoint_row(s) for s in states), key=lambda row: (row[0], row[1]))
     if rows:
-        await con.execute(_UPSERT, *_columns(rows, 10))
+        await con.execute(UPSERT, *columns(rows, 10))
 
 
-def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+def columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows to one list per column, for ``unnest``."""
     if not rows:
         return [[] for _ in range(width)]

@@ -109,7 +109,7 @@ COUNT_USERS = (
 )
 # An upsert rather than INSERT OR REPLACE, which deletes and re-inserts the
 # row and its index entries: about 1.3 times the rows/s here.
-_PUT_ENDPOINT = (
+PUT_ENDPOINT = (
     "INSERT INTO endpoints (app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, "
     "creation_date, effective_date, request_id, document) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET user_id = excluded.user_id, "
@@ -226,7 +226,7 @@ class SqliteStore:
                     current[(state.app_id, state.endpoint_id)] = state
             crowded = self._crowded(current, endpoints.joining(current, records))
             changed = endpoints.fold(current, records, outcome, crowded)
-            db.executemany(_PUT_ENDPOINT, [endpoint_row(s) for s in changed.values()])
+            db.executemany(PUT_ENDPOINT, [endpoint_row(s) for s in changed.values()])
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
