@@ -105,7 +105,7 @@ class WorkerMetrics:
         # Gauge: records between the committed position and the high watermark.
         self.lag = Gauge(
             "ingest_consumer_lag_records",
-            "Records not yet applied, per partition (fetch high watermark minus position).",
+            "Records not yet applied, per partition (fetch high watermark minus the next offset to apply).",
             ["topic", "partition"],
             registry=registry,
         )
