@@ -327,7 +327,7 @@ async def until(check: Callable[[], bool], what: str, within_s: float = 20.0) ->
         await asyncio.sleep(0.02)  # polling a metric
 
 
-async def test_consumer_lag_counts_the_records_not_yet_applied(tmp_path: Path, broker: str) -> None:
+async def test_lag_batch_size_and_write_time_are_reported(tmp_path: Path, broker: str) -> None:
     settings = Settings()
     await kafka.ensure_topics(settings, broker)
     codec = Codec()
@@ -369,6 +369,10 @@ async def test_consumer_lag_counts_the_records_not_yet_applied(tmp_path: Path, b
             store.permits.release()
         await until(lambda: applied() == LAG_RECORDS, "every record applied")
         await until(lambda: lag() == 0, "no lag")
+        batches = registry.get_sample_value("ingest_endpoint_batch_records_count") or 0.0
+        assert registry.get_sample_value("ingest_endpoint_batch_records_sum") == LAG_RECORDS
+        assert batches >= LAG_RECORDS / LAG_BATCH
+        assert registry.get_sample_value("ingest_endpoint_write_seconds_count") == batches
     finally:
         worker.stop()
         for _ in range(LAG_RECORDS):
