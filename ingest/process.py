@@ -49,6 +49,8 @@ def settle_gc() -> None:
     CPU-second on the edge."""
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD)
+
+
 ENDPOINT_GROUP = "ingest-endpoints"
 
 
