@@ -32,23 +32,56 @@ into ``text`` ran about 1.4 times as fast here.
 
 PostgreSQL text cannot hold NUL (U+0000), which SQLite stores: writing an ID
 with one is a non-retriable StoreError, and reads looking one up find nothing,
-as nothing with one can have been written.
+as nothing with one can have been written. The same holds for events: a NUL in
+any text an event batch writes (IDs, a session or user ID, an event type, a
+currency, a campaign) fails the batch, non-retriably.
+
+KPI aggregates (see :mod:`ingest.kpis` and ``SqliteStore``). Here several KPI
+workers write at once: different partitions, so different marks and first
+days, but the same app's sums and often the same members (a user's endpoints
+in several partitions). So:
+
+* ``event_marks`` is partitioned by range of ``day``, a partition a day, and
+  marks expire by ``DROP TABLE`` of whole partitions. A batch creates the
+  partitions it lacks itself, under a transaction advisory lock, by ``CREATE
+  TABLE … (LIKE event_marks)`` then ``ATTACH PARTITION``, which takes SHARE
+  UPDATE EXCLUSIVE on the parent and so does not wait for the batches writing
+  marks (``CREATE TABLE … PARTITION OF`` takes ACCESS EXCLUSIVE: it would);
+* a batch takes ROW EXCLUSIVE on the parent first, so the partitions it found
+  cannot be dropped under it (``DROP`` of a partition needs ACCESS EXCLUSIVE
+  on the parent); expiring waits for the batches in flight;
+* every upsert's rows are sorted by key, and the tables are written in one
+  order (marks, members, sums, first days), so two batches lock rows in one
+  global order and do not deadlock; sums add to the latest committed total
+  (``ON CONFLICT DO UPDATE`` re-reads it), so no addition is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import date
 from typing import Any
 
 import asyncpg
 import orjson
 
-from ingest import endpoints
+from ingest import endpoints, kpis
 from ingest.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.errors import StoreError
-from ingest.store import App, endpoint_row, endpoint_state
+from ingest.kpis import EventOutcome
+from ingest.records import Event
+from ingest.store import (
+    App,
+    KpiData,
+    endpoint_row,
+    endpoint_state,
+    event_effects,
+    fresh_events,
+    unresolved,
+)
 
 # A small pool: a process runs one endpoint worker (one batch at a time) plus
 # the edge's reads.
@@ -64,6 +97,10 @@ COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 5.0
 # Advisory lock key (one bigint) held while migrating: "ingest" in ASCII.
 MIGRATION_LOCK = 0x696E67657374
+# Advisory lock keys (one bigint, like MIGRATION_LOCK): held while creating
+# event_marks partitions ("marks"), and while expiring them ("expire").
+PARTITION_LOCK = 0x6D61726B73
+EXPIRE_LOCK = 0x657870697265
 # The one character a PostgreSQL text value cannot hold.
 NUL = "\x00"
 
@@ -93,6 +130,45 @@ MIGRATIONS: tuple[str, ...] = (
     )
     """,
     "CREATE INDEX endpoints_by_user ON endpoints (app_id, user_id) WHERE user_id IS NOT NULL",
+    # KPIs: the same tables as SQLite's. Partitions of event_marks are made by
+    # apply_event_batch, a day at a time (_ensure_partitions).
+    """
+    CREATE TABLE event_marks (
+        day integer NOT NULL,
+        app_id text COLLATE "C" NOT NULL,
+        endpoint_id text COLLATE "C" NOT NULL,
+        event_id text COLLATE "C" NOT NULL,
+        PRIMARY KEY (day, app_id, endpoint_id, event_id)
+    ) PARTITION BY RANGE (day)
+    """,
+    """
+    CREATE TABLE kpi_members (
+        app_id text COLLATE "C" NOT NULL,
+        kind text COLLATE "C" NOT NULL,
+        day integer NOT NULL,
+        member text COLLATE "C" NOT NULL,
+        PRIMARY KEY (app_id, kind, day, member)
+    )
+    """,
+    """
+    CREATE TABLE kpi_sums (
+        app_id text COLLATE "C" NOT NULL,
+        kind text COLLATE "C" NOT NULL,
+        day integer NOT NULL,
+        grp text COLLATE "C" NOT NULL,
+        total bigint NOT NULL,
+        PRIMARY KEY (app_id, kind, day, grp)
+    )
+    """,
+    """
+    CREATE TABLE kpi_first_days (
+        app_id text COLLATE "C" NOT NULL,
+        endpoint_id text COLLATE "C" NOT NULL,
+        day integer NOT NULL,
+        PRIMARY KEY (app_id, endpoint_id)
+    )
+    """,
+    "CREATE INDEX kpi_first_days_by_day ON kpi_first_days (app_id, day)",
 )
 
 # Every endpoint query lists the columns in the order of endpoint_row.
@@ -140,6 +216,56 @@ UPSERT = (
     "kafka_offset = EXCLUDED.kafka_offset, creation_date = EXCLUDED.creation_date, "
     "effective_date = EXCLUDED.effective_date, request_id = EXCLUDED.request_id, "
     "document = EXCLUDED.document"
+)
+
+# KPI writes (see the module docstring for the locking).
+_LOCK_MARKS = "LOCK TABLE ONLY event_marks IN ROW EXCLUSIVE MODE"
+_PARTITIONS = (
+    "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+    "WHERE i.inhparent = 'event_marks'::regclass"
+)
+# A partition's name says its day: event_marks_20261123.
+_PARTITION_NAME = re.compile(r"event_marks_(\d{4})(\d{2})(\d{2})")
+_EPOCH = date(1970, 1, 1)
+_MARK_EVENTS = (
+    "INSERT INTO event_marks (day, app_id, endpoint_id, event_id) "
+    "SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::text[]) "
+    "ON CONFLICT DO NOTHING RETURNING day, app_id, endpoint_id, event_id"
+)
+_EVENT_USERS = (
+    "SELECT app_id, endpoint_id, user_id FROM endpoints "
+    "WHERE (app_id, endpoint_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND NOT deleted"
+)
+_ADD_MEMBERS = (
+    "INSERT INTO kpi_members (app_id, kind, day, member) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[]) ON CONFLICT DO NOTHING"
+)
+_ADD_SUMS = (
+    "INSERT INTO kpi_sums AS s (app_id, kind, day, grp, total) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], $5::bigint[]) "
+    "ON CONFLICT (app_id, kind, day, grp) DO UPDATE SET total = s.total + EXCLUDED.total"
+)
+_KEEP_FIRST_DAYS = (
+    "INSERT INTO kpi_first_days AS f (app_id, endpoint_id, day) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::integer[]) "
+    "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET day = EXCLUDED.day WHERE EXCLUDED.day < f.day"
+)
+# KPI reads: one index range each.
+_KPI_MEMBER_COUNTS = (
+    "SELECT day, '', count(*) FROM kpi_members "
+    "WHERE app_id = $1 AND kind = $2 AND day BETWEEN $3 AND $4 GROUP BY day ORDER BY day"
+)
+_KPI_MEMBERS = (
+    "SELECT day, member, 1 FROM kpi_members "
+    "WHERE app_id = $1 AND kind = $2 AND day BETWEEN $3 AND $4 ORDER BY day, member"
+)
+_KPI_SUMS = (
+    "SELECT day, grp, total FROM kpi_sums "
+    "WHERE app_id = $1 AND kind = $2 AND day BETWEEN $3 AND $4 ORDER BY day, grp"
+)
+_KPI_NEW_ENDPOINTS = (
+    "SELECT day, '', count(*) FROM kpi_first_days "
+    "WHERE app_id = $1 AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day"
 )
 
 # What asyncpg and the socket under it raise; everything else is a bug here.
@@ -249,6 +375,74 @@ class PostgresStore:
                 await _upsert(con, changed.values())
         return outcome
 
+    async def apply_event_batch(self, events: Sequence[Event], *, oldest_day: int) -> EventOutcome:
+        """As the Store protocol says, in one transaction; on any StoreError
+        nothing of the batch is written (a partition it created included)."""
+        outcome = EventOutcome()
+        fresh = fresh_events(events, oldest_day, outcome)
+        if not fresh:
+            return outcome
+        marks = sorted(fresh)
+        with _boundary("apply event batch"):
+            async with self._pool.acquire() as con, con.transaction():
+                await con.execute(_LOCK_MARKS)
+                await _ensure_partitions(con, sorted({day for day, *_ in marks}))
+                rows = await con.fetch(_MARK_EVENTS, *columns(marks, 4))
+                new = [fresh[(row[0], row[1], row[2], row[3])] for row in rows]
+                stored: dict[Key, str | None] = {}
+                if lookup := unresolved(new):
+                    for row in await con.fetch(_EVENT_USERS, *columns(lookup, 2)):
+                        stored[(row[0], row[1])] = row[2]
+                effects = event_effects(new, stored)
+                if effects.members:
+                    await con.execute(_ADD_MEMBERS, *columns(sorted(effects.members), 4))
+                if effects.sums:
+                    sums = [(*key, total) for key, total in sorted(effects.sums.items())]
+                    await con.execute(_ADD_SUMS, *columns(sums, 5))
+                if effects.first_days:
+                    firsts = [(*key, day) for key, day in sorted(effects.first_days.items())]
+                    await con.execute(_KEEP_FIRST_DAYS, *columns(firsts, 3))
+        outcome.aggregated = len(new)
+        outcome.duplicates += len(fresh) - len(new)
+        return outcome
+
+    async def expire_event_marks(self, *, before_day: int) -> int:
+        """Drop the partitions of days before ``before_day``; → the marks
+        they held. They are counted before the parent is locked (ACCESS
+        EXCLUSIVE, to drop), so batches wait only for the drop itself."""
+        with _boundary("expire event marks"):
+            async with self._pool.acquire() as con, con.transaction():
+                # One expiry at a time: a second one waits, then finds these gone.
+                await con.execute("SELECT pg_advisory_xact_lock($1)", EXPIRE_LOCK)
+                old = sorted(name for name, day in (await _partitions(con)).items() if day < before_day)
+                if not old:
+                    return 0
+                # Names from the catalog, matched by _PARTITION_NAME.
+                count = " + ".join(f"(SELECT count(*) FROM {name})" for name in old)  # noqa: S608
+                dropped: int = await con.fetchval("SELECT " + count)
+                await con.execute("LOCK TABLE ONLY event_marks IN ACCESS EXCLUSIVE MODE")
+                await con.execute(f"DROP TABLE {', '.join(old)}")
+        return dropped
+
+    async def kpi_member_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
+        return await self._read("KPI member counts", _KPI_MEMBER_COUNTS, app_id, kind, first_day, last_day)
+
+    async def kpi_members(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
+        return await self._read("KPI members", _KPI_MEMBERS, app_id, kind, first_day, last_day)
+
+    async def kpi_sums(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
+        return await self._read("KPI sums", _KPI_SUMS, app_id, kind, first_day, last_day)
+
+    async def kpi_new_endpoints(self, app_id: str, first_day: int, last_day: int) -> KpiData:
+        return await self._read("KPI new endpoints", _KPI_NEW_ENDPOINTS, app_id, first_day, last_day)
+
+    async def _read(self, what: str, query: str, *params: str | int) -> KpiData:
+        if any(isinstance(param, str) and NUL in param for param in params):
+            return []  # nothing with a NUL can have been written
+        with _boundary(what):
+            rows = await self._pool.fetch(query, *params)
+        return [(row[0], row[1], row[2]) for row in rows]
+
     async def close(self) -> None:
         """Wait up to CLOSE_TIMEOUT_S for borrowed connections, then drop
         them. Idempotent."""
@@ -270,6 +464,39 @@ async def _migrate(con: asyncpg.Connection) -> None:
     for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
         await con.execute(sql)
         await con.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+
+
+def _partition_name(day: int) -> str:
+    return "event_marks_" + kpis.iso_day(day).replace("-", "")
+
+
+async def _partitions(con: asyncpg.Connection) -> dict[str, int]:
+    """event_marks' partitions: name → day."""
+    found: dict[str, int] = {}
+    for row in await con.fetch(_PARTITIONS):
+        match = _PARTITION_NAME.fullmatch(row["relname"])
+        if match:
+            year, month, day = map(int, match.groups())
+            found[row["relname"]] = (date(year, month, day) - _EPOCH).days
+    return found
+
+
+async def _ensure_partitions(con: asyncpg.Connection, days: Sequence[int]) -> None:
+    """Inside the batch's transaction, holding ROW EXCLUSIVE on event_marks:
+    create the partitions of ``days`` that do not exist. Creators take turns
+    under PARTITION_LOCK (held to the end of their batch), and each looks
+    again once it holds the lock: another may just have made the same day's."""
+    missing = set(days) - set((await _partitions(con)).values())
+    if not missing:
+        return
+    await con.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+    missing -= set((await _partitions(con)).values())
+    for day in sorted(missing):
+        name = _partition_name(day)
+        await con.execute(f"CREATE TABLE {name} (LIKE event_marks INCLUDING ALL)")
+        await con.execute(
+            f"ALTER TABLE event_marks ATTACH PARTITION {name} FOR VALUES FROM ({day}) TO ({day + 1})"
+        )
 
 
 async def _crowded(

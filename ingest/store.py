@@ -1,4 +1,4 @@
-"""The store: apps and endpoints behind one small interface.
+"""The store: apps, endpoints and KPI aggregates behind one small interface.
 
 SQLite (WAL, under the data dir) is the embedded default. Migrations are
 numbered SQL applied in order and recorded in ``schema_migrations``, so opening
@@ -9,13 +9,19 @@ transaction, load the batch's endpoints (and, rarely, every endpoint of a user
 the batch may take past 15), fold the records in partition order with
 :func:`ingest.endpoints.fold`, write what changed. The fold is the same Python
 for every backend.
+
+Event writes go through :meth:`Store.apply_event_batch`: in one transaction,
+mark the batch's events in ``event_marks`` (a mark already there is a
+duplicate), look up the UserId of the endpoints whose events do not name one,
+and write :func:`ingest.kpis.effects` of the new events. Marks are kept per
+day, so expiring the days before the dedupe window is one range delete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +29,19 @@ from typing import Any, Protocol, Self, TypeVar
 
 import orjson
 
-from ingest import endpoints
+from ingest import endpoints, kpis
 from ingest.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey, Version
 from ingest.errors import SettingsError, StoreError
+from ingest.kpis import EventOutcome
+from ingest.records import Event
 
 T = TypeVar("T")
+KpiData = list[tuple[int, str, int]]
+"""Aggregate rows read for a KPI: (day, group or member, amount)."""
+Mark = tuple[int, str, str, str]
+"""An event's dedupe mark: (day, app ID, endpoint ID, event ID)."""
+# Totals are 64-bit integers on every backend (PostgreSQL bigint).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _new = tuple.__new__
 
 
@@ -53,6 +67,38 @@ class Store(Protocol):
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None: ...
     async def user_endpoints(self, app_id: str, user_id: str) -> Sequence[EndpointState]: ...
     async def apply_endpoint_batch(self, records: Sequence[tuple[EndpointRecord, int]]) -> BatchOutcome: ...
+
+    # KPIs (see ingest.kpis for the aggregates).
+    async def apply_event_batch(self, events: Sequence[Event], *, oldest_day: int) -> EventOutcome:
+        """In one transaction: leave out events whose day (UTC, of their own
+        Timestamp) is before ``oldest_day`` (too old to deduplicate), and
+        events whose (app, endpoint, event ID) is marked already or repeats
+        in the batch; mark the rest, resolve the UserId each counts for (its
+        endpoint context's, else its endpoint's in the store, if live) and
+        write ``kpis.effects`` of them: members inserted if absent, sums
+        added, first days kept at the minimum."""
+        ...
+
+    async def expire_event_marks(self, *, before_day: int) -> int:
+        """Drop the dedupe marks of days before ``before_day``; → how many."""
+        ...
+
+    async def kpi_member_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
+        """(day, "", distinct members of ``kind`` that day) for days with any."""
+        ...
+
+    async def kpi_members(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
+        """(day, member, 1) for every member of ``kind`` on those days."""
+        ...
+
+    async def kpi_sums(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
+        """(day, group, total) of ``kind`` on those days."""
+        ...
+
+    async def kpi_new_endpoints(self, app_id: str, first_day: int, last_day: int) -> KpiData:
+        """(day, "", endpoints whose first event fell on that day)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -82,6 +128,47 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID
     """,
     "CREATE INDEX endpoints_by_user ON endpoints (app_id, user_id) WHERE user_id IS NOT NULL",
+    # KPIs (ingest.kpis). The dedupe marks lead with the day: expiring the
+    # days before the window is one range delete at the front of the table.
+    """
+    CREATE TABLE event_marks (
+        day INTEGER NOT NULL,
+        app_id TEXT NOT NULL,
+        endpoint_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        PRIMARY KEY (day, app_id, endpoint_id, event_id)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE kpi_members (
+        app_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        member TEXT NOT NULL,
+        PRIMARY KEY (app_id, kind, day, member)
+    ) WITHOUT ROWID
+    """,
+    # An addition past 64 bits makes an SQLite integer a float, silently
+    # inexact; the CHECK refuses it, as PostgreSQL's bigint does.
+    """
+    CREATE TABLE kpi_sums (
+        app_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        grp TEXT NOT NULL,
+        total INTEGER NOT NULL CHECK (typeof(total) = 'integer'),
+        PRIMARY KEY (app_id, kind, day, grp)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE kpi_first_days (
+        app_id TEXT NOT NULL,
+        endpoint_id TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        PRIMARY KEY (app_id, endpoint_id)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX kpi_first_days_by_day ON kpi_first_days (app_id, day)",
 )
 
 _SELECT = (
@@ -120,6 +207,48 @@ PUT_ENDPOINT = (
 )
 # SQLite's default limit on bound variables is 32766 (3.32+); one per ID.
 _IDS_PER_QUERY = 1000
+# Four bound variables a mark.
+_MARKS_PER_QUERY = 1000
+
+# KPI writes. A mark that is there already is not returned: its event is a
+# duplicate. (One multi-row statement a chunk: executemany cannot return rows.)
+MARK_EVENTS = (
+    "INSERT INTO event_marks (day, app_id, endpoint_id, event_id) VALUES {} "
+    "ON CONFLICT DO NOTHING RETURNING day, app_id, endpoint_id, event_id"
+)
+# "{}" takes one "?" per endpoint ID, as LOAD_ENDPOINTS. A deleted endpoint's
+# user_id is NULL; the condition says so rather than relying on it.
+EVENT_USERS = (
+    "SELECT endpoint_id, user_id FROM endpoints WHERE app_id = ? AND endpoint_id IN ({}) AND deleted = 0"
+)
+ADD_MEMBER = "INSERT INTO kpi_members (app_id, kind, day, member) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+ADD_SUM = (
+    "INSERT INTO kpi_sums (app_id, kind, day, grp, total) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (app_id, kind, day, grp) DO UPDATE SET total = total + excluded.total"
+)
+KEEP_FIRST_DAY = (
+    "INSERT INTO kpi_first_days (app_id, endpoint_id, day) VALUES (?, ?, ?) "
+    "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET day = excluded.day WHERE excluded.day < day"
+)
+EXPIRE_MARKS = "DELETE FROM event_marks WHERE day < ?"
+# KPI reads: each one search of a primary key or index range
+# (``test_every_kpi_query_searches_an_index``).
+KPI_MEMBER_COUNTS = (
+    "SELECT day, '', count(*) FROM kpi_members "
+    "WHERE app_id = ? AND kind = ? AND day BETWEEN ? AND ? GROUP BY day ORDER BY day"
+)
+KPI_MEMBERS = (
+    "SELECT day, member, 1 FROM kpi_members "
+    "WHERE app_id = ? AND kind = ? AND day BETWEEN ? AND ? ORDER BY day, member"
+)
+KPI_SUMS = (
+    "SELECT day, grp, total FROM kpi_sums "
+    "WHERE app_id = ? AND kind = ? AND day BETWEEN ? AND ? ORDER BY day, grp"
+)
+KPI_NEW_ENDPOINTS = (
+    "SELECT day, '', count(*) FROM kpi_first_days "
+    "WHERE app_id = ? AND day BETWEEN ? AND ? GROUP BY day ORDER BY day"
+)
 
 
 def by_app(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[list[str], str]]:
@@ -132,6 +261,57 @@ def by_app(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[list[str], str]]:
         for start in range(0, len(items), _IDS_PER_QUERY):
             chunk = items[start : start + _IDS_PER_QUERY]
             yield [app_id, *chunk], ", ".join("?" * len(chunk))
+
+
+def fresh_events(events: Iterable[Event], oldest_day: int, outcome: EventOutcome) -> dict[Mark, Event]:
+    """The events to mark: those in the window, the first of each mark, in
+    batch order. Counts the others into ``outcome`` (too old, duplicates).
+
+    The mark holds the day, as the marks table does: an event ID sent again
+    with a timestamp on another day is another mark in this batch as in a
+    later one, so the result does not depend on where batches are cut. (SDKs
+    resend an event unchanged.)"""
+    fresh: dict[Mark, Event] = {}
+    for event in events:
+        day = kpis.day_of(event.timestamp_ms)
+        if day < oldest_day:
+            outcome.too_old += 1
+            continue
+        mark = (day, event.app_id, event.endpoint_id, event.event_id)
+        if mark in fresh:
+            outcome.duplicates += 1
+        else:
+            fresh[mark] = event
+    return fresh
+
+
+def context_user(event: Event) -> str | None:
+    """The UserId the event's endpoint context names; an empty one names none."""
+    context = event.endpoint
+    return context.user_id if context is not None and context.user_id else None
+
+
+def unresolved(events: Iterable[Event]) -> list[Key]:
+    """The endpoints whose stored UserId some of ``events`` count for, sorted."""
+    return sorted({(e.app_id, e.endpoint_id) for e in events if context_user(e) is None})
+
+
+def event_effects(events: Iterable[Event], stored_users: Mapping[Key, str | None]) -> kpis.Effects:
+    """``kpis.effects`` of new events, each counting for its context's UserId,
+    else its endpoint's stored one. An amount no 64-bit total can hold (a
+    price of 1e300, say) is a non-retriable StoreError on every backend, as
+    PostgreSQL's bigint would make it."""
+    try:
+        out = kpis.effects(
+            (event, context_user(event) or stored_users.get((event.app_id, event.endpoint_id)))
+            for event in events
+        )
+    except (OverflowError, ValueError) as exc:  # round() of an infinite product
+        raise StoreError(f"apply event batch: an amount is not a number: {exc}", retriable=False) from exc
+    for key, total in out.sums.items():
+        if not INT64_MIN <= total <= INT64_MAX:
+            raise StoreError(f"apply event batch: {key[1]} total {total} is out of range", retriable=False)
+    return out
 
 
 class SqliteStore:
@@ -252,6 +432,64 @@ class SqliteStore:
             states = (endpoint_state(row) for row in rows)
             crowded[user] = [current.get((s.app_id, s.endpoint_id), s) for s in states]
         return crowded
+
+    async def apply_event_batch(self, events: Sequence[Event], *, oldest_day: int) -> EventOutcome:
+        return await self._run("apply event batch", lambda: self._apply_events(events, oldest_day))
+
+    def _apply_events(self, events: Sequence[Event], oldest_day: int) -> EventOutcome:
+        outcome = EventOutcome()
+        fresh = fresh_events(events, oldest_day, outcome)
+        if not fresh:
+            return outcome
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            marks = sorted(fresh)
+            new: list[Event] = []
+            for start in range(0, len(marks), _MARKS_PER_QUERY):
+                chunk = marks[start : start + _MARKS_PER_QUERY]
+                rows = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+                flat = [value for mark in chunk for value in mark]
+                new.extend(fresh[mark] for mark in db.execute(MARK_EVENTS.format(rows), flat))
+            stored: dict[Key, str | None] = {}
+            for ids, marks_ in by_app(unresolved(new)):
+                for endpoint_id, user_id in db.execute(EVENT_USERS.format(marks_), ids):
+                    stored[(ids[0], endpoint_id)] = user_id
+            effects = event_effects(new, stored)
+            db.executemany(ADD_MEMBER, sorted(effects.members))
+            db.executemany(ADD_SUM, [(*key, total) for key, total in sorted(effects.sums.items())])
+            db.executemany(KEEP_FIRST_DAY, [(*key, day) for key, day in sorted(effects.first_days.items())])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        outcome.aggregated = len(new)
+        outcome.duplicates += len(fresh) - len(new)
+        return outcome
+
+    async def expire_event_marks(self, *, before_day: int) -> int:
+        def expire() -> int:
+            return self._db.execute(EXPIRE_MARKS, (before_day,)).rowcount
+
+        return await self._run("expire event marks", expire)
+
+    async def kpi_member_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
+        return await self._read("KPI member counts", KPI_MEMBER_COUNTS, (app_id, kind, first_day, last_day))
+
+    async def kpi_members(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
+        return await self._read("KPI members", KPI_MEMBERS, (app_id, kind, first_day, last_day))
+
+    async def kpi_sums(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
+        return await self._read("KPI sums", KPI_SUMS, (app_id, kind, first_day, last_day))
+
+    async def kpi_new_endpoints(self, app_id: str, first_day: int, last_day: int) -> KpiData:
+        return await self._read("KPI new endpoints", KPI_NEW_ENDPOINTS, (app_id, first_day, last_day))
+
+    async def _read(self, what: str, query: str, params: tuple[Any, ...]) -> KpiData:
+        def read() -> KpiData:
+            return self._db.execute(query, params).fetchall()
+
+        return await self._run(what, read)
 
     async def close(self) -> None:
         await self._run("close", self._db.close)
