@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="the whole pipeline on one machine: embedded broker, SQLite, edge",
+        help="the whole pipeline on one machine: embedded broker, SQLite, edge, workers",
         description="Runs everything in the foreground; Ctrl-C or SIGTERM drains and exits 0. "
         "Uses the broker named by INGEST_KAFKA_BOOTSTRAP instead of the embedded one when set.",
     )
@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         description="For deployments: serves /healthz, /readyz and /metrics on INGEST_PORT.",
     )
     worker.add_argument(
-        "role", choices=["endpoints"], help="endpoints: ingest.endpoints → the endpoint store"
+        "role",
+        choices=["endpoints", "kpis"],
+        help="endpoints: ingest.endpoints → the endpoint store; "
+        "kpis: ingest.events → deduplicated KPI aggregates",
     )
     worker.add_argument("--host")
     worker.add_argument("--port", type=int)
@@ -103,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "edge", "worker"):
             from ingest.process import Mode, serve
 
-            mode: Mode = "worker-endpoints" if args.command == "worker" else args.command
+            mode: Mode = args.command
+            if args.command == "worker":
+                mode = "worker-kpis" if args.role == "kpis" else "worker-endpoints"
             return uvloop.run(serve(settings, mode=mode))
         if args.command == "migrate":
             return uvloop.run(_migrate(settings))

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 EVENTS_TOPIC = "ingest.events"
 ENDPOINTS_TOPIC = "ingest.endpoints"
 DEADLETTER_TOPIC = "ingest.deadletter"
+# Consumer groups: one per worker role, each reading its topic in full.
+ENDPOINTS_GROUP = "ingest-endpoints"
+KPIS_GROUP = "ingest-kpis"
 # The dead-letter topic is unkeyed and low-volume: one partition keeps it in
 # the order records failed.
 DEADLETTER_PARTITIONS = 1

@@ -98,17 +98,32 @@ class Metrics:
         )
 
 
-class WorkerMetrics:
-    """The endpoint worker's metrics."""
+# Records per store transaction: from one record to the most a poll may
+# return (INGEST_WORKER_MAX_RECORDS is at most 100,000).
+BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000, 100000)
+
+
+class ConsumerMetrics:
+    """What every consumer worker reports, labelled by its topic. Registered
+    once per registry: `ingest run` runs both workers in one process, so they
+    share one of these."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        # Gauge: records between the committed position and the high watermark.
+        # Gauge: records between the next offset to apply and the high watermark.
         self.lag = Gauge(
             "ingest_consumer_lag_records",
             "Records not yet applied, per partition (fetch high watermark minus the next offset to apply).",
             ["topic", "partition"],
             registry=registry,
         )
+
+
+class WorkerMetrics:
+    """The endpoint worker's metrics. ``consumer`` is the registry's shared
+    :class:`ConsumerMetrics`; without one, this builds it (one worker alone)."""
+
+    def __init__(self, registry: CollectorRegistry, consumer: ConsumerMetrics | None = None) -> None:
+        self.lag = (consumer or ConsumerMetrics(registry)).lag
         # Counter: endpoint records by what the fold did with them.
         self.records = Counter(
             "ingest_endpoint_records",
@@ -140,5 +155,47 @@ class WorkerMetrics:
         self.store_retries = Counter(
             "ingest_endpoint_store_retries",
             "Store writes that failed and will be retried after a backoff.",
+            registry=registry,
+        )
+
+
+class KpiWorkerMetrics:
+    """The KPI worker's metrics. ``consumer`` as for :class:`WorkerMetrics`."""
+
+    def __init__(self, registry: CollectorRegistry, consumer: ConsumerMetrics | None = None) -> None:
+        self.lag = (consumer or ConsumerMetrics(registry)).lag
+        # Counter: events by what the KPI worker did with them.
+        self.records = Counter(
+            "ingest_kpi_events",
+            "Events read by the KPI worker, by outcome: aggregated (counted once), duplicate (event ID "
+            "seen already), too_old (dated before the dedupe window), dead_lettered (undecodable or "
+            "unappliable).",
+            ["outcome"],
+            registry=registry,
+        )
+        # Histogram: events per KPI store transaction.
+        self.batch_size = Histogram(
+            "ingest_kpi_batch_events",
+            "Events per batch written to the KPI aggregates in one store transaction.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        # Histogram: time of one KPI store transaction.
+        self.write_seconds = Histogram(
+            "ingest_kpi_write_seconds",
+            "Time of one store transaction deduplicating and aggregating a batch of events.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        # Counter: KPI store writes that failed and were retried.
+        self.store_retries = Counter(
+            "ingest_kpi_store_retries",
+            "KPI store writes that failed and will be retried after a backoff.",
+            registry=registry,
+        )
+        # Counter: dedupe marks dropped as their day left the window.
+        self.marks_expired = Counter(
+            "ingest_kpi_dedupe_marks_expired",
+            "Event dedupe marks dropped because their day left the INGEST_DEDUPE_RETENTION_DAYS window.",
             registry=registry,
         )

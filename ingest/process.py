@@ -2,10 +2,11 @@
 
 Shutdown order (the stack unwinds in reverse): readiness off and new work
 refused → the HTTP server stops accepting and waits for in-flight requests →
-the publisher waits for outstanding acks and flushes the producer → the store
-closes → the embedded broker stops. Each step is bounded by
-``INGEST_DRAIN_TIMEOUT_S``, which stays below Kubernetes'
-``terminationGracePeriodSeconds``.
+the publisher waits for outstanding acks and flushes the producer → the
+workers (endpoint and KPI, side by side) apply everything up to the end of
+their partitions and commit → the store closes → the embedded broker stops.
+Each step is bounded by ``INGEST_DRAIN_TIMEOUT_S``, which stays below
+Kubernetes' ``terminationGracePeriodSeconds``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -28,12 +29,12 @@ from ingest.broker import EmbeddedBroker
 from ingest.codec import Codec
 from ingest.edge import Edge
 from ingest.errors import IngestError, SettingsError
-from ingest.metrics import Metrics, WorkerMetrics
+from ingest.metrics import ConsumerMetrics, KpiWorkerMetrics, Metrics, WorkerMetrics
 from ingest.publish import Publisher
 from ingest.settings import Settings
-from ingest.store import open_store
+from ingest.store import Store, open_store
 from ingest.wire import probe_app
-from ingest.worker import EndpointWorker
+from ingest.worker import EndpointWorker, KpiSink, Worker
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,6 @@ def settle_gc() -> None:
     CPU-second on the edge."""
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD)
-
-
-ENDPOINT_GROUP = "ingest-endpoints"
 
 
 @contextlib.asynccontextmanager
@@ -91,26 +89,86 @@ async def http_server(app: Any, *, host: str, port: int, drain_timeout_s: float)
         await server.shutdown()
 
 
+Mode = Literal["run", "edge", "worker-endpoints", "worker-kpis"]
+
+
 @contextlib.asynccontextmanager
-async def running(worker: EndpointWorker, stopping: asyncio.Event) -> AsyncIterator[EndpointWorker]:
-    """The worker as an owned task: on exit it drains and is awaited; if it
-    dies early the whole process stops rather than serve without it."""
+async def running(workers: Sequence[Worker[Any]], stopping: asyncio.Event) -> AsyncIterator[None]:
+    """The workers as owned tasks: on exit all are stopped together, so they
+    drain side by side, and awaited (a worker's failure is raised then); if
+    one dies early the whole process stops rather than serve without it."""
 
     def ended(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("endpoint worker failed: %r", task.exception())
+            log.error("%s failed: %r", task.get_name(), task.exception())
             stopping.set()
 
-    task = asyncio.create_task(worker.run(), name="endpoint-worker")
-    task.add_done_callback(ended)
+    tasks = []
+    for worker in workers:
+        task = asyncio.create_task(worker.run(), name=f"{worker.name} worker")
+        task.add_done_callback(ended)
+        tasks.append(task)
     try:
-        yield worker
+        yield
     finally:
-        worker.stop()
-        await task
+        for worker in workers:
+            worker.stop()
+        await asyncio.wait(tasks)
+        for task in tasks:
+            task.result()
 
 
-Mode = Literal["run", "edge", "worker-endpoints"]
+def workers_of(
+    mode: Mode,
+    settings: Settings,
+    bootstrap: str,
+    *,
+    idempotence: bool,
+    store: Store,
+    codec: Codec,
+) -> list[Worker[Any]]:
+    """The workers a mode runs: the endpoint worker, the KPI worker, or both
+    (`ingest run`), sharing one consumer-lag gauge in the registry."""
+    built: list[Worker[Any]] = []
+    if mode not in ("run", "worker-endpoints", "worker-kpis"):
+        return built
+    consumer_metrics = ConsumerMetrics(REGISTRY)
+    if mode in ("run", "worker-endpoints"):
+        built.append(
+            EndpointWorker(
+                kafka.consumer(settings, bootstrap, group_id=kafka.ENDPOINTS_GROUP),
+                kafka.deadletter_producer(settings, bootstrap, idempotence=idempotence),
+                store,
+                codec=codec,
+                metrics=WorkerMetrics(REGISTRY, consumer_metrics),
+                max_records=settings.worker_max_records,
+                drain_timeout_s=settings.drain_timeout_s,
+            )
+        )
+        log.info("endpoint worker consuming %s as group %s", kafka.ENDPOINTS_TOPIC, kafka.ENDPOINTS_GROUP)
+    if mode in ("run", "worker-kpis"):
+        sink = KpiSink(
+            store,
+            codec=codec,
+            metrics=KpiWorkerMetrics(REGISTRY, consumer_metrics),
+            retention_days=settings.dedupe_retention_days,
+        )
+        built.append(
+            Worker(
+                kafka.consumer(settings, bootstrap, group_id=kafka.KPIS_GROUP),
+                kafka.deadletter_producer(settings, bootstrap, idempotence=idempotence),
+                sink,
+                max_records=settings.worker_max_records,
+                drain_timeout_s=settings.drain_timeout_s,
+            )
+        )
+        log.info(
+            "KPI worker consuming %s as group %s (dedupe window %d days)",
+            kafka.EVENTS_TOPIC,
+            kafka.KPIS_GROUP,
+            settings.dedupe_retention_days,
+        )
+    return built
 
 
 def _redacted(url: str | None) -> str | None:
@@ -164,28 +222,16 @@ async def serve(settings: Settings, *, mode: Mode) -> int:
         codec = Codec()
 
         readiness: list[Callable[[], bool]] = []
-        if mode in ("run", "worker-endpoints"):
-            # Entered before the publisher, so it exits after it: the worker
-            # drains what the edge produced before the broker stops.
-            worker = await stack.enter_async_context(
-                running(
-                    EndpointWorker(
-                        kafka.consumer(settings, bootstrap, group_id=ENDPOINT_GROUP),
-                        kafka.deadletter_producer(settings, bootstrap, idempotence=idempotence),
-                        store,
-                        codec=codec,
-                        metrics=WorkerMetrics(REGISTRY),
-                        max_records=settings.worker_max_records,
-                        drain_timeout_s=settings.drain_timeout_s,
-                    ),
-                    stopping,
-                )
-            )
-            readiness.append(lambda: worker.ready)
-            log.info("endpoint worker consuming %s as group %s", kafka.ENDPOINTS_TOPIC, ENDPOINT_GROUP)
+        workers = workers_of(mode, settings, bootstrap, idempotence=idempotence, store=store, codec=codec)
+        if workers:
+            # Entered before the publisher, so they exit after it: the workers
+            # drain what the edge produced before the broker stops.
+            await stack.enter_async_context(running(workers, stopping))
+            readiness.append(lambda: all(worker.ready for worker in workers))
 
         app: Any
-        if mode == "worker-endpoints":
+        serves_api = mode in ("run", "edge")
+        if not serves_api:
             app = probe_app(lambda: all(check() for check in readiness), REGISTRY)
         else:
             metrics = Metrics(REGISTRY)
@@ -212,7 +258,7 @@ async def serve(settings: Settings, *, mode: Mode) -> int:
             http_server(app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s)
         )
         settle_gc()
-        if mode == "worker-endpoints":
+        if not serves_api:
             log.info("probes listening on http://%s:%d (/healthz, /readyz, /metrics)", settings.host, port)
         else:
             log.info(
@@ -221,7 +267,7 @@ async def serve(settings: Settings, *, mode: Mode) -> int:
                 port,
             )
         await stopping.wait()
-        if mode != "worker-endpoints":
+        if serves_api:
             edge.draining = True
     log.info("stopped cleanly")
     return 0

@@ -78,8 +78,14 @@ class Settings:
     region: str = "us-east-1"
     account_id: str = "000000000000"
 
-    # Endpoint worker: records per poll, and so per store transaction.
+    # Workers: records per poll, and so per store transaction.
     worker_max_records: int = 5000
+    # KPI worker: UTC days (today included) whose event IDs are kept to
+    # deduplicate on. An event dated before them is not aggregated, since a
+    # retry of it could no longer be recognised. A week covers a device that
+    # was offline for days and then sends its queued events, at the cost of
+    # one stored mark per event of the window.
+    dedupe_retention_days: int = 7
 
     # Store. ``None`` means SQLite at ``{data_dir}/ingest.sqlite3``.
     store_url: str | None = None
@@ -127,6 +133,7 @@ class Settings:
         _check(
             self.worker_max_records, 1 <= self.worker_max_records <= 100_000, "worker_max_records", "1-100000"
         )
+        _check(self.dedupe_retention_days, self.dedupe_retention_days >= 1, "dedupe_retention_days", ">= 1")
         _check(self.drain_timeout_s, self.drain_timeout_s > 0, "drain_timeout_s", "> 0")
         _check(self.app_cache_ttl_s, self.app_cache_ttl_s >= 0, "app_cache_ttl_s", ">= 0")
         if self.kafka_security_protocol.startswith("SASL"):

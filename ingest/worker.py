@@ -1,11 +1,20 @@
-"""The endpoint worker: ``ingest.endpoints`` → the endpoint store.
+"""Consumer workers: a topic → the store, one transaction per batch.
 
-A consumer group member that, per poll: decodes the batch (a record it cannot
-decode goes to ``ingest.deadletter`` with the reason and its origin in headers,
-and never blocks its partition), folds it into the store in one transaction,
-and commits offsets only after that write. Delivery is at-least-once and the
-fold is idempotent (version guard), so a crash or a rebalance that replays
-records changes nothing.
+One loop, :class:`Worker`, serves every worker; a :class:`Sink` says which
+topic it reads, how a record decodes and how a batch is written:
+
+* the endpoint worker (:class:`EndpointSink`): ``ingest.endpoints`` → the
+  endpoint store, folded under a version guard;
+* the KPI worker (:class:`KpiSink`): ``ingest.events`` → dedupe marks and the
+  KPI aggregates.
+
+A worker is a consumer group member that, per poll: decodes the batch (a
+record it cannot decode goes to ``ingest.deadletter`` with the reason and its
+origin in headers, and never blocks its partition), writes it to the store in
+one transaction, and commits offsets only after that write. Delivery is
+at-least-once and every sink's write is idempotent (a version guard; dedupe
+on the event key), so a crash or a rebalance that replays records changes
+nothing.
 
 Two batches overlap: while one is written (SQLite in its own thread,
 PostgreSQL in its server), the next is fetched and decoded. Writes still run
@@ -21,8 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -32,12 +41,15 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.errors import CommitFailedError, IllegalStateError
+from prometheus_client import Counter, Gauge, Histogram
 
+from ingest import kpis
 from ingest.codec import Codec, DecodeError
-from ingest.endpoints import BatchOutcome, EndpointRecord
+from ingest.endpoints import EndpointRecord
 from ingest.errors import StoreError
-from ingest.kafka import DEADLETTER_TOPIC, ENDPOINTS_TOPIC
-from ingest.metrics import WorkerMetrics
+from ingest.kafka import DEADLETTER_TOPIC, ENDPOINTS_TOPIC, EVENTS_TOPIC
+from ingest.metrics import KpiWorkerMetrics, WorkerMetrics
+from ingest.records import Event
 from ingest.store import Store
 
 log = logging.getLogger(__name__)
@@ -46,27 +58,69 @@ POLL_TIMEOUT_MS = 200
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
 
+R = TypeVar("R")
 
-class EndpointWorker:
-    """Runs until ``stop()``; then applies everything up to the high watermark
-    of its partitions (bounded by ``drain_timeout_s``), commits and returns."""
+
+class SinkMetrics(Protocol):
+    """The metrics the loop reports for a sink: ``records`` takes an
+    ``outcome`` label, of which the loop counts ``dead_lettered``."""
+
+    lag: Gauge
+    records: Counter
+    batch_size: Histogram
+    write_seconds: Histogram
+    store_retries: Counter
+
+
+class Sink(Protocol[R]):
+    """What a worker does with the records of its topic.
+
+    ``decode`` raises :class:`DecodeError` for a value that is not a record
+    of the topic. ``write`` is one store transaction and counts what it did
+    in ``metrics``; it raises StoreError (``retriable`` while the store is
+    unavailable: the loop retries the same batch) or, for a record it cannot
+    apply, anything else (the loop writes the batch again one record at a
+    time and dead-letters the ones that fail). Writing records again must
+    change nothing: delivery is at-least-once.
+    """
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def name(self) -> str:
+        """What the worker is called in logs ("endpoint", "KPI")."""
+        ...
+
+    @property
+    def metrics(self) -> SinkMetrics: ...
+    def decode(self, value: bytes | None) -> R: ...
+    async def start(self) -> None:
+        """Once, before the first poll. Must not fail on an unavailable store."""
+        ...
+
+    async def write(self, records: Sequence[tuple[R, int]]) -> None:
+        """Write (record, offset) pairs of a batch in one transaction."""
+        ...
+
+
+class Worker(Generic[R]):
+    """Consumes ``sink.topic`` into the store until ``stop()``; then applies
+    everything up to the high watermark of its partitions (bounded by
+    ``drain_timeout_s``), commits and returns."""
 
     def __init__(
         self,
         consumer: AIOKafkaConsumer,
         deadletter: AIOKafkaProducer,
-        store: Store,
+        sink: Sink[R],
         *,
-        codec: Codec,
-        metrics: WorkerMetrics,
         max_records: int,
         drain_timeout_s: float,
     ) -> None:
         self._consumer = consumer
         self._deadletter = deadletter
-        self._store = store
-        self._codec = codec
-        self._metrics = metrics
+        self._sink = sink
+        self._metrics = sink.metrics
         self._max_records = max_records
         self._drain_timeout_s = drain_timeout_s
         self._stopping = asyncio.Event()
@@ -75,6 +129,10 @@ class EndpointWorker:
         # The batch being written and committed while the next is fetched and
         # decoded: at most one, so at most two batches are in memory.
         self._writing: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self._sink.name
 
     @property
     def ready(self) -> bool:
@@ -86,18 +144,19 @@ class EndpointWorker:
     async def run(self) -> None:
         await self._consumer.start()
         await self._deadletter.start()
-        self._consumer.subscribe([ENDPOINTS_TOPIC], listener=_FinishWritesOnRevoke(self))
-        self._started = True
         try:
-            while not self._stopping.is_set():
-                await self._poll_once()
-            await self._drain()
-        finally:
+            await self._sink.start()
+            self._consumer.subscribe([self._sink.topic], listener=_FinishWritesOnRevoke(self))
+            self._started = True
             try:
-                await self._settle()
+                while not self._stopping.is_set():
+                    await self._poll_once()
+                await self._drain()
             finally:
-                await self._consumer.stop()
-                await self._deadletter.stop()
+                await self._settle()
+        finally:
+            await self._consumer.stop()
+            await self._deadletter.stop()
 
     async def _drain(self) -> None:
         """After stop: poll until every assigned partition is at its high
@@ -106,9 +165,9 @@ class EndpointWorker:
         while time.monotonic() < deadline:
             got = await self._poll_once()
             if got == 0 and await self._caught_up():
-                log.info("endpoint worker drained to the end of its partitions")
+                log.info("%s worker drained to the end of its partitions", self.name)
                 return
-        log.warning("endpoint worker drain deadline passed before the end of its partitions")
+        log.warning("%s worker drain deadline passed before the end of its partitions", self.name)
 
     async def _caught_up(self) -> bool:
         for tp in self._consumer.assignment():
@@ -141,9 +200,9 @@ class EndpointWorker:
             await self._settle()
             await self._report_idle_lag()
             return 0
-        records: list[tuple[EndpointRecord, int]] = []
+        records: list[tuple[R, int]] = []
         origins: list[ConsumerRecord[Any, Any]] = []
-        decode = self._codec.decode_endpoint_record
+        decode = self._sink.decode
         for messages in batch.values():
             for message in messages:
                 try:
@@ -158,7 +217,7 @@ class EndpointWorker:
 
     async def _write(
         self,
-        records: Sequence[tuple[EndpointRecord, int]],
+        records: Sequence[tuple[R, int]],
         origins: Sequence[ConsumerRecord[Any, Any]],
         batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]],
     ) -> None:
@@ -170,8 +229,8 @@ class EndpointWorker:
         except (CommitFailedError, IllegalStateError) as exc:
             # The group rebalanced after this batch was fetched: its
             # partitions may be another member's now, which starts from the
-            # last commit and applies these records again; the fold makes that
-            # change nothing.
+            # last commit and applies these records again; the write being
+            # idempotent, that changes nothing.
             log.warning("commit refused after a rebalance (%s); the new owner re-applies the batch", exc)
             return
         for tp, next_offset in applied.items():
@@ -201,7 +260,7 @@ class EndpointWorker:
 
     async def _apply(
         self,
-        records: Sequence[tuple[EndpointRecord, int]],
+        records: Sequence[tuple[R, int]],
         origins: Sequence[ConsumerRecord[Any, Any]],
         partitions: list[TopicPartition],
     ) -> None:
@@ -212,25 +271,26 @@ class EndpointWorker:
         while True:
             started = time.perf_counter()
             try:
-                outcome = await self._store.apply_endpoint_batch(records)
+                await self._sink.write(records)
             except StoreError as exc:
                 if exc.retriable:
                     self._store_ok = False
                     self._metrics.store_retries.inc()
                     self._consumer.pause(*partitions)
                     log.warning(
-                        "store unavailable (%s); holding %d records, retry in %.2f s",
+                        "store unavailable (%s); %s worker holding %d records, retry in %.2f s",
                         exc,
+                        self.name,
                         len(records),
                         backoff,
                     )
                     await asyncio.sleep(backoff)  # capped exponential backoff between retries
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
                     continue
-                outcome = await self._apply_one_by_one(records, origins)
-            except Exception:  # a record the fold cannot apply: isolate it below
-                log.exception("a batch of %d endpoint records failed; applying one by one", len(records))
-                outcome = await self._apply_one_by_one(records, origins)
+                await self._apply_one_by_one(records, origins)
+            except Exception:  # a record the sink cannot apply: isolate it below
+                log.exception("a %s batch of %d records failed; applying one by one", self.name, len(records))
+                await self._apply_one_by_one(records, origins)
             break
         if not self._store_ok:
             log.info("store available again")
@@ -238,30 +298,21 @@ class EndpointWorker:
         self._consumer.resume(*partitions)
         self._metrics.write_seconds.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(records))
-        for name in ("applied", "superseded", "deleted"):
-            self._metrics.records.labels(name).inc(getattr(outcome, name))
-        self._metrics.deactivated.inc(outcome.deactivated)
 
     async def _apply_one_by_one(
-        self, records: Sequence[tuple[EndpointRecord, int]], origins: Sequence[ConsumerRecord[Any, Any]]
-    ) -> BatchOutcome:
+        self, records: Sequence[tuple[R, int]], origins: Sequence[ConsumerRecord[Any, Any]]
+    ) -> None:
         """Slow path. A retriable StoreError propagates (the caller retries
-        the whole batch; re-applying is idempotent)."""
-        total = BatchOutcome()
+        the whole batch; writing records again is idempotent)."""
         for record, origin in zip(records, origins, strict=True):
             try:
-                outcome = await self._store.apply_endpoint_batch([record])
+                await self._sink.write([record])
             except StoreError as exc:
                 if exc.retriable:
                     raise
                 await self._dead_letter(origin, f"cannot apply: {exc}")
-                continue
             except Exception as exc:  # noqa: BLE001 - dead-lettered with its reason
                 await self._dead_letter(origin, f"cannot apply: {exc!r}")
-                continue
-            for name in ("applied", "superseded", "deleted", "deactivated"):
-                setattr(total, name, getattr(total, name) + getattr(outcome, name))
-        return total
 
     async def _dead_letter(self, message: ConsumerRecord[Any, Any], reason: str) -> None:
         headers = [
@@ -281,7 +332,7 @@ class _FinishWritesOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
     """Before the group takes partitions away, let the batch being written
     commit, so the next owner starts after it rather than applying it again."""
 
-    def __init__(self, worker: EndpointWorker) -> None:
+    def __init__(self, worker: Worker[Any]) -> None:
         self._worker = worker
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
@@ -289,3 +340,139 @@ class _FinishWritesOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         pass
+
+
+# --- the endpoint worker ---------------------------------------------------------
+
+
+class EndpointSink:
+    """``ingest.endpoints`` → the endpoint store (``Store.apply_endpoint_batch``:
+    the fold, guarded by version, so a replay changes nothing)."""
+
+    topic = ENDPOINTS_TOPIC
+    name = "endpoint"
+
+    def __init__(self, store: Store, *, codec: Codec, metrics: WorkerMetrics) -> None:
+        self._store = store
+        self._codec = codec
+        self.metrics = metrics
+
+    def decode(self, value: bytes | None) -> EndpointRecord:
+        return self._codec.decode_endpoint_record(value)
+
+    async def start(self) -> None:
+        pass
+
+    async def write(self, records: Sequence[tuple[EndpointRecord, int]]) -> None:
+        outcome = await self._store.apply_endpoint_batch(records)
+        counted = self.metrics.records
+        counted.labels("applied").inc(outcome.applied)
+        counted.labels("superseded").inc(outcome.superseded)
+        counted.labels("deleted").inc(outcome.deleted)
+        self.metrics.deactivated.inc(outcome.deactivated)
+
+
+class EndpointWorker(Worker[EndpointRecord]):
+    """The endpoint worker: a :class:`Worker` on an :class:`EndpointSink`."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        deadletter: AIOKafkaProducer,
+        store: Store,
+        *,
+        codec: Codec,
+        metrics: WorkerMetrics,
+        max_records: int,
+        drain_timeout_s: float,
+    ) -> None:
+        super().__init__(
+            consumer,
+            deadletter,
+            EndpointSink(store, codec=codec, metrics=metrics),
+            max_records=max_records,
+            drain_timeout_s=drain_timeout_s,
+        )
+
+
+# --- the KPI worker --------------------------------------------------------------
+
+
+def wall_clock_ms() -> int:
+    """Now, in epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class KpiSink:
+    """``ingest.events`` → dedupe marks and KPI aggregates
+    (``Store.apply_event_batch``).
+
+    The dedupe window is the last ``retention_days`` UTC days, today
+    included, by the clock: an event whose (app, endpoint, event ID) is
+    marked already is a ``duplicate``, one dated before the window is
+    ``too_old`` (its mark may be gone, so it could be counted twice) and
+    neither is aggregated. The window never moves back, even if the clock
+    does: marks already expired must not let an event count again. Marks of
+    days before the window are expired at start and whenever it moves on.
+    """
+
+    topic = EVENTS_TOPIC
+    name = "KPI"
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        codec: Codec,
+        metrics: KpiWorkerMetrics,
+        retention_days: int,
+        now_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self._store = store
+        self._codec = codec
+        self.metrics = metrics
+        self._retention_days = retention_days
+        self._now_ms = now_ms
+        # The window's first day as of the last expiry (None: none yet).
+        self._oldest_day: int | None = None
+
+    def decode(self, value: bytes | None) -> Event:
+        return self._codec.decode_event(value)
+
+    def oldest_day(self) -> int:
+        """The first UTC day of the dedupe window."""
+        oldest = kpis.day_of(self._now_ms()) - self._retention_days + 1
+        return oldest if self._oldest_day is None else max(oldest, self._oldest_day)
+
+    async def start(self) -> None:
+        try:
+            await self._expire(self.oldest_day())
+        except StoreError as exc:  # retriable: the first write expires them, under retry
+            log.warning("could not expire dedupe marks at start (%s); the first write will", exc)
+
+    async def write(self, records: Sequence[tuple[Event, int]]) -> None:
+        oldest_day = self.oldest_day()
+        if oldest_day != self._oldest_day:
+            await self._expire(oldest_day)
+        outcome = await self._store.apply_event_batch([event for event, _ in records], oldest_day=oldest_day)
+        counted = self.metrics.records
+        counted.labels("aggregated").inc(outcome.aggregated)
+        counted.labels("duplicate").inc(outcome.duplicates)
+        counted.labels("too_old").inc(outcome.too_old)
+
+    async def _expire(self, oldest_day: int) -> None:
+        """Drop the marks of days before ``oldest_day``. A retriable
+        StoreError propagates; any other failure only keeps the marks (they
+        cost space, not correctness) and is logged."""
+        try:
+            dropped = await self._store.expire_event_marks(before_day=oldest_day)
+        except StoreError as exc:
+            if exc.retriable:
+                raise
+            log.exception(
+                "could not expire the dedupe marks before %s; keeping them", kpis.iso_day(oldest_day)
+            )
+        else:
+            self.metrics.marks_expired.inc(dropped)
+            log.info("KPI dedupe window starts %s; %d older marks expired", kpis.iso_day(oldest_day), dropped)
+        self._oldest_day = oldest_day
