@@ -36,6 +36,7 @@ from ingest.errors import (
     TooManyRequests,
 )
 from ingest.kafka import ENDPOINTS_TOPIC, EVENTS_TOPIC
+from ingest.kpi_api import KpiReads
 from ingest.metrics import Metrics
 from ingest.publish import OutRecord, Publisher
 from ingest.records import EndpointUpsert, Invalid
@@ -127,6 +128,7 @@ class Edge:
         self._readiness = tuple(readiness)
         self._store = store
         self._apps = AppCache(store, settings.app_cache_ttl_s)
+        self._kpis = KpiReads(store)
         self._publisher = publisher
         self._codec = codec
         self._metrics = metrics
@@ -161,6 +163,18 @@ class Edge:
                         "GET": ("GetUserEndpoints", self.get_user_endpoints),
                         "DELETE": ("DeleteUserEndpoints", self.delete_user_endpoints),
                     },
+                ),
+                Route(
+                    "/v1/apps/{app}/kpis/daterange/{kpi}",
+                    {"GET": ("GetApplicationDateRangeKpi", self.get_application_kpi)},
+                ),
+                Route(
+                    "/v1/apps/{app}/campaigns/{campaign}/kpis/daterange/{kpi}",
+                    {"GET": ("GetCampaignDateRangeKpi", self.get_campaign_kpi)},
+                ),
+                Route(
+                    "/v1/apps/{app}/journeys/{journey}/kpis/daterange/{kpi}",
+                    {"GET": ("GetJourneyDateRangeKpi", self.get_journey_kpi)},
                 ),
                 Route("/healthz", {"GET": ("healthz", self.healthz)}),
                 Route("/readyz", {"GET": ("readyz", self.readyz)}),
@@ -436,6 +450,18 @@ class Edge:
             raise NotFound(f"Application not found: {app_id[:200]}")
         self._apps.put(app_id, None)
         return json_response(200, _app_response(app))
+
+    async def get_application_kpi(self, request: Request) -> Response:
+        app = await self._app(request)
+        return json_response(200, await self._kpis.application(app.id, request))
+
+    async def get_campaign_kpi(self, request: Request) -> Response:
+        app = await self._app(request)
+        return json_response(200, await self._kpis.campaign(app.id, request))
+
+    async def get_journey_kpi(self, request: Request) -> Response:
+        app = await self._app(request)
+        return json_response(200, await self._kpis.journey(app.id, request))
 
     async def healthz(self, request: Request) -> Response:
         return json_response(200, {"status": "alive"})
