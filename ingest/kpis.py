@@ -36,6 +36,12 @@ MICROS = 1_000_000
 MAX_AMOUNT = 1e9
 # Monthly KPIs: distinct over the 30 days ending on each day.
 MONTH_DAYS = 30
+# Events dated more than this many UTC days after today are not aggregated:
+# a device clock set far ahead would otherwise fill days no one has reached
+# (each a partition of marks on PostgreSQL) whose marks never expire. A day
+# covers an event stamped just after midnight UTC reaching a worker whose
+# clock is a little behind.
+MAX_DAYS_AHEAD = 1
 
 SESSION_STOP = "_session.stop"
 PURCHASE = "_monetization.purchase"
@@ -80,6 +86,7 @@ class EventOutcome:
     aggregated: int = 0
     duplicates: int = 0
     too_old: int = 0
+    too_new: int = 0
 
 
 @dataclass(slots=True)

@@ -168,8 +168,8 @@ class KpiWorkerMetrics:
         self.records = Counter(
             "ingest_kpi_events",
             "Events read by the KPI worker, by outcome: aggregated (counted once), duplicate (event ID "
-            "seen already), too_old (dated before the dedupe window), dead_lettered (undecodable or "
-            "unappliable).",
+            "seen already), too_old (dated before the dedupe window), too_new (dated more than a day "
+            "ahead of the worker's clock), dead_lettered (undecodable or unappliable).",
             ["outcome"],
             registry=registry,
         )

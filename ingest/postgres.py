@@ -375,11 +375,13 @@ class PostgresStore:
                 await _upsert(con, changed.values())
         return outcome
 
-    async def apply_event_batch(self, events: Sequence[Event], *, oldest_day: int) -> EventOutcome:
+    async def apply_event_batch(
+        self, events: Sequence[Event], *, oldest_day: int, newest_day: int
+    ) -> EventOutcome:
         """As the Store protocol says, in one transaction; on any StoreError
         nothing of the batch is written (a partition it created included)."""
         outcome = EventOutcome()
-        fresh = fresh_events(events, oldest_day, outcome)
+        fresh = fresh_events(events, oldest_day, newest_day, outcome)
         if not fresh:
             return outcome
         marks = sorted(fresh)

@@ -69,9 +69,12 @@ class Store(Protocol):
     async def apply_endpoint_batch(self, records: Sequence[tuple[EndpointRecord, int]]) -> BatchOutcome: ...
 
     # KPIs (see ingest.kpis for the aggregates).
-    async def apply_event_batch(self, events: Sequence[Event], *, oldest_day: int) -> EventOutcome:
+    async def apply_event_batch(
+        self, events: Sequence[Event], *, oldest_day: int, newest_day: int
+    ) -> EventOutcome:
         """In one transaction: leave out events whose day (UTC, of their own
-        Timestamp) is before ``oldest_day`` (too old to deduplicate), and
+        Timestamp) is before ``oldest_day`` (too old to deduplicate) or after
+        ``newest_day`` (a device clock far ahead), and
         events whose (app, endpoint, event ID) is marked already or repeats
         in the batch; mark the rest, resolve the UserId each counts for (its
         endpoint context's, else its endpoint's in the store, if live) and
@@ -263,9 +266,12 @@ def by_app(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[list[str], str]]:
             yield [app_id, *chunk], ", ".join("?" * len(chunk))
 
 
-def fresh_events(events: Iterable[Event], oldest_day: int, outcome: EventOutcome) -> dict[Mark, Event]:
-    """The events to mark: those in the window, the first of each mark, in
-    batch order. Counts the others into ``outcome`` (too old, duplicates).
+def fresh_events(
+    events: Iterable[Event], oldest_day: int, newest_day: int, outcome: EventOutcome
+) -> dict[Mark, Event]:
+    """The events to mark: those dated ``oldest_day`` to ``newest_day``, the
+    first of each mark, in batch order. Counts the others into ``outcome``
+    (too old, too new, duplicates).
 
     The mark holds the day, as the marks table does: an event ID sent again
     with a timestamp on another day is another mark in this batch as in a
@@ -276,6 +282,9 @@ def fresh_events(events: Iterable[Event], oldest_day: int, outcome: EventOutcome
         day = kpis.day_of(event.timestamp_ms)
         if day < oldest_day:
             outcome.too_old += 1
+            continue
+        if day > newest_day:
+            outcome.too_new += 1
             continue
         mark = (day, event.app_id, event.endpoint_id, event.event_id)
         if mark in fresh:
@@ -433,12 +442,16 @@ class SqliteStore:
             crowded[user] = [current.get((s.app_id, s.endpoint_id), s) for s in states]
         return crowded
 
-    async def apply_event_batch(self, events: Sequence[Event], *, oldest_day: int) -> EventOutcome:
-        return await self._run("apply event batch", lambda: self._apply_events(events, oldest_day))
+    async def apply_event_batch(
+        self, events: Sequence[Event], *, oldest_day: int, newest_day: int
+    ) -> EventOutcome:
+        return await self._run(
+            "apply event batch", lambda: self._apply_events(events, oldest_day, newest_day)
+        )
 
-    def _apply_events(self, events: Sequence[Event], oldest_day: int) -> EventOutcome:
+    def _apply_events(self, events: Sequence[Event], oldest_day: int, newest_day: int) -> EventOutcome:
         outcome = EventOutcome()
-        fresh = fresh_events(events, oldest_day, outcome)
+        fresh = fresh_events(events, oldest_day, newest_day, outcome)
         if not fresh:
             return outcome
         db = self._db

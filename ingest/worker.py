@@ -410,8 +410,9 @@ class KpiSink:
     The dedupe window is the last ``retention_days`` UTC days, today
     included, by the clock: an event whose (app, endpoint, event ID) is
     marked already is a ``duplicate``, one dated before the window is
-    ``too_old`` (its mark may be gone, so it could be counted twice) and
-    neither is aggregated. The window never moves back, even if the clock
+    ``too_old`` (its mark may be gone, so it could be counted twice), one
+    dated more than ``kpis.MAX_DAYS_AHEAD`` days after today is ``too_new``;
+    none of them is aggregated. The window never moves back, even if the clock
     does: marks already expired must not let an event count again. Marks of
     days before the window are expired at start and whenever it moves on.
     """
@@ -454,11 +455,16 @@ class KpiSink:
         oldest_day = self.oldest_day()
         if oldest_day != self._oldest_day:
             await self._expire(oldest_day)
-        outcome = await self._store.apply_event_batch([event for event, _ in records], oldest_day=oldest_day)
+        outcome = await self._store.apply_event_batch(
+            [event for event, _ in records],
+            oldest_day=oldest_day,
+            newest_day=kpis.day_of(self._now_ms()) + kpis.MAX_DAYS_AHEAD,
+        )
         counted = self.metrics.records
         counted.labels("aggregated").inc(outcome.aggregated)
         counted.labels("duplicate").inc(outcome.duplicates)
         counted.labels("too_old").inc(outcome.too_old)
+        counted.labels("too_new").inc(outcome.too_new)
 
     async def _expire(self, oldest_day: int) -> None:
         """Drop the marks of days before ``oldest_day``. A retriable

@@ -45,9 +45,13 @@ from tests.test_store import (
 DAY_MS = kpis.DAY_MS
 DAY0 = kpis.day_of(T0_MS)
 # Events fall on DAY0 .. DAY0 + 4; the dedupe window starts a day later, so
-# DAY0's events are too old.
+# DAY0's events are too old, and ends a day before the last, whose events are
+# too new.
 STREAM_DAYS = 5
 OLDEST_DAY = DAY0 + 1
+NEWEST_DAY = DAY0 + STREAM_DAYS - 2
+# For tests about other things: no event is too new.
+FAR_DAY = DAY0 + 1000
 # A KPI window (days, inclusive) around every event.
 WHOLE_STREAM = (DAY0 - 1, DAY0 + STREAM_DAYS)
 APP_IDS = ("app-a", "app-b")
@@ -227,17 +231,19 @@ class Truth:
     first_days: dict[str, int] = field(default_factory=dict)
 
 
-def distinct_in_window(stream: Iterable[Event], oldest_day: int) -> list[Event]:
+def distinct_in_window(
+    stream: Iterable[Event], oldest_day: int = OLDEST_DAY, newest_day: int = NEWEST_DAY
+) -> list[Event]:
     first: dict[tuple[str, str, str], Event] = {}
     for e in stream:
-        if kpis.day_of(e.timestamp_ms) >= oldest_day:
+        if oldest_day <= kpis.day_of(e.timestamp_ms) <= newest_day:
             first.setdefault((e.app_id, e.endpoint_id, e.event_id), e)
     return list(first.values())
 
 
-def oracle(stream: Iterable[Event], seed: Seed, oldest_day: int = OLDEST_DAY) -> dict[str, Truth]:
+def oracle(stream: Iterable[Event], seed: Seed) -> dict[str, Truth]:
     truths: dict[str, Truth] = defaultdict(Truth)
-    for e in distinct_in_window(stream, oldest_day):
+    for e in distinct_in_window(stream):
         truth, day = truths[e.app_id], kpis.day_of(e.timestamp_ms)
         attributes, metrics = e.attributes or {}, e.metrics or {}
         truth.members["endpoints"].add((day, e.endpoint_id))
@@ -331,12 +337,14 @@ def add(total: EventOutcome, outcome: EventOutcome) -> None:
     total.aggregated += outcome.aggregated
     total.duplicates += outcome.duplicates
     total.too_old += outcome.too_old
+    total.too_new += outcome.too_new
 
 
 def expected_outcome(delivered: Sequence[Event], stream: Sequence[Event]) -> EventOutcome:
     too_old = sum(kpis.day_of(e.timestamp_ms) < OLDEST_DAY for e in delivered)
-    aggregated = len(distinct_in_window(stream, OLDEST_DAY))
-    return EventOutcome(aggregated, len(delivered) - too_old - aggregated, too_old)
+    too_new = sum(kpis.day_of(e.timestamp_ms) > NEWEST_DAY for e in delivered)
+    aggregated = len(distinct_in_window(stream))
+    return EventOutcome(aggregated, len(delivered) - too_old - too_new - aggregated, too_old, too_new)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -362,7 +370,7 @@ async def test_kpis_equal_the_oracle_under_duplicates_batching_and_replay(
         await store.apply_endpoint_batch(offsets(seed_records(seed)))
         total = EventOutcome()
         for batch in batches:
-            add(total, await store.apply_event_batch(batch, oldest_day=OLDEST_DAY))
+            add(total, await store.apply_event_batch(batch, oldest_day=OLDEST_DAY, newest_day=NEWEST_DAY))
         assert total == expected_outcome(delivered, stream)
         await assert_equals_oracle(store, stream, seed)
         # A window inside the stream's days: the bounds are inclusive.
@@ -384,7 +392,7 @@ def day_events(days: Iterable[int], per_day: int = 3) -> list[Event]:
 
 async def test_expiry_drops_exactly_the_days_before_the_cut(store: Store) -> None:
     days = range(DAY0, DAY0 + 5)
-    await store.apply_event_batch(day_events(days), oldest_day=DAY0)
+    await store.apply_event_batch(day_events(days), oldest_day=DAY0, newest_day=FAR_DAY)
     assert await store.expire_event_marks(before_day=DAY0 + 2) == 6
     assert await store.expire_event_marks(before_day=DAY0 + 2) == 0
     # The aggregates stay.
@@ -393,12 +401,12 @@ async def test_expiry_drops_exactly_the_days_before_the_cut(store: Store) -> Non
 
     # Kept days: still duplicates. Expired days: their marks are gone, so
     # with the window moved back they would count again.
-    kept = await store.apply_event_batch(day_events(days[2:]), oldest_day=DAY0)
+    kept = await store.apply_event_batch(day_events(days[2:]), oldest_day=DAY0, newest_day=FAR_DAY)
     assert kept == EventOutcome(aggregated=0, duplicates=9, too_old=0)
-    expired = await store.apply_event_batch(day_events(days[:2]), oldest_day=DAY0)
+    expired = await store.apply_event_batch(day_events(days[:2]), oldest_day=DAY0, newest_day=FAR_DAY)
     assert expired == EventOutcome(aggregated=6, duplicates=0, too_old=0)
     # As the worker runs it, the window has moved: they are too old.
-    late = await store.apply_event_batch(day_events(days[:2]), oldest_day=DAY0 + 2)
+    late = await store.apply_event_batch(day_events(days[:2]), oldest_day=DAY0 + 2, newest_day=FAR_DAY)
     assert late == EventOutcome(aggregated=0, duplicates=0, too_old=6)
 
 
@@ -408,7 +416,7 @@ async def test_postgres_expiry_drops_whole_partitions() -> None:
         admin = await asyncpg.connect(url)
         try:
             days = range(DAY0, DAY0 + 4)
-            await store.apply_event_batch(day_events(days), oldest_day=DAY0)
+            await store.apply_event_batch(day_events(days), oldest_day=DAY0, newest_day=FAR_DAY)
 
             async def partitions() -> list[str]:
                 rows = await admin.fetch(
@@ -422,7 +430,16 @@ async def test_postgres_expiry_drops_whole_partitions() -> None:
             assert await store.expire_event_marks(before_day=DAY0 + 1) == 3
             assert await partitions() == names[1:]
             # A day seen again after its partition went gets a new one.
-            assert (await store.apply_event_batch(day_events([DAY0]), oldest_day=DAY0)).aggregated == 3
+            assert (
+                await store.apply_event_batch(day_events([DAY0]), oldest_day=DAY0, newest_day=FAR_DAY)
+            ).aggregated == 3
+            assert await partitions() == names
+            # A day after the window's end gets none: its events are too new.
+            after = DAY0 + 4
+            too_new = await store.apply_event_batch(
+                day_events([after]), oldest_day=DAY0, newest_day=after - 1
+            )
+            assert too_new == EventOutcome(too_new=3)
             assert await partitions() == names
         finally:
             await admin.close()
@@ -447,7 +464,7 @@ async def test_nul_in_an_id(store: Store) -> None:
     if isinstance(store, PostgresStore):
         for one in bad:
             with pytest.raises(StoreError) as caught:
-                await store.apply_event_batch([*clean, one], oldest_day=DAY0)
+                await store.apply_event_batch([*clean, one], oldest_day=DAY0, newest_day=FAR_DAY)
             assert caught.value.retriable is False
         assert await store.kpi_sums("app-a", "events", DAY0, DAY0) == []
         assert await store.kpi_member_counts("a\x00", "endpoints", DAY0, DAY0) == []
@@ -455,12 +472,12 @@ async def test_nul_in_an_id(store: Store) -> None:
         assert await store.kpi_sums("a\x00", "events", DAY0, DAY0) == []
         assert await store.kpi_new_endpoints("a\x00", DAY0, DAY0) == []
     else:
-        assert (await store.apply_event_batch(bad, oldest_day=DAY0)).aggregated == 4
+        assert (await store.apply_event_batch(bad, oldest_day=DAY0, newest_day=FAR_DAY)).aggregated == 4
         assert await store.kpi_member_counts("a\x00", "endpoints", DAY0, DAY0) == [(DAY0, "", 1)]
         assert await store.kpi_members("app-a", "sessions", DAY0, DAY0) == [(DAY0, "s\x00", 1)]
         assert await store.kpi_new_endpoints("app-a", DAY0, DAY0) == [(DAY0, "", 2)]
     # The clean events were never marked by the failed batches.
-    assert (await store.apply_event_batch(clean, oldest_day=DAY0)).aggregated == 2
+    assert (await store.apply_event_batch(clean, oldest_day=DAY0, newest_day=FAR_DAY)).aggregated == 2
 
 
 def purchase(event_id: str, price: float, *, endpoint_id: str = "ep-0") -> Event:
@@ -480,23 +497,23 @@ async def test_a_total_out_of_range_fails_the_batch_and_writes_nothing(store: St
     largest amount summed (kpis.MAX_AMOUNT)."""
     top = kpis.MAX_AMOUNT
     first = [purchase(f"p-{n}", top) for n in range(9000)]
-    assert (await store.apply_event_batch(first, oldest_day=DAY0)).aggregated == 9000
+    assert (await store.apply_event_batch(first, oldest_day=DAY0, newest_day=FAR_DAY)).aggregated == 9000
     other = event("ev-1", endpoint_id="ep-new", session=Session("s-new", "-"))
     more = [purchase(f"q-{n}", top, endpoint_id="ep-1") for n in range(300)]
     with pytest.raises(StoreError) as caught:
-        await store.apply_event_batch([other, *more], oldest_day=DAY0)
+        await store.apply_event_batch([other, *more], oldest_day=DAY0, newest_day=FAR_DAY)
     assert caught.value.retriable is False
     assert await store.kpi_sums("app-a", "revenue", DAY0, DAY0) == [(DAY0, "USD", 9 * 10**18)]
     assert await store.kpi_sums("app-a", "events", DAY0, DAY0) == [(DAY0, "", 9000)]
     assert await store.kpi_member_counts("app-a", "sessions", DAY0, DAY0) == []
     assert await store.kpi_new_endpoints("app-a", DAY0, DAY0) == [(DAY0, "", 1)]
-    assert (await store.apply_event_batch([other], oldest_day=DAY0)).aggregated == 1
+    assert (await store.apply_event_batch([other], oldest_day=DAY0, newest_day=FAR_DAY)).aggregated == 1
 
     # One event past the amounts summed, or past the float range: counted as
     # an event, left out of the revenue, and its batch is written.
     for n, price in enumerate((1e20, 1e308)):
         huge = event(f"r-{n}", event_type="_monetization.purchase", metrics={"_item_price": price})
-        assert (await store.apply_event_batch([huge], oldest_day=DAY0)).aggregated == 1
+        assert (await store.apply_event_batch([huge], oldest_day=DAY0, newest_day=FAR_DAY)).aggregated == 1
     assert await store.kpi_sums("app-a", "revenue", DAY0, DAY0) == [(DAY0, "USD", 9 * 10**18)]
 
 
@@ -521,6 +538,7 @@ async def test_user_of_an_event(store: Store) -> None:
             event("d", endpoint_id="ep-3", endpoint=EndpointContext()),
         ],
         oldest_day=DAY0,
+        newest_day=FAR_DAY,
     )
     assert await store.kpi_members("app-a", "users", DAY0, DAY0) == [
         (DAY0, "named", 1),
@@ -579,7 +597,7 @@ async def apply_retrying(store: Store, batch: Sequence[Event], retries: list[Sto
     """What the KPI worker does: retry retriable errors."""
     while True:
         try:
-            return await store.apply_event_batch(batch, oldest_day=OLDEST_DAY)
+            return await store.apply_event_batch(batch, oldest_day=OLDEST_DAY, newest_day=NEWEST_DAY)
         except StoreError as exc:
             if not exc.retriable:
                 raise
@@ -639,12 +657,14 @@ async def test_a_new_day_does_not_wait_for_batches_in_flight() -> None:
         store = await PostgresStore.open(url)
         other = await asyncpg.connect(url)
         try:
-            await store.apply_event_batch([event("ev-1", day=DAY0)], oldest_day=DAY0)
+            await store.apply_event_batch([event("ev-1", day=DAY0)], oldest_day=DAY0, newest_day=FAR_DAY)
             async with other.transaction():
                 await other.execute("LOCK TABLE ONLY event_marks IN ROW EXCLUSIVE MODE")
                 await other.execute("INSERT INTO event_marks VALUES ($1, 'app-a', 'ep-9', 'x')", DAY0)
                 async with asyncio.timeout(5):
-                    outcome = await store.apply_event_batch([event("ev-2", day=DAY0 + 1)], oldest_day=DAY0)
+                    outcome = await store.apply_event_batch(
+                        [event("ev-2", day=DAY0 + 1)], oldest_day=DAY0, newest_day=FAR_DAY
+                    )
             assert outcome.aggregated == 1
         finally:
             await other.close()
@@ -659,14 +679,18 @@ async def test_a_detected_deadlock_is_retriable_and_writes_nothing() -> None:
         store = await PostgresStore.open(url)
         other = await asyncpg.connect(url)
         try:
-            await store.apply_event_batch([event("ev-1", day=OLDEST_DAY)], oldest_day=OLDEST_DAY)
+            await store.apply_event_batch(
+                [event("ev-1", day=OLDEST_DAY)], oldest_day=OLDEST_DAY, newest_day=FAR_DAY
+            )
             blocker = other.transaction()
             await blocker.start()
             # The other side only notices the deadlock much later.
             await other.execute("SET LOCAL deadlock_timeout = '30s'")
             await other.execute("UPDATE kpi_sums SET total = total WHERE kind = 'events'")
             batch = asyncio.create_task(
-                store.apply_event_batch([event("ev-2", day=OLDEST_DAY)], oldest_day=OLDEST_DAY)
+                store.apply_event_batch(
+                    [event("ev-2", day=OLDEST_DAY)], oldest_day=OLDEST_DAY, newest_day=FAR_DAY
+                )
             )
             # Until the batch waits for the sums row.
             for _ in range(500):
@@ -690,7 +714,9 @@ async def test_a_detected_deadlock_is_retriable_and_writes_nothing() -> None:
             assert "Deadlock" in str(caught.value)
             await mark
             await blocker.rollback()
-            retried = await store.apply_event_batch([event("ev-2", day=OLDEST_DAY)], oldest_day=OLDEST_DAY)
+            retried = await store.apply_event_batch(
+                [event("ev-2", day=OLDEST_DAY)], oldest_day=OLDEST_DAY, newest_day=FAR_DAY
+            )
             assert retried.aggregated == 1
             assert await store.kpi_sums("app-a", "events", OLDEST_DAY, OLDEST_DAY) == [(OLDEST_DAY, "", 2)]
         finally:

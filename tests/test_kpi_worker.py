@@ -43,7 +43,7 @@ TODAY = kpis.day_of(NOW_MS)
 RETENTION_DAYS = 7
 PROCESSED_WITHIN_S = 30.0
 DRAIN_TIMEOUT_S = 5
-OUTCOMES = ("aggregated", "duplicate", "too_old", "dead_lettered")
+OUTCOMES = ("aggregated", "duplicate", "too_old", "too_new", "dead_lettered")
 
 
 @pytest.fixture
@@ -292,6 +292,34 @@ async def test_events_before_the_window_are_too_old_and_the_window_moves_with_th
         assert running.events("duplicate") == 0
         assert running.sample("ingest_kpi_dedupe_marks_expired_total") == 1
         assert await sums(store, app_id, "events") == [(oldest, "", 1), (TODAY + 1, "", 1)]
+    finally:
+        await running.stop()
+        await store.close()
+
+
+async def test_events_dated_after_tomorrow_are_too_new(broker: str, tmp_path: Path) -> None:
+    """A device clock far ahead must not fill days that have not come: the
+    last millisecond of tomorrow (by the worker's clock) counts, the next
+    does not, and counts once the clock has reached it."""
+    store = await SqliteStore.open(tmp_path / "store.sqlite3")
+    clock = Clock()
+    app_id = "ahead"
+    newest = TODAY + kpis.MAX_DAYS_AHEAD
+    last = make_event(app_id, "ep", "tomorrow", (newest + 1) * kpis.DAY_MS - 1)
+    after = make_event(app_id, "ep", "day-after", (newest + 1) * kpis.DAY_MS)
+    running = start_worker(broker, store, "ahead", clock)
+    try:
+        await produce(broker, encoded([last, after]))
+        await running.until(lambda: running.processed() == 2, "both events")
+        assert (running.events("aggregated"), running.events("too_new")) == (1, 1)
+        assert await sums(store, app_id, "events") == [(newest, "", 1)]
+
+        clock.now_ms += kpis.DAY_MS
+        await produce(broker, encoded([after, last]))
+        await running.until(lambda: running.processed() == 4, "the events again, a day later")
+        assert (running.events("aggregated"), running.events("duplicate")) == (2, 1)
+        counted = await store.kpi_sums(app_id, "events", newest, newest + 1)
+        assert sorted(counted) == [(newest, "", 1), (newest + 1, "", 1)]
     finally:
         await running.stop()
         await store.close()
