@@ -186,7 +186,7 @@ def sqlite_ceiling(path: Path, upserts: list[EndpointUpsert], batch: int) -> flo
 
 
 @contextlib.asynccontextmanager
-async def _postgres_schema(url: str) -> AsyncIterator[str]:
+async def postgres_schema(url: str) -> AsyncIterator[str]:
     """A fresh schema, dropped after; → a URL whose search_path is it."""
     schema = f"bench_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(url)
@@ -201,7 +201,7 @@ async def _postgres_schema(url: str) -> AsyncIterator[str]:
 async def postgres_ceiling(url: str, upserts: list[EndpointUpsert], batch: int) -> float:
     """Upserts/s when PostgreSQL does only the SQL of each batch."""
     prepared = _rows_by_batch(upserts, batch)
-    async with _postgres_schema(url) as schema_url:
+    async with postgres_schema(url) as schema_url:
         await (await open_store(schema_url, data_dir=Path())).close()  # migrate
         con = await asyncpg.connect(schema_url)
         try:
@@ -291,7 +291,7 @@ async def bench_endpoints(settings: Settings, *, records: int, postgres_url: str
                 rate, cpu_ms = await drain_rate(settings, None, Path(tmp), records)
             else:
                 ceiling = await postgres_ceiling(url, upserts, batch)
-                async with _postgres_schema(url) as schema_url:
+                async with postgres_schema(url) as schema_url:
                     rate, cpu_ms = await drain_rate(settings, schema_url, Path(tmp), records)
             lines.append(f"| {name} | {ceiling:,.0f} | {rate:,.0f} | {rate / ceiling:.2f} | {cpu_ms:,.0f} |")
         delays = await freshness(settings, Path(tmp), 200)

@@ -58,8 +58,10 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "migrate",
-        help="bring the store's schema up to date (INGEST_STORE_URL) and exit",
-        description="Every process also migrates when it opens the store; this is for a deploy step.",
+        help="bring the store's schema up to date (INGEST_STORE_URL), create the Kafka topics "
+        "when INGEST_KAFKA_BOOTSTRAP is set, and exit",
+        description="Every process also does both when it starts; this is the deploy step "
+        "(the Kubernetes migration Job) that does them once, before any process starts.",
     )
 
     bench = commands.add_parser(
@@ -72,21 +74,34 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=32, help="HTTP connections for the edge run")
     bench.add_argument(
         "--part",
-        choices=["write", "endpoints"],
+        choices=["write", "endpoints", "kpis"],
         default="write",
-        help="write: the write path (default); endpoints: the endpoint worker per store, and freshness",
+        help="write: the write path (default); endpoints: the endpoint worker per store, and freshness; "
+        "kpis: the KPI worker per store, and what the store keeps per event",
     )
-    bench.add_argument("--records", type=int, default=100_000, help="upserts for --part endpoints")
-    bench.add_argument("--postgres", help="also measure the worker on this PostgreSQL URL (--part endpoints)")
+    bench.add_argument("--records", type=int, default=100_000, help="upserts or events for a worker part")
+    bench.add_argument("--postgres", help="also measure the worker on this PostgreSQL URL (worker parts)")
     return parser
 
 
 async def _migrate(settings: Settings) -> int:
+    """The store's schema, then the topics (with INGEST_KAFKA_BOOTSTRAP):
+    both idempotent, so a retried or repeated deploy step changes nothing."""
+    from ingest import kafka
     from ingest.store import open_store
 
     store = await open_store(settings.store_url, data_dir=settings.data_dir)
     await store.close()
     log.info("store schema is up to date")
+    if settings.kafka_bootstrap is not None:
+        await kafka.ensure_topics(settings, settings.kafka_bootstrap)
+        log.info(
+            "topics %s, %s and %s exist on %s",
+            kafka.EVENTS_TOPIC,
+            kafka.ENDPOINTS_TOPIC,
+            kafka.DEADLETTER_TOPIC,
+            settings.kafka_bootstrap,
+        )
     return 0
 
 
@@ -116,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             from ingest.bench_endpoints import bench_endpoints
 
             return uvloop.run(bench_endpoints(settings, records=args.records, postgres_url=args.postgres))
+        if args.part == "kpis":
+            from ingest.bench_kpis import bench_kpis
+
+            return uvloop.run(bench_kpis(settings, records=args.records, postgres_url=args.postgres))
         from ingest.bench import bench
 
         return uvloop.run(bench(settings, seconds=args.seconds, concurrency=args.concurrency))
