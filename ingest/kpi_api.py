@@ -125,13 +125,13 @@ class KpiReads:
         }
 
     async def _rows(self, app_id: str, kpi: Kpi, kind: str, window: Window) -> list[dict[str, Any]]:
-        first, last = kpis.first_day_read(kpi, window.start_day), window.end_day
+        first, last = window.start_day, window.end_day
         store = self._store
         data: KpiData
         if kpi.source == "first_days":
             data = await store.kpi_new_endpoints(app_id, first, last)
         elif kpi.source == "members" and kpi.shape == "monthly":
-            data = await store.kpi_members(app_id, kind, first, last)
+            data = await store.kpi_monthly_counts(app_id, kind, first, last)
         elif kpi.source == "members":
             data = await store.kpi_member_counts(app_id, kind, first, last)
         else:

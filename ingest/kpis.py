@@ -267,11 +267,6 @@ JOURNEY_DELIVERY_KPIS = frozenset(
 )
 
 
-def first_day_read(kpi: Kpi, start_day: int) -> int:
-    """The earliest day a KPI over [start_day, …] needs rows from."""
-    return start_day - (MONTH_DAYS - 1) if kpi.shape == "monthly" else start_day
-
-
 def _value(key: str, amount: float) -> dict[str, str]:
     # Pinpoint prints every value as a double: "1368.0".
     return {"Key": key, "Type": "Double", "Value": repr(float(amount))}
@@ -294,14 +289,13 @@ def rows(
 ) -> list[dict[str, Any]]:
     """KpiResult.Rows for days ``start_day``..``end_day`` (inclusive).
 
-    ``data`` holds the aggregate rows read for the KPI, as (day, group or
-    member, amount): for members, (day, member, 1); for sums, (day, group,
-    total); for first days, (day, endpoint, 1). ``divisors`` (average only)
+    ``data`` holds the aggregate rows read for the KPI, as (day, group,
+    amount): for members, (day, "", distinct members that day, or over the
+    MONTH_DAYS days ending that day when monthly); for sums, (day, group,
+    total); for first days, (day, "", endpoints). ``divisors`` (average only)
     maps a day to the count the day's total is divided by. Days, and groups,
     whose value is zero are left out; rows come in day order, then group.
     """
-    if kpi.shape == "monthly":
-        return _monthly(kpi, start_day, end_day, data)
     in_range = [(day, group, amount) for day, group, amount in data if start_day <= day <= end_day]
     if kpi.shape == "by_group":
         totals: dict[str, int] = {}
@@ -344,25 +338,20 @@ def rows(
     ]
 
 
-def _monthly(
-    kpi: Kpi, start_day: int, end_day: int, data: Sequence[tuple[int, str, int]]
-) -> list[dict[str, Any]]:
-    """Distinct members over the 30 days ending on each day: a window that
-    slides a day at a time, counting the days each member is in it."""
-    by_day: dict[int, set[str]] = {}
-    for day, member, _ in data:
-        by_day.setdefault(day, set()).add(member)
-    window: dict[str, int] = {}
-    out = []
-    for day in range(start_day - (MONTH_DAYS - 1), end_day + 1):
-        for member in by_day.get(day, ()):
-            window[member] = window.get(member, 0) + 1
-        for member in by_day.get(day - MONTH_DAYS, ()):
-            window[member] -= 1
-            if not window[member]:
-                del window[member]
-        if day >= start_day and window:
-            out.append({"GroupedBys": [_date(day)], "Values": [_value(kpi.value_key, len(window))]})
+def rolling_counts(
+    steps: Sequence[tuple[int, int]], first_day: int, last_day: int
+) -> list[tuple[int, str, int]]:
+    """(day, "", count) for each day ``first_day``..``last_day`` whose count
+    is not zero, from ``steps``: (day, count from that day on), in day order,
+    as the stores' monthly reads compute them."""
+    out: list[tuple[int, str, int]] = []
+    count, at = 0, 0
+    for day in range(first_day, last_day + 1):
+        while at < len(steps) and steps[at][0] <= day:
+            count = steps[at][1]
+            at += 1
+        if count:
+            out.append((day, "", count))
     return out
 
 

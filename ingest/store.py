@@ -94,6 +94,12 @@ class Store(Protocol):
         """(day, member, 1) for every member of ``kind`` on those days."""
         ...
 
+    async def kpi_monthly_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
+        """(day, "", distinct members of ``kind`` over the ``kpis.MONTH_DAYS``
+        days ending that day) for the days of ``first_day``..``last_day``
+        with any; counted by the database (``kpis.rolling_counts``)."""
+        ...
+
     async def kpi_sums(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
         """(day, group, total) of ``kind`` on those days."""
         ...
@@ -243,6 +249,17 @@ KPI_MEMBER_COUNTS = (
 KPI_MEMBERS = (
     "SELECT day, member, 1 FROM kpi_members "
     "WHERE app_id = ? AND kind = ? AND day BETWEEN ? AND ? ORDER BY day, member"
+)
+# Monthly: each member-day covers the MONTH_DAYS days from it, cut short where
+# the member's next day takes over, so a member counts once a day; the
+# running sum of +1 at each start and -1 at each end is the count from that
+# day on. One range search, one sort by member, and a row per change back.
+KPI_MONTHLY_STEPS = (
+    "WITH m AS (SELECT day, min(coalesce(lead(day) OVER (PARTITION BY member ORDER BY day), "
+    ":month + day), :month + day) AS ends FROM kpi_members "
+    "WHERE app_id = :app AND kind = :kind AND day BETWEEN :first AND :last), "
+    "steps AS (SELECT day AS at, 1 AS delta FROM m UNION ALL SELECT ends, -1 FROM m) "
+    "SELECT at, sum(sum(delta)) OVER (ORDER BY at) FROM steps GROUP BY at ORDER BY at"
 )
 KPI_SUMS = (
     "SELECT day, grp, total FROM kpi_sums "
@@ -491,6 +508,20 @@ class SqliteStore:
 
     async def kpi_members(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
         return await self._read("KPI members", KPI_MEMBERS, (app_id, kind, first_day, last_day))
+
+    async def kpi_monthly_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
+        params = {
+            "month": kpis.MONTH_DAYS,
+            "app": app_id,
+            "kind": kind,
+            "first": first_day - (kpis.MONTH_DAYS - 1),
+            "last": last_day,
+        }
+
+        def read() -> list[tuple[int, int]]:
+            return self._db.execute(KPI_MONTHLY_STEPS, params).fetchall()
+
+        return kpis.rolling_counts(await self._run("KPI monthly counts", read), first_day, last_day)
 
     async def kpi_sums(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
         return await self._read("KPI sums", KPI_SUMS, (app_id, kind, first_day, last_day))
