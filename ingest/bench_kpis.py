@@ -32,7 +32,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from ingest import kafka, kpis
-from ingest.bench_endpoints import postgres_schema
+from ingest.bench_endpoints import POLL_S, postgres_schema
 from ingest.broker import EmbeddedBroker
 from ingest.codec import Codec
 from ingest.metrics import KpiWorkerMetrics
@@ -149,13 +149,13 @@ async def drain_rate(settings: Settings, store: Store, bootstrap: str, count: in
         while done() == 0:  # the group join is not timed
             if task.done():
                 task.result()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(POLL_S)
         started, cpu = time.perf_counter(), time.process_time()
         first = done()
         while done() < count:
             if task.done():
                 task.result()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(POLL_S)
         elapsed, used = time.perf_counter() - started, time.process_time() - cpu
     finally:
         worker.stop()
