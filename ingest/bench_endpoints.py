@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import subprocess
@@ -219,22 +220,24 @@ async def postgres_ceiling(url: str, upserts: list[EndpointUpsert], batch: int) 
             await con.close()
 
 
-async def freshness(settings: Settings, data_dir: Path, writes: int) -> list[float]:
-    """Milliseconds from UpdateEndpoint's 202 to GetEndpoint showing it."""
+@contextlib.asynccontextmanager
+async def ingest_run(data_dir: Path) -> AsyncIterator[tuple[Any, str, str]]:
+    """`ingest run` (embedded broker, SQLite under ``data_dir``) in its own
+    process, ready; → (an aiohttp session, its base URL, a new app's ID)."""
     import aiohttp  # dev extra
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")} | {
         "INGEST_PORT": str(port),
-        "INGEST_DATA_DIR": str(data_dir / "fresh"),
+        "INGEST_DATA_DIR": str(data_dir),
         "INGEST_LOG_LEVEL": "WARNING",
     }
-    with (data_dir / "fresh.log").open("wb") as log:
+    await asyncio.to_thread(functools.partial(data_dir.mkdir, parents=True, exist_ok=True))
+    with (data_dir / "ingest.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "ingest", "run", env=env, stdout=log, stderr=subprocess.STDOUT
         )
     base = f"http://127.0.0.1:{port}"
-    delays: list[float] = []
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(600):
@@ -247,26 +250,33 @@ async def freshness(settings: Settings, data_dir: Path, writes: int) -> list[flo
                 await asyncio.sleep(0.05)  # polling a process that is starting
             async with session.post(f"{base}/v1/apps", json={"Name": "fresh"}) as response:
                 app_id = (await response.json())["Id"]
-            for n in range(writes + 5):
-                url = f"{base}/v1/apps/{app_id}/endpoints/device-{n % 25}"
-                async with session.put(url, json={"Attributes": {"n": [str(n)]}}) as response:
-                    assert response.status == 202, await response.text()
-                written = time.perf_counter()
-                while True:
-                    async with session.get(url) as response:
-                        body: Any = await response.json() if response.status == 200 else {}
-                    if body.get("Attributes", {}).get("n") == [str(n)]:
-                        break
-                    await asyncio.sleep(0.002)  # polling the read API
-                if n >= 5:  # the first writes include the group join
-                    delays.append((time.perf_counter() - written) * 1000)
+            yield session, base, app_id
     finally:
         process.terminate()
         await process.wait()
+
+
+async def freshness(data_dir: Path, writes: int) -> list[float]:
+    """Milliseconds from UpdateEndpoint's 202 to GetEndpoint showing it."""
+    delays: list[float] = []
+    async with ingest_run(data_dir) as (session, base, app_id):
+        for n in range(writes + 5):
+            url = f"{base}/v1/apps/{app_id}/endpoints/device-{n % 25}"
+            async with session.put(url, json={"Attributes": {"n": [str(n)]}}) as response:
+                assert response.status == 202, await response.text()
+            written = time.perf_counter()
+            while True:
+                async with session.get(url) as response:
+                    body: Any = await response.json() if response.status == 200 else {}
+                if body.get("Attributes", {}).get("n") == [str(n)]:
+                    break
+                await asyncio.sleep(0.002)  # polling the read API
+            if n >= 5:  # the first writes include the group join
+                delays.append((time.perf_counter() - written) * 1000)
     return delays
 
 
-def _quantile(values: list[float], q: float) -> float:
+def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
@@ -298,15 +308,15 @@ async def bench_endpoints(settings: Settings, *, records: int, postgres_url: str
                 async with postgres_schema(url) as schema_url:
                     rate, cpu_ms = await drain_rate(settings, schema_url, Path(tmp), records)
             lines.append(f"| {name} | {ceiling:,.0f} | {rate:,.0f} | {rate / ceiling:.2f} | {cpu_ms:,.0f} |")
-        delays = await freshness(settings, Path(tmp), 200)
+        delays = await freshness(Path(tmp) / "fresh", 200)
     lines += [
         "",
         f"The worker's Python steps alone, same records: decode {decode_rate:,.0f} records/s, "
         f"fold {fold_rate:,.0f} records/s.",
         "",
         f"Freshness (SQLite, `ingest run`, {len(delays)} writes one at a time): UpdateEndpoint 202 → "
-        f"readable by GetEndpoint: p50 {_quantile(delays, 0.5):.0f} ms, "
-        f"p99 {_quantile(delays, 0.99):.0f} ms, max {max(delays):.0f} ms.",
+        f"readable by GetEndpoint: p50 {quantile(delays, 0.5):.0f} ms, "
+        f"p99 {quantile(delays, 0.99):.0f} ms, max {max(delays):.0f} ms.",
     ]
     print("\n".join(lines))  # noqa: T201
     return 0
