@@ -127,6 +127,8 @@ async def drain_rate(
                     task.result()
                 await asyncio.sleep(POLL_S)
             elapsed, used = time.perf_counter() - started, time.process_time() - cpu
+            if first == count:
+                raise RuntimeError(f"{count} records were applied before the first poll: time more of them")
         finally:
             worker.stop()
             await task

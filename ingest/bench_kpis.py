@@ -157,6 +157,8 @@ async def drain_rate(settings: Settings, store: Store, bootstrap: str, count: in
                 task.result()
             await asyncio.sleep(POLL_S)
         elapsed, used = time.perf_counter() - started, time.process_time() - cpu
+        if first == count:
+            raise RuntimeError(f"{count} records were applied before the first poll: time more of them")
     finally:
         worker.stop()
         await task
