@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Regenerate BENCHMARKS.md: set everything up, then measure every part in one
+# run on this machine (about 10 minutes; run it on an otherwise idle machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+PG=$(scripts/postgres.sh | tail -n 1)
+exec .venv/bin/python -m load.report --postgres "$PG" "$@"
