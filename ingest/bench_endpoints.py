@@ -15,16 +15,11 @@ at a time, each then polled until readable.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import os
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +27,8 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from ingest import endpoints, kafka, postgres
-from ingest.broker import EmbeddedBroker, free_port
+from ingest.bench_support import ingest_run, postgres_schema, produce, quantile, time_drain
+from ingest.broker import EmbeddedBroker
 from ingest.codec import Codec
 from ingest.endpoints import EndpointRecord, EndpointState
 from ingest.metrics import WorkerMetrics
@@ -43,10 +39,6 @@ from ingest.store import LOAD_ENDPOINTS, MIGRATIONS, PUT_ENDPOINT, by_app, endpo
 from ingest.worker import EndpointWorker
 
 UPSERTS_PER_ENDPOINT = 5
-# How often the drain is checked: reading a counter walks the registry, and
-# at 5 ms that took 4 % of the worker's CPU; 20 ms errs under 1 % on a
-# drain of seconds.
-POLL_S = 0.02
 
 
 def _upserts(app_id: str, count: int) -> list[EndpointUpsert]:
@@ -71,32 +63,22 @@ def _upserts(app_id: str, count: int) -> list[EndpointUpsert]:
     ]
 
 
-async def _produce(bootstrap: str, settings: Settings, upserts: list[EndpointUpsert]) -> None:
-    codec = Codec()
-    producer = kafka.producer(settings, bootstrap, idempotence=False)
-    await producer.start()
-    try:
-        for start in range(0, len(upserts), 1000):
-            futures = [
-                await producer.send(
-                    kafka.ENDPOINTS_TOPIC,
-                    codec.encode_endpoint(u),
-                    key=f"{u.app_id}:{u.endpoint_id}".encode(),
-                )
-                for u in upserts[start : start + 1000]
-            ]
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 async def drain_rate(
     settings: Settings, store_url: str | None, data_dir: Path, count: int
 ) -> tuple[float, float]:
-    """→ (upserts/s, CPU-seconds of this process per 1,000 upserts)."""
+    """→ (upserts/s, CPU-ms of this process per 1,000 upserts)."""
     async with EmbeddedBroker(log_path=data_dir / "tansu-drain.log") as broker:
         await kafka.ensure_topics(settings, broker.bootstrap)
-        await _produce(broker.bootstrap, settings, _upserts(f"bench-{uuid.uuid4().hex[:8]}", count))
+        codec = Codec()
+        upserts = _upserts(f"bench-{uuid.uuid4().hex[:8]}", count)
+        await produce(
+            broker.bootstrap,
+            settings,
+            [
+                (kafka.ENDPOINTS_TOPIC, f"{u.app_id}:{u.endpoint_id}".encode(), codec.encode_endpoint(u))
+                for u in upserts
+            ],
+        )
         store = await open_store(store_url, data_dir=data_dir)
         registry = CollectorRegistry()
         metrics = WorkerMetrics(registry)
@@ -104,7 +86,7 @@ async def drain_rate(
             kafka.consumer(settings, broker.bootstrap, group_id=f"bench-{uuid.uuid4().hex[:8]}"),
             kafka.deadletter_producer(settings, broker.bootstrap, idempotence=False),
             store,
-            codec=Codec(),
+            codec=codec,
             metrics=metrics,
             max_records=settings.worker_max_records,
             drain_timeout_s=5,
@@ -116,24 +98,10 @@ async def drain_rate(
                 for o in ("applied", "superseded")
             )
 
-        task = asyncio.create_task(worker.run())
         try:
-            while done() == 0:  # noqa: ASYNC110 - polling a metric; the group join is not timed
-                await asyncio.sleep(POLL_S)
-            started, cpu = time.perf_counter(), time.process_time()
-            first = done()
-            while done() < count:
-                if task.done():
-                    task.result()
-                await asyncio.sleep(POLL_S)
-            elapsed, used = time.perf_counter() - started, time.process_time() - cpu
-            if first == count:
-                raise RuntimeError(f"{count} records were applied before the first poll: time more of them")
+            return await time_drain(worker, done, count)
         finally:
-            worker.stop()
-            await task
             await store.close()
-    return (count - first) / elapsed, used / (count - first) * 1_000_000
 
 
 def _batches(upserts: list[EndpointUpsert], size: int) -> list[list[tuple[EndpointRecord, int]]]:
@@ -192,19 +160,6 @@ def sqlite_ceiling(path: Path, upserts: list[EndpointUpsert], batch: int) -> flo
         db.close()
 
 
-@contextlib.asynccontextmanager
-async def postgres_schema(url: str) -> AsyncIterator[str]:
-    """A fresh schema, dropped after; → a URL whose search_path is it."""
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(url)
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        yield f"{url}{'&' if '?' in url else '?'}search_path={schema}"
-    finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.close()
-
-
 async def postgres_ceiling(url: str, upserts: list[EndpointUpsert], batch: int) -> float:
     """Upserts/s when PostgreSQL does only the SQL of each batch."""
     prepared = _rows_by_batch(upserts, batch)
@@ -220,42 +175,6 @@ async def postgres_ceiling(url: str, upserts: list[EndpointUpsert], batch: int) 
             return len(upserts) / (time.perf_counter() - started)
         finally:
             await con.close()
-
-
-@contextlib.asynccontextmanager
-async def ingest_run(data_dir: Path) -> AsyncIterator[tuple[Any, str, str]]:
-    """`ingest run` (embedded broker, SQLite under ``data_dir``) in its own
-    process, ready; → (an aiohttp session, its base URL, a new app's ID)."""
-    import aiohttp  # dev extra
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")} | {
-        "INGEST_PORT": str(port),
-        "INGEST_DATA_DIR": str(data_dir),
-        "INGEST_LOG_LEVEL": "WARNING",
-    }
-    await asyncio.to_thread(functools.partial(data_dir.mkdir, parents=True, exist_ok=True))
-    with (data_dir / "ingest.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ingest", "run", env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(600):
-                try:
-                    async with session.get(f"{base}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)  # polling a process that is starting
-            async with session.post(f"{base}/v1/apps", json={"Name": "fresh"}) as response:
-                app_id = (await response.json())["Id"]
-            yield session, base, app_id
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 async def freshness(data_dir: Path, writes: int) -> list[float]:
@@ -276,11 +195,6 @@ async def freshness(data_dir: Path, writes: int) -> list[float]:
             if n >= 5:  # the first writes include the group join
                 delays.append((time.perf_counter() - written) * 1000)
     return delays
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def bench_endpoints(settings: Settings, *, records: int, postgres_url: str | None) -> int:

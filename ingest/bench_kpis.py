@@ -32,7 +32,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry
 
 from ingest import kafka, kpis
-from ingest.bench_endpoints import POLL_S, ingest_run, postgres_schema, quantile
+from ingest.bench_support import ingest_run, postgres_schema, produce, quantile, time_drain
 from ingest.broker import EmbeddedBroker
 from ingest.codec import Codec
 from ingest.metrics import KpiWorkerMetrics
@@ -100,23 +100,6 @@ def workload(app_id: str, count: int, *, seed: int = 1) -> list[Event]:
     return out[:count]
 
 
-async def _produce(bootstrap: str, settings: Settings, events: list[Event]) -> None:
-    codec = Codec()
-    producer = kafka.producer(settings, bootstrap, idempotence=False)
-    await producer.start()
-    try:
-        for start in range(0, len(events), 1000):
-            futures = [
-                await producer.send(
-                    kafka.EVENTS_TOPIC, codec.encode_event(e), key=f"{e.app_id}:{e.endpoint_id}".encode()
-                )
-                for e in events[start : start + 1000]
-            ]
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 def _oldest_day() -> int:
     return kpis.day_of(time.time_ns() // 1_000_000) - 6
 
@@ -126,7 +109,7 @@ def _newest_day() -> int:
 
 
 async def drain_rate(settings: Settings, store: Store, bootstrap: str, count: int) -> tuple[float, float]:
-    """→ (events/s, CPU-seconds of this process per 1,000 events)."""
+    """→ (events/s, CPU-ms of this process per 1,000 events)."""
     registry = CollectorRegistry()
     metrics = KpiWorkerMetrics(registry)
     sink = KpiSink(store, codec=Codec(), metrics=metrics, retention_days=7)
@@ -144,28 +127,11 @@ async def drain_rate(settings: Settings, store: Store, bootstrap: str, count: in
             for o in ("aggregated", "duplicate", "too_old", "too_new", "dead_lettered")
         )
 
-    task = asyncio.create_task(worker.run())
-    try:
-        while done() == 0:  # the group join is not timed
-            if task.done():
-                task.result()
-            await asyncio.sleep(POLL_S)
-        started, cpu = time.perf_counter(), time.process_time()
-        first = done()
-        while done() < count:
-            if task.done():
-                task.result()
-            await asyncio.sleep(POLL_S)
-        elapsed, used = time.perf_counter() - started, time.process_time() - cpu
-        if first == count:
-            raise RuntimeError(f"{count} records were applied before the first poll: time more of them")
-    finally:
-        worker.stop()
-        await task
+    rate, cpu_ms = await time_drain(worker, done, count)
     aggregated = registry.get_sample_value("ingest_kpi_events_total", {"outcome": "aggregated"})
     if aggregated != count:
         raise RuntimeError(f"the worker aggregated {aggregated} of {count} events")
-    return (count - first) / elapsed, used / (count - first) * 1_000_000
+    return rate, cpu_ms
 
 
 async def store_ceiling(store: Store, events: list[Event], batch: int) -> float:
@@ -275,7 +241,19 @@ async def bench_kpis(settings: Settings, *, records: int, postgres_url: str | No
         async with EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker:
             await kafka.ensure_topics(settings, broker.bootstrap)
             app_id = f"bench-{uuid.uuid4().hex[:8]}"
-            await _produce(broker.bootstrap, settings, [e._replace(app_id=app_id) for e in events])
+            codec = Codec()
+            await produce(
+                broker.bootstrap,
+                settings,
+                [
+                    (
+                        kafka.EVENTS_TOPIC,
+                        f"{app_id}:{e.endpoint_id}".encode(),
+                        codec.encode_event(e._replace(app_id=app_id)),
+                    )
+                    for e in events
+                ],
+            )
             backends: list[tuple[str, str | None]] = [("SQLite", None)]
             if postgres_url:
                 backends.append(("PostgreSQL", postgres_url))
