@@ -3,6 +3,7 @@ Tansu broker, SQLite, the edge) driven by boto3's pinpoint client."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import re
@@ -20,7 +21,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from ingest.broker import free_port
+from ingest.broker import EmbeddedBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
@@ -193,3 +194,15 @@ def unvalidated(pipeline: Pipeline) -> Any:
 def app_id(pinpoint: Any) -> str:
     created = pinpoint.create_app(CreateApplicationRequest={"Name": "test"})
     return str(created["ApplicationResponse"]["Id"])
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    """A Tansu broker of our own (memory engine) → its bootstrap address."""
+    with asyncio.Runner() as runner:
+        embedded = EmbeddedBroker(log_path=tmp_path / "tansu.log")
+        runner.run(embedded.start())
+        try:
+            yield embedded.bootstrap
+        finally:
+            runner.run(embedded.stop())

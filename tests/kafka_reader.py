@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,22 @@ async def _read_all(bootstrap: str, topic: str, timeout_s: float) -> list[tuple[
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[tuple[bytes, dict[str, Any]]]:
     return asyncio.run(_read_all(bootstrap, topic, timeout_s))
+
+
+async def read_partition(
+    bootstrap: str, tp: TopicPartition, start: int, done: Callable[[list[Any]], bool], within_s: float
+) -> list[Any]:
+    """Records of one partition from ``start`` until ``done`` holds or ``within_s`` passes."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        deadline = asyncio.get_running_loop().time() + within_s
+        while not done(records) and asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=300)
+            records.extend(batch.get(tp, []))
+    finally:
+        await consumer.stop()
+    return records

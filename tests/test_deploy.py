@@ -13,14 +13,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +30,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from ingest import kafka
-from ingest.broker import free_port, tansu_binary
+from ingest.broker import free_port
 from ingest.cli import _parser
 from ingest.metrics import ConsumerMetrics, KpiWorkerMetrics, Metrics, WorkerMetrics
 from ingest.settings import Settings
@@ -527,34 +525,6 @@ def test_grafana_dashboard_shows_every_exported_metric(rendered: dict[str, Path]
 
 
 # The processes the manifests start
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    """A fresh Kafka-protocol broker (Tansu, memory engine) with no topics."""
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    with (tmp_path / "tansu.log").open("wb") as log:
-        process = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, (
-                    tmp_path / "tansu.log"
-                ).read_text()
-                time.sleep(0.02)  # polling a port that is not yet bound
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 async def topic_partitions(bootstrap: str) -> dict[str, int]:

@@ -13,19 +13,18 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError
 from prometheus_client import CollectorRegistry
 
 from ingest import kafka, kpis
-from ingest.broker import EmbeddedBroker
 from ingest.codec import Codec
 from ingest.errors import SettingsError
 from ingest.kafka import DEADLETTER_TOPIC, EVENTS_TOPIC
@@ -35,6 +34,7 @@ from ingest.settings import Settings
 from ingest.store import SqliteStore, Store, open_store
 from ingest.worker import KpiSink, Worker
 from tests.conftest import Pipeline, eventually, start_pipeline
+from tests.kafka_reader import read_partition
 from tests.test_process import run_ingest
 
 # Noon UTC, so "today" is one day whatever the test's own duration.
@@ -47,16 +47,10 @@ OUTCOMES = ("aggregated", "duplicate", "too_old", "too_new", "dead_lettered")
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    """A Tansu broker of our own (memory engine), topics created → its bootstrap."""
-    with asyncio.Runner() as runner:
-        embedded = EmbeddedBroker(log_path=tmp_path / "tansu.log")
-        runner.run(embedded.start())
-        try:
-            runner.run(kafka.ensure_topics(Settings(), embedded.bootstrap))
-            yield embedded.bootstrap
-        finally:
-            runner.run(embedded.stop())
+def broker(broker: str) -> str:
+    """conftest's broker, with the topics created."""
+    asyncio.run(kafka.ensure_topics(Settings(), broker))
+    return broker
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -335,21 +329,6 @@ def test_dedupe_retention_days_must_be_at_least_one() -> None:
 # --- a record that does not decode -----------------------------------------------
 
 
-async def read_partition(bootstrap: str, tp: TopicPartition, count: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        consumer.assign([tp])
-        consumer.seek(tp, 0)
-        deadline = asyncio.get_running_loop().time() + 10
-        while len(records) < count and asyncio.get_running_loop().time() < deadline:
-            records.extend((await consumer.getmany(tp, timeout_ms=300)).get(tp, []))
-    finally:
-        await consumer.stop()
-    return records
-
-
 async def test_undecodable_records_are_dead_lettered_and_the_partition_moves_on(
     broker: str, tmp_path: Path
 ) -> None:
@@ -379,7 +358,9 @@ async def test_undecodable_records_are_dead_lettered_and_the_partition_moves_on(
         await running.stop()
         await store.close()
 
-    dead = await read_partition(broker, TopicPartition(DEADLETTER_TOPIC, 0), len(values))
+    dead = await read_partition(
+        broker, TopicPartition(DEADLETTER_TOPIC, 0), 0, lambda got: len(got) >= len(values), 10
+    )
     assert [r.value for r in dead] == values
     for record, reason, (partition, offset) in zip(dead, garbage.values(), placed[:-1], strict=True):
         headers = {name: raw.decode() for name, raw in record.headers}

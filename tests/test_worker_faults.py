@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from ingest import kafka
-from ingest.broker import EmbeddedBroker, free_port
+from ingest.broker import free_port
 from ingest.codec import Codec
 from ingest.endpoints import BatchOutcome, EndpointRecord
 from ingest.kafka import DEADLETTER_TOPIC, ENDPOINTS_TOPIC
@@ -34,6 +34,7 @@ from ingest.settings import Settings
 from ingest.store import SqliteStore
 from ingest.worker import EndpointWorker
 from tests.conftest import Pipeline, endpoint_or_none, eventually, start_ingest, start_pipeline
+from tests.kafka_reader import read_partition
 from tests.test_api import ACCEPTED, event
 
 # Applying is quick; what takes time is a new worker joining the consumer
@@ -48,18 +49,6 @@ T0_MS = 1_700_000_000_000
 
 
 # --- the topology ----------------------------------------------------------
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    """A Tansu broker of our own (memory engine) → its bootstrap address."""
-    with asyncio.Runner() as runner:
-        embedded = EmbeddedBroker(log_path=tmp_path / "tansu.log")
-        runner.run(embedded.start())
-        try:
-            yield embedded.bootstrap
-        finally:
-            runner.run(embedded.stop())
 
 
 def start_role(tmp: Path, role: list[str], env: dict[str, str]) -> Pipeline:
@@ -396,25 +385,6 @@ async def produce_raw(bootstrap: str, key: bytes, values: list[bytes | None]) ->
         return placed
     finally:
         await producer.stop()
-
-
-async def read_partition(
-    bootstrap: str, tp: TopicPartition, start: int, done: Callable[[list[Any]], bool], within_s: float
-) -> list[Any]:
-    """Records of one partition from ``start`` until ``done`` holds or ``within_s`` passes."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        consumer.assign([tp])
-        consumer.seek(tp, start)
-        deadline = asyncio.get_running_loop().time() + within_s
-        while not done(records) and asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(tp, timeout_ms=300)
-            records.extend(batch.get(tp, []))
-    finally:
-        await consumer.stop()
-    return records
 
 
 def wait_applied(topology: Topology, client: Any, app_id: str, endpoint_id: str, request_id: str) -> None:
