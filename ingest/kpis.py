@@ -339,16 +339,16 @@ def rows(
 
 
 def rolling_counts(
-    steps: Sequence[tuple[int, int]], first_day: int, last_day: int
+    steps: Sequence[tuple[int, str, int]], first_day: int, last_day: int
 ) -> list[tuple[int, str, int]]:
     """(day, "", count) for each day ``first_day``..``last_day`` whose count
-    is not zero, from ``steps``: (day, count from that day on), in day order,
-    as the stores' monthly reads compute them."""
+    is not zero, from ``steps``: (day, "", count from that day on), in day
+    order, as the stores' monthly reads compute them."""
     out: list[tuple[int, str, int]] = []
     count, at = 0, 0
     for day in range(first_day, last_day + 1):
         while at < len(steps) and steps[at][0] <= day:
-            count = steps[at][1]
+            count = steps[at][2]
             at += 1
         if count:
             out.append((day, "", count))

@@ -265,7 +265,7 @@ _KPI_MONTHLY_STEPS = (
     "day + $5::integer) AS ends FROM kpi_members "
     "WHERE app_id = $1 AND kind = $2 AND day BETWEEN $3 AND $4), "
     "steps AS (SELECT day AS at, 1 AS delta FROM m UNION ALL SELECT ends, -1 FROM m) "
-    "SELECT at, sum(sum(delta)) OVER (ORDER BY at) FROM steps GROUP BY at ORDER BY at"
+    "SELECT at, '', (sum(sum(delta)) OVER (ORDER BY at))::integer FROM steps GROUP BY at ORDER BY at"
 )
 _KPI_SUMS = (
     "SELECT day, grp, total FROM kpi_sums "
@@ -441,13 +441,11 @@ class PostgresStore:
         return await self._read("KPI members", _KPI_MEMBERS, app_id, kind, first_day, last_day)
 
     async def kpi_monthly_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        if NUL in app_id or NUL in kind:
-            return []  # nothing with a NUL can have been written
-        with _boundary("KPI monthly counts"):
-            rows = await self._pool.fetch(
-                _KPI_MONTHLY_STEPS, app_id, kind, first_day - (kpis.MONTH_DAYS - 1), last_day, kpis.MONTH_DAYS
-            )
-        return kpis.rolling_counts([(row[0], int(row[1])) for row in rows], first_day, last_day)
+        first = first_day - (kpis.MONTH_DAYS - 1)
+        steps = await self._read(
+            "KPI monthly counts", _KPI_MONTHLY_STEPS, app_id, kind, first, last_day, kpis.MONTH_DAYS
+        )
+        return kpis.rolling_counts(steps, first_day, last_day)
 
     async def kpi_sums(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
         return await self._read("KPI sums", _KPI_SUMS, app_id, kind, first_day, last_day)

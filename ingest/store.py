@@ -256,10 +256,10 @@ KPI_MEMBERS = (
 # day on. One range search, one sort by member, and a row per change back.
 KPI_MONTHLY_STEPS = (
     "WITH m AS (SELECT day, min(coalesce(lead(day) OVER (PARTITION BY member ORDER BY day), "
-    ":month + day), :month + day) AS ends FROM kpi_members "
-    "WHERE app_id = :app AND kind = :kind AND day BETWEEN :first AND :last), "
+    "day + ?5), day + ?5) AS ends FROM kpi_members "
+    "WHERE app_id = ?1 AND kind = ?2 AND day BETWEEN ?3 AND ?4), "
     "steps AS (SELECT day AS at, 1 AS delta FROM m UNION ALL SELECT ends, -1 FROM m) "
-    "SELECT at, sum(sum(delta)) OVER (ORDER BY at) FROM steps GROUP BY at ORDER BY at"
+    "SELECT at, '', sum(sum(delta)) OVER (ORDER BY at) FROM steps GROUP BY at ORDER BY at"
 )
 KPI_SUMS = (
     "SELECT day, grp, total FROM kpi_sums "
@@ -510,18 +510,9 @@ class SqliteStore:
         return await self._read("KPI members", KPI_MEMBERS, (app_id, kind, first_day, last_day))
 
     async def kpi_monthly_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        params = {
-            "month": kpis.MONTH_DAYS,
-            "app": app_id,
-            "kind": kind,
-            "first": first_day - (kpis.MONTH_DAYS - 1),
-            "last": last_day,
-        }
-
-        def read() -> list[tuple[int, int]]:
-            return self._db.execute(KPI_MONTHLY_STEPS, params).fetchall()
-
-        return kpis.rolling_counts(await self._run("KPI monthly counts", read), first_day, last_day)
+        params = (app_id, kind, first_day - (kpis.MONTH_DAYS - 1), last_day, kpis.MONTH_DAYS)
+        steps = await self._read("KPI monthly counts", KPI_MONTHLY_STEPS, params)
+        return kpis.rolling_counts(steps, first_day, last_day)
 
     async def kpi_sums(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
         return await self._read("KPI sums", KPI_SUMS, (app_id, kind, first_day, last_day))

@@ -631,7 +631,7 @@ def test_monthly_counts_read_the_members_once_by_key() -> None:
     db = sqlite3.connect(":memory:")
     for migration in store_module.MIGRATIONS:
         db.execute(migration)
-    params = {"month": kpis.MONTH_DAYS, "app": "a", "kind": "k", "first": 0, "last": 60}
+    params = ("a", "k", 0, 60, kpis.MONTH_DAYS)
     plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + store_module.KPI_MONTHLY_STEPS, params)]
     assert [step for step in plan if "kpi_members" in step] == [
         f"SEARCH kpi_members USING PRIMARY KEY {KPI_RANGE}"
