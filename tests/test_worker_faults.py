@@ -225,6 +225,21 @@ def stored(client: Any, app_id: str, endpoint_id: str) -> dict[str, Any] | None:
     }
 
 
+def assert_store_equals(
+    topology: Topology, client: Any, app_id: str, oracle: dict[str, dict[str, Any]]
+) -> None:
+    """Until every endpoint of ``oracle`` reads as it says; the processes'
+    logs in the failure if that never comes."""
+
+    def everything() -> dict[str, dict[str, Any] | None]:
+        return {endpoint_id: stored(client, app_id, endpoint_id) for endpoint_id in oracle}
+
+    try:
+        eventually(everything, lambda found: found == oracle, "every write applied", APPLIED_WITHIN_S)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{topology.logs()}") from exc
+
+
 @pytest.mark.parametrize("topology", ["sqlite", "postgres"], indirect=True)
 def test_sigkilled_worker_loses_nothing(topology: Topology) -> None:
     client = topology.edge.client()
@@ -251,14 +266,7 @@ def test_sigkilled_worker_loses_nothing(topology: Topology) -> None:
             topology.start_worker()
         request_id = send(client, app_id, write)
         oracle[write.endpoint_id] = expect(oracle.get(write.endpoint_id), write.body, request_id)
-
-    def everything() -> dict[str, dict[str, Any] | None]:
-        return {endpoint_id: stored(client, app_id, endpoint_id) for endpoint_id in oracle}
-
-    try:
-        eventually(everything, lambda found: found == oracle, "every write applied", APPLIED_WITHIN_S)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{topology.logs()}") from exc
+    assert_store_equals(topology, client, app_id, oracle)
     assert metric(topology.worker, 'ingest_endpoint_records_total{outcome="applied"}') > 0
 
 
@@ -284,14 +292,7 @@ def test_workers_joining_and_leaving_mid_stream_lose_nothing(topology: Topology)
             assert first.stop() == 0, topology.logs()
         request_id = send(client, app_id, write)
         oracle[write.endpoint_id] = expect(oracle.get(write.endpoint_id), write.body, request_id)
-
-    def everything() -> dict[str, dict[str, Any] | None]:
-        return {endpoint_id: stored(client, app_id, endpoint_id) for endpoint_id in oracle}
-
-    try:
-        eventually(everything, lambda found: found == oracle, "every write applied", APPLIED_WITHIN_S)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{topology.logs()}") from exc
+    assert_store_equals(topology, client, app_id, oracle)
     assert metric(topology.worker, applied) > 0
 
 
