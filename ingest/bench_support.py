@@ -82,6 +82,16 @@ async def postgres_schema(url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+async def _ready(session: Any, base: str) -> bool:
+    import aiohttp  # dev extra
+
+    try:
+        async with session.get(f"{base}/readyz") as response:
+            return bool(response.status == 200)
+    except aiohttp.ClientError:
+        return False  # not listening yet
+
+
 @contextlib.asynccontextmanager
 async def ingest_run(data_dir: Path) -> AsyncIterator[tuple[Any, str, str]]:
     """`ingest run` (embedded broker, SQLite under ``data_dir``) in its own
@@ -102,13 +112,10 @@ async def ingest_run(data_dir: Path) -> AsyncIterator[tuple[Any, str, str]]:
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            for _ in range(600):
-                try:
-                    async with session.get(f"{base}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
+            deadline = time.monotonic() + 30
+            while not await _ready(session, base):
+                if process.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"ingest run did not become ready; see {data_dir / 'ingest.log'}")
                 await asyncio.sleep(0.05)  # polling a process that is starting
             async with session.post(f"{base}/v1/apps", json={"Name": "fresh"}) as response:
                 app_id = (await response.json())["Id"]
