@@ -64,42 +64,25 @@ def _parser() -> argparse.ArgumentParser:
         "(the Kubernetes migration Job) that does them once, before any process starts.",
     )
 
-    bench = commands.add_parser(
-        "bench",
-        help="measure the write path side by side with its ceilings",
-        description="Runs an embedded broker and measures, in one run: the pure core, raw aiokafka, "
-        "the publisher, and the full edge over HTTP. Prints a Markdown report.",
-    )
-    bench.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
-    bench.add_argument("--concurrency", type=int, default=32, help="HTTP connections for the edge run")
-    bench.add_argument(
-        "--part",
-        choices=["write", "endpoints", "kpis"],
-        default="write",
-        help="write: the write path (default); endpoints: the endpoint worker per store, and freshness; "
-        "kpis: the KPI worker per store, and what the store keeps per event",
-    )
-    bench.add_argument("--records", type=int, default=100_000, help="upserts or events for a worker part")
-    bench.add_argument("--postgres", help="also measure the worker on this PostgreSQL URL (worker parts)")
     return parser
 
 
 async def _migrate(settings: Settings) -> int:
     """The store's schema, then the topics (with INGEST_KAFKA_BOOTSTRAP):
     both idempotent, so a retried or repeated deploy step changes nothing."""
-    from ingest import kafka
-    from ingest.store import open_store
+    from ingest.kafka import clients
+    from ingest.store.backends import open_store
 
     store = await open_store(settings.store_url, data_dir=settings.data_dir)
     await store.close()
     log.info("store schema is up to date")
     if settings.kafka_bootstrap is not None:
-        await kafka.ensure_topics(settings, settings.kafka_bootstrap)
+        await clients.ensure_topics(settings, settings.kafka_bootstrap)
         log.info(
             "topics %s, %s and %s exist on %s",
-            kafka.EVENTS_TOPIC,
-            kafka.ENDPOINTS_TOPIC,
-            kafka.DEADLETTER_TOPIC,
+            clients.EVENTS_TOPIC,
+            clients.ENDPOINTS_TOPIC,
+            clients.DEADLETTER_TOPIC,
             settings.kafka_bootstrap,
         )
     return 0
@@ -125,19 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "worker":
                 mode = "worker-kpis" if args.role == "kpis" else "worker-endpoints"
             return uvloop.run(serve(settings, mode=mode))
-        if args.command == "migrate":
-            return uvloop.run(_migrate(settings))
-        if args.part == "endpoints":
-            from ingest.bench_endpoints import bench_endpoints
-
-            return uvloop.run(bench_endpoints(settings, records=args.records, postgres_url=args.postgres))
-        if args.part == "kpis":
-            from ingest.bench_kpis import bench_kpis
-
-            return uvloop.run(bench_kpis(settings, records=args.records, postgres_url=args.postgres))
-        from ingest.bench import bench
-
-        return uvloop.run(bench(settings, seconds=args.seconds, concurrency=args.concurrency))
+        return uvloop.run(_migrate(settings))
     except IngestError as exc:
         log.error("%s", exc)  # noqa: TRY400 - the message is the whole story for an operator
         return 1

@@ -32,6 +32,16 @@ class StoreError(IngestError):
         self.retriable = retriable
 
 
+class DecodeError(IngestError):
+    """Bytes that are not a single-object-encoded record of a known schema
+    (or not a valid body of it); ``position`` is the byte offset where
+    reading failed, when known."""
+
+    def __init__(self, message: str, position: int | None = None) -> None:
+        super().__init__(message)
+        self.position = position
+
+
 class Overloaded(IngestError):
     """The producer buffer or the in-flight limit is full: answer 429 now."""
 

@@ -16,7 +16,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -24,17 +24,19 @@ from urllib.parse import urlsplit
 import uvicorn
 from prometheus_client import REGISTRY
 
-from ingest import kafka
-from ingest.broker import EmbeddedBroker
-from ingest.codec import Codec
-from ingest.edge import Edge
+from ingest.api.app import Edge
+from ingest.api.probes import Probes
 from ingest.errors import IngestError, SettingsError
+from ingest.kafka import clients
+from ingest.kafka.broker import EmbeddedBroker
+from ingest.kafka.publish import Publisher
 from ingest.metrics import ConsumerMetrics, KpiWorkerMetrics, Metrics, WorkerMetrics
-from ingest.publish import Publisher
+from ingest.records.codec import Codec
 from ingest.settings import Settings
-from ingest.store import Store, open_store
-from ingest.wire import probe_app
-from ingest.worker import EndpointWorker, KpiSink, Worker
+from ingest.store.backends import open_store
+from ingest.store.base import Store
+from ingest.workers.consumer import Worker
+from ingest.workers.sinks import EndpointWorker, KpiSink
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +138,8 @@ def workers_of(
     if mode in ("run", "worker-endpoints"):
         built.append(
             EndpointWorker(
-                kafka.consumer(settings, bootstrap, group_id=kafka.ENDPOINTS_GROUP),
-                kafka.deadletter_producer(settings, bootstrap, idempotence=idempotence),
+                clients.consumer(settings, bootstrap, group_id=clients.ENDPOINTS_GROUP),
+                clients.deadletter_producer(settings, bootstrap, idempotence=idempotence),
                 store,
                 codec=codec,
                 metrics=WorkerMetrics(REGISTRY, consumer_metrics),
@@ -145,7 +147,7 @@ def workers_of(
                 drain_timeout_s=settings.drain_timeout_s,
             )
         )
-        log.info("endpoint worker consuming %s as group %s", kafka.ENDPOINTS_TOPIC, kafka.ENDPOINTS_GROUP)
+        log.info("endpoint worker consuming %s as group %s", clients.ENDPOINTS_TOPIC, clients.ENDPOINTS_GROUP)
     if mode in ("run", "worker-kpis"):
         sink = KpiSink(
             store,
@@ -155,8 +157,8 @@ def workers_of(
         )
         built.append(
             Worker(
-                kafka.consumer(settings, bootstrap, group_id=kafka.KPIS_GROUP),
-                kafka.deadletter_producer(settings, bootstrap, idempotence=idempotence),
+                clients.consumer(settings, bootstrap, group_id=clients.KPIS_GROUP),
+                clients.deadletter_producer(settings, bootstrap, idempotence=idempotence),
                 sink,
                 max_records=settings.worker_max_records,
                 drain_timeout_s=settings.drain_timeout_s,
@@ -164,8 +166,8 @@ def workers_of(
         )
         log.info(
             "KPI worker consuming %s as group %s (dedupe window %d days)",
-            kafka.EVENTS_TOPIC,
-            kafka.KPIS_GROUP,
+            clients.EVENTS_TOPIC,
+            clients.KPIS_GROUP,
             settings.dedupe_retention_days,
         )
     return built
@@ -207,13 +209,13 @@ async def serve(settings: Settings, *, mode: Mode) -> int:
             bootstrap = broker.bootstrap
             # aiokafka's idempotent producer needs InitProducerId v3+, which Tansu lacks.
             idempotence = False
-        await kafka.ensure_topics(settings, bootstrap)
+        await clients.ensure_topics(settings, bootstrap)
         log.info(
             "Kafka at %s; topics %s, %s, %s",
             bootstrap,
-            kafka.EVENTS_TOPIC,
-            kafka.ENDPOINTS_TOPIC,
-            kafka.DEADLETTER_TOPIC,
+            clients.EVENTS_TOPIC,
+            clients.ENDPOINTS_TOPIC,
+            clients.DEADLETTER_TOPIC,
         )
 
         store = await open_store(settings.store_url, data_dir=settings.data_dir)
@@ -221,24 +223,25 @@ async def serve(settings: Settings, *, mode: Mode) -> int:
         log.info("store: %s", _redacted(settings.store_url) or f"SQLite at {settings.sqlite_path}")
         codec = Codec()
 
-        readiness: list[Callable[[], bool]] = []
         workers = workers_of(mode, settings, bootstrap, idempotence=idempotence, store=store, codec=codec)
         if workers:
             # Entered before the publisher, so they exit after it: the workers
             # drain what the edge produced before the broker stops.
             await stack.enter_async_context(running(workers, stopping))
-            readiness.append(lambda: all(worker.ready for worker in workers))
+
+        def workers_ready() -> bool:
+            return all(worker.ready for worker in workers)
 
         app: Any
         serves_api = mode in ("run", "edge")
         if not serves_api:
-            app = probe_app(lambda: all(check() for check in readiness), REGISTRY)
+            app = Probes((("a worker is not ready (store unavailable?)", workers_ready),), REGISTRY)
         else:
             metrics = Metrics(REGISTRY)
             publisher = await stack.enter_async_context(
                 Publisher(
-                    kafka.producer(settings, bootstrap, idempotence=idempotence),
-                    topics=(kafka.EVENTS_TOPIC, kafka.ENDPOINTS_TOPIC),
+                    clients.producer(settings, bootstrap, idempotence=idempotence),
+                    topics=(clients.EVENTS_TOPIC, clients.ENDPOINTS_TOPIC),
                     produce_timeout_s=settings.produce_timeout_s,
                     buffer_bytes=settings.producer_buffer_bytes,
                     drain_timeout_s=settings.drain_timeout_s,
@@ -251,7 +254,8 @@ async def serve(settings: Settings, *, mode: Mode) -> int:
                 publisher=publisher,
                 codec=codec,
                 metrics=metrics,
-                readiness=readiness,
+                registry=REGISTRY,
+                readiness=workers_ready,
             )
             app = edge
         port = await stack.enter_async_context(

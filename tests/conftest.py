@@ -21,7 +21,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from ingest.broker import EmbeddedBroker, free_port
+from ingest.kafka.broker import EmbeddedBroker, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0

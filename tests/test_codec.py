@@ -18,8 +18,9 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ingest.avro import AvroDecodeError, compile_decoder, write_long
-from ingest.codec import (
+from ingest.errors import DecodeError
+from ingest.records.avro import AvroDecodeError, compile_decoder, write_long
+from ingest.records.codec import (
     DELETE_SCHEMA,
     ENDPOINT_SCHEMA,
     EVENT_SCHEMA,
@@ -29,14 +30,13 @@ from ingest.codec import (
     MIN_MS,
     RECORD_TYPES,
     Codec,
-    DecodeError,
     endpoint_datum,
     event_datum,
 )
-from ingest.endpoints import EndpointDelete
-from ingest.records import (
+from ingest.records.values import (
     Demographic,
     EndpointContext,
+    EndpointDelete,
     EndpointUpsert,
     Event,
     Location,

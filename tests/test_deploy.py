@@ -29,9 +29,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from ingest import kafka
-from ingest.broker import free_port
 from ingest.cli import _parser
+from ingest.kafka import clients
+from ingest.kafka.broker import free_port
 from ingest.metrics import ConsumerMetrics, KpiWorkerMetrics, Metrics, WorkerMetrics
 from ingest.settings import Settings
 from tests.conftest import ROOT, clean_env
@@ -531,7 +531,7 @@ async def topic_partitions(bootstrap: str) -> dict[str, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        topics = [kafka.EVENTS_TOPIC, kafka.ENDPOINTS_TOPIC, kafka.DEADLETTER_TOPIC]
+        topics = [clients.EVENTS_TOPIC, clients.ENDPOINTS_TOPIC, clients.DEADLETTER_TOPIC]
         existing = set(await admin.list_topics())
         described = await admin.describe_topics([t for t in topics if t in existing])
     finally:
@@ -572,9 +572,9 @@ def test_migration_job_migrates_the_store_and_creates_the_topics(
         assert done.returncode == 0, done.stderr
         assert "store schema is up to date" in done.stderr and f"exist on {broker}" in done.stderr
     assert asyncio.run(topic_partitions(broker)) == {
-        kafka.EVENTS_TOPIC: 3,
-        kafka.ENDPOINTS_TOPIC: 3,
-        kafka.DEADLETTER_TOPIC: kafka.DEADLETTER_PARTITIONS,
+        clients.EVENTS_TOPIC: 3,
+        clients.ENDPOINTS_TOPIC: 3,
+        clients.DEADLETTER_TOPIC: clients.DEADLETTER_PARTITIONS,
     }
     with sqlite3.connect(tmp_path / "ingest.sqlite3") as db:
         assert db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] > 0
@@ -723,7 +723,7 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_runs(tmp_path: Path) -> None
     assert helped.returncode == 0, helped.stderr
     assert "migrate" in helped.stdout and "worker" in helped.stdout
     # The processes' imports, and the Avro schemas from inside the wheel.
-    loads = "import ingest.process, ingest.postgres; from ingest.codec import Codec; Codec()"
+    loads = "import ingest.process, ingest.store.postgres; from ingest.records.codec import Codec; Codec()"
     imported = subprocess.run(
         [str(python), "-c", loads], capture_output=True, text=True, env=outside, cwd=tmp_path, check=False
     )

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from ingest.broker import EmbeddedBroker
 from ingest.errors import BrokerError
-from ingest.kafka import ensure_topics
+from ingest.kafka.broker import EmbeddedBroker
+from ingest.kafka.clients import ensure_topics
 from ingest.settings import Settings
 from tests.conftest import Pipeline, start_pipeline
 from tests.kafka_reader import read_topic

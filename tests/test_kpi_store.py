@@ -23,14 +23,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ingest import kpis
-from ingest import store as store_module
-from ingest.endpoints import EndpointRecord
 from ingest.errors import StoreError
-from ingest.kpis import EventOutcome, Kpi
-from ingest.postgres import PostgresStore
-from ingest.records import EndpointContext, Event, Session
-from ingest.store import KpiData, Store
+from ingest.folds import kpis
+from ingest.folds.endpoints import EndpointRecord
+from ingest.folds.kpis import EventOutcome, Kpi
+from ingest.records.values import EndpointContext, Event, Session
+from ingest.store import sqlite as store_module
+from ingest.store.base import KpiData, Store
+from ingest.store.postgres import PostgresStore
 from tests.test_store import (
     BACKENDS,
     HOUR_MS,

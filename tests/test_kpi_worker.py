@@ -22,17 +22,21 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError
+from ingest.workers.sinks import KpiSink
 from prometheus_client import CollectorRegistry
 
-from ingest import kafka, kpis
-from ingest.codec import Codec
 from ingest.errors import SettingsError
-from ingest.kafka import DEADLETTER_TOPIC, EVENTS_TOPIC
+from ingest.folds import kpis
+from ingest.kafka import clients
+from ingest.kafka.clients import DEADLETTER_TOPIC, EVENTS_TOPIC
 from ingest.metrics import KpiWorkerMetrics
-from ingest.records import EndpointContext, EndpointUpsert, Event, Session
+from ingest.records.codec import Codec
+from ingest.records.values import EndpointContext, EndpointUpsert, Event, Session
 from ingest.settings import Settings
-from ingest.store import SqliteStore, Store, open_store
-from ingest.worker import KpiSink, Worker
+from ingest.store.backends import open_store
+from ingest.store.base import Store
+from ingest.store.sqlite import SqliteStore
+from ingest.workers.consumer import Worker
 from tests.conftest import Pipeline, eventually, start_pipeline
 from tests.kafka_reader import read_partition
 from tests.test_process import run_ingest
@@ -49,7 +53,7 @@ OUTCOMES = ("aggregated", "duplicate", "too_old", "too_new", "dead_lettered")
 @pytest.fixture
 def broker(broker: str) -> str:
     """conftest's broker, with the topics created."""
-    asyncio.run(kafka.ensure_topics(Settings(), broker))
+    asyncio.run(clients.ensure_topics(Settings(), broker))
     return broker
 
 
@@ -115,7 +119,7 @@ def start_worker(
     Fault injection: without ``commits`` its consumer's commits are refused."""
     settings = Settings()
     registry = CollectorRegistry()
-    consumer = kafka.consumer(settings, bootstrap, group_id=group)
+    consumer = clients.consumer(settings, bootstrap, group_id=group)
     if not commits:
         consumer.commit = refuse
     sink = KpiSink(
@@ -127,7 +131,7 @@ def start_worker(
     )
     worker = Worker(
         consumer,
-        kafka.deadletter_producer(settings, bootstrap, idempotence=False),
+        clients.deadletter_producer(settings, bootstrap, idempotence=False),
         sink,
         max_records=settings.worker_max_records,
         drain_timeout_s=DRAIN_TIMEOUT_S,
@@ -419,7 +423,7 @@ def test_ingest_run_aggregates_events_exposes_kpi_metrics_and_drains_on_stop(tmp
         assert got[aggregated] == 5
         assert got["ingest_kpi_batch_events_count"] == got["ingest_kpi_write_seconds_count"] >= 2
         assert got["ingest_kpi_batch_events_sum"] == 10
-        for topic in (EVENTS_TOPIC, kafka.ENDPOINTS_TOPIC):  # one gauge, both workers
+        for topic in (EVENTS_TOPIC, clients.ENDPOINTS_TOPIC):  # one gauge, both workers
             assert any(
                 f'topic="{topic}"' in name for name in got if name.startswith("ingest_consumer_lag")
             ), got

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from ingest import kpis
+from ingest.folds import kpis
 from tests.conftest import endpoint_or_none, eventually
 from tests.test_api import ACCEPTED, put
 

@@ -28,8 +28,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from hdrh.histogram import HdrHistogram
 
-from ingest import validate
-from ingest.records import Invalid
+from ingest.records import validate
+from ingest.records.values import Invalid
 from load import null
 from load.chaos import free_port
 from load.driver import Plan, drive

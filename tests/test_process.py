@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.broker import free_port
 from ingest.errors import SettingsError
+from ingest.kafka.broker import free_port
 from ingest.settings import Settings
 from tests.conftest import ROOT, Pipeline, clean_env, start_ingest
 from tests.test_api import ACCEPTED, event, put
@@ -227,7 +227,7 @@ def test_readme_documents_every_setting() -> None:
 def test_migrate_brings_a_fresh_store_up_to_date(tmp_path: Path) -> None:
     import sqlite3
 
-    from ingest.store import MIGRATIONS
+    from ingest.store.sqlite import MIGRATIONS
 
     path = tmp_path / "fresh.sqlite3"
     done = run_ingest("migrate", INGEST_STORE_URL=f"sqlite:///{path}")

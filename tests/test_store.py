@@ -28,15 +28,16 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from ingest import endpoints
-from ingest import store as store_module
-from ingest.broker import free_port
-from ingest.codec import MAX_MS, MIN_MS
-from ingest.endpoints import BatchOutcome, EndpointDelete, EndpointRecord, EndpointState, iso_ms
 from ingest.errors import StoreError
-from ingest.postgres import PostgresStore
-from ingest.records import Demographic, EndpointUpsert
-from ingest.store import App, SqliteStore, Store
+from ingest.folds import endpoints
+from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, iso_ms
+from ingest.kafka.broker import free_port
+from ingest.records.codec import MAX_MS, MIN_MS
+from ingest.records.values import Demographic, EndpointDelete, EndpointUpsert
+from ingest.store import sqlite as store_module
+from ingest.store.base import App, Store
+from ingest.store.postgres import PostgresStore
+from ingest.store.sqlite import SqliteStore
 
 BACKENDS = ("sqlite", "postgres")
 T0_MS = 1_700_000_000_000

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest import validate
-from ingest.codec import Codec
 from ingest.errors import BadRequest
-from ingest.records import REJECT_REASONS, EndpointBatch, EndpointUpsert, Event, Invalid
+from ingest.records import validate
+from ingest.records.codec import Codec
+from ingest.records.values import REJECT_REASONS, EndpointBatch, EndpointUpsert, Event, Invalid
 
 # Enough to find shape bugs in a few seconds each; the file stays well under
 # 20 s on two cores.

@@ -21,18 +21,18 @@ from typing import Any, Literal
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
+from ingest.workers.sinks import EndpointWorker
 from prometheus_client import CollectorRegistry
 
-from ingest import kafka
-from ingest.broker import free_port
-from ingest.codec import Codec
-from ingest.endpoints import BatchOutcome, EndpointRecord
-from ingest.kafka import DEADLETTER_TOPIC, ENDPOINTS_TOPIC
+from ingest.folds.endpoints import BatchOutcome, EndpointRecord
+from ingest.kafka import clients
+from ingest.kafka.broker import free_port
+from ingest.kafka.clients import DEADLETTER_TOPIC, ENDPOINTS_TOPIC
 from ingest.metrics import WorkerMetrics
-from ingest.records import EndpointUpsert
+from ingest.records.codec import Codec
+from ingest.records.values import EndpointUpsert
 from ingest.settings import Settings
-from ingest.store import SqliteStore
-from ingest.worker import EndpointWorker
+from ingest.store.sqlite import SqliteStore
 from tests.conftest import Pipeline, endpoint_or_none, eventually, start_ingest, start_pipeline
 from tests.kafka_reader import read_partition
 from tests.test_api import ACCEPTED, event
@@ -319,7 +319,7 @@ async def until(check: Callable[[], bool], what: str, within_s: float = 20.0) ->
 
 async def test_lag_batch_size_and_write_time_are_reported(tmp_path: Path, broker: str) -> None:
     settings = Settings()
-    await kafka.ensure_topics(settings, broker)
+    await clients.ensure_topics(settings, broker)
     codec = Codec()
     producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all", enable_idempotence=False)
     await producer.start()
@@ -333,8 +333,8 @@ async def test_lag_batch_size_and_write_time_are_reported(tmp_path: Path, broker
     store.permits = asyncio.Semaphore(0)
     registry = CollectorRegistry()
     worker = EndpointWorker(
-        kafka.consumer(settings, broker, group_id="lag"),
-        kafka.deadletter_producer(settings, broker, idempotence=False),
+        clients.consumer(settings, broker, group_id="lag"),
+        clients.deadletter_producer(settings, broker, idempotence=False),
         store,
         codec=codec,
         metrics=WorkerMetrics(registry),

@@ -2,7 +2,7 @@
 GetCampaignDateRangeKpi, GetJourneyDateRangeKpi.
 
 ``KpiName`` is a free string in Pinpoint's API, so app KPIs computed from
-events (:mod:`ingest.kpis`) are served under their own names through the same
+events (:mod:`ingest.folds.kpis`) are served under their own names through the same
 calls. Pinpoint's documented names are message-delivery metrics this pipeline
 has no data for: they answer ``Rows: []``, as Pinpoint does for no data. Any
 other name is a 400 that lists the names served.
@@ -18,11 +18,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ingest import kpis
+from ingest.api.apps import AppCache
+from ingest.api.http import Request, Response, json_response
 from ingest.errors import BadRequest
-from ingest.kpis import Kpi
-from ingest.store import KpiData, Store
-from ingest.wire import Request
+from ingest.folds import kpis
+from ingest.folds.kpis import Kpi
+from ingest.store.base import KpiData, Store
 
 DEFAULT_WINDOW_DAYS = 31
 
@@ -74,8 +75,21 @@ def _unknown(name: str, served: list[str]) -> BadRequest:
 class KpiReads:
     """The three KPI operations over the store's aggregates."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, apps: AppCache) -> None:
         self._store = store
+        self._apps = apps
+
+    async def get_application_kpi(self, request: Request) -> Response:
+        app = await self._apps.require(request.params["app"])
+        return json_response(200, await self.application(app.id, request))
+
+    async def get_campaign_kpi(self, request: Request) -> Response:
+        app = await self._apps.require(request.params["app"])
+        return json_response(200, await self.campaign(app.id, request))
+
+    async def get_journey_kpi(self, request: Request) -> Response:
+        app = await self._apps.require(request.params["app"])
+        return json_response(200, await self.journey(app.id, request))
 
     async def application(self, app_id: str, request: Request) -> dict[str, Any]:
         name = request.params["kpi"]

@@ -24,19 +24,23 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from ingest.workers.sinks import EndpointWorker
 from prometheus_client import CollectorRegistry
 
-from ingest import endpoints, kafka, postgres
-from ingest.bench_support import ingest_run, postgres_schema, produce, quantile, time_drain
-from ingest.broker import EmbeddedBroker
-from ingest.codec import Codec
-from ingest.endpoints import EndpointRecord, EndpointState
+from bench.support import ingest_run, postgres_schema, produce, quantile, time_drain
+from ingest.folds import endpoints
+from ingest.folds.endpoints import EndpointRecord, EndpointState
+from ingest.kafka import clients
+from ingest.kafka.broker import EmbeddedBroker
 from ingest.metrics import WorkerMetrics
 from ingest.process import settle_gc
-from ingest.records import Demographic, EndpointUpsert, Location
+from ingest.records.codec import Codec
+from ingest.records.values import Demographic, EndpointUpsert, Location
 from ingest.settings import Settings
-from ingest.store import LOAD_ENDPOINTS, MIGRATIONS, PUT_ENDPOINT, by_app, endpoint_row, open_store
-from ingest.worker import EndpointWorker
+from ingest.store import postgres
+from ingest.store.backends import open_store
+from ingest.store.base import endpoint_row
+from ingest.store.sqlite import LOAD_ENDPOINTS, MIGRATIONS, PUT_ENDPOINT, by_app
 
 UPSERTS_PER_ENDPOINT = 5
 
@@ -68,14 +72,14 @@ async def drain_rate(
 ) -> tuple[float, float]:
     """→ (upserts/s, CPU-ms of this process per 1,000 upserts)."""
     async with EmbeddedBroker(log_path=data_dir / "tansu-drain.log") as broker:
-        await kafka.ensure_topics(settings, broker.bootstrap)
+        await clients.ensure_topics(settings, broker.bootstrap)
         codec = Codec()
         upserts = _upserts(f"bench-{uuid.uuid4().hex[:8]}", count)
         await produce(
             broker.bootstrap,
             settings,
             [
-                (kafka.ENDPOINTS_TOPIC, f"{u.app_id}:{u.endpoint_id}".encode(), codec.encode_endpoint(u))
+                (clients.ENDPOINTS_TOPIC, f"{u.app_id}:{u.endpoint_id}".encode(), codec.encode_endpoint(u))
                 for u in upserts
             ],
         )
@@ -83,8 +87,8 @@ async def drain_rate(
         registry = CollectorRegistry()
         metrics = WorkerMetrics(registry)
         worker = EndpointWorker(
-            kafka.consumer(settings, broker.bootstrap, group_id=f"bench-{uuid.uuid4().hex[:8]}"),
-            kafka.deadletter_producer(settings, broker.bootstrap, idempotence=False),
+            clients.consumer(settings, broker.bootstrap, group_id=f"bench-{uuid.uuid4().hex[:8]}"),
+            clients.deadletter_producer(settings, broker.bootstrap, idempotence=False),
             store,
             codec=codec,
             metrics=metrics,

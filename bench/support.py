@@ -18,10 +18,10 @@ from typing import Any
 
 import asyncpg
 
-from ingest import kafka
-from ingest.broker import free_port
+from ingest.kafka import clients
+from ingest.kafka.broker import free_port
 from ingest.settings import Settings
-from ingest.worker import Worker
+from ingest.workers.consumer import Worker
 
 # How often the drain is checked: reading a counter walks the registry, and
 # at 5 ms that took 4 % of the worker's CPU; 20 ms errs under 1 % on a
@@ -31,7 +31,7 @@ POLL_S = 0.02
 
 async def produce(bootstrap: str, settings: Settings, records: Sequence[tuple[str, bytes, bytes]]) -> None:
     """(topic, key, value) records, a thousand acknowledged at a time."""
-    producer = kafka.producer(settings, bootstrap, idempotence=False)
+    producer = clients.producer(settings, bootstrap, idempotence=False)
     await producer.start()
     try:
         for start in range(0, len(records), 1000):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
-from ingest.records import Event
+from ingest.records.values import Event
 
 DAY_MS = 86_400_000
 # Money and units are kept in millionths: exact integer sums.

@@ -37,12 +37,13 @@ import orjson
 from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
-from ingest import kafka, validate
-from ingest.broker import EmbeddedBroker, free_port
-from ingest.codec import Codec
+from ingest.kafka import clients
+from ingest.kafka.broker import EmbeddedBroker, free_port
+from ingest.kafka.publish import Publisher
 from ingest.metrics import Metrics
-from ingest.publish import OutRecord, Publisher
-from ingest.records import Event, Invalid
+from ingest.records import validate
+from ingest.records.codec import Codec
+from ingest.records.values import Event, Invalid, OutRecord
 from ingest.settings import Settings
 
 EVENTS_PER_BODY = 100
@@ -96,9 +97,9 @@ def core_records(codec: Codec, raw: bytes, app_id: str) -> list[OutRecord]:
     for batch in batches:
         key = f"{app_id}:{batch.endpoint_id}".encode()
         if not isinstance(batch.endpoint, Invalid):
-            records.append(OutRecord(kafka.ENDPOINTS_TOPIC, key, codec.encode_endpoint(batch.endpoint)))
+            records.append(OutRecord(clients.ENDPOINTS_TOPIC, key, codec.encode_endpoint(batch.endpoint)))
         records.extend(
-            OutRecord(kafka.EVENTS_TOPIC, key, codec.encode_event(e))
+            OutRecord(clients.EVENTS_TOPIC, key, codec.encode_event(e))
             for _, e in batch.events
             if isinstance(e, Event)
         )
@@ -154,7 +155,7 @@ def bench_encoders(bodies: list[bytes], seconds: float) -> tuple[Result, Result]
 
     import fastavro
 
-    from ingest.codec import EVENT_SCHEMA, event_datum
+    from ingest.records.codec import EVENT_SCHEMA, event_datum
 
     codec = Codec()
     schema = codec.schema(EVENT_SCHEMA)
@@ -219,9 +220,9 @@ async def bench_produce(settings: Settings, bootstrap: str, bodies: list[bytes],
     """
     codec = Codec()
     per_body = [core_records(codec, raw, "bench-app") for raw in bodies]
-    producer = kafka.producer(settings, bootstrap, idempotence=False)
+    producer = clients.producer(settings, bootstrap, idempotence=False)
     await producer.start()
-    partitions = len(await producer.partitions_for(kafka.EVENTS_TOPIC))
+    partitions = len(await producer.partitions_for(clients.EVENTS_TOPIC))
 
     @functools.cache
     def partition_of(key: bytes) -> int:
@@ -264,8 +265,8 @@ async def bench_produce(settings: Settings, bootstrap: str, bodies: list[bytes],
 async def bench_publisher(settings: Settings, bootstrap: str, bodies: list[bytes], seconds: float) -> Result:
     codec = Codec()
     publisher = Publisher(
-        kafka.producer(settings, bootstrap, idempotence=False),
-        topics=(kafka.EVENTS_TOPIC, kafka.ENDPOINTS_TOPIC),
+        clients.producer(settings, bootstrap, idempotence=False),
+        topics=(clients.EVENTS_TOPIC, clients.ENDPOINTS_TOPIC),
         produce_timeout_s=settings.produce_timeout_s,
         buffer_bytes=settings.producer_buffer_bytes,
         drain_timeout_s=settings.drain_timeout_s,
@@ -394,7 +395,7 @@ async def bench(settings: Settings, *, seconds: float, concurrency: int) -> int:
     # and a broker holding the previous run's gigabyte is not the same broker.
     for measure in ("produce", "publisher", "edge"):
         async with EmbeddedBroker(log_path=work / f"tansu-{measure}.log") as broker:
-            await kafka.ensure_topics(settings, broker.bootstrap)
+            await clients.ensure_topics(settings, broker.bootstrap)
             if measure == "produce":
                 results.append(await bench_produce(settings, broker.bootstrap, bodies, seconds))
             elif measure == "publisher":

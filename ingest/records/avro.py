@@ -36,6 +36,8 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ingest.errors import DecodeError
+
 Encoder = Callable[[bytearray, Any], None]
 # decode(data, pos) -> (record, position after it).
 Decoder = Callable[[bytes, int], tuple[Any, int]]
@@ -185,13 +187,12 @@ def compile_encoder(schema: dict[str, Any]) -> Encoder:
 # --- decoding ----------------------------------------------------------------
 
 
-class AvroDecodeError(ValueError):
+class AvroDecodeError(DecodeError):
     """Bytes that are not a record of the decoder's schema. ``position`` is
     the offset into the data where the decoder found out."""
 
     def __init__(self, message: str, position: int) -> None:
-        super().__init__(f"{message} (at byte {position})")
-        self.position = position
+        super().__init__(f"{message} (at byte {position})", position)
 
 
 # A long is 64 bits: ten 7-bit groups at most.

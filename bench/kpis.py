@@ -29,18 +29,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+from ingest.workers.sinks import KpiSink
 from prometheus_client import CollectorRegistry
 
-from ingest import kafka, kpis
-from ingest.bench_support import ingest_run, postgres_schema, produce, quantile, time_drain
-from ingest.broker import EmbeddedBroker
-from ingest.codec import Codec
+from bench.support import ingest_run, postgres_schema, produce, quantile, time_drain
+from ingest.folds import kpis
+from ingest.kafka import clients
+from ingest.kafka.broker import EmbeddedBroker
 from ingest.metrics import KpiWorkerMetrics
 from ingest.process import settle_gc
-from ingest.records import EndpointContext, Event, Session
+from ingest.records.codec import Codec
+from ingest.records.values import EndpointContext, Event, Session
 from ingest.settings import Settings
-from ingest.store import Store, open_store
-from ingest.worker import KpiSink, Worker
+from ingest.store.backends import open_store
+from ingest.store.base import Store
+from ingest.workers.consumer import Worker
 
 EVENTS_PER_SESSION = 10
 SESSIONS_PER_ENDPOINT = 2
@@ -114,8 +117,8 @@ async def drain_rate(settings: Settings, store: Store, bootstrap: str, count: in
     metrics = KpiWorkerMetrics(registry)
     sink = KpiSink(store, codec=Codec(), metrics=metrics, retention_days=7)
     worker = Worker(
-        kafka.consumer(settings, bootstrap, group_id=f"bench-{uuid.uuid4().hex[:8]}"),
-        kafka.deadletter_producer(settings, bootstrap, idempotence=False),
+        clients.consumer(settings, bootstrap, group_id=f"bench-{uuid.uuid4().hex[:8]}"),
+        clients.deadletter_producer(settings, bootstrap, idempotence=False),
         sink,
         max_records=settings.worker_max_records,
         drain_timeout_s=5,
@@ -239,7 +242,7 @@ async def bench_kpis(settings: Settings, *, records: int, postgres_url: str | No
     ]
     with tempfile.TemporaryDirectory(dir=settings.data_dir if settings.data_dir.exists() else None) as tmp:
         async with EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker:
-            await kafka.ensure_topics(settings, broker.bootstrap)
+            await clients.ensure_topics(settings, broker.bootstrap)
             app_id = f"bench-{uuid.uuid4().hex[:8]}"
             codec = Codec()
             await produce(
@@ -247,7 +250,7 @@ async def bench_kpis(settings: Settings, *, records: int, postgres_url: str | No
                 settings,
                 [
                     (
-                        kafka.EVENTS_TOPIC,
+                        clients.EVENTS_TOPIC,
                         f"{app_id}:{e.endpoint_id}".encode(),
                         codec.encode_event(e._replace(app_id=app_id)),
                     )

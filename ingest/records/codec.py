@@ -25,10 +25,17 @@ from typing import Any, NamedTuple
 import fastavro
 from fastavro.schema import to_parsing_canonical_form
 
-from ingest.avro import AvroDecodeError, Decoder, compile_decoder, compile_encoder
-from ingest.endpoints import EndpointDelete
-from ingest.errors import IngestError
-from ingest.records import Demographic, EndpointContext, EndpointUpsert, Event, Location, Session
+from ingest.errors import DecodeError
+from ingest.records.avro import AvroDecodeError, Decoder, compile_decoder, compile_encoder
+from ingest.records.values import (
+    Demographic,
+    EndpointContext,
+    EndpointDelete,
+    EndpointUpsert,
+    Event,
+    Location,
+    Session,
+)
 
 MARKER = b"\xc3\x01"
 HEADER_BYTES = len(MARKER) + 8
@@ -70,10 +77,6 @@ def fingerprint(canonical_form: str) -> bytes:
     return fp.to_bytes(8, "little")
 
 
-class DecodeError(IngestError):
-    """Bytes that are not a single-object-encoded record of a known schema."""
-
-
 class _RecordReader(NamedTuple):
     """A generated reader of one schema, and the epoch-millisecond fields of
     its records that must lie within years 1-9999."""
@@ -85,8 +88,8 @@ class _RecordReader(NamedTuple):
 
 def schema_dir() -> Path:
     """``schemas/`` inside an installed wheel, else at the source tree's root."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "schemas", here.parent / "schemas"):
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "schemas", package.parent / "schemas"):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("schemas/ not found beside the ingest package")

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import orjson
 
 from ingest.errors import BadRequest
-from ingest.records import (
+from ingest.records.values import (
     Demographic,
     EndpointBatch,
     EndpointContext,

@@ -1,4 +1,4 @@
-"""The store: apps, endpoints and KPI aggregates behind one small interface.
+"""The SQLite backend of the store: apps, endpoints and KPI aggregates.
 
 SQLite (WAL, under the data dir) is the embedded default. Migrations are
 numbered SQL applied in order and recorded in ``schema_migrations``, so opening
@@ -21,95 +21,29 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import orjson
 
-from ingest import endpoints, kpis
-from ingest.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey, Version
-from ingest.errors import SettingsError, StoreError
-from ingest.kpis import EventOutcome
-from ingest.records import Event
+from ingest.errors import StoreError
+from ingest.folds import endpoints, kpis
+from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
+from ingest.folds.kpis import EventOutcome
+from ingest.records.values import Event
+from ingest.store.base import (
+    App,
+    KpiData,
+    endpoint_row,
+    endpoint_state,
+    event_effects,
+    fresh_events,
+    unresolved,
+)
 
 T = TypeVar("T")
-KpiData = list[tuple[int, str, int]]
-"""Aggregate rows read for a KPI: (day, group or member, amount)."""
-Mark = tuple[int, str, str, str]
-"""An event's dedupe mark: (day, app ID, endpoint ID, event ID)."""
-# Totals are 64-bit integers on every backend (PostgreSQL bigint).
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-_new = tuple.__new__
-
-
-@dataclass(frozen=True, slots=True)
-class App:
-    """A Pinpoint application (project)."""
-
-    id: str
-    name: str
-    arn: str
-    tags: dict[str, str]
-    creation_date: str
-
-
-class Store(Protocol):
-    """What the edge and the workers need from the store. Every method raises
-    StoreError (``retriable`` when the store is unavailable) and nothing else."""
-
-    async def create_app(self, app: App) -> None: ...
-    async def get_app(self, app_id: str) -> App | None: ...
-    async def list_apps(self, *, after: str | None, limit: int) -> Sequence[App]: ...
-    async def delete_app(self, app_id: str) -> App | None: ...
-    async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None: ...
-    async def user_endpoints(self, app_id: str, user_id: str) -> Sequence[EndpointState]: ...
-    async def apply_endpoint_batch(self, records: Sequence[tuple[EndpointRecord, int]]) -> BatchOutcome: ...
-
-    # KPIs (see ingest.kpis for the aggregates).
-    async def apply_event_batch(
-        self, events: Sequence[Event], *, oldest_day: int, newest_day: int
-    ) -> EventOutcome:
-        """In one transaction: leave out events whose day (UTC, of their own
-        Timestamp) is before ``oldest_day`` (too old to deduplicate) or after
-        ``newest_day`` (a device clock far ahead), and
-        events whose (app, endpoint, event ID) is marked already or repeats
-        in the batch; mark the rest, resolve the UserId each counts for (its
-        endpoint context's, else its endpoint's in the store, if live) and
-        write ``kpis.effects`` of them: members inserted if absent, sums
-        added, first days kept at the minimum."""
-        ...
-
-    async def expire_event_marks(self, *, before_day: int) -> int:
-        """Drop the dedupe marks of days before ``before_day``; → how many."""
-        ...
-
-    async def kpi_member_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        """(day, "", distinct members of ``kind`` that day) for days with any."""
-        ...
-
-    async def kpi_members(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        """(day, member, 1) for every member of ``kind`` on those days."""
-        ...
-
-    async def kpi_monthly_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        """(day, "", distinct members of ``kind`` over the ``kpis.MONTH_DAYS``
-        days ending that day) for the days of ``first_day``..``last_day``
-        with any; counted by the database (``kpis.rolling_counts``)."""
-        ...
-
-    async def kpi_sums(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        """(day, group, total) of ``kind`` on those days."""
-        ...
-
-    async def kpi_new_endpoints(self, app_id: str, first_day: int, last_day: int) -> KpiData:
-        """(day, "", endpoints whose first event fell on that day)."""
-        ...
-
-    async def close(self) -> None: ...
-
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -281,63 +215,6 @@ def by_app(keys: Iterable[tuple[str, str]]) -> Iterator[tuple[list[str], str]]:
         for start in range(0, len(items), _IDS_PER_QUERY):
             chunk = items[start : start + _IDS_PER_QUERY]
             yield [app_id, *chunk], ", ".join("?" * len(chunk))
-
-
-def fresh_events(
-    events: Iterable[Event], oldest_day: int, newest_day: int, outcome: EventOutcome
-) -> dict[Mark, Event]:
-    """The events to mark: those dated ``oldest_day`` to ``newest_day``, the
-    first of each mark, in batch order. Counts the others into ``outcome``
-    (too old, too new, duplicates).
-
-    The mark holds the day, as the marks table does: an event ID sent again
-    with a timestamp on another day is another mark in this batch as in a
-    later one, so the result does not depend on where batches are cut. (SDKs
-    resend an event unchanged.)"""
-    fresh: dict[Mark, Event] = {}
-    for event in events:
-        day = kpis.day_of(event.timestamp_ms)
-        if day < oldest_day:
-            outcome.too_old += 1
-            continue
-        if day > newest_day:
-            outcome.too_new += 1
-            continue
-        mark = (day, event.app_id, event.endpoint_id, event.event_id)
-        if mark in fresh:
-            outcome.duplicates += 1
-        else:
-            fresh[mark] = event
-    return fresh
-
-
-def context_user(event: Event) -> str | None:
-    """The UserId the event's endpoint context names; an empty one names none."""
-    context = event.endpoint
-    return context.user_id if context is not None and context.user_id else None
-
-
-def unresolved(events: Iterable[Event]) -> list[Key]:
-    """The endpoints whose stored UserId some of ``events`` count for, sorted."""
-    return sorted({(e.app_id, e.endpoint_id) for e in events if context_user(e) is None})
-
-
-def event_effects(events: Iterable[Event], stored_users: Mapping[Key, str | None]) -> kpis.Effects:
-    """``kpis.effects`` of new events, each counting for its context's UserId,
-    else its endpoint's stored one. An amount no 64-bit total can hold (a
-    price of 1e300, say) is a non-retriable StoreError on every backend, as
-    PostgreSQL's bigint would make it."""
-    try:
-        out = kpis.effects(
-            (event, context_user(event) or stored_users.get((event.app_id, event.endpoint_id)))
-            for event in events
-        )
-    except (OverflowError, ValueError) as exc:  # round() of an infinite product
-        raise StoreError(f"apply event batch: an amount is not a number: {exc}", retriable=False) from exc
-    for key, total in out.sums.items():
-        if not INT64_MIN <= total <= INT64_MAX:
-            raise StoreError(f"apply event batch: {key[1]} total {total} is out of range", retriable=False)
-    return out
 
 
 class SqliteStore:
@@ -550,59 +427,3 @@ def _migrate(db: sqlite3.Connection) -> None:
 def _app(row: Sequence[Any]) -> App:
     app_id, name, arn, tags, created = row
     return App(id=app_id, name=name, arn=arn, tags=orjson.loads(tags), creation_date=created)
-
-
-def endpoint_row(state: EndpointState) -> tuple[Any, ...]:
-    """An endpoint as the column values every backend stores, in table order."""
-    return (
-        state.app_id,
-        state.endpoint_id,
-        None if state.deleted else state.user_id,
-        state.deleted,
-        state.version.effective_ms,
-        state.version.offset,
-        state.creation_date,
-        state.effective_date,
-        state.request_id,
-        orjson.dumps(state.document).decode(),
-    )
-
-
-def endpoint_state(row: Sequence[Any]) -> EndpointState:
-    """The inverse of :func:`endpoint_row` (any backend's row, in table order)."""
-    app_id, endpoint_id, _user, deleted, effective_ms, offset, created, effective, request_id, document = row
-    # Built as tuples: this runs for every row a batch loads.
-    state: EndpointState = _new(
-        EndpointState,
-        (
-            app_id,
-            endpoint_id,
-            _new(Version, (effective_ms, offset)),
-            bool(deleted),
-            created,
-            effective,
-            request_id,
-            orjson.loads(document),
-        ),
-    )
-    return state
-
-
-async def open_store(store_url: str | None, *, data_dir: Path) -> Store:
-    """``None`` or ``sqlite:///path`` → SQLite; ``postgresql://…`` or
-    ``postgres://…`` (an asyncpg URL) → PostgreSQL. Other schemes are refused
-    by name. Raises StoreError when the store cannot be opened (retriable when
-    it is unreachable)."""
-    if store_url is None:
-        return await SqliteStore.open(data_dir / "ingest.sqlite3")
-    if store_url.startswith("sqlite:///"):
-        return await SqliteStore.open(Path(store_url.removeprefix("sqlite://")))
-    if store_url.startswith(("postgresql://", "postgres://")):
-        # Imported here so a SQLite deployment never loads asyncpg.
-        from ingest.postgres import PostgresStore
-
-        return await PostgresStore.open(store_url)
-    raise SettingsError(
-        f"INGEST_STORE_URL={store_url.split(':', 1)[0]}:…: the store is SQLite "
-        "(sqlite:///path, or unset for the data dir) or PostgreSQL (postgresql://…)"
-    )

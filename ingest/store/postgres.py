@@ -68,12 +68,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from ingest import endpoints, kpis
-from ingest.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.errors import StoreError
-from ingest.kpis import EventOutcome
-from ingest.records import Event
-from ingest.store import (
+from ingest.folds import endpoints, kpis
+from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
+from ingest.folds.kpis import EventOutcome
+from ingest.records.values import Event
+from ingest.store.base import (
     App,
     KpiData,
     endpoint_row,

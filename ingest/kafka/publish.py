@@ -30,28 +30,19 @@ import functools
 import logging
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiokafka.partitioner import murmur2
 
 from ingest.errors import Overloaded
 from ingest.metrics import Metrics
+from ingest.records.values import OutRecord
 
 log = logging.getLogger(__name__)
 
 # Kafka's per-record framing (length, attributes, deltas, header count) is a
 # few varints; 16 bytes over-counts it, which errs on the side of the bound.
 RECORD_OVERHEAD_BYTES = 16
-
-
-@dataclass(frozen=True, slots=True)
-class OutRecord:
-    """One record to produce: Avro bytes keyed ``"{app_id}:{endpoint_id}"``."""
-
-    topic: str
-    key: bytes
-    value: bytes
 
 
 class BatchBuilder(Protocol):

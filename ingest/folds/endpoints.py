@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
-from ingest.records import Demographic, EndpointUpsert, Location
+from ingest.records.values import Demographic, EndpointDelete, EndpointUpsert, Location
 
 COHORTS = 100
 MAX_ENDPOINTS_PER_USER = 15
@@ -49,15 +49,6 @@ class Version(NamedTuple):
 
     effective_ms: int
     offset: int
-
-
-class EndpointDelete(NamedTuple):
-    """A tombstone on ``ingest.endpoints``, keyed like the upserts."""
-
-    app_id: str
-    endpoint_id: str
-    request_id: str
-    received_at_ms: int
 
 
 EndpointRecord = EndpointUpsert | EndpointDelete
@@ -369,16 +360,3 @@ def _follow_members(
         del group[oldest.endpoint_id]
         changed[(oldest.app_id, oldest.endpoint_id)] = deactivated(oldest)
         outcome.deactivated += 1
-
-
-def response(state: EndpointState) -> dict[str, Any]:
-    """Pinpoint's EndpointResponse for a live endpoint."""
-    return {
-        **state.document,
-        "ApplicationId": state.app_id,
-        "Id": state.endpoint_id,
-        "CohortId": cohort_id(state.endpoint_id),
-        "CreationDate": state.creation_date,
-        "EffectiveDate": state.effective_date,
-        "RequestId": state.request_id,
-    }

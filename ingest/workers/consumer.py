@@ -1,12 +1,8 @@
-"""Consumer workers: a topic → the store, one transaction per batch.
+"""The consumer loop: a topic → the store, one transaction per batch.
 
 One loop, :class:`Worker`, serves every worker; a :class:`Sink` says which
-topic it reads, how a record decodes and how a batch is written:
-
-* the endpoint worker (:class:`EndpointSink`): ``ingest.endpoints`` → the
-  endpoint store, folded under a version guard;
-* the KPI worker (:class:`KpiSink`): ``ingest.events`` → dedupe marks and the
-  KPI aggregates.
+topic it reads, how a record decodes and how a batch is written (the sinks
+are in :mod:`ingest.workers.sinks`).
 
 A worker is a consumer group member that, per poll: decodes the batch (a
 record it cannot decode goes to ``ingest.deadletter`` with the reason and its
@@ -30,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from aiokafka import (
@@ -43,14 +39,8 @@ from aiokafka import (
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import Counter, Gauge, Histogram
 
-from ingest import kpis
-from ingest.codec import Codec, DecodeError
-from ingest.endpoints import EndpointRecord
-from ingest.errors import StoreError
-from ingest.kafka import DEADLETTER_TOPIC, ENDPOINTS_TOPIC, EVENTS_TOPIC
-from ingest.metrics import KpiWorkerMetrics, WorkerMetrics
-from ingest.records import Event
-from ingest.store import Store
+from ingest.errors import DecodeError, StoreError
+from ingest.kafka.clients import DEADLETTER_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -348,145 +338,3 @@ class _FinishWritesOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         pass
-
-
-# --- the endpoint worker ---------------------------------------------------------
-
-
-class EndpointSink:
-    """``ingest.endpoints`` → the endpoint store (``Store.apply_endpoint_batch``:
-    the fold, guarded by version, so a replay changes nothing)."""
-
-    topic = ENDPOINTS_TOPIC
-    name = "endpoint"
-
-    def __init__(self, store: Store, *, codec: Codec, metrics: WorkerMetrics) -> None:
-        self._store = store
-        self._codec = codec
-        self.metrics = metrics
-
-    def decode(self, value: bytes | None) -> EndpointRecord:
-        return self._codec.decode_endpoint_record(value)
-
-    async def start(self) -> None:
-        pass
-
-    async def write(self, records: Sequence[tuple[EndpointRecord, int]]) -> None:
-        outcome = await self._store.apply_endpoint_batch(records)
-        counted = self.metrics.records
-        counted.labels("applied").inc(outcome.applied)
-        counted.labels("superseded").inc(outcome.superseded)
-        counted.labels("deleted").inc(outcome.deleted)
-        self.metrics.deactivated.inc(outcome.deactivated)
-
-
-class EndpointWorker(Worker[EndpointRecord]):
-    """The endpoint worker: a :class:`Worker` on an :class:`EndpointSink`."""
-
-    def __init__(
-        self,
-        consumer: AIOKafkaConsumer,
-        deadletter: AIOKafkaProducer,
-        store: Store,
-        *,
-        codec: Codec,
-        metrics: WorkerMetrics,
-        max_records: int,
-        drain_timeout_s: float,
-    ) -> None:
-        super().__init__(
-            consumer,
-            deadletter,
-            EndpointSink(store, codec=codec, metrics=metrics),
-            max_records=max_records,
-            drain_timeout_s=drain_timeout_s,
-        )
-
-
-# --- the KPI worker --------------------------------------------------------------
-
-
-def wall_clock_ms() -> int:
-    """Now, in epoch milliseconds."""
-    return time.time_ns() // 1_000_000
-
-
-class KpiSink:
-    """``ingest.events`` → dedupe marks and KPI aggregates
-    (``Store.apply_event_batch``).
-
-    The dedupe window is the last ``retention_days`` UTC days, today
-    included, by the clock: an event whose (app, endpoint, event ID) is
-    marked already is a ``duplicate``, one dated before the window is
-    ``too_old`` (its mark may be gone, so it could be counted twice), one
-    dated more than ``kpis.MAX_DAYS_AHEAD`` days after today is ``too_new``;
-    none of them is aggregated. The window never moves back, even if the clock
-    does: marks already expired must not let an event count again. Marks of
-    days before the window are expired at start and whenever it moves on.
-    """
-
-    topic = EVENTS_TOPIC
-    name = "KPI"
-
-    def __init__(
-        self,
-        store: Store,
-        *,
-        codec: Codec,
-        metrics: KpiWorkerMetrics,
-        retention_days: int,
-        now_ms: Callable[[], int] = wall_clock_ms,
-    ) -> None:
-        self._store = store
-        self._codec = codec
-        self.metrics = metrics
-        self._retention_days = retention_days
-        self._now_ms = now_ms
-        # The window's first day as of the last expiry (None: none yet).
-        self._oldest_day: int | None = None
-
-    def decode(self, value: bytes | None) -> Event:
-        return self._codec.decode_event(value)
-
-    def oldest_day(self) -> int:
-        """The first UTC day of the dedupe window."""
-        oldest = kpis.day_of(self._now_ms()) - self._retention_days + 1
-        return oldest if self._oldest_day is None else max(oldest, self._oldest_day)
-
-    async def start(self) -> None:
-        try:
-            await self._expire(self.oldest_day())
-        except StoreError as exc:  # retriable: the first write expires them, under retry
-            log.warning("could not expire dedupe marks at start (%s); the first write will", exc)
-
-    async def write(self, records: Sequence[tuple[Event, int]]) -> None:
-        oldest_day = self.oldest_day()
-        if oldest_day != self._oldest_day:
-            await self._expire(oldest_day)
-        outcome = await self._store.apply_event_batch(
-            [event for event, _ in records],
-            oldest_day=oldest_day,
-            newest_day=kpis.day_of(self._now_ms()) + kpis.MAX_DAYS_AHEAD,
-        )
-        counted = self.metrics.records
-        counted.labels("aggregated").inc(outcome.aggregated)
-        counted.labels("duplicate").inc(outcome.duplicates)
-        counted.labels("too_old").inc(outcome.too_old)
-        counted.labels("too_new").inc(outcome.too_new)
-
-    async def _expire(self, oldest_day: int) -> None:
-        """Drop the marks of days before ``oldest_day``. A retriable
-        StoreError propagates; any other failure only keeps the marks (they
-        cost space, not correctness) and is logged."""
-        try:
-            dropped = await self._store.expire_event_marks(before_day=oldest_day)
-        except StoreError as exc:
-            if exc.retriable:
-                raise
-            log.exception(
-                "could not expire the dedupe marks before %s; keeping them", kpis.iso_day(oldest_day)
-            )
-        else:
-            self.metrics.marks_expired.inc(dropped)
-            log.info("KPI dedupe window starts %s; %d older marks expired", kpis.iso_day(oldest_day), dropped)
-        self._oldest_day = oldest_day

@@ -167,28 +167,3 @@ class Router:
 
 def parse_query(query_string: bytes) -> Mapping[str, list[str]]:
     return parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
-
-
-def probe_app(ready: Callable[[], bool], registry: Any) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """Liveness, readiness and metrics for processes without the API (workers)."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        path = scope["path"]
-        if path == "/healthz":
-            response = json_response(200, {"status": "alive"})
-        elif path == "/readyz":
-            response = (
-                json_response(200, {"status": "ready"})
-                if ready()
-                else json_response(503, {"status": "not ready"})
-            )
-        elif path == "/metrics":
-            response = Response(200, generate_latest(registry), CONTENT_TYPE_LATEST.encode())
-        else:
-            response = json_response(404, {"Message": "not found"})
-        await send_response(send, response, "-")
-
-    return app

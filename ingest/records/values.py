@@ -11,6 +11,7 @@ the endpoint store keeps what was not sent and overwrites what was.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal, NamedTuple, get_args
 
 Source = Literal["PUT_EVENTS", "UPDATE_ENDPOINT", "UPDATE_ENDPOINTS_BATCH"]
@@ -129,3 +130,21 @@ class EndpointBatch(NamedTuple):
     endpoint_id: str
     endpoint: EndpointUpsert | Invalid
     events: tuple[tuple[str, Event | Invalid], ...]
+
+
+class EndpointDelete(NamedTuple):
+    """A tombstone on ``ingest.endpoints``, keyed like the upserts."""
+
+    app_id: str
+    endpoint_id: str
+    request_id: str
+    received_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One record to produce: Avro bytes keyed ``"{app_id}:{endpoint_id}"``."""
+
+    topic: str
+    key: bytes
+    value: bytes

@@ -1,0 +1,60 @@
+"""Pinpoint's endpoint reads: GetEndpoint and GetUserEndpoints, and the
+EndpointResponse shape every endpoint answer uses.
+
+Reads are eventually consistent: a write is readable once the endpoint worker
+applied it (README states the measured delay).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ingest.api.apps import AppCache
+from ingest.api.http import Request, Response, json_response
+from ingest.errors import NotFound
+from ingest.folds.endpoints import EndpointState, cohort_id
+from ingest.store.base import Store
+
+
+class EndpointReads:
+    """GetEndpoint and GetUserEndpoints; the deletes (in :mod:`ingest.api.writes`)
+    look their endpoints up through the same two reads."""
+
+    def __init__(self, *, store: Store, apps: AppCache) -> None:
+        self._store = store
+        self._apps = apps
+
+    async def endpoint(self, request: Request) -> EndpointState:
+        """The request's live endpoint, or NotFound."""
+        app = await self._apps.require(request.params["app"])
+        state = await self._store.get_endpoint(app.id, request.params["endpoint"])
+        if state is None:
+            raise NotFound(f"Endpoint not found: {request.params['endpoint'][:200]}")
+        return state
+
+    async def user_endpoints(self, request: Request) -> list[EndpointState]:
+        """The request's user's live endpoints, or NotFound when it has none."""
+        app = await self._apps.require(request.params["app"])
+        states = await self._store.user_endpoints(app.id, request.params["user"])
+        if not states:
+            raise NotFound(f"User not found: {request.params['user'][:200]}")
+        return list(states)
+
+    async def get_endpoint(self, request: Request) -> Response:
+        return json_response(200, response(await self.endpoint(request)))
+
+    async def get_user_endpoints(self, request: Request) -> Response:
+        return json_response(200, {"Item": [response(s) for s in await self.user_endpoints(request)]})
+
+
+def response(state: EndpointState) -> dict[str, Any]:
+    """Pinpoint's EndpointResponse for a live endpoint."""
+    return {
+        **state.document,
+        "ApplicationId": state.app_id,
+        "Id": state.endpoint_id,
+        "CohortId": cohort_id(state.endpoint_id),
+        "CreationDate": state.creation_date,
+        "EffectiveDate": state.effective_date,
+        "RequestId": state.request_id,
+    }
