@@ -32,7 +32,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
 
-from ingest.records.values import Demographic, EndpointDelete, EndpointUpsert, Location
+from ingest.records.values import (
+    DEMOGRAPHIC_MEMBERS,
+    LOCATION_MEMBERS,
+    Demographic,
+    EndpointDelete,
+    EndpointUpsert,
+    Location,
+)
 
 COHORTS = 100
 MAX_ENDPOINTS_PER_USER = 15
@@ -95,43 +102,12 @@ def _iso_second(seconds: int) -> str:
 _new = tuple.__new__  # builds a NamedTuple without the Python frame of its __new__
 
 
-def _merge_demographic(old: Any, new: Demographic) -> dict[str, Any]:
+def _merge_members(old: Any, new: Demographic | Location, members: tuple[str, ...]) -> dict[str, Any]:
+    """``old`` with each member ``new`` carries (not None) overwritten."""
     merged = dict(old) if old else {}
-    app_version, locale, make, model, model_version, platform, platform_version, timezone = new
-    if app_version is not None:
-        merged["AppVersion"] = app_version
-    if locale is not None:
-        merged["Locale"] = locale
-    if make is not None:
-        merged["Make"] = make
-    if model is not None:
-        merged["Model"] = model
-    if model_version is not None:
-        merged["ModelVersion"] = model_version
-    if platform is not None:
-        merged["Platform"] = platform
-    if platform_version is not None:
-        merged["PlatformVersion"] = platform_version
-    if timezone is not None:
-        merged["Timezone"] = timezone
-    return merged
-
-
-def _merge_location(old: Any, new: Location) -> dict[str, Any]:
-    merged = dict(old) if old else {}
-    city, country, latitude, longitude, postal_code, region = new
-    if city is not None:
-        merged["City"] = city
-    if country is not None:
-        merged["Country"] = country
-    if latitude is not None:
-        merged["Latitude"] = latitude
-    if longitude is not None:
-        merged["Longitude"] = longitude
-    if postal_code is not None:
-        merged["PostalCode"] = postal_code
-    if region is not None:
-        merged["Region"] = region
+    for member, value in zip(members, new, strict=True):
+        if value is not None:
+            merged[member] = value
     return merged
 
 
@@ -196,9 +172,9 @@ def apply(state: EndpointState | None, upsert: EndpointUpsert, offset: int) -> t
     if metrics is not None:
         doc["Metrics"] = _merge_numbers(doc.get("Metrics"), metrics)
     if demographic is not None:
-        doc["Demographic"] = _merge_demographic(doc.get("Demographic"), demographic)
+        doc["Demographic"] = _merge_members(doc.get("Demographic"), demographic, DEMOGRAPHIC_MEMBERS)
     if location is not None:
-        doc["Location"] = _merge_location(doc.get("Location"), location)
+        doc["Location"] = _merge_members(doc.get("Location"), location, LOCATION_MEMBERS)
     if user_id is not None or user_attributes is not None:
         user = dict(doc.get("User") or {})
         if user_id is not None:

@@ -22,6 +22,8 @@ import orjson
 
 from ingest.errors import BadRequest
 from ingest.records.values import (
+    DEMOGRAPHIC_MEMBERS,
+    LOCATION_MEMBERS,
     Demographic,
     EndpointBatch,
     EndpointContext,
@@ -234,17 +236,7 @@ def _enum(obj: Mapping[str, Any], key: str, allowed: frozenset[str], where: str)
 
 def _demographic(value: Any) -> Demographic:
     d = _object(value, "Demographic")
-    w = "Demographic."
-    return Demographic(
-        app_version=_string(d, "AppVersion", w),
-        locale=_string(d, "Locale", w),
-        make=_string(d, "Make", w),
-        model=_string(d, "Model", w),
-        model_version=_string(d, "ModelVersion", w),
-        platform=_string(d, "Platform", w),
-        platform_version=_string(d, "PlatformVersion", w),
-        timezone=_string(d, "Timezone", w),
-    )
+    return Demographic._make(_string(d, member, "Demographic.") for member in DEMOGRAPHIC_MEMBERS)
 
 
 def _coordinate(obj: Mapping[str, Any], key: str, bound: float) -> float | None:
@@ -257,16 +249,19 @@ def _coordinate(obj: Mapping[str, Any], key: str, bound: float) -> float | None:
     return number
 
 
+# Degrees either side of zero.
+_COORDINATE_BOUNDS = {"Latitude": 90.0, "Longitude": 180.0}
+
+
 def _location(value: Any) -> Location:
     loc = _object(value, "Location")
-    w = "Location."
-    return Location(
-        city=_string(loc, "City", w),
-        country=_string(loc, "Country", w),
-        latitude=_coordinate(loc, "Latitude", 90),
-        longitude=_coordinate(loc, "Longitude", 180),
-        postal_code=_string(loc, "PostalCode", w),
-        region=_string(loc, "Region", w),
+    return Location._make(
+        (
+            _coordinate(loc, member, _COORDINATE_BOUNDS[member])
+            if member in _COORDINATE_BOUNDS
+            else _string(loc, member, "Location.")
+            for member in LOCATION_MEMBERS
+        )
     )
 
 

@@ -58,6 +58,15 @@ class Location(NamedTuple):
     region: str | None = None
 
 
+def pinpoint_members(record: type[tuple[object, ...]]) -> tuple[str, ...]:
+    """The Pinpoint member name of each field, in field order: ``postal_code`` → ``PostalCode``."""
+    return tuple("".join(part.capitalize() for part in name.split("_")) for name in record._fields)  # type: ignore[attr-defined]
+
+
+DEMOGRAPHIC_MEMBERS = pinpoint_members(Demographic)
+LOCATION_MEMBERS = pinpoint_members(Location)
+
+
 class EndpointUpsert(NamedTuple):
     """One endpoint write. The store overwrites the members it carries (not
     ``None``), keeps the others, and within a mapping replaces only the keys sent.
