@@ -87,3 +87,25 @@ async def read_partition(
     finally:
         await consumer.stop()
     return records
+
+
+def assert_dead_letters(
+    dead: list[Any],
+    *,
+    key: bytes,
+    values: list[bytes | None],
+    reasons: list[str],
+    origin_topic: str,
+    placed: list[tuple[int, int]],
+) -> None:
+    """``dead`` (records read from the dead-letter topic) are ``values``, in
+    order, each with its key, a reason naming ``reasons``' entry, and the
+    origin headers of its (partition, offset) in ``placed`` on ``origin_topic``."""
+    assert [r.value for r in dead] == values
+    for record, reason, (partition, offset) in zip(dead, reasons, placed, strict=True):
+        headers = {name: raw.decode() for name, raw in record.headers}
+        assert record.key == key
+        assert reason in headers["ingest-reason"], headers
+        assert headers["ingest-origin-topic"] == origin_topic
+        assert headers["ingest-origin-partition"] == str(partition)
+        assert headers["ingest-origin-offset"] == str(offset)

@@ -19,7 +19,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import Pipeline, endpoint_or_none, eventually, start_pipeline
+from tests.samples import metric
 from tests.test_api import ACCEPTED, FULL_ENDPOINT, TS, event, put
+
+SUPERSEDED = 'ingest_endpoint_records_total{outcome="superseded"}'
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -167,6 +170,18 @@ def assert_server_members(endpoint: dict[str, Any], app_id: str, endpoint_id: st
     assert abs(datetime.now(UTC) - created) < timedelta(minutes=5), endpoint["CreationDate"]
 
 
+def assert_read_back(got: dict[str, Any], sent: dict[str, Any], app_id: str, endpoint_id: str) -> None:
+    """``got`` is every member ``sent`` carried, plus the server-set ones."""
+    assert_server_members(got, app_id, endpoint_id)
+    assert got == {
+        **sent,
+        "ApplicationId": app_id,
+        "Id": endpoint_id,
+        "CohortId": got["CohortId"],
+        "CreationDate": got["CreationDate"],
+    }
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -180,14 +195,7 @@ def test_put_events_endpoint_is_readable_with_every_member(pinpoint: Any, app_id
     assert results[endpoint_id]["EndpointItemResponse"] == ACCEPTED
 
     got = wait_request(pinpoint, app_id, endpoint_id, FULL_REQUEST_ID)
-    assert_server_members(got, app_id, endpoint_id)
-    assert got == {
-        **FULL_ENDPOINT,
-        "ApplicationId": app_id,
-        "Id": endpoint_id,
-        "CohortId": got["CohortId"],
-        "CreationDate": got["CreationDate"],
-    }
+    assert_read_back(got, FULL_ENDPOINT, app_id, endpoint_id)
 
 
 def test_update_endpoint_is_readable_with_every_member(pinpoint: Any, app_id: str) -> None:
@@ -195,14 +203,7 @@ def test_update_endpoint_is_readable_with_every_member(pinpoint: Any, app_id: st
     update(pinpoint, app_id, endpoint_id, FULL_UPDATE)
 
     got = wait_request(pinpoint, app_id, endpoint_id, FULL_UPDATE["RequestId"])
-    assert_server_members(got, app_id, endpoint_id)
-    assert got == {
-        **FULL_UPDATE,
-        "ApplicationId": app_id,
-        "Id": endpoint_id,
-        "CohortId": got["CohortId"],
-        "CreationDate": got["CreationDate"],
-    }
+    assert_read_back(got, FULL_UPDATE, app_id, endpoint_id)
 
 
 def test_server_set_members_without_client_values(pinpoint: Any, app_id: str) -> None:
@@ -326,7 +327,7 @@ def test_older_effective_date_does_not_clobber_newer(pipeline: Pipeline, pinpoin
     }
     update(pinpoint, app_id, endpoint_id, newer)
     wait_request(pinpoint, app_id, endpoint_id, "req-newer")
-    superseded_before = worker_records(pipeline, "superseded")
+    superseded_before = metric(pipeline, SUPERSEDED)
 
     update(pinpoint, app_id, endpoint_id, older)
     # The same key, so the same partition: once this write is applied, the
@@ -341,17 +342,7 @@ def test_older_effective_date_does_not_clobber_newer(pipeline: Pipeline, pinpoin
         "EndpointStatus": "ACTIVE",
     }
     assert got["EffectiveDate"] == newer["EffectiveDate"]
-    assert worker_records(pipeline, "superseded") >= superseded_before + 1
-
-
-def worker_records(pipeline: Pipeline, outcome: str) -> float:
-    status, _, body = pipeline.request("GET", "/metrics")
-    assert status == 200
-    prefix = f'ingest_endpoint_records_total{{outcome="{outcome}"}} '.encode()
-    for line in body.splitlines():
-        if line.startswith(prefix):
-            return float(line[len(prefix) :])
-    return 0.0
+    assert metric(pipeline, SUPERSEDED) >= superseded_before + 1
 
 
 # --- IDs that need encoding ------------------------------------------------

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError
-from ingest.workers.sinks import KpiSink
 from prometheus_client import CollectorRegistry
 
 from ingest.errors import SettingsError
@@ -37,8 +36,9 @@ from ingest.store.backends import open_store
 from ingest.store.base import Store
 from ingest.store.sqlite import SqliteStore
 from ingest.workers.consumer import Worker
+from ingest.workers.sinks import KpiSink
 from tests.conftest import Pipeline, eventually, start_pipeline
-from tests.kafka_reader import read_partition
+from tests.kafka_reader import assert_dead_letters, read_partition
 from tests.test_process import run_ingest
 
 # Noon UTC, so "today" is one day whatever the test's own duration.
@@ -365,14 +365,14 @@ async def test_undecodable_records_are_dead_lettered_and_the_partition_moves_on(
     dead = await read_partition(
         broker, TopicPartition(DEADLETTER_TOPIC, 0), 0, lambda got: len(got) >= len(values), 10
     )
-    assert [r.value for r in dead] == values
-    for record, reason, (partition, offset) in zip(dead, garbage.values(), placed[:-1], strict=True):
-        headers = {name: raw.decode() for name, raw in record.headers}
-        assert record.key == key
-        assert reason in headers["ingest-reason"], headers
-        assert headers["ingest-origin-topic"] == EVENTS_TOPIC
-        assert headers["ingest-origin-partition"] == str(partition)
-        assert headers["ingest-origin-offset"] == str(offset)
+    assert_dead_letters(
+        dead,
+        key=key,
+        values=values,
+        reasons=list(garbage.values()),
+        origin_topic=EVENTS_TOPIC,
+        placed=placed[:-1],
+    )
 
 
 # --- `ingest run` ----------------------------------------------------------------

@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
-from ingest.workers.sinks import EndpointWorker
 from prometheus_client import CollectorRegistry
 
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord
@@ -33,8 +32,10 @@ from ingest.records.codec import Codec
 from ingest.records.values import EndpointUpsert
 from ingest.settings import Settings
 from ingest.store.sqlite import SqliteStore
+from ingest.workers.sinks import EndpointWorker
 from tests.conftest import Pipeline, endpoint_or_none, eventually, start_ingest, start_pipeline
-from tests.kafka_reader import read_partition
+from tests.kafka_reader import assert_dead_letters, read_partition
+from tests.samples import metric
 from tests.test_api import ACCEPTED, event
 
 # Applying is quick; what takes time is a new worker joining the consumer
@@ -109,16 +110,6 @@ def topology(request: pytest.FixtureRequest, tmp_path: Path, broker: str) -> Ite
         alive = [p for p in (*reversed(running.workers), running.edge) if p.process.poll() is None]
         codes = [p.stop() for p in alive]
     assert codes == [0] * len(alive), (codes, running.logs())
-
-
-def metric(process: Pipeline, sample: str) -> float:
-    status, _, body = process.request("GET", "/metrics")
-    assert status == 200
-    prefix = f"{sample} ".encode()
-    for line in body.splitlines():
-        if line.startswith(prefix):
-            return float(line[len(prefix) :])
-    return 0.0
 
 
 # --- SIGKILL in the middle of a stream -------------------------------------
@@ -456,14 +447,9 @@ def assert_dead_lettered(
             10.0,
         )
     )
-    assert [r.value for r in dead] == values
-    for record, reason, (partition, offset) in zip(dead, reasons, placed, strict=True):
-        headers = {name: raw.decode() for name, raw in record.headers}
-        assert record.key == key
-        assert reason in headers["ingest-reason"], headers
-        assert headers["ingest-origin-topic"] == ENDPOINTS_TOPIC
-        assert headers["ingest-origin-partition"] == str(partition)
-        assert headers["ingest-origin-offset"] == str(offset)
+    assert_dead_letters(
+        dead, key=key, values=values, reasons=reasons, origin_topic=ENDPOINTS_TOPIC, placed=placed
+    )
     samples = 'ingest_endpoint_records_total{outcome="dead_lettered"}'
     assert metric(topology.worker, samples) == len(values)
 
