@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import fastavro
+from fastavro.schema import fingerprint as schema_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from ingest.errors import DecodeError
@@ -43,7 +44,6 @@ EVENT_SCHEMA = "ingest.v1.Event"
 ENDPOINT_SCHEMA = "ingest.v1.EndpointUpsert"
 DELETE_SCHEMA = "ingest.v1.EndpointDelete"
 
-_CRC64_EMPTY = 0xC15D213AA4D7A795
 # Epoch milliseconds of 0001-01-01 and 9999-12-31T23:59:59.999: what Python's
 # datetime (and an ISO 8601 EffectiveDate) can express.
 MIN_MS = -62135596800000
@@ -56,25 +56,11 @@ RECORD_TYPES: dict[str, type[Any]] = {
 }
 
 
-def _crc64_table() -> tuple[int, ...]:
-    table = []
-    for i in range(256):
-        fp = i
-        for _ in range(8):
-            fp = (fp >> 1) ^ (_CRC64_EMPTY & -(fp & 1))
-        table.append(fp)
-    return tuple(table)
-
-
-_CRC64_TABLE = _crc64_table()
-
-
 def fingerprint(canonical_form: str) -> bytes:
-    """CRC-64-AVRO of a schema's Parsing Canonical Form, little-endian (Avro spec)."""
-    fp = _CRC64_EMPTY
-    for byte in canonical_form.encode():
-        fp = (fp >> 8) ^ _CRC64_TABLE[(fp ^ byte) & 0xFF]
-    return fp.to_bytes(8, "little")
+    """CRC-64-AVRO of a schema's Parsing Canonical Form, little-endian (Avro spec).
+
+    fastavro's hex already lists the bytes in the spec's little-endian order."""
+    return bytes.fromhex(schema_fingerprint(canonical_form, "CRC-64-AVRO"))
 
 
 class _RecordReader(NamedTuple):
