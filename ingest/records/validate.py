@@ -1,5 +1,11 @@
 """Pinpoint request bodies → records, each item judged on its own. Pure.
 
+It earns its size (about 580 lines): it is Pinpoint's quota table, rule by
+rule, for every member of an endpoint and an event, each rule a short
+function with its own message. Kept together, the rules read against the
+published quotas in one place, and every operation (PutEvents, UpdateEndpoint,
+UpdateEndpointsBatch) shares the same ones.
+
 Every function here takes parsed JSON of any shape and either returns records
 or raises :class:`ingest.errors.BadRequest` when the body as a whole is
 unusable. Inside PutEvents one bad endpoint or event becomes an
