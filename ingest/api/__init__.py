@@ -1,0 +1,1 @@
+"""HTTP in: the ASGI app and one module of operations per Pinpoint resource."""

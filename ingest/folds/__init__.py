@@ -1,0 +1,1 @@
+"""Pure folds: what records do to endpoint state and to KPI aggregates."""

@@ -1,0 +1,1 @@
+"""Kafka: aiokafka clients and topics, the bounded publisher, the embedded broker."""

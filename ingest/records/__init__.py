@@ -1,0 +1,1 @@
+"""The pure write-path core: request bodies → validated records → Avro bytes."""

@@ -1,0 +1,1 @@
+"""The store: one protocol, a SQLite and a PostgreSQL backend."""

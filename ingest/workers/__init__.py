@@ -1,0 +1,1 @@
+"""Consumer workers: one loop, and a sink per topic it feeds into the store."""
