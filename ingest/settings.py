@@ -13,7 +13,8 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar, get_args
+from types import UnionType
+from typing import Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from ingest.errors import SettingsError
 
@@ -160,16 +161,15 @@ class Settings:
         ``INGEST_*`` variable no setting knows (a typo must not pass silently).
         """
         env = os.environ if environ is None else environ
-        known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, object] = {}
         for var, raw in env.items():
             if not var.startswith(PREFIX):
                 continue
             name = var[len(PREFIX) :].lower()
-            field = known.get(name)
-            if field is None:
+            parse = _FIELD_PARSERS.get(name)
+            if parse is None:
                 raise SettingsError(f"{var} is not a setting this version knows")
-            values[name] = _parse(var, raw, field.type)
+            values[name] = parse(var, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**values)  # type: ignore[arg-type]
@@ -187,32 +187,6 @@ def _check(value: object, ok: bool, name: str, expected: str) -> None:
         raise SettingsError(f"{PREFIX}{name.upper()}={value!r}: expected {expected}")
 
 
-def _parse(var: str, raw: str, annotation: object) -> object:
-    """Parse one variable by its field's annotation (a string under PEP 563)."""
-    text = str(annotation)
-    optional = text.endswith("| None")
-    base = text.removesuffix(" | None")
-    if optional and raw == "":
-        return None
-    parsers: dict[str, Callable[[str], object]] = {
-        "str": str,
-        "int": int,
-        "float": float,
-        "Path": Path,
-        "bool": _parse_bool,
-    }
-    literal = _LITERALS.get(base)
-    if literal is not None:
-        if raw not in literal:
-            raise SettingsError(f"{var}={raw!r}: expected one of {', '.join(literal)}")
-        return raw
-    try:
-        return parsers[base](raw)
-    except ValueError as exc:
-        expected = str(exc) if base == "bool" else f"a value of type {base}"
-        raise SettingsError(f"{var}={raw!r}: expected {expected}") from exc
-
-
 def _parse_bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -222,9 +196,50 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError("true or false")
 
 
-_LITERALS: dict[str, tuple[str, ...]] = {
-    "SecurityProtocol": get_args(SecurityProtocol),
-    "SaslMechanism": get_args(SaslMechanism),
-    "Compression": get_args(Compression),
-    "LogLevel": get_args(LogLevel),
+# The field types a variable can be parsed into, besides Literals of strings.
+_PARSERS: dict[object, Callable[[str], object]] = {
+    str: str,
+    int: int,
+    float: float,
+    Path: Path,
+    bool: _parse_bool,
 }
+
+
+def _parser(name: str, hint: object) -> Callable[[str, str], object]:
+    """The parser of field ``name``'s variable, ``(var, raw) → value``, from
+    its resolved type. A type it cannot parse raises TypeError here, when the
+    module is imported, rather than when a deployment first sets the variable."""
+    args = get_args(hint)
+    optional = get_origin(hint) in (Union, UnionType) and type(None) in args
+    if optional and len(args) != 2:
+        raise TypeError(f"Settings.{name}: {hint} is not one type or None")
+    base = next(arg for arg in args if arg is not type(None)) if optional else hint
+    literal: tuple[object, ...] = get_args(base) if get_origin(base) is Literal else ()
+    if literal and not all(isinstance(choice, str) for choice in literal):
+        raise TypeError(f"Settings.{name}: {hint} is not a Literal of strings")
+    convert = _PARSERS.get(base)
+    if not literal and convert is None:
+        raise TypeError(f"Settings.{name}: no parser for {hint}")
+    type_name = getattr(base, "__name__", str(base))
+
+    def parse(var: str, raw: str) -> object:
+        if optional and raw == "":
+            return None
+        if literal:
+            if raw not in literal:
+                raise SettingsError(f"{var}={raw!r}: expected one of {', '.join(map(str, literal))}")
+            return raw
+        assert convert is not None
+        try:
+            return convert(raw)
+        except ValueError as exc:
+            expected = str(exc) if base is bool else f"a value of type {type_name}"
+            raise SettingsError(f"{var}={raw!r}: expected {expected}") from exc
+
+    return parse
+
+
+# Field name → parser, from the resolved types (PEP 563 leaves strings in
+# ``__annotations__``; get_type_hints evaluates them).
+_FIELD_PARSERS = {name: _parser(name, hint) for name, hint in get_type_hints(Settings).items()}

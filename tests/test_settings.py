@@ -1,0 +1,85 @@
+"""ingest.settings: every field's type has a parser, so every ``INGEST_*``
+variable can be set; an empty optional variable means None."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ingest.errors import SettingsError
+from ingest.settings import Settings, _parser
+
+# One valid value per variable, unlike its default, and what it parses to.
+# A new setting must be added here: the first test fails until it is.
+EVERY_VARIABLE: dict[str, tuple[str, object]] = {
+    "INGEST_HOST": ("0.0.0.0", "0.0.0.0"),
+    "INGEST_PORT": ("9000", 9000),
+    "INGEST_DATA_DIR": ("/var/lib/ingest", Path("/var/lib/ingest")),
+    "INGEST_LOG_LEVEL": ("DEBUG", "DEBUG"),
+    "INGEST_KAFKA_BOOTSTRAP": ("127.0.0.1:9092", "127.0.0.1:9092"),
+    "INGEST_KAFKA_SECURITY_PROTOCOL": ("SASL_SSL", "SASL_SSL"),
+    "INGEST_KAFKA_SASL_MECHANISM": ("SCRAM-SHA-512", "SCRAM-SHA-512"),
+    "INGEST_KAFKA_SASL_USERNAME": ("ingest", "ingest"),
+    "INGEST_KAFKA_SASL_PASSWORD": ("secret", "secret"),
+    "INGEST_KAFKA_SSL_CAFILE": ("/etc/kafka/ca.pem", Path("/etc/kafka/ca.pem")),
+    "INGEST_KAFKA_SSL_CERTFILE": ("/etc/kafka/cert.pem", Path("/etc/kafka/cert.pem")),
+    "INGEST_KAFKA_SSL_KEYFILE": ("/etc/kafka/key.pem", Path("/etc/kafka/key.pem")),
+    "INGEST_KAFKA_IDEMPOTENCE": ("off", False),
+    "INGEST_KAFKA_PARTITIONS": ("3", 3),
+    "INGEST_KAFKA_REPLICATION_FACTOR": ("3", 3),
+    "INGEST_KAFKA_COMPRESSION": ("lz4", "lz4"),
+    "INGEST_KAFKA_MAX_BATCH_BYTES": ("65536", 65536),
+    "INGEST_KAFKA_LINGER_MS": ("5", 5),
+    "INGEST_KAFKA_REQUEST_TIMEOUT_MS": ("40000", 40000),
+    "INGEST_PRODUCE_TIMEOUT_S": ("2.5", 2.5),
+    "INGEST_MAX_BODY_BYTES": ("2048", 2048),
+    "INGEST_MAX_IN_FLIGHT_REQUESTS": ("64", 64),
+    "INGEST_PRODUCER_BUFFER_BYTES": ("1048576", 1048576),
+    "INGEST_DRAIN_TIMEOUT_S": ("10", 10.0),
+    "INGEST_APP_CACHE_TTL_S": ("0", 0.0),
+    "INGEST_REGION": ("eu-central-1", "eu-central-1"),
+    "INGEST_ACCOUNT_ID": ("123456789012", "123456789012"),
+    "INGEST_WORKER_MAX_RECORDS": ("100", 100),
+    "INGEST_DEDUPE_RETENTION_DAYS": ("30", 30),
+    "INGEST_STORE_URL": ("postgresql://127.0.0.1/ingest", "postgresql://127.0.0.1/ingest"),
+}
+
+
+def test_every_variable_is_read_into_its_type() -> None:
+    assert set(EVERY_VARIABLE) == Settings.names()
+    loaded = Settings.from_env({var: raw for var, (raw, _) in EVERY_VARIABLE.items()})
+    defaults = Settings()
+    for var, (_, expected) in EVERY_VARIABLE.items():
+        name = var.removeprefix("INGEST_").lower()
+        value = getattr(loaded, name)
+        assert (value, type(value)) == (expected, type(expected)), var
+        assert value != getattr(defaults, name), f"{var}: pick a value unlike the default"
+
+
+@pytest.mark.parametrize("var", ["INGEST_KAFKA_BOOTSTRAP", "INGEST_KAFKA_SASL_MECHANISM", "INGEST_STORE_URL"])
+def test_an_empty_optional_variable_means_none(var: str) -> None:
+    name = var.removeprefix("INGEST_").lower()
+    assert getattr(Settings.from_env({var: ""}), name) is None
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "message"),
+    [
+        ("INGEST_PORT", "", "expected a value of type int"),
+        ("INGEST_DRAIN_TIMEOUT_S", "soon", "expected a value of type float"),
+        ("INGEST_KAFKA_IDEMPOTENCE", "maybe", "expected true or false"),
+        ("INGEST_KAFKA_SASL_MECHANISM", "GSSAPI", "expected one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+    ],
+)
+def test_a_bad_value_says_what_was_expected(var: str, raw: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(f"{var}='{raw}': {message}")):
+        Settings.from_env({var: raw})
+
+
+@pytest.mark.parametrize("hint", [complex, list[str], int | str, int | str | None, None])
+def test_a_field_type_without_a_parser_fails_when_settings_is_defined(hint: object) -> None:
+    """So a new field of such a type breaks every test, not a deployment."""
+    with pytest.raises(TypeError, match=r"Settings\.new_field"):
+        _parser("new_field", hint)
