@@ -4,10 +4,12 @@
 # missing), a cluster owned by `postgres` under /tmp/ingest-pg, listening only
 # on 127.0.0.1:55432 with trust auth, and a database `ingest_test`.
 # Safe to run again: it creates and starts only what is missing.
+# INGEST_TEST_POSTGRES_DIR and INGEST_TEST_POSTGRES_PORT give another cluster
+# (tests/postgres.py: a test that stops its server has one of its own).
 set -euo pipefail
 
-DIR=/tmp/ingest-pg
-PORT=55432
+DIR=${INGEST_TEST_POSTGRES_DIR:-/tmp/ingest-pg}
+PORT=${INGEST_TEST_POSTGRES_PORT:-55432}
 DATABASE=ingest_test
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

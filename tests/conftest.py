@@ -22,6 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from ingest.kafka.broker import EmbeddedBroker, free_port
+from tests import postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
@@ -206,3 +207,11 @@ def broker(tmp_path: Path) -> Iterator[str]:
             yield embedded.bootstrap
         finally:
             runner.run(embedded.stop())
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test PostgreSQL's URL: ``INGEST_TEST_POSTGRES_URL``, else the
+    cluster scripts/postgres.sh finds or starts; under xdist, a database of
+    this worker's own (tests/postgres.py)."""
+    return postgres.session_url()

@@ -8,7 +8,6 @@ is visible (its RequestId is the endpoint's) or a deadline passes.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,10 +29,7 @@ def pipeline(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     """This module's own `ingest run`, once per store backend."""
     env: dict[str, str] = {}
     if request.param == "postgres":
-        url = os.environ.get("INGEST_TEST_POSTGRES_URL")
-        if not url:
-            pytest.fail("INGEST_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh")
-        env["INGEST_STORE_URL"] = url
+        env["INGEST_STORE_URL"] = request.getfixturevalue("postgres_url")
     running = start_pipeline(tmp_path_factory.mktemp(request.param), **env)
     yield running
     assert running.stop() == 0, running.log()

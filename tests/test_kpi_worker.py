@@ -8,7 +8,6 @@ day matters), and `ingest run` as a process for the assembled pipeline.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 import uuid
@@ -62,9 +61,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     """A real store; on PostgreSQL tests keep apart by their own app IDs."""
     url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
     if request.param == "postgres":
-        url = os.environ.get("INGEST_TEST_POSTGRES_URL", "")
-        if not url:
-            pytest.fail("INGEST_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh")
+        url = request.getfixturevalue("postgres_url")
     opened = await open_store(url, data_dir=tmp_path)
     yield opened
     await opened.close()

@@ -1,48 +1,38 @@
 """PostgreSQL stopped for a few seconds under a stream of endpoint writes:
 the worker holds its batch, readiness goes false, then it catches up with
-nothing lost. Stops and restarts the test cluster of scripts/postgres.sh."""
+nothing lost. Stops and restarts a cluster of its own (tests/postgres.py), so
+tests running beside it (pytest-xdist) keep theirs."""
 
 from __future__ import annotations
 
-import glob
-import os
-import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Pipeline, start_pipeline
+from tests.conftest import Pipeline, endpoint_or_none, eventually, start_pipeline
+from tests.postgres import Cluster, private_cluster
 
-PG_DIR = "/tmp/ingest-pg"
-PG_PORT = 55432
 OUTAGE_S = 4.0
-
-
-def pg_ctl(*args: str) -> None:
-    binary = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))[-1]
-    command = [binary, "-D", f"{PG_DIR}/data", *args]
-    if os.getuid() == 0:
-        command = ["runuser", "-u", "postgres", "--", *command]
-    subprocess.run(command, check=True, capture_output=True, timeout=60)
-
-
-def start_postgres() -> None:
-    pg_ctl(
-        "-l", f"{PG_DIR}/log", "-w", "-o", f"-p {PG_PORT} -k {PG_DIR} -c listen_addresses=127.0.0.1", "start"
-    )
+# Generous for a loaded machine: 40 writes take well under a second here,
+# and the worker joins its consumer group in a few.
+STREAM_WITHIN_S = 30.0
 
 
 @pytest.fixture
-def on_postgres(tmp_path: Path) -> Any:
-    url = os.environ.get("INGEST_TEST_POSTGRES_URL")
-    if not url:
-        pytest.fail("INGEST_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh")
+def cluster() -> Iterator[Cluster]:
+    with private_cluster() as running:
+        yield running
+
+
+@pytest.fixture
+def on_postgres(tmp_path: Path, cluster: Cluster) -> Any:
     # The app lookup is cached for the whole outage, so the edge keeps
     # accepting writes into Kafka while the store is down.
-    running = start_pipeline(tmp_path, INGEST_STORE_URL=url, INGEST_APP_CACHE_TTL_S="120")
+    running = start_pipeline(tmp_path, INGEST_STORE_URL=cluster.url, INGEST_APP_CACHE_TTL_S="120")
     yield running
     running.stop()
 
@@ -51,33 +41,44 @@ def readyz(pipeline: Pipeline) -> int:
     return pipeline.request("GET", "/readyz", timeout_s=5)[0]
 
 
-def test_postgres_outage_holds_then_catches_up(on_postgres: Pipeline) -> None:
+def test_postgres_outage_holds_then_catches_up(on_postgres: Pipeline, cluster: Cluster) -> None:
     client = on_postgres.client()
     app_id = client.create_app(CreateApplicationRequest={"Name": "pg-outage"})["ApplicationResponse"]["Id"]
     client.get_app(ApplicationId=app_id)  # cached by the edge from here on
     written: dict[str, str] = {}
+    sent = 0
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def stream() -> None:
-        n = 0
+        nonlocal sent
         while not stop.is_set():
-            endpoint_id = f"device-{n % 40}"
+            endpoint_id = f"device-{sent % 40}"
             try:
                 client.update_endpoint(
-                    ApplicationId=app_id, EndpointId=endpoint_id, EndpointRequest={"Address": f"v{n}"}
+                    ApplicationId=app_id, EndpointId=endpoint_id, EndpointRequest={"Address": f"v{sent}"}
                 )
             except BaseException as exc:
                 errors.append(exc)
                 return
-            written[endpoint_id] = f"v{n}"
-            n += 1
+            written[endpoint_id] = f"v{sent}"
+            sent += 1
+
+    def writes_past(count: int, what: str) -> None:
+        eventually(lambda: sent, lambda n: n >= count or bool(errors), what, within_s=STREAM_WITHIN_S)
 
     writer = threading.Thread(target=stream)
     writer.start()
     try:
-        time.sleep(1.0)  # a stream is flowing before the outage
-        pg_ctl("-m", "fast", "-w", "stop")
+        writes_past(40, "a stream over every endpoint before the outage")
+        # ... and flowing through the worker into the store.
+        eventually(
+            lambda: endpoint_or_none(client, app_id, "device-39"),
+            lambda got: got is not None,
+            "the worker applying the stream before the outage",
+            within_s=STREAM_WITHIN_S,
+        )
+        cluster.stop()
         try:
             deadline = time.monotonic() + OUTAGE_S
             saw_not_ready = False
@@ -86,8 +87,8 @@ def test_postgres_outage_holds_then_catches_up(on_postgres: Pipeline) -> None:
                 time.sleep(0.1)
             assert saw_not_ready, "readiness never went false while PostgreSQL was down"
         finally:
-            start_postgres()
-        time.sleep(1.0)  # the stream goes on after the outage
+            cluster.start()
+        writes_past(sent + 40, "the stream going on after the outage")
     finally:
         stop.set()
         writer.join(30)

@@ -1,5 +1,5 @@
-"""The store on both backends: SQLite in a temp dir and PostgreSQL at
-``INGEST_TEST_POSTGRES_URL`` (scripts/test.sh starts it and sets it). Each
+"""The store on both backends: SQLite in a temp dir and the test PostgreSQL
+(tests/postgres.py, the conftest's ``postgres_url``). Each
 store gets a fresh database: a new SQLite file, or a new PostgreSQL schema
 dropped afterwards.
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import random
 import sqlite3
 import tempfile
@@ -38,6 +37,7 @@ from ingest.store import sqlite as store_module
 from ingest.store.base import App, Store
 from ingest.store.postgres import PostgresStore
 from ingest.store.sqlite import SqliteStore
+from tests import postgres
 
 BACKENDS = ("sqlite", "postgres")
 T0_MS = 1_700_000_000_000
@@ -45,13 +45,9 @@ HOUR_MS = 3_600_000
 
 
 def postgres_url() -> str:
-    url = os.environ.get("INGEST_TEST_POSTGRES_URL")
-    if not url:
-        pytest.fail(
-            "INGEST_TEST_POSTGRES_URL is not set: run scripts/test.sh, which starts PostgreSQL "
-            "(scripts/postgres.sh) and sets it"
-        )
-    return url
+    # What the conftest's fixture returns, for the helpers below that are
+    # called from inside tests (Hypothesis examples) rather than as fixtures.
+    return postgres.session_url()
 
 
 def with_search_path(url: str, schema: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import signal
 import sqlite3
@@ -87,9 +86,7 @@ def topology(request: pytest.FixtureRequest, tmp_path: Path, broker: str) -> Ite
     for ``postgres`` (indirect parametrization)."""
     store_url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
     if getattr(request, "param", "sqlite") == "postgres":
-        store_url = os.environ.get("INGEST_TEST_POSTGRES_URL", "")
-        if not store_url:
-            pytest.fail("INGEST_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh")
+        store_url = request.getfixturevalue("postgres_url")
     env = {
         "INGEST_KAFKA_BOOTSTRAP": broker,
         "INGEST_KAFKA_IDEMPOTENCE": "false",
