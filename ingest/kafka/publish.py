@@ -25,7 +25,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections import deque
@@ -266,8 +265,8 @@ class Publisher:
                 log.warning("drain deadline passed with %d bytes unacknowledged", self._buffered)
         for task in self._pumps:
             task.cancel()
-        for task in self._pumps:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A pump that died was logged when it ended (_pump_ended); its
+        # exception must not keep stop() from closing the producer.
+        await asyncio.gather(*self._pumps, return_exceptions=True)
         self._fail_all()
         await self._producer.stop()
