@@ -19,7 +19,7 @@ import pytest
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from tests.conftest import Pipeline, start_pipeline
+from tests.conftest import Pipeline, eventually, start_pipeline
 from tests.test_api import ACCEPTED, event, put
 
 PRODUCE_TIMEOUT_S = 1.0
@@ -152,7 +152,8 @@ def test_sigterm_lets_in_flight_requests_finish(fragile: Pipeline) -> None:
         while b"ingest_http_in_flight_requests 4.0" not in fragile.request("GET", "/metrics")[2]:
             assert time.monotonic() < deadline
         fragile.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)  # let the signal land while the requests are held
+        # The signal lands while the requests are held.
+        eventually(fragile.log, lambda log: "SIGTERM received" in log, "SIGTERM handled", within_s=10)
         os.kill(fragile.broker_pid, signal.SIGCONT)
         results = [f.result(timeout=30) for f in futures]
     # Resumed before the produce deadline: every in-flight event was acked.

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,10 @@ from ingest.kafka.broker import free_port
 from ingest.settings import Settings
 from tests.conftest import ROOT, Pipeline, clean_env, start_ingest
 from tests.test_api import ACCEPTED, event, put
+
+# Generous for a loaded CI machine: a stop with nothing in flight takes well
+# under a second; this only bounds a hang.
+STOP_WITHIN_S = 30.0
 
 
 def test_settings_read_from_env_with_overrides() -> None:
@@ -211,9 +214,8 @@ def test_wait_for_edge_is_quick_to_refuse_after_stop(tmp_path: Path) -> None:
     from tests.conftest import start_pipeline
 
     running = start_pipeline(tmp_path)
-    started = time.monotonic()
-    assert running.stop(signal.SIGINT) == 0
-    assert time.monotonic() - started < 15
+    # A clean exit within the deadline; past it stop() kills, and the code is -9.
+    assert running.stop(signal.SIGINT, timeout_s=STOP_WITHIN_S) == 0
     with pytest.raises(OSError):
         running.request("GET", "/healthz", timeout_s=2)
 
