@@ -28,6 +28,7 @@ from ingest.folds import kpis
 from ingest.folds.endpoints import EndpointRecord
 from ingest.folds.kpis import EventOutcome, Kpi
 from ingest.records.values import EndpointContext, Event, Session
+from ingest.store import sql
 from ingest.store import sqlite as store_module
 from ingest.store.base import KpiData, Store
 from ingest.store.postgres import PostgresStore
@@ -590,11 +591,11 @@ KPI_RANGE = "(app_id=? AND kind=? AND day>? AND day<?)"
 @pytest.mark.parametrize(
     ("query", "search"),
     [
-        (store_module.KPI_MEMBER_COUNTS, f"SEARCH kpi_members USING PRIMARY KEY {KPI_RANGE}"),
-        (store_module.KPI_MEMBERS, f"SEARCH kpi_members USING PRIMARY KEY {KPI_RANGE}"),
-        (store_module.KPI_SUMS, f"SEARCH kpi_sums USING PRIMARY KEY {KPI_RANGE}"),
+        (sql.KPI_MEMBER_COUNTS, f"SEARCH kpi_members USING PRIMARY KEY {KPI_RANGE}"),
+        (sql.KPI_MEMBERS, f"SEARCH kpi_members USING PRIMARY KEY {KPI_RANGE}"),
+        (sql.KPI_SUMS, f"SEARCH kpi_sums USING PRIMARY KEY {KPI_RANGE}"),
         (
-            store_module.KPI_NEW_ENDPOINTS,
+            sql.KPI_NEW_ENDPOINTS,
             "SEARCH kpi_first_days USING COVERING INDEX kpi_first_days_by_day (app_id=? AND day>? AND day<?)",
         ),
         (store_module.EXPIRE_MARKS, "SEARCH event_marks USING PRIMARY KEY (day<?)"),

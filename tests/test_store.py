@@ -33,6 +33,7 @@ from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, 
 from ingest.kafka.broker import free_port
 from ingest.records.codec import MAX_MS, MIN_MS
 from ingest.records.values import Demographic, EndpointDelete, EndpointUpsert
+from ingest.store import sql
 from ingest.store import sqlite as store_module
 from ingest.store.base import App, Store
 from ingest.store.postgres import PostgresStore
@@ -285,7 +286,7 @@ USER_INDEX = "INDEX endpoints_by_user (app_id=? AND user_id=?)"
 @pytest.mark.parametrize(
     ("query", "search"),
     [
-        (store_module.GET_ENDPOINT, PRIMARY_KEY),
+        (sql.GET_ENDPOINT, PRIMARY_KEY),
         (store_module.LOAD_ENDPOINTS.format("?, ?, ?"), PRIMARY_KEY),
         (store_module.USER_ENDPOINTS, f"SEARCH endpoints USING {USER_INDEX}"),
         (store_module.USER_MEMBERS, f"SEARCH endpoints USING {USER_INDEX}"),

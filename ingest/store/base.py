@@ -1,6 +1,7 @@
 """What every store backend is: the :class:`Store` protocol, the app
 record, and the pure steps both backends run around their SQL (choosing the
-events to mark, resolving users, the KPI effects, endpoint rows)."""
+events to mark, resolving users, the KPI effects, app and endpoint rows). The
+SQL they share is in :mod:`ingest.store.sql`."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class Store(Protocol):
     async def user_endpoints(self, app_id: str, user_id: str) -> Sequence[EndpointState]: ...
     async def apply_endpoint_batch(self, records: Sequence[tuple[EndpointRecord, int]]) -> BatchOutcome: ...
 
-    # KPIs (see ingest.kpis for the aggregates).
+    # KPIs (see ingest.folds.kpis for the aggregates).
     async def apply_event_batch(
         self, events: Sequence[Event], *, oldest_day: int, newest_day: int
     ) -> EventOutcome:
@@ -146,6 +147,17 @@ def event_effects(events: Iterable[Event], stored_users: Mapping[Key, str | None
         if not INT64_MIN <= total <= INT64_MAX:
             raise StoreError(f"apply event batch: {key[1]} total {total} is out of range", retriable=False)
     return out
+
+
+def app_row(app: App) -> tuple[str, ...]:
+    """An app as the column values every backend stores, in table order."""
+    return (app.id, app.name, app.arn, orjson.dumps(app.tags).decode(), app.creation_date)
+
+
+def app_of(row: Sequence[Any]) -> App:
+    """The inverse of :func:`app_row` (any backend's row, in table order)."""
+    app_id, name, arn, tags, created = row
+    return App(id=app_id, name=name, arn=arn, tags=orjson.loads(tags), creation_date=created)
 
 
 def endpoint_row(state: EndpointState) -> tuple[Any, ...]:

@@ -1,10 +1,14 @@
 """The PostgreSQL backend of the store (asyncpg), for more than one process.
 
+It runs the SQL of :mod:`ingest.store.sql` as SQLite does; it is longer than
+SQLite's because several workers write here at once, and the locking that
+keeps their batches serialisable (below) is this backend's alone.
+
 Same logical schema and the same observable behaviour as
-:class:`ingest.store.SqliteStore`; migrations are numbered and applied at open
+:class:`ingest.store.sqlite.SqliteStore`; migrations are numbered and applied at open
 under an advisory lock, so processes starting together migrate once.
 
-A batch is one transaction: load its endpoints, :func:`ingest.endpoints.fold`
+A batch is one transaction: load its endpoints, :func:`ingest.folds.endpoints.fold`
 them in Python with the 15-endpoints-per-user rule, upsert the changed rows.
 SQLite runs one writer at a time; here workers of different partitions write
 at once, and one user's endpoints can sit in several partitions. To give the
@@ -36,7 +40,7 @@ as nothing with one can have been written. The same holds for events: a NUL in
 any text an event batch writes (IDs, a session or user ID, an event type, a
 currency, a campaign) fails the batch, non-retriably.
 
-KPI aggregates (see :mod:`ingest.kpis` and ``SqliteStore``). Here several KPI
+KPI aggregates (see :mod:`ingest.folds.kpis` and ``SqliteStore``). Here several KPI
 workers write at once: different partitions, so different marks and first
 days, but the same app's sums and often the same members (a user's endpoints
 in several partitions). So:
@@ -66,16 +70,18 @@ from datetime import date
 from typing import Any
 
 import asyncpg
-import orjson
 
 from ingest.errors import StoreError
 from ingest.folds import endpoints, kpis
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.folds.kpis import EventOutcome
 from ingest.records.values import Event
+from ingest.store import sql
 from ingest.store.base import (
     App,
     KpiData,
+    app_of,
+    app_row,
     endpoint_row,
     endpoint_state,
     event_effects,
@@ -104,100 +110,43 @@ EXPIRE_LOCK = 0x657870697265
 # The one character a PostgreSQL text value cannot hold.
 NUL = "\x00"
 
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE apps (
-        id text COLLATE "C" PRIMARY KEY,
-        name text NOT NULL,
-        arn text NOT NULL,
-        tags text NOT NULL,
-        creation_date text NOT NULL
+MIGRATIONS = sql.migrations(
+    sql.Types(
+        key='text COLLATE "C"',
+        text="text",
+        boolean="boolean",
+        int32="integer",
+        int64="bigint",
+        total_check="",
+        keyed="",
+        # Partitions of event_marks are made by apply_event_batch, a day at a
+        # time (_ensure_partitions).
+        marks=" PARTITION BY RANGE (day)",
     )
-    """,
-    """
-    CREATE TABLE endpoints (
-        app_id text COLLATE "C" NOT NULL,
-        endpoint_id text COLLATE "C" NOT NULL,
-        user_id text COLLATE "C",
-        deleted boolean NOT NULL,
-        effective_ms bigint NOT NULL,
-        kafka_offset bigint NOT NULL,
-        creation_date text NOT NULL,
-        effective_date text NOT NULL,
-        request_id text NOT NULL,
-        document text NOT NULL,
-        PRIMARY KEY (app_id, endpoint_id)
-    )
-    """,
-    "CREATE INDEX endpoints_by_user ON endpoints (app_id, user_id) WHERE user_id IS NOT NULL",
-    # KPIs: the same tables as SQLite's. Partitions of event_marks are made by
-    # apply_event_batch, a day at a time (_ensure_partitions).
-    """
-    CREATE TABLE event_marks (
-        day integer NOT NULL,
-        app_id text COLLATE "C" NOT NULL,
-        endpoint_id text COLLATE "C" NOT NULL,
-        event_id text COLLATE "C" NOT NULL,
-        PRIMARY KEY (day, app_id, endpoint_id, event_id)
-    ) PARTITION BY RANGE (day)
-    """,
-    """
-    CREATE TABLE kpi_members (
-        app_id text COLLATE "C" NOT NULL,
-        kind text COLLATE "C" NOT NULL,
-        day integer NOT NULL,
-        member text COLLATE "C" NOT NULL,
-        PRIMARY KEY (app_id, kind, day, member)
-    )
-    """,
-    """
-    CREATE TABLE kpi_sums (
-        app_id text COLLATE "C" NOT NULL,
-        kind text COLLATE "C" NOT NULL,
-        day integer NOT NULL,
-        grp text COLLATE "C" NOT NULL,
-        total bigint NOT NULL,
-        PRIMARY KEY (app_id, kind, day, grp)
-    )
-    """,
-    """
-    CREATE TABLE kpi_first_days (
-        app_id text COLLATE "C" NOT NULL,
-        endpoint_id text COLLATE "C" NOT NULL,
-        day integer NOT NULL,
-        PRIMARY KEY (app_id, endpoint_id)
-    )
-    """,
-    "CREATE INDEX kpi_first_days_by_day ON kpi_first_days (app_id, day)",
 )
 
-# Every endpoint query lists the columns in the order of endpoint_row.
-_GET_ENDPOINT = (
-    "SELECT app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, creation_date, "
-    "effective_date, request_id, document FROM endpoints "
-    "WHERE app_id = $1 AND endpoint_id = $2 AND NOT deleted"
-)
-_USER_ENDPOINTS = (
-    "SELECT app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, creation_date, "
-    "effective_date, request_id, document FROM endpoints "
-    "WHERE app_id = $1 AND user_id = $2 AND NOT deleted ORDER BY endpoint_id"
-)
+
+def unnest(*types: str) -> str:
+    """``{rows}`` of a batch write: one array parameter a column, of ``types``."""
+    arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(types, 1))
+    return "SELECT * FROM unnest(" + arrays + ")"  # noqa: S608 (type names, constants here)
+
+
+_GET_ENDPOINT = sql.numbered(sql.GET_ENDPOINT)
+_USER_ENDPOINTS = sql.numbered(sql.USER_ENDPOINTS.format(index=""))
+# A batch's (app, ID) pairs, as two arrays. (S608: the statements that use it
+# are built of constants only.)
+_PAIRS = "(SELECT * FROM unnest($1::text[], $2::text[]))"
 LOAD_BATCH = (
-    "SELECT app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, creation_date, "
-    "effective_date, request_id, document FROM endpoints "
-    "WHERE (app_id, endpoint_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) "
-    "ORDER BY app_id, endpoint_id FOR UPDATE"
+    f"{sql.SELECT_ENDPOINTS} WHERE (app_id, endpoint_id) IN {_PAIRS} ORDER BY app_id, endpoint_id FOR UPDATE"
 )
 _COUNT_USERS = (
-    "SELECT app_id, user_id, count(*) AS count FROM endpoints "
-    "WHERE (app_id, user_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) "
-    "GROUP BY app_id, user_id"
+    "SELECT app_id, user_id, count(*) AS count FROM endpoints "  # noqa: S608
+    f"WHERE (app_id, user_id) IN {_PAIRS} GROUP BY app_id, user_id"
 )
 _LOAD_USERS = (
-    "SELECT app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, creation_date, "
-    "effective_date, request_id, document FROM endpoints "
-    "WHERE (app_id, user_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND NOT deleted "
-    "ORDER BY app_id, endpoint_id FOR UPDATE"
+    f"{sql.SELECT_ENDPOINTS} WHERE (app_id, user_id) IN {_PAIRS} "
+    "AND NOT deleted ORDER BY app_id, endpoint_id FOR UPDATE"
 )
 # Two int4 keys: a separate lock space from MIGRATION_LOCK. A hash collision
 # only serialises two users that did not need it.
@@ -206,16 +155,8 @@ _LOCK_USERS = (
     "SELECT DISTINCT hashtext(a) AS a, hashtext(u) AS u FROM unnest($1::text[], $2::text[]) AS t(a, u) "
     "ORDER BY 1, 2) AS keys"
 )
-UPSERT = (
-    "INSERT INTO endpoints (app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, "
-    "creation_date, effective_date, request_id, document) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::bigint[], "
-    "$6::bigint[], $7::text[], $8::text[], $9::text[], $10::text[]) "
-    "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET user_id = EXCLUDED.user_id, "
-    "deleted = EXCLUDED.deleted, effective_ms = EXCLUDED.effective_ms, "
-    "kafka_offset = EXCLUDED.kafka_offset, creation_date = EXCLUDED.creation_date, "
-    "effective_date = EXCLUDED.effective_date, request_id = EXCLUDED.request_id, "
-    "document = EXCLUDED.document"
+UPSERT = sql.PUT_ENDPOINTS.format(
+    rows=unnest("text", "text", "text", "boolean", "bigint", "bigint", "text", "text", "text", "text")
 )
 
 # KPI writes (see the module docstring for the locking).
@@ -227,53 +168,23 @@ _PARTITIONS = (
 # A partition's name says its day: event_marks_20261123.
 _PARTITION_NAME = re.compile(r"event_marks_(\d{4})(\d{2})(\d{2})")
 _EPOCH = date(1970, 1, 1)
-_MARK_EVENTS = (
-    "INSERT INTO event_marks (day, app_id, endpoint_id, event_id) "
-    "SELECT * FROM unnest($1::integer[], $2::text[], $3::text[], $4::text[]) "
-    "ON CONFLICT DO NOTHING RETURNING day, app_id, endpoint_id, event_id"
-)
+_MARK_EVENTS = sql.MARK_EVENTS.format(rows=unnest("integer", "text", "text", "text"))
 _EVENT_USERS = (
-    "SELECT app_id, endpoint_id, user_id FROM endpoints "
-    "WHERE (app_id, endpoint_id) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND NOT deleted"
+    "SELECT app_id, endpoint_id, user_id FROM endpoints "  # noqa: S608
+    f"WHERE (app_id, endpoint_id) IN {_PAIRS} AND NOT deleted"
 )
-_ADD_MEMBERS = (
-    "INSERT INTO kpi_members (app_id, kind, day, member) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[]) ON CONFLICT DO NOTHING"
-)
-_ADD_SUMS = (
-    "INSERT INTO kpi_sums AS s (app_id, kind, day, grp, total) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], $5::bigint[]) "
-    "ON CONFLICT (app_id, kind, day, grp) DO UPDATE SET total = s.total + EXCLUDED.total"
-)
-_KEEP_FIRST_DAYS = (
-    "INSERT INTO kpi_first_days AS f (app_id, endpoint_id, day) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::integer[]) "
-    "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET day = EXCLUDED.day WHERE EXCLUDED.day < f.day"
-)
-# KPI reads: one index range each.
-_KPI_MEMBER_COUNTS = (
-    "SELECT day, '', count(*) FROM kpi_members "
-    "WHERE app_id = $1 AND kind = $2 AND day BETWEEN $3 AND $4 GROUP BY day ORDER BY day"
-)
-_KPI_MEMBERS = (
-    "SELECT day, member, 1 FROM kpi_members "
-    "WHERE app_id = $1 AND kind = $2 AND day BETWEEN $3 AND $4 ORDER BY day, member"
-)
-# As ingest.store.KPI_MONTHLY_STEPS.
+_ADD_MEMBERS = sql.ADD_MEMBERS.format(rows=unnest("text", "text", "integer", "text"))
+_ADD_SUMS = sql.ADD_SUMS.format(rows=unnest("text", "text", "integer", "text", "bigint"))
+_KEEP_FIRST_DAYS = sql.KEEP_FIRST_DAYS.format(rows=unnest("text", "text", "integer"))
+# KPI reads: the shared ones (sql.KPI_*) and the monthly steps, counted as
+# SqliteStore counts them (see its KPI_MONTHLY_STEPS); LEAST passes over the
+# last day's NULL lead, and the running sum (numeric) is cast back.
 _KPI_MONTHLY_STEPS = (
     "WITH m AS (SELECT day, LEAST(lead(day) OVER (PARTITION BY member ORDER BY day), "
     "day + $5::integer) AS ends FROM kpi_members "
     "WHERE app_id = $1 AND kind = $2 AND day BETWEEN $3 AND $4), "
     "steps AS (SELECT day AS at, 1 AS delta FROM m UNION ALL SELECT ends, -1 FROM m) "
     "SELECT at, '', (sum(sum(delta)) OVER (ORDER BY at))::integer FROM steps GROUP BY at ORDER BY at"
-)
-_KPI_SUMS = (
-    "SELECT day, grp, total FROM kpi_sums "
-    "WHERE app_id = $1 AND kind = $2 AND day BETWEEN $3 AND $4 ORDER BY day, grp"
-)
-_KPI_NEW_ENDPOINTS = (
-    "SELECT day, '', count(*) FROM kpi_first_days "
-    "WHERE app_id = $1 AND day BETWEEN $2 AND $3 GROUP BY day ORDER BY day"
 )
 
 # What asyncpg and the socket under it raise; everything else is a bug here.
@@ -322,37 +233,28 @@ class PostgresStore:
 
     async def create_app(self, app: App) -> None:
         with _boundary("create app"):
-            await self._pool.execute(
-                "INSERT INTO apps (id, name, arn, tags, creation_date) VALUES ($1, $2, $3, $4, $5)",
-                app.id,
-                app.name,
-                app.arn,
-                orjson.dumps(app.tags).decode(),
-                app.creation_date,
-            )
+            await self._pool.execute(sql.numbered(sql.CREATE_APP), *app_row(app))
 
     async def get_app(self, app_id: str) -> App | None:
         if NUL in app_id:
             return None
         with _boundary("get app"):
-            row = await self._pool.fetchrow("SELECT * FROM apps WHERE id = $1", app_id)
-        return None if row is None else _app(row)
+            row = await self._pool.fetchrow(sql.numbered(sql.GET_APP), app_id)
+        return None if row is None else app_of(row)
 
     async def list_apps(self, *, after: str | None, limit: int) -> Sequence[App]:
         # No ID holds NUL, so "after P + NUL + rest" is "after P" in byte order.
         after = (after or "").partition(NUL)[0]
         with _boundary("list apps"):
-            rows = await self._pool.fetch(
-                "SELECT * FROM apps WHERE id > $1 ORDER BY id LIMIT $2", after, limit
-            )
-        return [_app(row) for row in rows]
+            rows = await self._pool.fetch(sql.numbered(sql.LIST_APPS), after, limit)
+        return [app_of(row) for row in rows]
 
     async def delete_app(self, app_id: str) -> App | None:
         if NUL in app_id:
             return None
         with _boundary("delete app"):
-            row = await self._pool.fetchrow("DELETE FROM apps WHERE id = $1 RETURNING *", app_id)
-        return None if row is None else _app(row)
+            row = await self._pool.fetchrow(sql.numbered(sql.DELETE_APP), app_id)
+        return None if row is None else app_of(row)
 
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None:
         if NUL in app_id or NUL in endpoint_id:
@@ -435,10 +337,14 @@ class PostgresStore:
         return dropped
 
     async def kpi_member_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        return await self._read("KPI member counts", _KPI_MEMBER_COUNTS, app_id, kind, first_day, last_day)
+        return await self._read(
+            "KPI member counts", sql.numbered(sql.KPI_MEMBER_COUNTS), app_id, kind, first_day, last_day
+        )
 
     async def kpi_members(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        return await self._read("KPI members", _KPI_MEMBERS, app_id, kind, first_day, last_day)
+        return await self._read(
+            "KPI members", sql.numbered(sql.KPI_MEMBERS), app_id, kind, first_day, last_day
+        )
 
     async def kpi_monthly_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
         first = first_day - (kpis.MONTH_DAYS - 1)
@@ -448,10 +354,12 @@ class PostgresStore:
         return kpis.rolling_counts(steps, first_day, last_day)
 
     async def kpi_sums(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        return await self._read("KPI sums", _KPI_SUMS, app_id, kind, first_day, last_day)
+        return await self._read("KPI sums", sql.numbered(sql.KPI_SUMS), app_id, kind, first_day, last_day)
 
     async def kpi_new_endpoints(self, app_id: str, first_day: int, last_day: int) -> KpiData:
-        return await self._read("KPI new endpoints", _KPI_NEW_ENDPOINTS, app_id, first_day, last_day)
+        return await self._read(
+            "KPI new endpoints", sql.numbered(sql.KPI_NEW_ENDPOINTS), app_id, first_day, last_day
+        )
 
     async def _read(self, what: str, query: str, *params: str | int) -> KpiData:
         if any(isinstance(param, str) and NUL in param for param in params):
@@ -476,11 +384,11 @@ async def _migrate(con: asyncpg.Connection) -> None:
     versions are recorded, so a second process waits and then finds nothing
     to do."""
     await con.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-    await con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY)")
-    current = await con.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-    for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
-        await con.execute(sql)
-        await con.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+    await con.execute(sql.MIGRATIONS_TABLE)
+    current = await con.fetchval(sql.MIGRATED)
+    for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
+        await con.execute(migration)
+        await con.execute(sql.numbered(sql.RECORD_MIGRATION), version)
 
 
 def _partition_name(day: int) -> str:
@@ -573,13 +481,3 @@ def _retriable(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.InterfaceError) and exc.__context__ is not None:
         return _retriable(exc.__context__)
     return isinstance(exc, _RETRIABLE) and not isinstance(exc, asyncpg.DatabaseDroppedError)
-
-
-def _app(row: asyncpg.Record) -> App:
-    return App(
-        id=row["id"],
-        name=row["name"],
-        arn=row["arn"],
-        tags=orjson.loads(row["tags"]),
-        creation_date=row["creation_date"],
-    )

@@ -7,13 +7,13 @@ a store brings its schema up to date.
 Endpoint writes go through :meth:`Store.apply_endpoint_batch`: in one
 transaction, load the batch's endpoints (and, rarely, every endpoint of a user
 the batch may take past 15), fold the records in partition order with
-:func:`ingest.endpoints.fold`, write what changed. The fold is the same Python
+:func:`ingest.folds.endpoints.fold`, write what changed. The fold is the same Python
 for every backend.
 
 Event writes go through :meth:`Store.apply_event_batch`: in one transaction,
 mark the batch's events in ``event_marks`` (a mark already there is a
 duplicate), look up the UserId of the endpoints whose events do not name one,
-and write :func:`ingest.kpis.effects` of the new events. Marks are kept per
+and write :func:`ingest.folds.kpis.effects` of the new events. Marks are kept per
 day, so expiring the days before the dedupe window is one range delete.
 """
 
@@ -26,16 +26,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-import orjson
-
 from ingest.errors import StoreError
 from ingest.folds import endpoints, kpis
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.folds.kpis import EventOutcome
 from ingest.records.values import Event
+from ingest.store import sql
 from ingest.store.base import (
     App,
     KpiData,
+    app_of,
+    app_row,
     endpoint_row,
     endpoint_state,
     event_effects,
@@ -45,145 +46,62 @@ from ingest.store.base import (
 
 T = TypeVar("T")
 
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE apps (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        arn TEXT NOT NULL,
-        tags TEXT NOT NULL,
-        creation_date TEXT NOT NULL
+
+def _values(width: int, rows: int = 1) -> str:
+    """``{rows}`` of a batch write: ``rows`` rows of ``width`` placeholders."""
+    row = "(" + ", ".join("?" * width) + ")"
+    return "VALUES " + ", ".join([row] * rows)
+
+
+MIGRATIONS = sql.migrations(
+    sql.Types(
+        key="TEXT",
+        text="TEXT",
+        boolean="INTEGER",
+        int32="INTEGER",
+        int64="INTEGER",
+        # An addition past 64 bits makes an SQLite integer a float, silently
+        # inexact; the CHECK refuses it, as PostgreSQL's bigint does.
+        total_check=" CHECK (typeof(total) = 'integer')",
+        keyed=" WITHOUT ROWID",
+        marks=" WITHOUT ROWID",
     )
-    """,
-    """
-    CREATE TABLE endpoints (
-        app_id TEXT NOT NULL,
-        endpoint_id TEXT NOT NULL,
-        user_id TEXT,
-        deleted INTEGER NOT NULL,
-        effective_ms INTEGER NOT NULL,
-        kafka_offset INTEGER NOT NULL,
-        creation_date TEXT NOT NULL,
-        effective_date TEXT NOT NULL,
-        request_id TEXT NOT NULL,
-        document TEXT NOT NULL,
-        PRIMARY KEY (app_id, endpoint_id)
-    ) WITHOUT ROWID
-    """,
-    "CREATE INDEX endpoints_by_user ON endpoints (app_id, user_id) WHERE user_id IS NOT NULL",
-    # KPIs (ingest.kpis). The dedupe marks lead with the day: expiring the
-    # days before the window is one range delete at the front of the table.
-    """
-    CREATE TABLE event_marks (
-        day INTEGER NOT NULL,
-        app_id TEXT NOT NULL,
-        endpoint_id TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        PRIMARY KEY (day, app_id, endpoint_id, event_id)
-    ) WITHOUT ROWID
-    """,
-    """
-    CREATE TABLE kpi_members (
-        app_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        day INTEGER NOT NULL,
-        member TEXT NOT NULL,
-        PRIMARY KEY (app_id, kind, day, member)
-    ) WITHOUT ROWID
-    """,
-    # An addition past 64 bits makes an SQLite integer a float, silently
-    # inexact; the CHECK refuses it, as PostgreSQL's bigint does.
-    """
-    CREATE TABLE kpi_sums (
-        app_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        day INTEGER NOT NULL,
-        grp TEXT NOT NULL,
-        total INTEGER NOT NULL CHECK (typeof(total) = 'integer'),
-        PRIMARY KEY (app_id, kind, day, grp)
-    ) WITHOUT ROWID
-    """,
-    """
-    CREATE TABLE kpi_first_days (
-        app_id TEXT NOT NULL,
-        endpoint_id TEXT NOT NULL,
-        day INTEGER NOT NULL,
-        PRIMARY KEY (app_id, endpoint_id)
-    ) WITHOUT ROWID
-    """,
-    "CREATE INDEX kpi_first_days_by_day ON kpi_first_days (app_id, day)",
 )
 
-_SELECT = (
-    "SELECT app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, "
-    "creation_date, effective_date, request_id, document FROM endpoints "
-)
 # Every endpoint query names its index. SQLite 3.40 answers a row-value
 # ``(app_id, endpoint_id) IN (VALUES …)`` with a full scan, and without
 # ANALYZE statistics it reads a user's endpoints by scanning the whole app in
 # primary-key order (to skip a sort) rather than through the user index: both
 # linear in the table. ``test_every_endpoint_query_searches_an_index`` holds
 # each query below to an index search.
-GET_ENDPOINT = _SELECT + "WHERE app_id = ? AND endpoint_id = ? AND deleted = 0"
-USER_ENDPOINTS = (
-    _SELECT
-    + "INDEXED BY endpoints_by_user WHERE app_id = ? AND user_id = ? AND deleted = 0 ORDER BY endpoint_id"
-)
+_BY_USER = " INDEXED BY endpoints_by_user"
+USER_ENDPOINTS = sql.USER_ENDPOINTS.format(index=_BY_USER)
 # A deleted endpoint has no user_id, so the user index holds live ones only.
-USER_MEMBERS = _SELECT + "INDEXED BY endpoints_by_user WHERE app_id = ? AND user_id = ?"
+USER_MEMBERS = sql.SELECT_ENDPOINTS + _BY_USER + " WHERE app_id = ? AND user_id = ?"
 # "{}" takes one "?" per ID: one app's IDs at a time.
-LOAD_ENDPOINTS = _SELECT + "WHERE app_id = ? AND endpoint_id IN ({})"
+LOAD_ENDPOINTS = sql.SELECT_ENDPOINTS + " WHERE app_id = ? AND endpoint_id IN ({})"
 COUNT_USERS = (
     "SELECT app_id, user_id, count(*) FROM endpoints INDEXED BY endpoints_by_user "
     "WHERE app_id = ? AND user_id IN ({}) GROUP BY app_id, user_id"
 )
 # An upsert rather than INSERT OR REPLACE, which deletes and re-inserts the
 # row and its index entries: about 1.3 times the rows/s here.
-PUT_ENDPOINT = (
-    "INSERT INTO endpoints (app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, "
-    "creation_date, effective_date, request_id, document) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET user_id = excluded.user_id, "
-    "deleted = excluded.deleted, effective_ms = excluded.effective_ms, "
-    "kafka_offset = excluded.kafka_offset, creation_date = excluded.creation_date, "
-    "effective_date = excluded.effective_date, request_id = excluded.request_id, "
-    "document = excluded.document"
-)
+PUT_ENDPOINT = sql.PUT_ENDPOINTS.format(rows=_values(10))
 # SQLite's default limit on bound variables is 32766 (3.32+); one per ID.
 _IDS_PER_QUERY = 1000
 # Four bound variables a mark.
 _MARKS_PER_QUERY = 1000
 
-# KPI writes. A mark that is there already is not returned: its event is a
-# duplicate. (One multi-row statement a chunk: executemany cannot return rows.)
-MARK_EVENTS = (
-    "INSERT INTO event_marks (day, app_id, endpoint_id, event_id) VALUES {} "
-    "ON CONFLICT DO NOTHING RETURNING day, app_id, endpoint_id, event_id"
-)
+# KPI writes: sql's, a row a statement (the marks, a chunk a statement).
 # "{}" takes one "?" per endpoint ID, as LOAD_ENDPOINTS. A deleted endpoint's
 # user_id is NULL; the condition says so rather than relying on it.
 EVENT_USERS = (
-    "SELECT endpoint_id, user_id FROM endpoints WHERE app_id = ? AND endpoint_id IN ({}) AND deleted = 0"
+    "SELECT endpoint_id, user_id FROM endpoints WHERE app_id = ? AND endpoint_id IN ({}) AND NOT deleted"
 )
-ADD_MEMBER = "INSERT INTO kpi_members (app_id, kind, day, member) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
-ADD_SUM = (
-    "INSERT INTO kpi_sums (app_id, kind, day, grp, total) VALUES (?, ?, ?, ?, ?) "
-    "ON CONFLICT (app_id, kind, day, grp) DO UPDATE SET total = total + excluded.total"
-)
-KEEP_FIRST_DAY = (
-    "INSERT INTO kpi_first_days (app_id, endpoint_id, day) VALUES (?, ?, ?) "
-    "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET day = excluded.day WHERE excluded.day < day"
-)
+ADD_MEMBER = sql.ADD_MEMBERS.format(rows=_values(4))
+ADD_SUM = sql.ADD_SUMS.format(rows=_values(5))
+KEEP_FIRST_DAY = sql.KEEP_FIRST_DAYS.format(rows=_values(3))
 EXPIRE_MARKS = "DELETE FROM event_marks WHERE day < ?"
-# KPI reads: each one search of a primary key or index range
-# (``test_every_kpi_query_searches_an_index``).
-KPI_MEMBER_COUNTS = (
-    "SELECT day, '', count(*) FROM kpi_members "
-    "WHERE app_id = ? AND kind = ? AND day BETWEEN ? AND ? GROUP BY day ORDER BY day"
-)
-KPI_MEMBERS = (
-    "SELECT day, member, 1 FROM kpi_members "
-    "WHERE app_id = ? AND kind = ? AND day BETWEEN ? AND ? ORDER BY day, member"
-)
 # Monthly: each member-day covers the MONTH_DAYS days from it, cut short where
 # the member's next day takes over, so a member counts once a day; the
 # running sum of +1 at each start and -1 at each end is the count from that
@@ -194,14 +112,6 @@ KPI_MONTHLY_STEPS = (
     "WHERE app_id = ?1 AND kind = ?2 AND day BETWEEN ?3 AND ?4), "
     "steps AS (SELECT day AS at, 1 AS delta FROM m UNION ALL SELECT ends, -1 FROM m) "
     "SELECT at, '', sum(sum(delta)) OVER (ORDER BY at) FROM steps GROUP BY at ORDER BY at"
-)
-KPI_SUMS = (
-    "SELECT day, grp, total FROM kpi_sums "
-    "WHERE app_id = ? AND kind = ? AND day BETWEEN ? AND ? ORDER BY day, grp"
-)
-KPI_NEW_ENDPOINTS = (
-    "SELECT day, '', count(*) FROM kpi_first_days "
-    "WHERE app_id = ? AND day BETWEEN ? AND ? GROUP BY day ORDER BY day"
 )
 
 
@@ -252,37 +162,32 @@ class SqliteStore:
             raise StoreError(f"{what}: {exc}", retriable=isinstance(exc, sqlite3.OperationalError)) from exc
 
     async def create_app(self, app: App) -> None:
-        row = (app.id, app.name, app.arn, orjson.dumps(app.tags).decode(), app.creation_date)
-        await self._run(
-            "create app", lambda: self._db.execute("INSERT INTO apps VALUES (?, ?, ?, ?, ?)", row)
-        )
+        await self._run("create app", lambda: self._db.execute(sql.CREATE_APP, app_row(app)))
 
     async def get_app(self, app_id: str) -> App | None:
         def get() -> App | None:
-            row = self._db.execute("SELECT * FROM apps WHERE id = ?", (app_id,)).fetchone()
-            return None if row is None else _app(row)
+            row = self._db.execute(sql.GET_APP, (app_id,)).fetchone()
+            return None if row is None else app_of(row)
 
         return await self._run("get app", get)
 
     async def list_apps(self, *, after: str | None, limit: int) -> Sequence[App]:
         def page() -> list[App]:
-            rows = self._db.execute(
-                "SELECT * FROM apps WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit)
-            ).fetchall()
-            return [_app(row) for row in rows]
+            rows = self._db.execute(sql.LIST_APPS, (after or "", limit)).fetchall()
+            return [app_of(row) for row in rows]
 
         return await self._run("list apps", page)
 
     async def delete_app(self, app_id: str) -> App | None:
         def delete() -> App | None:
-            row = self._db.execute("DELETE FROM apps WHERE id = ? RETURNING *", (app_id,)).fetchone()
-            return None if row is None else _app(row)
+            row = self._db.execute(sql.DELETE_APP, (app_id,)).fetchone()
+            return None if row is None else app_of(row)
 
         return await self._run("delete app", delete)
 
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None:
         def get() -> EndpointState | None:
-            row = self._db.execute(GET_ENDPOINT, (app_id, endpoint_id)).fetchone()
+            row = self._db.execute(sql.GET_ENDPOINT, (app_id, endpoint_id)).fetchone()
             return None if row is None else endpoint_state(row)
 
         return await self._run("get endpoint", get)
@@ -355,9 +260,10 @@ class SqliteStore:
             new: list[Event] = []
             for start in range(0, len(marks), _MARKS_PER_QUERY):
                 chunk = marks[start : start + _MARKS_PER_QUERY]
-                rows = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+                # One multi-row statement a chunk: executemany cannot return rows.
+                mark_events = sql.MARK_EVENTS.format(rows=_values(4, len(chunk)))
                 flat = [value for mark in chunk for value in mark]
-                new.extend(fresh[mark] for mark in db.execute(MARK_EVENTS.format(rows), flat))
+                new.extend(fresh[mark] for mark in db.execute(mark_events, flat))
             stored: dict[Key, str | None] = {}
             for ids, marks_ in by_app(unresolved(new)):
                 for endpoint_id, user_id in db.execute(EVENT_USERS.format(marks_), ids):
@@ -381,10 +287,11 @@ class SqliteStore:
         return await self._run("expire event marks", expire)
 
     async def kpi_member_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        return await self._read("KPI member counts", KPI_MEMBER_COUNTS, (app_id, kind, first_day, last_day))
+        params = (app_id, kind, first_day, last_day)
+        return await self._read("KPI member counts", sql.KPI_MEMBER_COUNTS, params)
 
     async def kpi_members(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        return await self._read("KPI members", KPI_MEMBERS, (app_id, kind, first_day, last_day))
+        return await self._read("KPI members", sql.KPI_MEMBERS, (app_id, kind, first_day, last_day))
 
     async def kpi_monthly_counts(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
         params = (app_id, kind, first_day - (kpis.MONTH_DAYS - 1), last_day, kpis.MONTH_DAYS)
@@ -392,10 +299,10 @@ class SqliteStore:
         return kpis.rolling_counts(steps, first_day, last_day)
 
     async def kpi_sums(self, app_id: str, kind: str, first_day: int, last_day: int) -> KpiData:
-        return await self._read("KPI sums", KPI_SUMS, (app_id, kind, first_day, last_day))
+        return await self._read("KPI sums", sql.KPI_SUMS, (app_id, kind, first_day, last_day))
 
     async def kpi_new_endpoints(self, app_id: str, first_day: int, last_day: int) -> KpiData:
-        return await self._read("KPI new endpoints", KPI_NEW_ENDPOINTS, (app_id, first_day, last_day))
+        return await self._read("KPI new endpoints", sql.KPI_NEW_ENDPOINTS, (app_id, first_day, last_day))
 
     async def _read(self, what: str, query: str, params: tuple[Any, ...]) -> KpiData:
         def read() -> KpiData:
@@ -413,17 +320,12 @@ def _migrate(db: sqlite3.Connection) -> None:
     opening the same fresh store waits (busy_timeout) instead of racing."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
-        (current,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
-        for version, sql in enumerate(MIGRATIONS[current:], start=current + 1):
-            db.execute(sql)
-            db.execute("INSERT INTO schema_migrations(version) VALUES (?)", (version,))
+        db.execute(sql.MIGRATIONS_TABLE)
+        (current,) = db.execute(sql.MIGRATED).fetchone()
+        for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
+            db.execute(migration)
+            db.execute(sql.RECORD_MIGRATION, (version,))
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
-
-
-def _app(row: Sequence[Any]) -> App:
-    app_id, name, arn, tags, created = row
-    return App(id=app_id, name=name, arn=arn, tags=orjson.loads(tags), creation_date=created)

@@ -1,0 +1,192 @@
+"""The SQL both store backends run, written once.
+
+Statements use ``?`` placeholders, SQLite's style, and SQLite runs them as they
+stand; PostgreSQL runs :func:`numbered` of them (``$1, $2, …``). Batch writes
+leave their rows as ``{rows}``: SQLite fills in ``VALUES (?, …)`` rows,
+PostgreSQL one ``unnest`` of an array a column. What only one backend runs
+(SQLite's ``INDEXED BY`` hints and chunked ``IN`` lists, PostgreSQL's
+``unnest`` lookups, ``FOR UPDATE``, advisory locks and partitions, and each
+one's monthly KPI read) stays in that backend's module.
+
+The migrations are written once too, with the words where the backends'
+schemas differ (types, collation, table options) left for each to fill in
+(:class:`Types`). A migration, once released, never changes: a store records
+how many it has applied, and runs only those after.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import asdict, dataclass
+from functools import cache
+
+
+@cache
+def numbered(statement: str) -> str:
+    """``statement`` with its ``?`` placeholders numbered ``$1, $2, …`` in
+    order, as PostgreSQL takes them. (No statement here has a ``?`` in a
+    literal or a name.)"""
+    count = itertools.count(1)
+    return re.sub(r"\?", lambda _: f"${next(count)}", statement)
+
+
+@dataclass(frozen=True, slots=True)
+class Types:
+    """What a backend's migrations say where the backends differ."""
+
+    key: str
+    """Text that is compared or sorted (IDs, kinds, members)."""
+    text: str
+    """Text that is only stored."""
+    boolean: str
+    int32: str
+    int64: str
+    total_check: str
+    """After ``total … NOT NULL``: what else keeps a KPI total exact."""
+    keyed: str
+    """After a table stored in primary-key order (every one but ``apps``)."""
+    marks: str
+    """After ``event_marks``."""
+
+
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE apps (
+        id {key} PRIMARY KEY,
+        name {text} NOT NULL,
+        arn {text} NOT NULL,
+        tags {text} NOT NULL,
+        creation_date {text} NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE endpoints (
+        app_id {key} NOT NULL,
+        endpoint_id {key} NOT NULL,
+        user_id {key},
+        deleted {boolean} NOT NULL,
+        effective_ms {int64} NOT NULL,
+        kafka_offset {int64} NOT NULL,
+        creation_date {text} NOT NULL,
+        effective_date {text} NOT NULL,
+        request_id {text} NOT NULL,
+        document {text} NOT NULL,
+        PRIMARY KEY (app_id, endpoint_id)
+    ){keyed}
+    """,
+    "CREATE INDEX endpoints_by_user ON endpoints (app_id, user_id) WHERE user_id IS NOT NULL",
+    # KPIs (ingest.folds.kpis). The dedupe marks lead with the day: expiring
+    # the days before the window is one range delete at the front of the table.
+    """
+    CREATE TABLE event_marks (
+        day {int32} NOT NULL,
+        app_id {key} NOT NULL,
+        endpoint_id {key} NOT NULL,
+        event_id {key} NOT NULL,
+        PRIMARY KEY (day, app_id, endpoint_id, event_id)
+    ){marks}
+    """,
+    """
+    CREATE TABLE kpi_members (
+        app_id {key} NOT NULL,
+        kind {key} NOT NULL,
+        day {int32} NOT NULL,
+        member {key} NOT NULL,
+        PRIMARY KEY (app_id, kind, day, member)
+    ){keyed}
+    """,
+    """
+    CREATE TABLE kpi_sums (
+        app_id {key} NOT NULL,
+        kind {key} NOT NULL,
+        day {int32} NOT NULL,
+        grp {key} NOT NULL,
+        total {int64} NOT NULL{total_check},
+        PRIMARY KEY (app_id, kind, day, grp)
+    ){keyed}
+    """,
+    """
+    CREATE TABLE kpi_first_days (
+        app_id {key} NOT NULL,
+        endpoint_id {key} NOT NULL,
+        day {int32} NOT NULL,
+        PRIMARY KEY (app_id, endpoint_id)
+    ){keyed}
+    """,
+    "CREATE INDEX kpi_first_days_by_day ON kpi_first_days (app_id, day)",
+)
+
+
+def migrations(types: Types) -> tuple[str, ...]:
+    """The numbered migrations (version ``i + 1`` at index ``i``) in a
+    backend's words."""
+    words = asdict(types)
+    return tuple(migration.format(**words) for migration in _MIGRATIONS)
+
+
+MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY)"
+MIGRATED = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+RECORD_MIGRATION = "INSERT INTO schema_migrations (version) VALUES (?)"
+
+# Apps, in the column order of base.app_row.
+CREATE_APP = "INSERT INTO apps (id, name, arn, tags, creation_date) VALUES (?, ?, ?, ?, ?)"
+GET_APP = "SELECT id, name, arn, tags, creation_date FROM apps WHERE id = ?"
+LIST_APPS = "SELECT id, name, arn, tags, creation_date FROM apps WHERE id > ? ORDER BY id LIMIT ?"
+DELETE_APP = "DELETE FROM apps WHERE id = ? RETURNING id, name, arn, tags, creation_date"
+
+# Endpoints: every query lists the columns in the order of base.endpoint_row.
+# (S608: the statements are built of constants only.)
+_ENDPOINT_COLUMNS = (
+    "app_id, endpoint_id, user_id, deleted, effective_ms, kafka_offset, "
+    "creation_date, effective_date, request_id, document"
+)
+SELECT_ENDPOINTS = "SELECT " + _ENDPOINT_COLUMNS + " FROM endpoints"  # noqa: S608
+GET_ENDPOINT = SELECT_ENDPOINTS + " WHERE app_id = ? AND endpoint_id = ? AND NOT deleted"
+# "{index}": SQLite names the index it must search (see ingest.store.sqlite).
+USER_ENDPOINTS = (
+    SELECT_ENDPOINTS + "{index} WHERE app_id = ? AND user_id = ? AND NOT deleted ORDER BY endpoint_id"
+)
+PUT_ENDPOINTS = (
+    "INSERT INTO endpoints (" + _ENDPOINT_COLUMNS + ") {rows} "
+    "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET user_id = excluded.user_id, "
+    "deleted = excluded.deleted, effective_ms = excluded.effective_ms, "
+    "kafka_offset = excluded.kafka_offset, creation_date = excluded.creation_date, "
+    "effective_date = excluded.effective_date, request_id = excluded.request_id, "
+    "document = excluded.document"
+)
+
+# KPI writes. A mark that is there already is not returned: its event is a
+# duplicate. Sums add to the stored total; first days keep the earliest.
+MARK_EVENTS = (
+    "INSERT INTO event_marks (day, app_id, endpoint_id, event_id) {rows} "
+    "ON CONFLICT DO NOTHING RETURNING day, app_id, endpoint_id, event_id"
+)
+ADD_MEMBERS = "INSERT INTO kpi_members (app_id, kind, day, member) {rows} ON CONFLICT DO NOTHING"
+ADD_SUMS = (
+    "INSERT INTO kpi_sums AS s (app_id, kind, day, grp, total) {rows} "
+    "ON CONFLICT (app_id, kind, day, grp) DO UPDATE SET total = s.total + excluded.total"
+)
+KEEP_FIRST_DAYS = (
+    "INSERT INTO kpi_first_days AS f (app_id, endpoint_id, day) {rows} "
+    "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET day = excluded.day WHERE excluded.day < f.day"
+)
+
+# KPI reads: each one search of a primary key or index range
+# (``test_every_kpi_query_searches_an_index`` holds SQLite to it).
+KPI_MEMBER_COUNTS = (
+    "SELECT day, '', count(*) FROM kpi_members "
+    "WHERE app_id = ? AND kind = ? AND day BETWEEN ? AND ? GROUP BY day ORDER BY day"
+)
+KPI_MEMBERS = (
+    "SELECT day, member, 1 FROM kpi_members "
+    "WHERE app_id = ? AND kind = ? AND day BETWEEN ? AND ? ORDER BY day, member"
+)
+KPI_SUMS = (
+    "SELECT day, grp, total FROM kpi_sums "
+    "WHERE app_id = ? AND kind = ? AND day BETWEEN ? AND ? ORDER BY day, grp"
+)
+KPI_NEW_ENDPOINTS = (
+    "SELECT day, '', count(*) FROM kpi_first_days "
+    "WHERE app_id = ? AND day BETWEEN ? AND ? GROUP BY day ORDER BY day"
+)
