@@ -92,15 +92,16 @@ _IDS_PER_QUERY = 1000
 # Four bound variables a mark.
 _MARKS_PER_QUERY = 1000
 
-# KPI writes: sql's, a row a statement (the marks, a chunk a statement).
+# KPI writes: sql's, with a row of placeholders for executemany (the marks
+# take a chunk of rows a statement, as executemany cannot return rows).
+ADD_MEMBER = sql.ADD_MEMBERS.format(rows=_values(4))
+ADD_SUM = sql.ADD_SUMS.format(rows=_values(5))
+KEEP_FIRST_DAY = sql.KEEP_FIRST_DAYS.format(rows=_values(3))
 # "{}" takes one "?" per endpoint ID, as LOAD_ENDPOINTS. A deleted endpoint's
 # user_id is NULL; the condition says so rather than relying on it.
 EVENT_USERS = (
     "SELECT endpoint_id, user_id FROM endpoints WHERE app_id = ? AND endpoint_id IN ({}) AND NOT deleted"
 )
-ADD_MEMBER = sql.ADD_MEMBERS.format(rows=_values(4))
-ADD_SUM = sql.ADD_SUMS.format(rows=_values(5))
-KEEP_FIRST_DAY = sql.KEEP_FIRST_DAYS.format(rows=_values(3))
 EXPIRE_MARKS = "DELETE FROM event_marks WHERE day < ?"
 # Monthly: each member-day covers the MONTH_DAYS days from it, cut short where
 # the member's next day takes over, so a member counts once a day; the
@@ -260,7 +261,6 @@ class SqliteStore:
             new: list[Event] = []
             for start in range(0, len(marks), _MARKS_PER_QUERY):
                 chunk = marks[start : start + _MARKS_PER_QUERY]
-                # One multi-row statement a chunk: executemany cannot return rows.
                 mark_events = sql.MARK_EVENTS.format(rows=_values(4, len(chunk)))
                 flat = [value for mark in chunk for value in mark]
                 new.extend(fresh[mark] for mark in db.execute(mark_events, flat))
