@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ingest {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    status_help = (
+        "once listening, write its PID, address and broker here as JSON, atomically "
+        "(for supervisors and tests; removed on a clean stop)"
+    )
 
     run = commands.add_parser(
         "run",
@@ -33,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="edge listen address (INGEST_HOST, default 127.0.0.1)")
     run.add_argument("--port", type=int, help="edge port, 0 for any free one (INGEST_PORT, default 8080)")
     run.add_argument("--data-dir", type=Path, help="SQLite and logs (INGEST_DATA_DIR, default ./data)")
+    run.add_argument("--status-file", type=Path, help=status_help)
 
     edge = commands.add_parser(
         "edge",
@@ -41,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     edge.add_argument("--host")
     edge.add_argument("--port", type=int)
+    edge.add_argument("--status-file", type=Path, help=status_help)
 
     worker = commands.add_parser(
         "worker",
@@ -55,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--host")
     worker.add_argument("--port", type=int)
+    worker.add_argument("--status-file", type=Path, help=status_help)
 
     commands.add_parser(
         "migrate",
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             mode: Mode = args.command
             if args.command == "worker":
                 mode = "worker-kpis" if args.role == "kpis" else "worker-endpoints"
-            return uvloop.run(serve(settings, mode=mode))
+            return uvloop.run(serve(settings, mode=mode, status_file=args.status_file))
         return uvloop.run(_migrate(settings))
     except IngestError as exc:
         log.error("%s", exc)  # noqa: TRY400 - the message is the whole story for an operator

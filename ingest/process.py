@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -30,6 +32,7 @@ from ingest.errors import IngestError, SettingsError
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
 from ingest.kafka.publish import Publisher
+from ingest.launch import Broker, Status, write_status
 from ingest.metrics import ConsumerMetrics, KpiWorkerMetrics, Metrics, WorkerMetrics
 from ingest.records.codec import Codec
 from ingest.settings import Settings
@@ -183,8 +186,12 @@ def _redacted(url: str | None) -> str | None:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
-async def serve(settings: Settings, *, mode: Mode) -> int:
-    """Run one process role until SIGINT/SIGTERM, then drain (module docstring)."""
+async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = None) -> int:
+    """Run one process role until SIGINT/SIGTERM, then drain (module docstring).
+
+    With ``status_file``, once listening it writes there where it listens and
+    which broker it uses (:mod:`ingest.launch`), and removes it on the way out.
+    """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 
@@ -200,6 +207,7 @@ async def serve(settings: Settings, *, mode: Mode) -> int:
     async with AsyncExitStack() as stack:
         bootstrap = settings.kafka_bootstrap
         idempotence = settings.kafka_idempotence
+        embedded: Broker | None = None
         if bootstrap is None:
             if mode != "run":
                 raise SettingsError(
@@ -207,6 +215,7 @@ async def serve(settings: Settings, *, mode: Mode) -> int:
                 )
             broker = await stack.enter_async_context(EmbeddedBroker(log_path=settings.data_dir / "tansu.log"))
             bootstrap = broker.bootstrap
+            embedded = Broker(broker.bootstrap, broker.pid or 0)
             # aiokafka's idempotent producer needs InitProducerId v3+, which Tansu lacks.
             idempotence = False
         await clients.ensure_topics(settings, bootstrap)
@@ -262,6 +271,10 @@ async def serve(settings: Settings, *, mode: Mode) -> int:
             http_server(app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s)
         )
         settle_gc()
+        if status_file is not None:
+            status = Status(os.getpid(), f"{settings.host}:{port}", kafka=bootstrap, broker=embedded)
+            write_status(status_file, status)
+            stack.callback(status_file.unlink, missing_ok=True)
         if not serves_api:
             log.info("probes listening on http://%s:%d (/healthz, /readyz, /metrics)", settings.host, port)
         else:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
-import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,7 +21,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from ingest.kafka.broker import EmbeddedBroker, free_port
+from ingest.kafka.broker import EmbeddedBroker
+from ingest.launch import Launched, launch
 from tests import postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,32 +32,42 @@ T = TypeVar("T")
 
 @dataclass
 class Pipeline:
-    """One `ingest run` process and what tests need to reach and hurt it."""
+    """One `ingest` process and what tests need to reach and hurt it."""
 
-    process: subprocess.Popen[bytes]
-    port: int
+    launched: Launched
     data_dir: Path
-    log_path: Path
     env: dict[str, str] = field(default_factory=dict)
 
     @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.launched.process
+
+    @property
+    def port(self) -> int:
+        return self.launched.port
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.launched.url
+
+    @property
+    def log_path(self) -> Path:
+        return self.launched.log_path
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.launched.log()
 
     @property
     def bootstrap(self) -> str:
-        found = re.search(r"listening on tcp://([\d.]+:\d+)", self.log())
-        assert found, self.log()
-        return found.group(1)
+        """The Kafka bootstrap the process uses, from its status file."""
+        assert self.launched.status.kafka, self.launched.status
+        return self.launched.status.kafka
 
     @property
     def broker_pid(self) -> int:
-        found = re.search(r"listening on tcp://\S+, pid (\d+)", self.log())
-        assert found, self.log()
-        return int(found.group(1))
+        """The embedded broker's PID (`ingest run` without a bootstrap)."""
+        assert self.launched.status.broker, self.launched.status
+        return self.launched.status.broker.pid
 
     def client(self, **config: Any) -> Any:
         return boto3.client(
@@ -86,33 +97,11 @@ class Pipeline:
             conn.close()
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"ingest run exited {self.process.returncode}:\n{self.log()}")
-            try:
-                status, _, _ = self.request("GET", "/readyz", timeout_s=2)
-            except OSError:
-                status = 0
-            if status == 200:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"ingest run not ready in {timeout_s} s:\n{self.log()}")
+        self.launched.wait_ready(timeout_s)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
         """Signal our own process by its PID and wait; resume a frozen broker first."""
-        if self.process.poll() is None:
-            try:
-                os.kill(self.broker_pid, signal.SIGCONT)
-            except (ProcessLookupError, AssertionError):
-                pass
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return self.launched.stop(sig, timeout_s)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -122,32 +111,24 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def start_ingest(tmp: Path, args: list[str], *, port: int, data_dir: Path, env: dict[str, str]) -> Pipeline:
     """`python -m ingest <args>` with this environment less INGEST_*, plus
-    ``env``; returns once its /readyz answers 200."""
+    ``env``; returns once its /readyz answers 200 (:func:`ingest.launch.launch`)."""
     log_path = tmp / f"{'-'.join(args[:2])}-{port}.log"
-    with log_path.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "ingest", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=clean_env(**env),
-            cwd=ROOT,
-        )
-    started = Pipeline(process, port, data_dir, log_path, env)
-    try:
-        started.wait_ready()
-    except BaseException:
-        started.stop(signal.SIGKILL)
-        raise
-    return started
+    launched = launch(
+        [sys.executable, "-m", "ingest", *args],
+        env=clean_env(**env),
+        log_path=log_path,
+        cwd=ROOT,
+        timeout_s=START_TIMEOUT_S,
+    )
+    return Pipeline(launched, data_dir, env)
 
 
 def start_pipeline(tmp: Path, **env: str) -> Pipeline:
-    """`ingest run` on a free port with its own data dir."""
-    port = free_port()
-    data_dir = tmp / f"data-{port}"
-    data_dir.mkdir(parents=True)
-    args = ["run", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
-    return start_ingest(data_dir, args, port=port, data_dir=data_dir, env=env)
+    """`ingest run` on a port of its choosing with its own data dir."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=tmp))
+    args = ["run", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir)]
+    return start_ingest(data_dir, args, port=0, data_dir=data_dir, env=env)
 
 
 def eventually(read: Callable[[], T], done: Callable[[T], bool], what: str, within_s: float = 15.0) -> T:
