@@ -1,8 +1,8 @@
 """The PostgreSQL backend of the store (asyncpg), for more than one process.
 
-It runs the SQL of :mod:`ingest.store.sql` as SQLite does; it is longer than
-SQLite's because several workers write here at once, and the locking that
-keeps their batches serialisable (below) is this backend's alone.
+It runs the SQL of :mod:`ingest.store.sql` as SQLite does, and earns its size
+over SQLite's with what several workers writing at once need: the locking that
+keeps their batches serialisable, and the partitioned marks (below).
 
 Same logical schema and the same observable behaviour as
 :class:`ingest.store.sqlite.SqliteStore`; migrations are numbered and applied at open
