@@ -4,7 +4,8 @@ The harness signals only processes it started, by PID: `ingest run` (edge,
 both workers, the embedded Tansu broker, SQLite under a data dir of its own),
 an extra `ingest worker kpis` joined to the same broker and store (the KPI
 worker it can kill without taking the memory-only broker down with `ingest
-run`), the broker whose PID `ingest run` logs, and the null server.
+run`), the broker whose PID `ingest run` writes to its status file, and the
+null server. Each is started by :func:`ingest.launch.launch`.
 
 ``--chaos`` runs this timeline over a run of ``D`` seconds:
 
@@ -22,9 +23,8 @@ Accounting must still find nothing lost and nothing counted twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import os
-import re
 import signal
 import socket
 import sys
@@ -32,22 +32,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from load.api import Api
+from ingest.launch import Launched, launch
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
-POLL_S = 0.1
 FREEZE_BEYOND_DEADLINE_S = 2.0
 DEFAULT_PRODUCE_TIMEOUT_S = 5.0
 # Settings the harness decides for the processes it starts.
 OWN_SETTINGS = ("INGEST_KAFKA_BOOTSTRAP", "INGEST_DATA_DIR", "INGEST_HOST", "INGEST_PORT")
-_BROKER = re.compile(r"listening on tcp://([\d.]+:\d+), pid (\d+)")
-
-
-class SpawnError(Exception):
-    """A process the harness started did not come up (its log tail attached)."""
 
 
 def free_port() -> int:
@@ -65,120 +57,77 @@ def _env(**extra: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS} | extra
 
 
-class Child:
-    """One process we started, its output in a log file."""
+async def _launch(argv: list[str], env: dict[str, str], log: Path, address: str | None = None) -> Launched:
+    """:func:`ingest.launch.launch` off the event loop: it blocks until ready."""
+    return await asyncio.to_thread(
+        functools.partial(launch, argv, env=env, log_path=log, timeout_s=START_TIMEOUT_S, address=address)
+    )
 
-    def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.name = name
-        self.process = process
-        self.log = log
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    @classmethod
-    async def start(cls, name: str, argv: list[str], env: dict[str, str], log: Path) -> Child:
-        with log.open("ab") as out:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=env
-            )
-        return cls(name, process, log)
-
-    async def wait_ready(self, session: aiohttp.ClientSession, url: str) -> None:
-        api = Api(session, url)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT_S
-        while not await api.ready():
-            if self.process.returncode is not None:
-                raise SpawnError(f"{self.name} exited {self.process.returncode}:\n{self.tail()}")
-            if loop.time() > deadline:
-                raise SpawnError(f"{self.name} not ready in {START_TIMEOUT_S:g} s:\n{self.tail()}")
-            await asyncio.sleep(POLL_S)  # between readiness polls
-
-    def kill(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-
-    async def stop(self) -> None:
-        """SIGTERM (a clean drain), SIGKILL after STOP_TIMEOUT_S. Idempotent."""
-        if self.process.returncode is None:
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                self.process.kill()
-        await self.process.wait()
+async def _stop(child: Launched) -> None:
+    """SIGTERM (a clean drain), SIGKILL after STOP_TIMEOUT_S. Idempotent."""
+    await asyncio.to_thread(child.stop, signal.SIGTERM, STOP_TIMEOUT_S)
 
 
 class Pipeline:
-    """`ingest run` on a free loopback port, plus extra workers on demand."""
+    """`ingest run` on a loopback port of its choosing, plus extra workers on demand."""
 
-    def __init__(self, work_dir: Path, session: aiohttp.ClientSession) -> None:
+    def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
         self.data_dir = work_dir / "data"
-        self._session = session
-        self.run: Child | None = None
-        self.workers: list[Child] = []
-        self.port = 0
-        self.bootstrap = ""
-        self.broker_pid = 0
+        self.run: Launched | None = None
+        self.workers: list[Launched] = []
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        assert self.run is not None, "not started"
+        return self.run.url
+
+    @property
+    def bootstrap(self) -> str:
+        assert self.run is not None and self.run.status.kafka, "not started"
+        return self.run.status.kafka
+
+    @property
+    def broker_pid(self) -> int:
+        """The embedded broker's PID, from the status file `ingest run` writes."""
+        broker = None if self.run is None else self.run.status.broker
+        return 0 if broker is None else broker.pid
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        argv = [sys.executable, "-m", "ingest", "run", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [sys.executable, "-m", "ingest", "run", "--host", "127.0.0.1", "--port", "0"]
         argv += ["--data-dir", str(self.data_dir)]
-        self.run = await Child.start("ingest run", argv, _env(), self.work_dir / "ingest-run.log")
-        await self.run.wait_ready(self._session, self.url)
-        found = _BROKER.search(self.run.tail(10**6))
-        if found is None:
-            raise SpawnError(f"no broker address in the log of ingest run:\n{self.run.tail()}")
-        self.bootstrap, self.broker_pid = found.group(1), int(found.group(2))
+        self.run = await _launch(argv, _env(), self.work_dir / "ingest-run.log")
 
-    async def start_worker(self, role: str = "kpis") -> Child:
+    async def start_worker(self, role: str = "kpis") -> Launched:
         """`ingest worker <role>` on the same broker and store: another member
         of that role's consumer group."""
-        port = free_port()
         env = _env(
             INGEST_KAFKA_BOOTSTRAP=self.bootstrap,
             INGEST_DATA_DIR=str(self.data_dir),
             # aiokafka's idempotent producer (the dead-letter one) fails on Tansu.
             INGEST_KAFKA_IDEMPOTENCE="false",
         )
-        argv = [sys.executable, "-m", "ingest", "worker", role, "--host", "127.0.0.1", "--port", str(port)]
-        log = self.work_dir / f"worker-{role}-{len(self.workers)}.log"
-        worker = await Child.start(f"ingest worker {role}", argv, env, log)
+        argv = [sys.executable, "-m", "ingest", "worker", role, "--host", "127.0.0.1", "--port", "0"]
+        worker = await _launch(argv, env, self.work_dir / f"worker-{role}-{len(self.workers)}.log")
         self.workers.append(worker)
-        await worker.wait_ready(self._session, f"http://127.0.0.1:{port}")
         return worker
 
     def signal_broker(self, sig: signal.Signals) -> None:
         """Only while `ingest run` (the broker's parent) lives: the PID is ours."""
-        if self.run is not None and self.run.process.returncode is None and self.broker_pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.broker_pid, sig)
+        if self.run is not None:
+            self.run.signal_broker(sig)
 
     async def stop(self) -> None:
-        self.signal_broker(signal.SIGCONT)
         for worker in self.workers:
-            await worker.stop()
+            await _stop(worker)
         if self.run is not None:
-            await self.run.stop()
+            await _stop(self.run)  # resumes a frozen broker first
 
     def tails(self) -> str:
         children = ([self.run] if self.run else []) + self.workers
-        return "\n".join(f"--- {c.name} (pid {c.pid}, {c.log}):\n{c.tail()}" for c in children)
+        return "\n".join(f"--- {c.name} (pid {c.pid}, {c.log_path}):\n{c.tail()}" for c in children)
 
 
 async def chaos(
@@ -198,8 +147,8 @@ async def chaos(
 
     victim = pipeline.workers[-1] if pipeline.workers else await pipeline.start_worker()
     when = await at(0.15)
-    victim.kill()
-    await victim.process.wait()
+    victim.process.kill()
+    await asyncio.to_thread(victim.process.wait)
     note(when, f"SIGKILL ingest worker kpis (pid {victim.pid})")
     await at(0.30)
     replacement = await pipeline.start_worker()
@@ -218,23 +167,24 @@ async def chaos(
 class NullServer:
     """``python -m load.null`` on a free port."""
 
-    def __init__(self, work_dir: Path, session: aiohttp.ClientSession, processes: int) -> None:
+    def __init__(self, work_dir: Path, processes: int) -> None:
         self._work_dir = work_dir
-        self._session = session
         self._processes = processes
         self.port = free_port()
-        self.child: Child | None = None
+        self.child: Launched | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
+        # It writes no status file (uvicorn's workers share a port given up
+        # front): readiness is polled on that port.
         argv = [sys.executable, "-m", "load.null", "--port", str(self.port)]
         argv += ["--processes", str(self._processes)]
-        self.child = await Child.start("null server", argv, _env(), self._work_dir / "null.log")
-        await self.child.wait_ready(self._session, self.url)
+        address = f"127.0.0.1:{self.port}"
+        self.child = await _launch(argv, _env(), self._work_dir / "null.log", address=address)
 
     async def stop(self) -> None:
         if self.child is not None:
-            await self.child.stop()
+            await _stop(self.child)

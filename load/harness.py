@@ -245,19 +245,17 @@ def _latency(histogram: Any) -> dict[str, float]:
 
 
 @contextlib.asynccontextmanager
-async def _server(
-    options: Options, session: aiohttp.ClientSession, work_dir: Path
-) -> AsyncIterator[tuple[str, faults.Pipeline | None]]:
+async def _server(options: Options, work_dir: Path) -> AsyncIterator[tuple[str, faults.Pipeline | None]]:
     """The URL to load, and the pipeline when the harness started one."""
     if options.null_server:
-        null = faults.NullServer(work_dir, session, options.null_processes)
+        null = faults.NullServer(work_dir, options.null_processes)
         try:
             await null.start()
             yield null.url, None
         finally:
             await null.stop()
     elif options.spawn or options.chaos:
-        pipeline = faults.Pipeline(work_dir, session)
+        pipeline = faults.Pipeline(work_dir)
         try:
             await pipeline.start()
             if options.chaos:
@@ -279,7 +277,7 @@ async def execute(options: Options, *, out: TextIO | None = sys.stderr) -> dict[
     actions: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="load-") as tmp:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            async with _server(options, session, Path(tmp)) as (url, pipeline):
+            async with _server(options, Path(tmp)) as (url, pipeline):
                 try:
                     api = Api(session, url)
                     app_id = await api.create_app(f"load-{run_id}")

@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import uvloop
 
 from load import chaos as faults
@@ -89,37 +88,36 @@ async def _against_ingest_run(duration_s: float) -> tuple[list[str], dict[str, A
     half-saturation summary, saturation events/s)."""
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="report-") as tmp:
-        async with aiohttp.ClientSession() as session:
-            pipeline = faults.Pipeline(Path(tmp), session)
-            try:
-                await pipeline.start()
-                url = pipeline.url
-                await execute(Options(url=url, duration_s=5, seed=SEED, verify=False), out=None)
-                saturated = await execute(Options(url=url, duration_s=duration_s, seed=SEED), out=None)
-                peak = float(saturated["events_per_s"])
-                rows.append(_load_line(saturated, "saturation (closed loop, 32 connections)"))
-                half: dict[str, Any] = {}
-                for share in (0.25, 0.5, 0.75):
-                    summary = await execute(
-                        Options(url=url, duration_s=duration_s, rate=share * peak, seed=SEED), out=None
-                    )
-                    rows.append(_load_line(summary, f"open loop at {share:.0%} of saturation"))
-                    if share == 0.5:
-                        half = summary
-                resent = await execute(
-                    Options(
-                        url=url,
-                        duration_s=duration_s,
-                        rate=0.5 * peak,
-                        retry_rate=0.05,
-                        invalid_rate=0.01,
-                        seed=SEED,
-                    ),
-                    out=None,
+        pipeline = faults.Pipeline(Path(tmp))
+        try:
+            await pipeline.start()
+            url = pipeline.url
+            await execute(Options(url=url, duration_s=5, seed=SEED, verify=False), out=None)
+            saturated = await execute(Options(url=url, duration_s=duration_s, seed=SEED), out=None)
+            peak = float(saturated["events_per_s"])
+            rows.append(_load_line(saturated, "saturation (closed loop, 32 connections)"))
+            half: dict[str, Any] = {}
+            for share in (0.25, 0.5, 0.75):
+                summary = await execute(
+                    Options(url=url, duration_s=duration_s, rate=share * peak, seed=SEED), out=None
                 )
-                rows.append(_load_line(resent, "50 %, 5 % of batches re-sent, 1 % invalid events"))
-            finally:
-                await pipeline.stop()
+                rows.append(_load_line(summary, f"open loop at {share:.0%} of saturation"))
+                if share == 0.5:
+                    half = summary
+            resent = await execute(
+                Options(
+                    url=url,
+                    duration_s=duration_s,
+                    rate=0.5 * peak,
+                    retry_rate=0.05,
+                    invalid_rate=0.01,
+                    seed=SEED,
+                ),
+                out=None,
+            )
+            rows.append(_load_line(resent, "50 %, 5 % of batches re-sent, 1 % invalid events"))
+        finally:
+            await pipeline.stop()
     chaos = await execute(
         Options(chaos=True, duration_s=max(30.0, duration_s), rate=0.25 * peak, retry_rate=0.05, seed=SEED),
         out=None,
