@@ -1,13 +1,14 @@
-"""`ingest bench --part endpoints`: the endpoint worker's drain rate per store
+"""`python -m bench --part endpoints`: the endpoint worker's drain rate per store
 backend beside the ceilings it runs under, and freshness (UpdateEndpoint
 answered 202 → readable by GetEndpoint).
 
 Drain rate: upserts already in Kafka (produced first, not timed), one
 EndpointWorker from a fresh consumer group, timed until every record is
-applied or superseded. Store ceiling: the same batches' SQL alone — load the
-batch's rows, upsert the rows the fold made (built beforehand) — in one
-transaction a batch. Decode and fold: the worker's two Python steps alone, on
-the same records. PostgreSQL runs in a schema of its own, dropped after.
+applied or superseded. Store ceiling: ``Store.apply_endpoint_batch`` alone on
+the same records, already decoded, a batch per transaction as the worker cuts
+them (it loads the batch's rows, folds, upserts). Decode and fold: the
+worker's two Python steps alone, on the same records. PostgreSQL runs in a
+schema of its own, dropped after.
 Freshness: `ingest run` (edge + worker + SQLite) on the same machine, one write
 at a time, each then polled until readable.
 """
@@ -16,18 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-from ingest.workers.sinks import EndpointWorker
 from prometheus_client import CollectorRegistry
 
-from bench.support import ingest_run, postgres_schema, produce, quantile, time_drain
+from bench.support import batches_rate, fresh_store, ingest_run, produce, quantile, time_drain
 from ingest.folds import endpoints
 from ingest.folds.endpoints import EndpointRecord, EndpointState
 from ingest.kafka import clients
@@ -37,10 +35,8 @@ from ingest.process import settle_gc
 from ingest.records.codec import Codec
 from ingest.records.values import Demographic, EndpointUpsert, Location
 from ingest.settings import Settings
-from ingest.store import postgres
-from ingest.store.backends import open_store
-from ingest.store.base import endpoint_row
-from ingest.store.sqlite import LOAD_ENDPOINTS, MIGRATIONS, PUT_ENDPOINT, by_app
+from ingest.store.base import Store
+from ingest.workers.sinks import EndpointWorker
 
 UPSERTS_PER_ENDPOINT = 5
 
@@ -67,9 +63,7 @@ def _upserts(app_id: str, count: int) -> list[EndpointUpsert]:
     ]
 
 
-async def drain_rate(
-    settings: Settings, store_url: str | None, data_dir: Path, count: int
-) -> tuple[float, float]:
+async def drain_rate(settings: Settings, store: Store, data_dir: Path, count: int) -> tuple[float, float]:
     """→ (upserts/s, CPU-ms of this process per 1,000 upserts)."""
     async with EmbeddedBroker(log_path=data_dir / "tansu-drain.log") as broker:
         await clients.ensure_topics(settings, broker.bootstrap)
@@ -83,7 +77,6 @@ async def drain_rate(
                 for u in upserts
             ],
         )
-        store = await open_store(store_url, data_dir=data_dir)
         registry = CollectorRegistry()
         metrics = WorkerMetrics(registry)
         worker = EndpointWorker(
@@ -102,14 +95,16 @@ async def drain_rate(
                 for o in ("applied", "superseded")
             )
 
-        try:
-            return await time_drain(worker, done, count)
-        finally:
-            await store.close()
+        return await time_drain(worker, done, count)
+
+
+def _records(upserts: list[EndpointUpsert]) -> list[tuple[EndpointRecord, int]]:
+    """As the worker hands them to the fold and the store: with their offsets."""
+    return [(u, offset) for offset, u in enumerate(upserts)]
 
 
 def _batches(upserts: list[EndpointUpsert], size: int) -> list[list[tuple[EndpointRecord, int]]]:
-    records: list[tuple[EndpointRecord, int]] = [(u, offset) for offset, u in enumerate(upserts)]
+    records = _records(upserts)
     return [records[start : start + size] for start in range(0, len(records), size)]
 
 
@@ -127,58 +122,6 @@ def python_rates(upserts: list[EndpointUpsert], batch: int) -> tuple[float, floa
     for records in _batches(upserts, batch):
         states.update(endpoints.fold(states, records, endpoints.BatchOutcome()))
     return decode_rate, len(upserts) / (time.perf_counter() - started)
-
-
-def _rows_by_batch(
-    upserts: list[EndpointUpsert], batch: int
-) -> list[tuple[list[tuple[str, str]], list[Any]]]:
-    """Each batch's keys and the rows the fold writes for it."""
-    states: dict[tuple[str, str], EndpointState] = {}
-    out = []
-    for records in _batches(upserts, batch):
-        changed = endpoints.fold(states, records, endpoints.BatchOutcome())
-        states.update(changed)
-        keys = sorted({(r.app_id, r.endpoint_id) for r, _ in records})
-        out.append((keys, [endpoint_row(s) for s in changed.values()]))
-    return out
-
-
-def sqlite_ceiling(path: Path, upserts: list[EndpointUpsert], batch: int) -> float:
-    """Upserts/s when SQLite does only the SQL of each batch."""
-    prepared = _rows_by_batch(upserts, batch)
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        for migration in MIGRATIONS:
-            db.execute(migration)
-        started = time.perf_counter()
-        for keys, rows in prepared:
-            db.execute("BEGIN IMMEDIATE")
-            for values, marks in by_app(keys):
-                db.execute(LOAD_ENDPOINTS.format(marks), values).fetchall()
-            db.executemany(PUT_ENDPOINT, rows)
-            db.execute("COMMIT")
-        return len(upserts) / (time.perf_counter() - started)
-    finally:
-        db.close()
-
-
-async def postgres_ceiling(url: str, upserts: list[EndpointUpsert], batch: int) -> float:
-    """Upserts/s when PostgreSQL does only the SQL of each batch."""
-    prepared = _rows_by_batch(upserts, batch)
-    async with postgres_schema(url) as schema_url:
-        await (await open_store(schema_url, data_dir=Path())).close()  # migrate
-        con = await asyncpg.connect(schema_url)
-        try:
-            started = time.perf_counter()
-            for keys, rows in prepared:
-                async with con.transaction():
-                    await con.fetch(postgres.LOAD_BATCH, *postgres.columns(keys, 2))
-                    await con.execute(postgres.UPSERT, *postgres.columns(sorted(rows), 10))
-            return len(upserts) / (time.perf_counter() - started)
-        finally:
-            await con.close()
 
 
 async def freshness(data_dir: Path, writes: int) -> list[float]:
@@ -211,7 +154,7 @@ async def bench_endpoints(settings: Settings, *, records: int, postgres_url: str
         f"endpoints, {batch} records per poll and per transaction; broker, worker and database share "
         "the machine.",
         "",
-        "| store | store ceiling: the batches' SQL alone, upserts/s | worker: Kafka → store, upserts/s "
+        "| store | store ceiling: apply_endpoint_batch alone, upserts/s | worker: Kafka → store, upserts/s "
         "| worker ÷ ceiling | worker CPU-ms per 1,000 upserts |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -220,13 +163,10 @@ async def bench_endpoints(settings: Settings, *, records: int, postgres_url: str
         if postgres_url:
             backends.append(("PostgreSQL", postgres_url))
         for name, url in backends:
-            if url is None:
-                ceiling = sqlite_ceiling(Path(tmp) / f"ceiling-{uuid.uuid4().hex}.sqlite3", upserts, batch)
-                rate, cpu_ms = await drain_rate(settings, None, Path(tmp), records)
-            else:
-                ceiling = await postgres_ceiling(url, upserts, batch)
-                async with postgres_schema(url) as schema_url:
-                    rate, cpu_ms = await drain_rate(settings, schema_url, Path(tmp), records)
+            async with fresh_store(url, Path(tmp) / f"ceiling-{name}") as (store, _):
+                ceiling = await batches_rate(store.apply_endpoint_batch, _records(upserts), batch)
+            async with fresh_store(url, Path(tmp) / f"drain-{name}") as (store, _):
+                rate, cpu_ms = await drain_rate(settings, store, Path(tmp), records)
             lines.append(f"| {name} | {ceiling:,.0f} | {rate:,.0f} | {rate / ceiling:.2f} | {cpu_ms:,.0f} |")
         delays = await freshness(Path(tmp) / "fresh", 200)
     lines += [
@@ -238,5 +178,5 @@ async def bench_endpoints(settings: Settings, *, records: int, postgres_url: str
         f"readable by GetEndpoint: p50 {quantile(delays, 0.5):.0f} ms, "
         f"p99 {quantile(delays, 0.99):.0f} ms, max {max(delays):.0f} ms.",
     ]
-    print("\n".join(lines))  # noqa: T201
+    print("\n".join(lines))
     return 0

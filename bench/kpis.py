@@ -1,4 +1,4 @@
-"""`ingest bench --part kpis`: the KPI worker's drain rate per store backend
+"""`python -m bench --part kpis`: the KPI worker's drain rate per store backend
 beside the ceilings it runs under, and what the store keeps per event.
 
 Events look like an app's day: each endpoint opens sessions of ten events
@@ -19,6 +19,7 @@ aggregates per event once the drain is done.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import sqlite3
@@ -29,10 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-from ingest.workers.sinks import KpiSink
 from prometheus_client import CollectorRegistry
 
-from bench.support import ingest_run, postgres_schema, produce, quantile, time_drain
+from bench.support import batches_rate, fresh_store, ingest_run, produce, quantile, time_drain
 from ingest.folds import kpis
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
@@ -41,9 +41,9 @@ from ingest.process import settle_gc
 from ingest.records.codec import Codec
 from ingest.records.values import EndpointContext, Event, Session
 from ingest.settings import Settings
-from ingest.store.backends import open_store
 from ingest.store.base import Store
 from ingest.workers.consumer import Worker
+from ingest.workers.sinks import KpiSink
 
 EVENTS_PER_SESSION = 10
 SESSIONS_PER_ENDPOINT = 2
@@ -140,10 +140,9 @@ async def drain_rate(settings: Settings, store: Store, bootstrap: str, count: in
 async def store_ceiling(store: Store, events: list[Event], batch: int) -> float:
     """Events/s when the store does only ``apply_event_batch``."""
     oldest, newest = _oldest_day(), _newest_day()
-    started = time.perf_counter()
-    for start in range(0, len(events), batch):
-        await store.apply_event_batch(events[start : start + batch], oldest_day=oldest, newest_day=newest)
-    return len(events) / (time.perf_counter() - started)
+    return await batches_rate(
+        functools.partial(store.apply_event_batch, oldest_day=oldest, newest_day=newest), events, batch
+    )
 
 
 def decode_rate(events: list[Event]) -> float:
@@ -261,30 +260,13 @@ async def bench_kpis(settings: Settings, *, records: int, postgres_url: str | No
             if postgres_url:
                 backends.append(("PostgreSQL", postgres_url))
             for name, url in backends:
-                if url is None:
-                    store = await open_store(None, data_dir=Path(tmp) / "ceiling")
+                async with fresh_store(url, Path(tmp) / "ceiling") as (store, _):
                     ceiling = await store_ceiling(store, events, batch)
-                    await store.close()
-                    store = await open_store(None, data_dir=Path(tmp) / "drain")
-                    try:
-                        rate, cpu_ms = await drain_rate(settings, store, broker.bootstrap, records)
-                    finally:
-                        await store.close()
-                    marks, aggregates = sqlite_bytes(Path(tmp) / "drain" / "ingest.sqlite3")
-                else:
-                    async with postgres_schema(url) as schema_url:
-                        store = await open_store(schema_url, data_dir=Path())
-                        try:
-                            ceiling = await store_ceiling(store, events, batch)
-                        finally:
-                            await store.close()
-                    async with postgres_schema(url) as schema_url:
-                        store = await open_store(schema_url, data_dir=Path())
-                        try:
-                            rate, cpu_ms = await drain_rate(settings, store, broker.bootstrap, records)
-                        finally:
-                            await store.close()
-                        marks, aggregates = await postgres_bytes(schema_url)
+                async with fresh_store(url, Path(tmp) / "drain") as (store, schema_url):
+                    rate, cpu_ms = await drain_rate(settings, store, broker.bootstrap, records)
+                    kept = None if schema_url is None else await postgres_bytes(schema_url)
+                # SQLite's are read once the store is closed and its log checkpointed.
+                marks, aggregates = kept or sqlite_bytes(Path(tmp) / "drain" / "ingest.sqlite3")
                 lines.append(
                     f"| {name} | {ceiling:,.0f} | {rate:,.0f} | {rate / ceiling:.2f} | {cpu_ms:,.0f} "
                     f"| {marks / records:,.0f} B, {aggregates / records:,.0f} B |"
@@ -302,5 +284,5 @@ async def bench_kpis(settings: Settings, *, records: int, postgres_url: str | No
         "events a day keeps seven days of marks (the per-event figure times 7 million); aggregates grow with "
         "distinct endpoints, users and sessions a day, and are kept.",
     ]
-    print("\n".join(lines))  # noqa: T201
+    print("\n".join(lines))
     return 0

@@ -1,6 +1,7 @@
-"""What the worker benchmarks share: producing records already in Kafka,
-timing a worker's drain of them, a PostgreSQL schema of their own, and
-`ingest run` in its own process for freshness."""
+"""What the benches share: a measurement's result and its clock, producing
+records already in Kafka, timing a worker's drain of them, a fresh store (a
+PostgreSQL schema of its own), and `ingest …` in its own process, started by
+:func:`ingest.launch.launch`."""
 
 from __future__ import annotations
 
@@ -8,25 +9,77 @@ import asyncio
 import contextlib
 import functools
 import os
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from ingest.kafka import clients
-from ingest.kafka.broker import free_port
+from ingest.launch import Launched, launch
 from ingest.settings import Settings
+from ingest.store.backends import open_store
+from ingest.store.base import Store
 from ingest.workers.consumer import Worker
+
+T = TypeVar("T")
 
 # How often the drain is checked: reading a counter walks the registry, and
 # at 5 ms that took 4 % of the worker's CPU; 20 ms errs under 1 % on a
 # drain of seconds.
 POLL_S = 0.02
+
+
+@dataclass
+class Result:
+    """One row of a write-path report: ``events`` in ``seconds``, and the CPU
+    the measured process spent on them when known."""
+
+    name: str
+    events: int
+    seconds: float
+    cpu_s: float | None = None
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def per_cpu(self) -> float | None:
+        return None if not self.cpu_s else self.events / self.cpu_s
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def timed(seconds: float, step: Callable[[], Awaitable[int]], concurrency: int) -> tuple[int, float]:
+    """``concurrency`` tasks calling ``step`` (→ events it did) for
+    ``seconds``; → (events, seconds taken)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    total = 0
+
+    async def worker() -> None:
+        nonlocal total
+        while loop.time() < deadline:
+            # Not `total += await step()`: that reads `total` before the await
+            # and loses the other workers' additions.
+            done = await step()
+            total += done
+
+    started = loop.time()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(concurrency):
+            group.create_task(worker())
+    return total, loop.time() - started
 
 
 async def produce(bootstrap: str, settings: Settings, records: Sequence[tuple[str, bytes, bytes]]) -> None:
@@ -69,6 +122,30 @@ async def time_drain(worker: Worker[Any], done: Callable[[], float], count: int)
     return (count - first) / elapsed, used / (count - first) * 1_000_000
 
 
+async def batches_rate(
+    apply: Callable[[Sequence[T]], Awaitable[object]], items: Sequence[T], batch: int
+) -> float:
+    """Items/s when ``apply`` (a store's batch method) is given ``items``
+    ``batch`` at a time, as a worker cuts them: a store's ceiling."""
+    started = time.perf_counter()
+    for start in range(0, len(items), batch):
+        await apply(items[start : start + batch])
+    return len(items) / (time.perf_counter() - started)
+
+
+@contextlib.asynccontextmanager
+async def fresh_store(url: str | None, data_dir: Path) -> AsyncIterator[tuple[Store, str | None]]:
+    """A new, empty store, closed (and its schema dropped) after: SQLite under
+    ``data_dir``, or PostgreSQL at ``url`` in a schema of its own; → (the
+    store, the URL it was opened with)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if url is not None:
+            url = await stack.enter_async_context(postgres_schema(url))
+        store = await open_store(url, data_dir=data_dir)
+        stack.push_async_callback(store.close)
+        yield store, url
+
+
 @contextlib.asynccontextmanager
 async def postgres_schema(url: str) -> AsyncIterator[str]:
     """A fresh schema, dropped after; → a URL whose search_path is it."""
@@ -82,14 +159,21 @@ async def postgres_schema(url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-async def _ready(session: Any, base: str) -> bool:
-    import aiohttp  # dev extra
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without INGEST_* settings, plus ``extra``:
+    a bench decides every setting of the processes it starts."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")} | extra
 
+
+@contextlib.asynccontextmanager
+async def launched(argv: list[str], env: dict[str, str], log: Path) -> AsyncIterator[Launched]:
+    """``argv`` (an ``ingest`` role, or a server writing the same status
+    file) in its own process, ready; SIGTERM and waited for after."""
+    started = await asyncio.to_thread(functools.partial(launch, argv, env=env, log_path=log))
     try:
-        async with session.get(f"{base}/readyz") as response:
-            return bool(response.status == 200)
-    except aiohttp.ClientError:
-        return False  # not listening yet
+        yield started
+    finally:
+        await asyncio.to_thread(started.stop)
 
 
 @contextlib.asynccontextmanager
@@ -98,31 +182,13 @@ async def ingest_run(data_dir: Path) -> AsyncIterator[tuple[Any, str, str]]:
     process, ready; → (an aiohttp session, its base URL, a new app's ID)."""
     import aiohttp  # dev extra
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")} | {
-        "INGEST_PORT": str(port),
-        "INGEST_DATA_DIR": str(data_dir),
-        "INGEST_LOG_LEVEL": "WARNING",
-    }
     await asyncio.to_thread(functools.partial(data_dir.mkdir, parents=True, exist_ok=True))
-    with (data_dir / "ingest.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ingest", "run", env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
+    argv = [sys.executable, "-m", "ingest", "run", "--port", "0", "--data-dir", str(data_dir)]
+    async with launched(argv, clean_env(INGEST_LOG_LEVEL="WARNING"), data_dir / "ingest.log") as run:
         async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 30
-            while not await _ready(session, base):
-                if process.returncode is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"ingest run did not become ready; see {data_dir / 'ingest.log'}")
-                await asyncio.sleep(0.05)  # polling a process that is starting
-            async with session.post(f"{base}/v1/apps", json={"Name": "fresh"}) as response:
+            async with session.post(f"{run.url}/v1/apps", json={"Name": "fresh"}) as response:
                 app_id = (await response.json())["Id"]
-            yield session, base, app_id
-    finally:
-        process.terminate()
-        await process.wait()
+            yield session, run.url, app_id
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -1,4 +1,4 @@
-"""`ingest bench`: the write path measured side by side with its ceilings.
+"""`python -m bench --part write`: the write path measured side by side with its ceilings.
 
 Everything runs in one invocation on one machine, so the ratios hold even when
 the machine is shared and noisy:
@@ -14,6 +14,9 @@ the machine is shared and noisy:
 5. edge: `ingest edge` in its own process, driven over HTTP; reported as
    events/s and as events per CPU-second of the edge process ("per edge core").
 
+The HTTP rows are driven by :mod:`bench.edge`, the canned server is
+:mod:`bench.canned`.
+
 The HTTP client (aiohttp) comes with the dev extras.
 """
 
@@ -23,13 +26,11 @@ import asyncio
 import functools
 import os
 import platform
-import subprocess
 import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ import orjson
 from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
+from bench.edge import bench_http
+from bench.support import Result, clean_env, cpu_seconds, timed
 from ingest.kafka import clients
-from ingest.kafka.broker import EmbeddedBroker, free_port
+from ingest.kafka.broker import EmbeddedBroker
 from ingest.kafka.publish import Publisher
 from ingest.metrics import Metrics
 from ingest.records import validate
@@ -104,48 +107,6 @@ def core_records(codec: Codec, raw: bytes, app_id: str) -> list[OutRecord]:
             if isinstance(e, Event)
         )
     return records
-
-
-@dataclass
-class Result:
-    name: str
-    events: int
-    seconds: float
-    cpu_s: float | None = None
-    note: str = ""
-
-    @property
-    def rate(self) -> float:
-        return self.events / self.seconds
-
-    @property
-    def per_cpu(self) -> float | None:
-        return None if not self.cpu_s else self.events / self.cpu_s
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def _timed(seconds: float, step: Callable[[], Awaitable[int]], concurrency: int) -> tuple[int, float]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    total = 0
-
-    async def worker() -> None:
-        nonlocal total
-        while loop.time() < deadline:
-            # Not `total += await step()`: that reads `total` before the await
-            # and loses the other workers' additions.
-            done = await step()
-            total += done
-
-    started = loop.time()
-    async with asyncio.TaskGroup() as group:
-        for _ in range(concurrency):
-            group.create_task(worker())
-    return total, loop.time() - started
 
 
 def bench_encoders(bodies: list[bytes], seconds: float) -> tuple[Result, Result]:
@@ -283,106 +244,20 @@ async def bench_publisher(settings: Settings, bootstrap: str, bodies: list[bytes
 
     async with publisher:
         cpu = time.process_time()
-        events, elapsed = await _timed(seconds, step, concurrency=32)
+        events, elapsed = await timed(seconds, step, concurrency=32)
         return Result("publisher: core + Publisher, no HTTP", events, elapsed, time.process_time() - cpu)
-
-
-async def _drive(
-    url: str, bodies: list[bytes], seconds: float, concurrency: int, pid: int
-) -> tuple[int, float, float]:
-    import aiohttp  # dev extra: only the benchmark drives HTTP
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    index = 0
-    async with aiohttp.ClientSession(
-        connector=connector, headers={"Content-Type": "application/json"}
-    ) as session:
-
-        async def step() -> int:
-            nonlocal index
-            raw = bodies[index % len(bodies)]
-            index += 1
-            async with session.post(url, data=raw) as response:
-                payload = await response.read()
-            if response.status != 202:
-                raise RuntimeError(f"edge answered {response.status}: {payload[:200]!r}")
-            return payload.count(b'"Accepted"') - 1
-
-        await _timed(min(1.0, seconds / 5), step, concurrency)  # warm up connections and caches
-        cpu = _cpu_seconds(pid)
-        events, elapsed = await _timed(seconds, step, concurrency)
-        return events, elapsed, _cpu_seconds(pid) - cpu
-
-
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)  # noqa: S603 - our own argv
-
-
-def _server_failed(what: str, log: Path) -> RuntimeError:
-    return RuntimeError(f"server {what}: {log.read_text()[-2000:]}")
-
-
-async def _wait_http(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    for _ in range(600):
-        if process.poll() is not None:
-            raise _server_failed("exited", log)
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)  # polling a port that is not yet bound
-            continue
-        writer.close()
-        return
-    raise _server_failed("did not listen", log)
-
-
-async def bench_http(
-    name: str,
-    args: list[str],
-    env: dict[str, str],
-    port: int,
-    path: str,
-    bodies: list[bytes],
-    seconds: float,
-    concurrency: int,
-    log: Path,
-) -> Result:
-    process = _spawn(args, env, log)
-    try:
-        await _wait_http(port, process, log)
-        url = f"http://127.0.0.1:{port}{path}"
-        if path.startswith("/v1/apps/{app}"):
-            url = url.replace("{app}", await _create_app(port))
-            await asyncio.sleep(0.5)  # let /readyz-style warm-up (metadata, first batch) settle
-        events, elapsed, cpu = await _drive(url, bodies, seconds, concurrency, process.pid)
-        return Result(name, events, elapsed, cpu)
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-async def _create_app(port: int) -> str:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"http://127.0.0.1:{port}/v1/apps", json={"Name": "bench"}) as response:
-            return str((await response.json())["Id"])
 
 
 async def bench(settings: Settings, *, seconds: float, concurrency: int) -> int:
     bodies = [make_body(seed) for seed in range(1, BODIES + 1)]
     work = Path(settings.data_dir) / f"bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
     results: list[Result] = [*bench_encoders(bodies, seconds), bench_core(bodies, seconds)]
-    port = free_port()
     results.append(
         await bench_http(
             "HTTP ceiling: uvicorn answering a canned 202",
-            [sys.executable, "-c", f"from ingest.bench import serve_canned; serve_canned({port})"],
-            env,
-            port,
+            [sys.executable, "-m", "bench.canned"],
+            clean_env(),
             "/v1/apps/x/events",
             bodies,
             seconds,
@@ -401,20 +276,17 @@ async def bench(settings: Settings, *, seconds: float, concurrency: int) -> int:
             elif measure == "publisher":
                 results.append(await bench_publisher(settings, broker.bootstrap, bodies, seconds))
             else:
-                port = free_port()
-                edge_env = env | {
-                    "INGEST_KAFKA_BOOTSTRAP": broker.bootstrap,
-                    "INGEST_KAFKA_IDEMPOTENCE": "false",
-                    "INGEST_PORT": str(port),
-                    "INGEST_DATA_DIR": str(work),
-                    "INGEST_LOG_LEVEL": "WARNING",
-                }
+                edge_env = clean_env(
+                    INGEST_KAFKA_BOOTSTRAP=broker.bootstrap,
+                    INGEST_KAFKA_IDEMPOTENCE="false",
+                    INGEST_DATA_DIR=str(work),
+                    INGEST_LOG_LEVEL="WARNING",
+                )
                 results.append(
                     await bench_http(
                         "edge: `ingest edge` over HTTP",
-                        [sys.executable, "-m", "ingest", "edge"],
+                        [sys.executable, "-m", "ingest", "edge", "--host", "127.0.0.1", "--port", "0"],
                         edge_env,
-                        port,
                         "/v1/apps/{app}/events",
                         bodies,
                         seconds,
@@ -422,57 +294,9 @@ async def bench(settings: Settings, *, seconds: float, concurrency: int) -> int:
                         work / "edge.log",
                     )
                 )
-            broker_cpu += _cpu_seconds(broker.pid) if broker.pid else 0.0
-    print(report(results, seconds=seconds, concurrency=concurrency, broker_cpu_s=broker_cpu))  # noqa: T201
+            broker_cpu += cpu_seconds(broker.pid) if broker.pid else 0.0
+    print(report(results, seconds=seconds, concurrency=concurrency, broker_cpu_s=broker_cpu))
     return 0
-
-
-CANNED = orjson.dumps(
-    {
-        "Results": {
-            "e": {
-                "EndpointItemResponse": {"StatusCode": 202, "Message": "Accepted"},
-                "EventsItemResponse": {},
-            }
-        }
-    }
-)
-
-
-async def _canned_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """The HTTP ceiling: read the whole body, answer 202 with Accepted counts
-    matching the events sent, do nothing else."""
-    if scope["type"] != "http":
-        return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    body = CANNED.replace(
-        b'"EventsItemResponse":{}',
-        b'"EventsItemResponse":{' + b'"x":"Accepted",' * EVENTS_PER_BODY + b'"y":1}',
-    )
-    await send(
-        {"type": "http.response.start", "status": 202, "headers": [(b"content-type", b"application/json")]}
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def serve_canned(port: int) -> None:
-    import uvicorn
-    import uvloop
-
-    config = uvicorn.Config(
-        _canned_app,
-        host="127.0.0.1",
-        port=port,
-        loop="none",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-    )
-    uvloop.run(uvicorn.Server(config).serve())
 
 
 def report(results: list[Result], *, seconds: float, concurrency: int, broker_cpu_s: float) -> str:

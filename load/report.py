@@ -3,7 +3,7 @@
 ``scripts/benchmarks.sh`` is the command (it sets up the virtualenv and
 PostgreSQL first). In order, on this machine, one thing at a time:
 
-1. ``ingest bench``: the pure core, the HTTP ceiling (the same uvicorn stack
+1. ``python -m bench --part write``: the pure core, the HTTP ceiling (the same uvicorn stack
    answering a canned 202), the encode+produce ceiling (raw aiokafka producing
    the same Avro records) and ``ingest edge`` over HTTP;
 2. the generator against the null server, one and two processes;
@@ -12,7 +12,7 @@ PostgreSQL first). In order, on this machine, one thing at a time:
    open-loop latency at 25, 50 and 75 % of it, then 5 % re-sends and 1 %
    invalid events at half of it, each with end-to-end accounting;
 4. ``--chaos`` at a quarter of saturation;
-5. ``ingest bench --part endpoints`` and ``--part kpis`` (each worker's drain
+5. ``python -m bench --part endpoints`` and ``--part kpis`` (each worker's drain
    rate per store backend beside its ceiling, and freshness).
 
 The hand-written notes (profiles, history) come from ``load/benchmark-notes.md``.
@@ -44,13 +44,15 @@ EDGE_SHARE_AIM = 0.5
 P99_AIM_MS = 50.0
 
 
-def _ingest(*args: str) -> str:
-    """An ``ingest`` command's report (stdout); its logs are dropped."""
+def _bench(*args: str) -> str:
+    """A ``python -m bench`` part's report (stdout); its logs are dropped."""
     done = subprocess.run(  # noqa: S603 - our own command, fixed arguments
-        [sys.executable, "-m", "ingest", *args], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "bench", *args], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        raise RuntimeError(f"ingest {' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"python -m bench {' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}"
+        )
     return done.stdout.strip()
 
 
@@ -129,7 +131,7 @@ async def _against_ingest_run(duration_s: float) -> tuple[list[str], dict[str, A
 async def build(postgres_url: str | None, seconds: float, duration_s: float) -> str:
     started = datetime.now(UTC)
     load_before = os.getloadavg()
-    write = _ingest("bench", "--seconds", str(seconds))
+    write = _bench("--part", "write", "--seconds", str(seconds))
     http_ceiling = _row_rate(write, "HTTP ceiling")
     produce_ceiling = _row_rate(write, "produce ceiling")
     edge_alone = _row_rate(write, "edge")
@@ -139,8 +141,8 @@ async def build(postgres_url: str | None, seconds: float, duration_s: float) -> 
     )
     rows, half, peak = await _against_ingest_run(duration_s)
     pg = ["--postgres", postgres_url] if postgres_url else []
-    endpoints = _ingest("bench", "--part", "endpoints", "--records", "50000", *pg)
-    kpis = _ingest("bench", "--part", "kpis", "--records", "100000", *pg)
+    endpoints = _bench("--part", "endpoints", "--records", "50000", *pg)
+    kpis = _bench("--part", "kpis", "--records", "100000", *pg)
     load_after = os.getloadavg()
     elapsed = (datetime.now(UTC) - started).total_seconds()
 
@@ -177,7 +179,7 @@ async def build(postgres_url: str | None, seconds: float, duration_s: float) -> 
         f"| lost = duplicated = 0 with 5 % re-sends and under `--chaos` | {len(verified)} runs checked "
         f"| {verdict(clean)} |",
         "",
-        "## Write path: `ingest bench`",
+        "## Write path: `python -m bench --part write`",
         "",
         "Native-SDK-shaped PutEvents bodies of 100 events; a fresh embedded broker for each Kafka row;",
         "aiohttp with 32 keep-alive connections. Events per CPU-second divide by the measured process's",
@@ -206,11 +208,11 @@ async def build(postgres_url: str | None, seconds: float, duration_s: float) -> 
         f"- `ingest edge` alone (bench) ÷ encode+produce ceiling: {edge_alone / produce_ceiling:.2f}",
         f"- edge at saturation ÷ HTTP ceiling: {peak / http_ceiling:.3f}",
         "",
-        "## Endpoint worker: `ingest bench --part endpoints`",
+        "## Endpoint worker: `python -m bench --part endpoints`",
         "",
         endpoints,
         "",
-        "## KPI worker: `ingest bench --part kpis`",
+        "## KPI worker: `python -m bench --part kpis`",
         "",
         kpis,
     ]
@@ -223,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load.report", description=__doc__.split("\n")[0])
     parser.add_argument("--postgres", help="also measure the workers on this PostgreSQL URL")
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
-    parser.add_argument("--seconds", type=float, default=5.0, help="each `ingest bench` measurement")
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="each `python -m bench --part write` measurement"
+    )
     parser.add_argument("--duration", type=float, default=15.0, help="each load run")
     args = parser.parse_args(argv)
     began = time.monotonic()
