@@ -262,12 +262,10 @@ _COORDINATE_BOUNDS = {"Latitude": 90.0, "Longitude": 180.0}
 def _location(value: Any) -> Location:
     loc = _object(value, "Location")
     return Location._make(
-        (
-            _coordinate(loc, member, _COORDINATE_BOUNDS[member])
-            if member in _COORDINATE_BOUNDS
-            else _string(loc, member, "Location.")
-            for member in LOCATION_MEMBERS
-        )
+        _coordinate(loc, member, _COORDINATE_BOUNDS[member])
+        if member in _COORDINATE_BOUNDS
+        else _string(loc, member, "Location.")
+        for member in LOCATION_MEMBERS
     )
 
 
