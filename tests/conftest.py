@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
+import hypothesis
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -196,3 +197,22 @@ def postgres_url() -> str:
     cluster scripts/postgres.sh finds or starts; under xdist, a database of
     this worker's own (tests/postgres.py)."""
     return postgres.session_url()
+
+
+# Hypothesis: `ci` (chosen when CI=true) is reproducible, the same examples on
+# every run, so a red CI is a red laptop; `dev` is the default. Tests that
+# name their own max_examples keep it under either profile.
+hypothesis.settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow],
+)
+hypothesis.settings.register_profile(
+    "dev", max_examples=50, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
+hypothesis.settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "dev")
+)
