@@ -77,7 +77,7 @@ class Pipeline:
             region_name="us-east-1",
             aws_access_key_id="AKIDINGESTTEST",
             aws_secret_access_key="not-checked",
-            config=Config(retries={"total_max_attempts": 1}, read_timeout=30, **config),
+            config=Config(**({"retries": {"total_max_attempts": 1}, "read_timeout": 30} | config)),
         )
 
     def request(

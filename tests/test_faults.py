@@ -51,16 +51,14 @@ def statuses(results: dict[str, Any]) -> set[int]:
 
 
 def test_frozen_broker_gives_per_item_500_within_deadline(fragile: Pipeline) -> None:
-    client = fragile.client()
+    # A client that gives up 2 s past the produce deadline still hears the 500s.
+    client = fragile.client(read_timeout=PRODUCE_TIMEOUT_S + 2.0)
     app_id = client.create_app(CreateApplicationRequest={"Name": "frozen"})["ApplicationResponse"]["Id"]
     assert statuses(put(client, app_id, batch("warm"))) == {202}
 
     os.kill(fragile.broker_pid, signal.SIGSTOP)
     try:
-        started = time.monotonic()
         results = put(client, app_id, batch("frozen"))
-        elapsed = time.monotonic() - started
-        assert elapsed < PRODUCE_TIMEOUT_S + 2.0, elapsed
         assert statuses(results) == {500}
         item = next(iter(results.values()))
         assert "retry" in item["EndpointItemResponse"]["Message"]
@@ -104,10 +102,11 @@ def test_overload_answers_429_quickly(tmp_path: Path) -> None:
             deadline = time.monotonic() + 5
             while running.request("GET", "/metrics")[2].count(b"ingest_http_in_flight_requests 2.0") == 0:
                 assert time.monotonic() < deadline, "requests never got in flight"
-            started = time.monotonic()
+            # Refused before anything in flight is answered: a client that
+            # waits less than the produce deadline (3 s) hears the 429.
+            impatient = running.client(read_timeout=2.0)
             with pytest.raises(ClientError) as exc:
-                put(client, app_id, batch("third", 1, 1))
-            assert time.monotonic() - started < 0.5
+                put(impatient, app_id, batch("third", 1, 1))
             assert exc.value.response["Error"]["Code"] == "TooManyRequestsException"
             assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
             for future in held:
