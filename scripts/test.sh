@@ -12,5 +12,8 @@ INGEST_TEST_POSTGRES_URL=$(scripts/postgres.sh | tail -n 1)
 export INGEST_TEST_POSTGRES_URL
 # Two workers on two cores: most of the suite waits on subprocesses. A file's
 # tests stay on one worker (loadfile), so module-scoped servers start once.
-# Coverage covers the `ingest` subprocesses too; its floor is in pyproject.toml.
-.venv/bin/pytest -n 2 --dist loadfile --cov --cov-report=term "$@"
+# Coverage covers the `ingest` subprocesses too; its floor (pyproject.toml)
+# holds for the whole suite, so a run narrowed by arguments reports it only.
+floor=()
+[ "$#" -eq 0 ] || floor=(--cov-fail-under=0)
+.venv/bin/pytest -n 2 --dist loadfile --cov --cov-report=term "${floor[@]}" "$@"
