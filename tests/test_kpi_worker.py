@@ -16,14 +16,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError
 from prometheus_client import CollectorRegistry
 
-from ingest.errors import SettingsError
+from ingest.errors import SettingsError, StoreError
 from ingest.folds import kpis
 from ingest.kafka import clients
 from ingest.kafka.clients import DEADLETTER_TOPIC, EVENTS_TOPIC
@@ -370,6 +370,51 @@ async def test_undecodable_records_are_dead_lettered_and_the_partition_moves_on(
         origin_topic=EVENTS_TOPIC,
         placed=placed[:-1],
     )
+
+
+class StoreGoingAway:
+    """Fault injection: the first batch write fails as if a record were at
+    fault (non-retriable), and the store is then unreachable (retriable) for
+    the first write of the one-by-one pass; after that, the real store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.failures = [
+            StoreError(
+                "apply event batch: a record at fault, as far as the worker can tell", retriable=False
+            ),
+            StoreError("apply event batch: the database system is shutting down", retriable=True),
+        ]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def apply_event_batch(self, events: Any, **window: int) -> Any:
+        if self.failures:
+            raise self.failures.pop(0)
+        return await self._store.apply_event_batch(events, **window)
+
+
+async def test_store_going_away_while_isolating_a_batch_is_retried_not_fatal(
+    broker: str, tmp_path: Path
+) -> None:
+    """The store becoming unavailable in the middle of the one-by-one pass
+    holds the batch and retries it, as an outage during a whole-batch write
+    does: the worker neither dies nor dead-letters good records."""
+    events = [make_event("going-away", "ep", f"e-{n}", NOW_MS) for n in range(3)]
+    await produce(broker, encoded(events))
+    store = await SqliteStore.open(tmp_path / "store.sqlite3")
+    flaky = StoreGoingAway(store)
+    running = start_worker(broker, cast(Store, flaky), "going-away")
+    try:
+        await running.until(lambda: running.events("aggregated") == len(events), "every event aggregated")
+        assert flaky.failures == []
+        assert running.events("dead_lettered") == 0
+        assert running.sample("ingest_kpi_store_retries_total") >= 1
+        assert await sums(store, "going-away", "events") == [(TODAY, "", len(events))]
+    finally:
+        await running.stop()
+        await store.close()
 
 
 # --- `ingest run` ----------------------------------------------------------------

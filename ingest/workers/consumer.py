@@ -269,26 +269,21 @@ class Worker(Generic[R]):
         while True:
             started = time.perf_counter()
             try:
-                await self._sink.write(records)
-            except StoreError as exc:
-                if exc.retriable:
-                    self._store_ok = False
-                    self._metrics.store_retries.inc()
-                    self._consumer.pause(*partitions)
-                    log.warning(
-                        "store unavailable (%s); %s worker holding %d records, retry in %.2f s",
-                        exc,
-                        self.name,
-                        len(records),
-                        backoff,
-                    )
-                    await asyncio.sleep(backoff)  # capped exponential backoff between retries
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
-                    continue
-                await self._apply_one_by_one(records, origins)
-            except Exception:  # a record the sink cannot apply: isolate it below
-                log.exception("a %s batch of %d records failed; applying one by one", self.name, len(records))
-                await self._apply_one_by_one(records, origins)
+                await self._write_or_isolate(records, origins)
+            except StoreError as exc:  # retriable: from the batch, or from one of its records
+                self._store_ok = False
+                self._metrics.store_retries.inc()
+                self._consumer.pause(*partitions)
+                log.warning(
+                    "store unavailable (%s); %s worker holding %d records, retry in %.2f s",
+                    exc,
+                    self.name,
+                    len(records),
+                    backoff,
+                )
+                await asyncio.sleep(backoff)  # capped exponential backoff between retries
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
             break
         if not self._store_ok:
             log.info("store available again")
@@ -296,6 +291,22 @@ class Worker(Generic[R]):
         self._consumer.resume(*partitions)
         self._metrics.write_seconds.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(records))
+
+    async def _write_or_isolate(
+        self, records: Sequence[tuple[R, int]], origins: Sequence[ConsumerRecord[Any, Any]]
+    ) -> None:
+        """One attempt at the batch. Raises only a retriable StoreError, which
+        can also come from the one-by-one pass (the store going away in the
+        middle of it): the caller then retries the whole batch."""
+        try:
+            await self._sink.write(records)
+        except StoreError as exc:
+            if exc.retriable:
+                raise
+            await self._apply_one_by_one(records, origins)
+        except Exception:  # a record the sink cannot apply: isolate it below
+            log.exception("a %s batch of %d records failed; applying one by one", self.name, len(records))
+            await self._apply_one_by_one(records, origins)
 
     async def _apply_one_by_one(
         self, records: Sequence[tuple[R, int]], origins: Sequence[ConsumerRecord[Any, Any]]
