@@ -22,12 +22,18 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+AuthMode = Literal["sigv4", "off"]
 
 PREFIX = "INGEST_"
 
 # Pinpoint's PutEvents quota is "4 MB" per request; we read it as MiB, the
 # larger reading, so no request Pinpoint took is refused here.
 PINPOINT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+# INGEST_AUTH_MASTER_KEY decodes to this many bytes (an AES-256 key).
+MASTER_KEY_BYTES = 32
+# GetId's token bucket holds this many requests per client address.
+GETID_BURST = 10
 
 T = TypeVar("T")
 
@@ -91,6 +97,33 @@ class Settings:
     # Store. ``None`` means SQLite at ``{data_dir}/ingest.sqlite3``.
     store_url: str | None = None
 
+    # Authentication. ``off`` serves every request unverified (local
+    # experiments only; a warning is logged at start).
+    auth: AuthMode = "sigv4"
+    # base64url of 32 bytes: encrypts stored secrets and MACs session tokens
+    # and identity IDs. ``None``: ``{data_dir}/master.key``, generated (mode
+    # 0600) on first start. Every process of one deployment needs the same key.
+    # Decoded (and a bad value refused) by ingest.keys.MasterKey.load, never
+    # echoed.
+    auth_master_key: str | None = dataclasses.field(default=None, repr=False)
+    # How often an edge reloads keys and identity pools: a new or revoked key
+    # is seen within this.
+    auth_refresh_s: float = 2.0
+    # X-Amz-Date tolerance, AWS's 15 minutes.
+    auth_max_skew_s: float = 900.0
+    # Lifetime of Cognito-style temporary credentials (Cognito's is an hour).
+    credentials_ttl_s: int = 3600
+    # GetId token bucket per client address: this rate, a burst of GETID_BURST.
+    getid_per_address_per_s: float = 1.0
+    # Comma-separated browser origins (or ``*``) allowed on the ingest
+    # operations and the credentials endpoint; admin and read operations never
+    # answer CORS.
+    cors_origins: str = "*"
+    # The listener of /healthz, /readyz and /metrics (0 = any free port); the
+    # public port serves only the API.
+    probe_host: str = "127.0.0.1"
+    probe_port: int = 9090
+
     def __post_init__(self) -> None:
         _check(self.port, 0 <= self.port <= 65535, "port", "a TCP port 0-65535")
         _check(self.kafka_partitions, self.kafka_partitions >= 1, "kafka_partitions", ">= 1")
@@ -137,6 +170,17 @@ class Settings:
         _check(self.dedupe_retention_days, self.dedupe_retention_days >= 1, "dedupe_retention_days", ">= 1")
         _check(self.drain_timeout_s, self.drain_timeout_s > 0, "drain_timeout_s", "> 0")
         _check(self.app_cache_ttl_s, self.app_cache_ttl_s >= 0, "app_cache_ttl_s", ">= 0")
+        _check(self.auth_refresh_s, 0 < self.auth_refresh_s <= 3600, "auth_refresh_s", "> 0 and <= 3600")
+        _check(self.auth_max_skew_s, 0 < self.auth_max_skew_s <= 86400, "auth_max_skew_s", "> 0 and <= 86400")
+        _check(self.credentials_ttl_s, 60 <= self.credentials_ttl_s <= 43200, "credentials_ttl_s", "60-43200")
+        _check(
+            self.getid_per_address_per_s,
+            self.getid_per_address_per_s > 0,
+            "getid_per_address_per_s",
+            "> 0",
+        )
+        _check(self.probe_port, 0 <= self.probe_port <= 65535, "probe_port", "a TCP port 0-65535")
+        _check(self.cors_origins, len(self.cors_origins) <= 4096, "cors_origins", "at most 4096 characters")
         if self.kafka_security_protocol.startswith("SASL"):
             if self.kafka_sasl_mechanism is None:
                 raise SettingsError(

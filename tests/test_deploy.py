@@ -48,7 +48,9 @@ KUBERNETES_VERSIONS = ("1.30", "1.37")
 # schema for them, so test_monitoring_* checks them here.
 CUSTOM_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
 # Settings each container reads from a Secret, never from the ConfigMap.
-SECRET_SETTINGS = frozenset({"INGEST_STORE_URL", "INGEST_KAFKA_SASL_USERNAME", "INGEST_KAFKA_SASL_PASSWORD"})
+SECRET_SETTINGS = frozenset(
+    {"INGEST_STORE_URL", "INGEST_KAFKA_SASL_USERNAME", "INGEST_KAFKA_SASL_PASSWORD", "INGEST_AUTH_MASTER_KEY"}
+)
 # Shutdown steps bounded by INGEST_DRAIN_TIMEOUT_S one after the other: the
 # HTTP server's graceful stop, then the publisher (edge) or the workers.
 DRAIN_STEPS = 2

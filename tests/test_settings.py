@@ -44,6 +44,15 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_WORKER_MAX_RECORDS": ("100", 100),
     "INGEST_DEDUPE_RETENTION_DAYS": ("30", 30),
     "INGEST_STORE_URL": ("postgresql://127.0.0.1/ingest", "postgresql://127.0.0.1/ingest"),
+    "INGEST_AUTH": ("off", "off"),
+    "INGEST_AUTH_MASTER_KEY": ("A" * 43, "A" * 43),
+    "INGEST_AUTH_REFRESH_S": ("0.5", 0.5),
+    "INGEST_AUTH_MAX_SKEW_S": ("300", 300.0),
+    "INGEST_CREDENTIALS_TTL_S": ("900", 900),
+    "INGEST_GETID_PER_ADDRESS_PER_S": ("5", 5.0),
+    "INGEST_CORS_ORIGINS": ("https://app.example.com", "https://app.example.com"),
+    "INGEST_PROBE_HOST": ("0.0.0.0", "0.0.0.0"),
+    "INGEST_PROBE_PORT": ("0", 0),
 }
 
 
@@ -83,3 +92,7 @@ def test_a_field_type_without_a_parser_fails_when_settings_is_defined(hint: obje
     """So a new field of such a type breaks every test, not a deployment."""
     with pytest.raises(TypeError, match=r"Settings\.new_field"):
         _parser("new_field", hint)
+
+
+def test_the_master_key_is_not_in_the_repr() -> None:
+    assert "A" * 43 not in repr(Settings(auth_master_key="A" * 43))
