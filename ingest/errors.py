@@ -94,3 +94,11 @@ class InternalServerError(ApiError):
     status = 500
     error_type = "InternalServerErrorException"
     retriable = True
+
+
+class AccessDenied(ApiError):
+    """A verified caller whose key's scope does not cover the operation or the
+    app: what AWS services answer when IAM denies an authenticated call."""
+
+    status = 403
+    error_type = "AccessDeniedException"
