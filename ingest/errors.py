@@ -9,6 +9,8 @@ request again.
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class IngestError(Exception):
     """Root of every error this package raises on purpose."""
@@ -102,3 +104,81 @@ class AccessDenied(ApiError):
 
     status = 403
     error_type = "AccessDeniedException"
+
+
+AuthReason = Literal["missing", "unknown_key", "bad_signature", "expired", "bad_token"]
+
+
+class AuthError(ApiError):
+    """A request whose signature was not verified. ``reason`` is a closed set
+    for metrics: ``missing`` (unsigned), ``unknown_key`` (no such key, or
+    revoked), ``bad_token`` (a session token the key lookup rejects),
+    ``bad_signature`` (malformed or not matching), ``expired`` (clock skew).
+
+    Status 403 as API-Gateway-fronted AWS services (Pinpoint among them)
+    answer every SigV4 failure: e.g. a 403 with ``x-amzn-ErrorType:
+    InvalidSignatureException`` (ex-aws/ex_aws#701), a 403
+    ``UnrecognizedClientException`` (iann0036/iamlive#58), a 403
+    ``IncompleteSignatureException`` for a malformed header (aws/chalice#828).
+    AWS JSON-protocol services answer the same types with 400 instead."""
+
+    status = 403
+    reason: AuthReason = "bad_signature"
+    MESSAGE = "The request could not be authenticated."
+
+    def __init__(self, message: str | None = None, *, reason: AuthReason | None = None) -> None:
+        super().__init__(self.MESSAGE if message is None else message)
+        if reason is not None:
+            self.reason = reason
+
+
+class MissingAuthenticationToken(AuthError):
+    """No ``Authorization`` header: API Gateway's text for an unsigned call."""
+
+    error_type = "MissingAuthenticationTokenException"
+    reason: AuthReason = "missing"
+    MESSAGE = "Missing Authentication Token"
+
+
+class IncompleteSignature(AuthError):
+    """An ``Authorization`` header that is not a well-formed SigV4 header, or
+    no date to check it against. The messages are AWS's, minus the echo of
+    the header itself that AWS appends (it carries the signature, which our
+    logs never show)."""
+
+    error_type = "IncompleteSignatureException"
+
+
+class UnrecognizedClient(AuthError):
+    """The access key is unknown or revoked (reason ``unknown_key``), or its
+    session token is malformed or expired (reason ``bad_token``). A key lookup
+    may raise this itself with ``reason="bad_token"``."""
+
+    error_type = "UnrecognizedClientException"
+    reason: AuthReason = "unknown_key"
+    MESSAGE = "The security token included in the request is invalid."
+
+
+class InvalidSignature(AuthError):
+    """The signature does not match (reason ``bad_signature``), or its date is
+    more than the allowed skew from ours (reason ``expired``: "Signature
+    expired: …", which every SDK's clock-skew handling keys on)."""
+
+    error_type = "InvalidSignatureException"
+    MESSAGE = (
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your AWS Secret Access Key and signing method. "
+        "Consult the service documentation for details."
+    )
+
+
+class KeyRequestError(IngestError):
+    """An access key or identity pool that cannot be issued as asked (a read
+    or ingest key without apps, an unknown app, a name out of bounds), or a
+    revocation of a key that does not exist."""
+
+
+class SecretUnreadable(IngestError):
+    """A stored secret does not decrypt with this master key: the store was
+    written under another one (INGEST_AUTH_MASTER_KEY differs between
+    processes, or ``master.key`` was replaced)."""
