@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
 
 from ingest import __version__
-from ingest.errors import IngestError
+from ingest.errors import IngestError, KeyRequestError
 from ingest.settings import Settings
 
+if TYPE_CHECKING:
+    from ingest.keys import AccessKey, MasterKey
+    from ingest.store.base import Store
+
 log = logging.getLogger("ingest")
+# ingest.keys.Scope's values, without importing it (and cryptography) for `ingest run`.
+SCOPE_CHOICES = ("admin", "read", "ingest")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +82,122 @@ def _parser() -> argparse.ArgumentParser:
         "(the Kubernetes migration Job) that does them once, before any process starts.",
     )
 
+    _admin_parsers(commands)
     return parser
+
+
+def _admin_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`ingest keys …` and `ingest identity-pools …`: the store's credentials,
+    for operators. Each reads the same settings as `ingest run`."""
+    data_dir_help = "the store and master key's directory (INGEST_DATA_DIR, default ./data)"
+    keys = commands.add_parser(
+        "keys",
+        help="access keys for the API: create (shows the secret, once), list, revoke",
+        description="Each key has a scope: admin (every operation), read (the GET operations of its "
+        "apps) or ingest (PutEvents, UpdateEndpoint, UpdateEndpointsBatch of its apps). A running "
+        "edge sees a new or revoked key within INGEST_AUTH_REFRESH_S.",
+    )
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="print one JSON object with the new key and its secret")
+    create.add_argument("--name", required=True, help="what the key is for (1-128 characters)")
+    create.add_argument("--scope", required=True, choices=SCOPE_CHOICES)
+    create.add_argument(
+        "--app",
+        dest="apps",
+        action="append",
+        default=[],
+        metavar="APP_ID",
+        help="bind the key to this app (repeatable); read and ingest keys need one, "
+        "an admin key without any covers every app",
+    )
+    listing = actions.add_parser("list", help="print every key as a JSON array, without secrets")
+    revoke = actions.add_parser("revoke", help="refuse the key from now on (within INGEST_AUTH_REFRESH_S)")
+    revoke.add_argument("access_key_id", metavar="ACCESS_KEY_ID")
+    pools = commands.add_parser(
+        "identity-pools",
+        help="Cognito-style identity pools: temporary ingest credentials for one app's mobile clients",
+    )
+    pool_actions = pools.add_subparsers(dest="action", required=True)
+    pool = pool_actions.add_parser("create", help="print one JSON object with the new pool's ID")
+    pool.add_argument("--app", required=True, metavar="APP_ID")
+    for sub in (create, listing, revoke, pool):
+        sub.add_argument("--data-dir", type=Path, help=data_dir_help)
+
+
+async def _admin(settings: Settings, args: argparse.Namespace) -> int:
+    """The `keys` and `identity-pools` commands: JSON on stdout, a refused
+    request as exit 2 with the reason on stderr."""
+    from ingest.keys import MasterKey
+    from ingest.store.backends import open_store
+
+    master = MasterKey.load(settings)
+    store = await open_store(settings.store_url, data_dir=settings.data_dir)
+    try:
+        _print(await _administer(settings, args, store, master))
+    except KeyRequestError as exc:
+        print(f"ingest: {exc}", file=sys.stderr)  # noqa: T201 - the operator's mistake, said to them
+        return 2
+    finally:
+        await store.close()
+    return 0
+
+
+async def _administer(
+    settings: Settings, args: argparse.Namespace, store: Store, master: MasterKey
+) -> object:
+    """What the command prints. Raises KeyRequestError for a request refused."""
+    from ingest import keys
+
+    now_ms = time.time_ns() // 1_000_000
+    if args.command == "identity-pools":
+        await _existing_apps(store, [args.app])
+        created = keys.new_identity_pool(region=settings.region, app_id=args.app, now_ms=now_ms)
+        await store.create_identity_pool(created)
+        return {"IdentityPoolId": created.id, "ApplicationId": created.app_id}
+    if args.action == "create":
+        key, secret = keys.issue_key(master, name=args.name, scope=args.scope, apps=args.apps, now_ms=now_ms)
+        await _existing_apps(store, key.apps)
+        await store.create_key(key)
+        log.info("created %s key %s", key.scope, key.access_key_id)
+        return {
+            "AccessKeyId": key.access_key_id,
+            "SecretAccessKey": secret,
+            "Scope": key.scope,
+            "Apps": [*key.apps],
+        }
+    if args.action == "list":
+        return [_listed(key) for key in await store.list_keys()]
+    if not await store.revoke_key(args.access_key_id, now_ms):
+        raise KeyRequestError(f"no access key {args.access_key_id!r}")
+    log.info("revoked key %s", args.access_key_id)
+    return {"AccessKeyId": args.access_key_id, "Status": "Inactive"}
+
+
+async def _existing_apps(store: Store, apps: Sequence[str]) -> None:
+    missing = [app for app in apps if await store.get_app(app) is None]
+    if missing:
+        raise KeyRequestError(f"no such app: {', '.join(missing)}")
+
+
+def _listed(key: AccessKey) -> dict[str, object]:
+    """A key as `keys list` shows it: IAM ListAccessKeys' words, no secret."""
+    return {
+        "AccessKeyId": key.access_key_id,
+        "Name": key.name,
+        "Scope": key.scope,
+        "Apps": list(key.apps),
+        "Status": "Active" if key.revoked_ms is None else "Inactive",
+        "CreateDate": _iso(key.created_ms),
+        "RevokeDate": None if key.revoked_ms is None else _iso(key.revoked_ms),
+    }
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _print(value: object) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
 
 
 async def _migrate(settings: Settings) -> int:
@@ -115,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "worker":
                 mode = "worker-kpis" if args.role == "kpis" else "worker-endpoints"
             return uvloop.run(serve(settings, mode=mode, status_file=args.status_file))
+        if args.command in ("keys", "identity-pools"):
+            return uvloop.run(_admin(settings, args))
         return uvloop.run(_migrate(settings))
     except IngestError as exc:
         log.error("%s", exc)  # noqa: TRY400 - the message is the whole story for an operator

@@ -5,6 +5,7 @@ SQL they share is in :mod:`ingest.store.sql`."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -15,6 +16,7 @@ from ingest.errors import StoreError
 from ingest.folds import kpis
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, Version
 from ingest.folds.kpis import EventOutcome
+from ingest.keys import AccessKey, IdentityPool
 from ingest.records.values import Event
 
 KpiData = list[tuple[int, str, int]]
@@ -88,6 +90,23 @@ class Store(Protocol):
     async def kpi_new_endpoints(self, app_id: str, first_day: int, last_day: int) -> KpiData:
         """(day, "", endpoints whose first event fell on that day)."""
         ...
+
+    # Access keys and identity pools (ingest.keys).
+    async def create_key(self, key: AccessKey) -> None:
+        """Store a new key; its ID is new (a clash is a StoreError)."""
+        ...
+
+    async def list_keys(self) -> Sequence[AccessKey]:
+        """Every key, revoked ones included, by ID."""
+        ...
+
+    async def revoke_key(self, access_key_id: str, at_ms: int) -> bool:
+        """Mark the key revoked at ``at_ms`` (a revoked key keeps its first
+        time); → whether the key exists."""
+        ...
+
+    async def create_identity_pool(self, pool: IdentityPool) -> None: ...
+    async def list_identity_pools(self) -> Sequence[IdentityPool]: ...
 
     async def close(self) -> None: ...
 
@@ -194,3 +213,39 @@ def endpoint_state(row: Sequence[Any]) -> EndpointState:
         ),
     )
     return state
+
+
+def key_row(key: AccessKey) -> tuple[Any, ...]:
+    """A key as the column values every backend stores, in table order."""
+    return (
+        key.access_key_id,
+        key.name,
+        key.scope,
+        orjson.dumps(key.apps).decode(),
+        base64.b64encode(key.secret_ciphertext).decode(),
+        key.created_ms,
+        key.revoked_ms,
+    )
+
+
+def key_of(row: Sequence[Any]) -> AccessKey:
+    """The inverse of :func:`key_row` (any backend's row, in table order)."""
+    access_key_id, name, scope, apps, ciphertext, created_ms, revoked_ms = row
+    return AccessKey(
+        access_key_id=access_key_id,
+        name=name,
+        scope=scope,
+        apps=tuple(orjson.loads(apps)),
+        secret_ciphertext=base64.b64decode(ciphertext),
+        created_ms=created_ms,
+        revoked_ms=revoked_ms,
+    )
+
+
+def pool_row(pool: IdentityPool) -> tuple[Any, ...]:
+    return (pool.id, pool.app_id, pool.created_ms)
+
+
+def pool_of(row: Sequence[Any]) -> IdentityPool:
+    pool_id, app_id, created_ms = row
+    return IdentityPool(id=pool_id, app_id=app_id, created_ms=created_ms)

@@ -75,6 +75,7 @@ from ingest.errors import StoreError
 from ingest.folds import endpoints, kpis
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.folds.kpis import EventOutcome
+from ingest.keys import AccessKey, IdentityPool
 from ingest.records.values import Event
 from ingest.store import sql
 from ingest.store.base import (
@@ -86,6 +87,10 @@ from ingest.store.base import (
     endpoint_state,
     event_effects,
     fresh_events,
+    key_of,
+    key_row,
+    pool_of,
+    pool_row,
     unresolved,
 )
 
@@ -255,6 +260,31 @@ class PostgresStore:
         with _boundary("delete app"):
             row = await self._pool.fetchrow(sql.numbered(sql.DELETE_APP), app_id)
         return None if row is None else app_of(row)
+
+    async def create_key(self, key: AccessKey) -> None:
+        with _boundary("create key"):
+            await self._pool.execute(sql.numbered(sql.CREATE_KEY), *key_row(key))
+
+    async def list_keys(self) -> Sequence[AccessKey]:
+        with _boundary("list keys"):
+            rows = await self._pool.fetch(sql.LIST_KEYS)
+        return [key_of(row) for row in rows]
+
+    async def revoke_key(self, access_key_id: str, at_ms: int) -> bool:
+        if NUL in access_key_id:
+            return False
+        with _boundary("revoke key"):
+            row = await self._pool.fetchrow(sql.numbered(sql.REVOKE_KEY), at_ms, access_key_id)
+        return row is not None
+
+    async def create_identity_pool(self, pool: IdentityPool) -> None:
+        with _boundary("create identity pool"):
+            await self._pool.execute(sql.numbered(sql.CREATE_POOL), *pool_row(pool))
+
+    async def list_identity_pools(self) -> Sequence[IdentityPool]:
+        with _boundary("list identity pools"):
+            rows = await self._pool.fetch(sql.LIST_POOLS)
+        return [pool_of(row) for row in rows]
 
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None:
         if NUL in app_id or NUL in endpoint_id:

@@ -115,6 +115,26 @@ _MIGRATIONS: tuple[str, ...] = (
     ){keyed}
     """,
     "CREATE INDEX kpi_first_days_by_day ON kpi_first_days (app_id, day)",
+    # Access keys we issue (ingest.keys): apps a JSON array (empty: every
+    # app), the secret AES-GCM ciphertext in base64, never the secret itself.
+    """
+    CREATE TABLE access_keys (
+        access_key_id {key} PRIMARY KEY,
+        name {text} NOT NULL,
+        scope {key} NOT NULL,
+        apps {text} NOT NULL,
+        secret_ciphertext {text} NOT NULL,
+        created_ms {int64} NOT NULL,
+        revoked_ms {int64}
+    ){keyed}
+    """,
+    """
+    CREATE TABLE identity_pools (
+        id {key} PRIMARY KEY,
+        app_id {key} NOT NULL,
+        created_ms {int64} NOT NULL
+    ){keyed}
+    """,
 )
 
 
@@ -134,6 +154,18 @@ CREATE_APP = "INSERT INTO apps (id, name, arn, tags, creation_date) VALUES (?, ?
 GET_APP = "SELECT id, name, arn, tags, creation_date FROM apps WHERE id = ?"
 LIST_APPS = "SELECT id, name, arn, tags, creation_date FROM apps WHERE id > ? ORDER BY id LIMIT ?"
 DELETE_APP = "DELETE FROM apps WHERE id = ? RETURNING id, name, arn, tags, creation_date"
+
+# Access keys and identity pools, in the column order of base.key_row and
+# base.pool_row. Revoking a revoked key keeps its first revocation time.
+_KEY_COLUMNS = "access_key_id, name, scope, apps, secret_ciphertext, created_ms, revoked_ms"
+CREATE_KEY = "INSERT INTO access_keys (" + _KEY_COLUMNS + ") VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+LIST_KEYS = "SELECT " + _KEY_COLUMNS + " FROM access_keys ORDER BY access_key_id"  # noqa: S608
+REVOKE_KEY = (
+    "UPDATE access_keys SET revoked_ms = COALESCE(revoked_ms, ?) "
+    "WHERE access_key_id = ? RETURNING access_key_id"
+)
+CREATE_POOL = "INSERT INTO identity_pools (id, app_id, created_ms) VALUES (?, ?, ?)"
+LIST_POOLS = "SELECT id, app_id, created_ms FROM identity_pools ORDER BY id"
 
 # Endpoints: every query lists the columns in the order of base.endpoint_row.
 # (S608: the statements are built of constants only.)

@@ -30,6 +30,7 @@ from ingest.errors import StoreError
 from ingest.folds import endpoints, kpis
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.folds.kpis import EventOutcome
+from ingest.keys import AccessKey, IdentityPool
 from ingest.records.values import Event
 from ingest.store import sql
 from ingest.store.base import (
@@ -41,6 +42,10 @@ from ingest.store.base import (
     endpoint_state,
     event_effects,
     fresh_events,
+    key_of,
+    key_row,
+    pool_of,
+    pool_row,
     unresolved,
 )
 
@@ -185,6 +190,30 @@ class SqliteStore:
             return None if row is None else app_of(row)
 
         return await self._run("delete app", delete)
+
+    async def create_key(self, key: AccessKey) -> None:
+        await self._run("create key", lambda: self._db.execute(sql.CREATE_KEY, key_row(key)))
+
+    async def list_keys(self) -> Sequence[AccessKey]:
+        def get() -> list[AccessKey]:
+            return [key_of(row) for row in self._db.execute(sql.LIST_KEYS).fetchall()]
+
+        return await self._run("list keys", get)
+
+    async def revoke_key(self, access_key_id: str, at_ms: int) -> bool:
+        def revoke() -> bool:
+            return self._db.execute(sql.REVOKE_KEY, (at_ms, access_key_id)).fetchone() is not None
+
+        return await self._run("revoke key", revoke)
+
+    async def create_identity_pool(self, pool: IdentityPool) -> None:
+        await self._run("create identity pool", lambda: self._db.execute(sql.CREATE_POOL, pool_row(pool)))
+
+    async def list_identity_pools(self) -> Sequence[IdentityPool]:
+        def get() -> list[IdentityPool]:
+            return [pool_of(row) for row in self._db.execute(sql.LIST_POOLS).fetchall()]
+
+        return await self._run("list identity pools", get)
 
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None:
         def get() -> EndpointState | None:
