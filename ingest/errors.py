@@ -182,15 +182,3 @@ class SecretUnreadable(IngestError):
     """A stored secret does not decrypt with this master key: the store was
     written under another one (INGEST_AUTH_MASTER_KEY differs between
     processes, or ``master.key`` was replaced)."""
-
-
-class KeyRequestError(IngestError):
-    """An access key or identity pool that cannot be issued as asked (a read
-    or ingest key without apps, an unknown app, a name out of bounds), or a
-    revocation of a key that does not exist."""
-
-
-class SecretUnreadable(IngestError):
-    """A stored secret does not decrypt with this master key: the store was
-    written under another one (INGEST_AUTH_MASTER_KEY differs between
-    processes, or ``master.key`` was replaced)."""
