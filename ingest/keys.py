@@ -253,7 +253,8 @@ def issue_key(
         raise KeyRequestError(f"scope {scope!r}: expected one of {', '.join(SCOPES)}")
     bound = tuple(dict.fromkeys(apps))
     if scope != "admin" and not bound:
-        raise KeyRequestError(f"a {scope} key needs at least one app (--app APP_ID)")
+        article = "an" if scope == "ingest" else "a"
+        raise KeyRequestError(f"{article} {scope} key needs at least one app (--app APP_ID)")
     if len(bound) > MAX_KEY_APPS or any(not 1 <= len(a) <= MAX_APP_ID_CHARS for a in bound):
         raise KeyRequestError(f"a key names at most {MAX_KEY_APPS} apps of 1-{MAX_APP_ID_CHARS} characters")
     access_key_id = new_access_key_id()
