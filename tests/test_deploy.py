@@ -730,7 +730,7 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_runs(tmp_path: Path) -> None
     listed = re.search(r"\{([\w,-]+)\}", helped.stdout)
     assert listed, helped.stdout
     commands = listed.group(1).split(",")
-    assert set(commands) == {"run", "edge", "worker", "migrate"}, commands
+    assert set(commands) == {"run", "edge", "worker", "migrate", "keys", "identity-pools"}, commands
     for command in commands:
         sub = subprocess.run(
             [str(venv / "bin" / "ingest"), command, "--help"],
