@@ -1,5 +1,6 @@
 """SigV4: the credential scope of a request, and the verification of its
-signature.
+signature. It earns its size (about 460 lines): the canonical request, the
+scope and date checks and AWS's error texts are one algorithm, read together.
 
 :func:`credential_scope` reads who signed (access key ID, date, region,
 service) without verifying, to log it and to fill app ARNs with the region.
