@@ -1,6 +1,7 @@
 """The harness's own calls to the server, through the public API only,
-signed as boto3 signs them: CreateApp (one app per run), the KPI read used
-for accounting, and readiness."""
+signed as boto3 signs them with the harness's long-term (admin) key:
+CreateApp (one app per run), the KPI read used for accounting, and
+readiness."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from load.credentials import Key
 from load.sdk import Sdk, kpi_path
 from load.sigv4 import canonical_query
 
@@ -26,9 +28,9 @@ class ApiError(Exception):
 
 
 class Api:
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str, key: Key) -> None:
         self._session = session
-        self._sdk = Sdk(url)
+        self._sdk = Sdk(url, key)
 
     async def _call(
         self, method: str, path: str, body: bytes = b"", query: dict[str, str] | None = None

@@ -89,6 +89,17 @@ class Pipeline:
         return self.run.status.kafka
 
     @property
+    def credentials_file(self) -> Path:
+        """The shared credentials file `ingest run` writes on its first start
+        (profile ``ingest``, the admin key)."""
+        return self.data_dir / "credentials"
+
+    def cli_env(self) -> dict[str, str]:
+        """The settings an `ingest keys …` or `ingest identity-pools …`
+        command needs to act on this pipeline's store."""
+        return _env(INGEST_DATA_DIR=str(self.data_dir))
+
+    @property
     def broker_pid(self) -> int:
         """The embedded broker's PID, from the status file `ingest run` writes."""
         broker = None if self.run is None else self.run.status.broker

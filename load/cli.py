@@ -2,7 +2,7 @@
 to stdout, or with ``--json`` to stderr and one JSON line to stdout (so the
 last line printed is the JSON object). Exit 0 when the run holds up
 (nothing lost, nothing counted twice, every event answered as expected),
-1 when it does not, 2 for bad options."""
+1 when it does not, 2 for bad options or no credentials."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 
 import orjson
 
+from load.credentials import CredentialsError
 from load.harness import Options, run_load
 from load.traffic import PROFILE_CHOICES
 
@@ -35,6 +36,26 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start `ingest run` plus an extra KPI worker; during the run SIGKILL and restart the worker "
         "and freeze the broker past the produce deadline (see load/README.md)",
+    )
+    target.add_argument(
+        "--app-id",
+        help="load this existing app instead of creating one (what it counted before is subtracted)",
+    )
+    auth = p.add_argument_group(
+        "credentials",
+        "backends and the harness's own calls sign with the AWS credentials found as the SDKs find them "
+        "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, else AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials "
+        "and AWS_PROFILE; with --spawn/--chaos, the started data dir's credentials file); devices with "
+        "Cognito-style temporary credentials from the server",
+    )
+    auth.add_argument(
+        "--identity-pool-id",
+        help="the devices' identity pool (REGION:UUID, of --app-id's app); default: one made for the run's "
+        "app with `ingest identity-pools create`",
+    )
+    auth.add_argument(
+        "--data-dir",
+        help="the target server's data dir, for `ingest identity-pools create` (default: INGEST_* settings)",
     )
     shape = p.add_argument_group("traffic")
     shape.add_argument("--duration", type=float, default=10.0, help="seconds of sending (default 10)")
@@ -99,6 +120,9 @@ def options_of(args: argparse.Namespace) -> Options:
         null_processes=args.null_processes,
         spawn=args.spawn,
         chaos=args.chaos,
+        app_id=args.app_id,
+        identity_pool_id=args.identity_pool_id,
+        data_dir=args.data_dir,
     )
 
 
@@ -110,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         options.check()
     except ValueError as exc:
         parser.error(str(exc))
-    summary = run_load(options, out=None if args.quiet else sys.stderr)
+    try:
+        summary = run_load(options, out=None if args.quiet else sys.stderr)
+    except CredentialsError as exc:
+        print(f"python -m load: {exc}", file=sys.stderr)
+        return 2
 
     from load.progress import human
 

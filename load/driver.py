@@ -17,6 +17,10 @@ An SDK's retries come after: events answered 500, and whole requests answered
 429/500/502/503/504, timed out or cut off, are sent again with the same IDs
 (only the undecided events, as SDKs re-queue them) after a jittered backoff,
 up to ``max_attempts``. Retries' latencies are measured from their own send.
+
+Devices sign with the plan's temporary credentials and, like Amplify's
+credentials provider, fetch new ones for the same identity before they
+expire (:mod:`load.credentials`); backends with the plan's long-term key.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import orjson
 from hdrh.histogram import HdrHistogram
 from yarl import URL
 
+from load import credentials
+from load.credentials import CredentialsError, Key
 from load.ledger import Ledger, Pending
 from load.sdk import Sdk, endpoint_path, events_path
 from load.traffic import Batch, ProfileChoice, Traffic
@@ -48,6 +54,7 @@ BACKOFF_MAX_S = 2.0
 # Young-generation collections run this rarely: each batch allocates thousands
 # of small objects that die together (measured: ~10 % more batches a second).
 GC_GEN0_THRESHOLD = 50_000
+REFRESH_RETRY_S = 1.0  # after a failed credentials refresh; the old ones still hold a while
 
 
 def new_histogram() -> Any:
@@ -75,6 +82,9 @@ class Plan:
     timeout_s: float
     max_attempts: int
     start_at: float  # wall-clock (epoch) seconds when sending starts
+    key: Key  # backends' (boto3) long-term key
+    device_key: Key | None = None  # devices' temporary credentials; None: ``key``
+    identity_id: str | None = None  # whose credentials ``device_key`` are, to refresh them
     report_interval_s: float = 0.5  # the printer shows a line a second
 
 
@@ -114,7 +124,8 @@ class Driver:
             retry_rate=plan.retry_rate,
             hot_share=plan.hot_share,
         )
-        self._sdk = Sdk(plan.url)
+        self._sdk = Sdk(plan.url, plan.key, plan.device_key)
+        self.refreshes = 0
         self._events_path = events_path(plan.app_id)
         self._events_url = URL(self._sdk.base + self._events_path, encoded=True)
         self._jitter = random.Random(plan.seed ^ 0x5EED)  # noqa: S311 - jitter, not secrets
@@ -295,12 +306,40 @@ class Driver:
             done=done,
             histogram=self.histogram.encode() if done else b"",
             cpu_s=cpu_s,
+            extra={"credential_refreshes": self.refreshes},
         )
 
     async def _reporter(self) -> None:
         while True:
             await asyncio.sleep(self.plan.report_interval_s)
             self._report(self.snapshot())
+
+    async def _refresher(self) -> None:
+        """New temporary credentials for the plan's identity before the
+        current ones expire; devices sign with them from then on. On a
+        connection of its own: the senders keep theirs busy, and would
+        starve it (as Amplify's credentials fetch is separate, too)."""
+        key, identity_id = self.plan.device_key, self.plan.identity_id
+        if key is None or identity_id is None or key.refresh_at_s() is None:
+            return
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.plan.timeout_s)) as session:
+            await self._refresh(session, key, identity_id)
+
+    async def _refresh(self, session: aiohttp.ClientSession, key: Key, identity_id: str) -> None:
+        while True:
+            refresh_at = key.refresh_at_s()
+            if refresh_at is None:
+                return
+            wait = refresh_at - time.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # until the credentials near their expiry
+            try:
+                key = await credentials.temporary(session, self._sdk.base, identity_id)
+            except (CredentialsError, aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(REFRESH_RETRY_S)
+                continue
+            self._sdk.use_device_key(key)
+            self.refreshes += 1
 
     async def run(self) -> Snapshot:
         plan = self.plan
@@ -321,14 +360,16 @@ class Driver:
             self._t0 = loop.time()
             self._wall_offset = time.time() - self._t0
             reporter = asyncio.create_task(self._reporter())
+            refresher = asyncio.create_task(self._refresher())
             try:
                 async with asyncio.TaskGroup() as group:
                     for _ in range(plan.concurrency):
                         group.create_task(self._sender())
             finally:
-                reporter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reporter
+                for task in (reporter, refresher):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             return self.snapshot(done=True, cpu_s=time.process_time() - cpu)
 
 

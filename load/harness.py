@@ -7,7 +7,9 @@ benchmark command can call it from Python.
 
 Accounting goes through the public API only: each run creates its own app
 (CreateApp), so the app's ``events-grouped-by-event-type`` KPI counts this
-run's events and nothing else. After the last answer the harness polls that
+run's events and nothing else (with ``app_id``, an existing app, what it
+counted before the run is subtracted). Every call is signed (see
+:mod:`load.credentials` for which credentials). After the last answer the harness polls that
 KPI until it matches what was accepted and stays unchanged for
 ``SETTLE_S``, or has not changed for ``stall_s``, or ``drain_timeout_s``
 passed; then :func:`load.ledger.reconcile` gives ``lost`` and ``duplicated``.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
 import secrets
 import signal
 import sys
@@ -35,7 +38,9 @@ import uvloop
 from hdrh.histogram import HdrHistogram
 
 from load import chaos as faults
+from load import credentials
 from load.api import EVENTS_BY_TYPE, Api, ApiError
+from load.credentials import Key
 from load.driver import Plan, Snapshot, drive, new_histogram
 from load.ledger import Reconciliation, Tally, kpi_counts, reconcile
 from load.progress import Progress
@@ -75,6 +80,9 @@ class Options:
     null_processes: int = 1
     spawn: bool = False
     chaos: bool = False
+    app_id: str | None = None
+    identity_pool_id: str | None = None
+    data_dir: str | None = None
 
     def check(self) -> None:
         """ValueError naming the option that is out of range."""
@@ -94,6 +102,10 @@ class Options:
             (
                 sum((self.url is not None, self.null_server, self.spawn or self.chaos)) <= 1,
                 "--url, --null-server and --spawn/--chaos are alternatives",
+            ),
+            (
+                self.identity_pool_id is None or self.app_id is not None,
+                "--identity-pool-id is bound to one app: give that app's --app-id too",
             ),
         ]
         for ok, message in rules:
@@ -169,7 +181,60 @@ async def _children(plans: list[Plan], progress: Progress) -> list[Snapshot]:
     return [finals[n] for n in range(len(plans))]
 
 
-def _plans(options: Options, *, url: str, app_id: str, run_id: str, seed: int) -> list[Plan]:
+@dataclass(frozen=True)
+class Signing:
+    """What a run signs with: the long-term key, and the devices' temporary
+    credentials with the identity they belong to."""
+
+    key: Key
+    device_key: Key | None = None
+    identity_id: str | None = None
+
+
+def _key(options: Options, pipeline: faults.Pipeline | None) -> Key:
+    """The long-term (admin) key: the started `ingest run`'s credentials file,
+    else the standard AWS places (:func:`load.credentials.from_environment`)."""
+    if options.null_server:
+        return credentials.UNCHECKED
+    if pipeline is not None:
+        return credentials.from_file(pipeline.credentials_file)
+    return credentials.from_environment()
+
+
+async def _devices(
+    options: Options,
+    session: aiohttp.ClientSession,
+    url: str,
+    app_id: str,
+    pipeline: faults.Pipeline | None,
+) -> tuple[Key | None, str | None]:
+    """Temporary credentials for the devices of the run's app, and whose they are."""
+    if options.profile == "boto3":
+        return None, None
+    if options.null_server:
+        return credentials.UNCHECKED_DEVICE, None
+    pool_id = options.identity_pool_id
+    if pool_id is None:
+        if pipeline is not None:
+            env = pipeline.cli_env()
+        elif options.data_dir is not None:
+            env = dict(os.environ) | {"INGEST_DATA_DIR": options.data_dir}
+        else:
+            env = dict(os.environ)
+        pool_id = await asyncio.to_thread(credentials.create_identity_pool, app_id, env=env)
+    identity_id = await credentials.identity(session, url, pool_id)
+    return await credentials.temporary(session, url, identity_id), identity_id
+
+
+def _minus(counts: dict[str, int], baseline: dict[str, int]) -> dict[str, int]:
+    """What was counted since ``baseline`` (a run on an existing app)."""
+    since = {kind: n - baseline.get(kind, 0) for kind, n in counts.items()}
+    return {kind: n for kind, n in since.items() if n}
+
+
+def _plans(
+    options: Options, *, url: str, app_id: str, run_id: str, seed: int, signing: Signing
+) -> list[Plan]:
     n = options.processes
     start_at = time.time() + (CHILD_START_DELAY_S if n > 1 else 0.0)
     return [
@@ -191,13 +256,23 @@ def _plans(options: Options, *, url: str, app_id: str, run_id: str, seed: int) -
             timeout_s=options.timeout_s,
             max_attempts=options.max_attempts,
             start_at=start_at,
+            key=signing.key,
+            device_key=signing.device_key,
+            identity_id=signing.identity_id,
         )
         for i in range(n)
     ]
 
 
 async def _drain(
-    api: Api, app_id: str, tally: Tally, *, window: tuple[str, str], options: Options, progress: Progress
+    api: Api,
+    app_id: str,
+    tally: Tally,
+    *,
+    window: tuple[str, str],
+    options: Options,
+    progress: Progress,
+    baseline: dict[str, int],
 ) -> tuple[Reconciliation, float]:
     """Poll the KPI until it matches and holds, stalls, or time runs out."""
     loop = asyncio.get_running_loop()
@@ -206,7 +281,8 @@ async def _drain(
     rec = reconcile(tally.accepted_by_type, tally.failed_by_type, {})
     while True:
         try:
-            counted = kpi_counts(await api.kpi(app_id, EVENTS_BY_TYPE, start=window[0], end=window[1]))
+            counts = kpi_counts(await api.kpi(app_id, EVENTS_BY_TYPE, start=window[0], end=window[1]))
+            counted = _minus(counts, baseline)
         except (ApiError, aiohttp.ClientError, TimeoutError) as exc:
             progress.say(f"draining: KPI read failed ({exc}); retrying")
             counted = last or {}
@@ -279,11 +355,23 @@ async def execute(options: Options, *, out: TextIO | None = sys.stderr) -> dict[
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             async with _server(options, Path(tmp)) as (url, pipeline):
                 try:
-                    api = Api(session, url)
-                    app_id = await api.create_app(f"load-{run_id}")
+                    key = _key(options, pipeline)
+                    api = Api(session, url, key)
+                    app_id = options.app_id or await api.create_app(f"load-{run_id}")
                     progress.say(f"run {run_id}: app {app_id} on {url}, seed {seed}")
-                    plans = _plans(options, url=url, app_id=app_id, run_id=run_id, seed=seed)
+                    device_key, identity_id = await _devices(options, session, url, app_id, pipeline)
+                    signing = Signing(key, device_key, identity_id)
+                    plans = _plans(options, url=url, app_id=app_id, run_id=run_id, seed=seed, signing=signing)
                     first_ms = int(plans[0].start_at * 1000)
+                    window = (
+                        iso(first_ms - WINDOW_MARGIN_MS),
+                        iso(int((time.time() + options.duration_s) * 1000) + WINDOW_MARGIN_MS),
+                    )
+                    baseline: dict[str, int] = {}
+                    if verify and options.app_id is not None:  # an app with events of earlier runs
+                        baseline = kpi_counts(
+                            await api.kpi(app_id, EVENTS_BY_TYPE, start=window[0], end=window[1])
+                        )
                     loop = asyncio.get_running_loop()
                     injecting = None
 
@@ -307,12 +395,15 @@ async def execute(options: Options, *, out: TextIO | None = sys.stderr) -> dict[
                     rec: Reconciliation | None = None
                     drain_s = 0.0
                     if verify:
-                        window = (
-                            iso(first_ms - WINDOW_MARGIN_MS),
-                            iso(int(time.time() * 1000) + WINDOW_MARGIN_MS),
-                        )
+                        window = (window[0], iso(int(time.time() * 1000) + WINDOW_MARGIN_MS))
                         rec, drain_s = await _drain(
-                            api, app_id, tally, window=window, options=options, progress=progress
+                            api,
+                            app_id,
+                            tally,
+                            window=window,
+                            options=options,
+                            progress=progress,
+                            baseline=baseline,
                         )
                 except BaseException:
                     if pipeline is not None and out is not None:
@@ -364,6 +455,7 @@ async def execute(options: Options, *, out: TextIO | None = sys.stderr) -> dict[
         "latency_ms": _latency(histogram),
         "status": {"http": dict(tally.http), "events": dict(tally.events)},
         "chaos": actions,
+        "credential_refreshes": sum(int(f.extra.get("credential_refreshes", 0)) for f in finals),
     }
     checked = rec is None or (
         rec.lost == 0 and rec.duplicated == 0 and not (tally.valid_rejected or tally.invalid_accepted)

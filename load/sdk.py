@@ -2,8 +2,8 @@
 
 Header sets follow research/pinpoint-compat.md (§1.4 for boto3, the Amplify
 JS header list, the native SDKs' user agents). Mobile and browser apps sign
-with temporary Cognito credentials (an ``ASIA…`` key and a session token);
-boto3 with a static key. ``amz-sdk-invocation-id`` stays the same on every
+with temporary Cognito-style credentials (an ``ASIA…`` key and a session
+token); boto3 with a long-term key. ``amz-sdk-invocation-id`` stays the same on every
 attempt of one call and ``amz-sdk-request`` counts the attempts, as in the
 SDKs' retry middleware.
 """
@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from load.credentials import Key
 from load.sigv4 import CONTENT_TYPE, Signer
 from load.traffic import Profile
 
 REGION = "us-east-1"
-SECRET = "load-harness-secret-not-checked"  # noqa: S105 - the edge does not verify signatures
-# A Cognito session token is long; the size matters for header parsing cost.
-SESSION_TOKEN = "IQoJb3JpZ2luX2VjEL7" + "x" * 780
 MAX_ATTEMPTS_HEADER = 3  # what botocore's standard mode and Amplify JS advertise
+MOBILE: tuple[Profile, ...] = ("amplify-js", "native")  # sign with Cognito-style credentials
 
 USER_AGENTS: dict[Profile, str] = {
     "amplify-js": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0",
@@ -32,33 +31,33 @@ USER_AGENTS: dict[Profile, str] = {
 
 
 class Sdk:
-    """Signs and shapes requests to one server for each profile."""
+    """Signs and shapes requests to one server for each profile: backends
+    (``boto3``) with ``key``, devices with ``device_key`` (temporary
+    credentials, :mod:`load.credentials`; ``key`` when there are none)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, key: Key, device_key: Key | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"--url must be http://host[:port], not {url!r}")
         self.base = f"{parts.scheme}://{parts.netloc}"
-        host = parts.netloc
-        self._signers: dict[Profile, Signer] = {
-            "amplify-js": Signer(
-                access_key_id="ASIALOADJS000000",
-                secret_access_key=SECRET,
-                region=REGION,
-                host=host,
-                session_token=SESSION_TOKEN,
-            ),
-            "native": Signer(
-                access_key_id="ASIALOADNATIVE00",
-                secret_access_key=SECRET,
-                region=REGION,
-                host=host,
-                session_token=SESSION_TOKEN,
-            ),
-            "boto3": Signer(
-                access_key_id="AKIALOADBOTO3000", secret_access_key=SECRET, region=REGION, host=host
-            ),
-        }
+        self._host = parts.netloc
+        self._signers: dict[Profile, Signer] = {"boto3": self._signer(key)}
+        self.use_device_key(device_key or key)
+
+    def _signer(self, key: Key) -> Signer:
+        return Signer(
+            access_key_id=key.access_key_id,
+            secret_access_key=key.secret_access_key,
+            region=REGION,
+            host=self._host,
+            session_token=key.session_token,
+        )
+
+    def use_device_key(self, key: Key) -> None:
+        """Devices sign with ``key`` from now on (refreshed credentials)."""
+        signer = self._signer(key)
+        for profile in MOBILE:
+            self._signers[profile] = signer
 
     def headers(
         self,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -30,8 +31,9 @@ from hdrh.histogram import HdrHistogram
 
 from ingest.records import validate
 from ingest.records.values import Invalid
-from load import null
+from load import credentials, null
 from load.chaos import free_port
+from load.credentials import Key
 from load.driver import Plan, drive
 from load.ledger import Tally, reconcile
 from load.sigv4 import Signer
@@ -257,6 +259,7 @@ def plan(url: str, **changes: Any) -> Plan:
         "timeout_s": 5.0,
         "max_attempts": 10,
         "start_at": time.time(),
+        "key": credentials.UNCHECKED,
     }
     return Plan(**(base | changes))
 
@@ -295,6 +298,122 @@ async def test_open_loop_latency_counts_from_the_due_time(serve: Callable[[Fake]
     assert opened_hist.get_max_value() / 1000 > 1200
 
 
+# --- credentials ---------------------------------------------------------------
+
+
+def test_credentials_come_from_the_environment_first_then_the_shared_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "credentials"
+    shared.write_text(
+        "[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = s-default\n"
+        "[ingest]\naws_access_key_id = AKIAINGEST\naws_secret_access_key = s-ingest\n"
+    )
+    for name in (*credentials.AWS_KEY_VARIABLES, "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
+    assert credentials.from_environment() == Key("AKIADEFAULT", "s-default")
+    monkeypatch.setenv("AWS_PROFILE", "ingest")
+    assert credentials.from_environment() == Key("AKIAINGEST", "s-ingest")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s-env")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token")
+    assert credentials.from_environment() == Key("AKIAENV", "s-env", "token")
+    # A child pointed at the file no longer sees the variables that would win.
+    child = credentials.file_env(shared)
+    assert child["AWS_PROFILE"] == "ingest" and "AWS_ACCESS_KEY_ID" not in child
+    assert credentials.from_file(shared) == Key("AKIAINGEST", "s-ingest")
+    assert "s-ingest" not in repr(credentials.from_file(shared))
+
+
+def test_no_credentials_is_an_error_that_says_where_to_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (*credentials.AWS_KEY_VARIABLES, "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(credentials.CredentialsError, match="AWS_SHARED_CREDENTIALS_FILE"):
+        credentials.from_environment()
+
+
+def test_temporary_credentials_refresh_before_they_expire() -> None:
+    issued = Key("ASIA1", "s", "t", expires_s=1000.0 + 3600, issued_s=1000.0)
+    assert issued.refresh_at_s() == 1000.0 + 3600 - credentials.REFRESH_BEFORE_S
+    short = Key("ASIA1", "s", "t", expires_s=1010.0, issued_s=1000.0)
+    assert short.refresh_at_s() == 1005.0  # halfway through a life shorter than the margin
+    assert Key("AKIA1", "s").refresh_at_s() is None
+
+
+class Cognito:
+    """GetCredentialsForIdentity issuing credentials that live ``life_s``, and
+    PutEvents recording which access key signed each request."""
+
+    def __init__(self, life_s: float) -> None:
+        self.life_s = life_s
+        self.issued: list[str] = []
+        self.signed_by: Counter[str] = Counter()
+
+    async def root(self, request: web.Request) -> web.Response:
+        assert request.headers["X-Amz-Target"].endswith(".GetCredentialsForIdentity")
+        assert orjson.loads(await request.read()) == {"IdentityId": "us-east-1:identity"}
+        key = f"ASIA{len(self.issued):016d}"
+        self.issued.append(key)
+        answer = {
+            "IdentityId": "us-east-1:identity",
+            "Credentials": {
+                "AccessKeyId": key,
+                "SecretKey": "secret",
+                "SessionToken": f"token-{key}",
+                "Expiration": time.time() + self.life_s,
+            },
+        }
+        return web.Response(body=orjson.dumps(answer), content_type="application/x-amz-json-1.1")
+
+    async def events(self, request: web.Request) -> web.Response:
+        self.signed_by[request.headers["Authorization"].split("Credential=")[1].split("/")[0]] += 1
+        assert (
+            request.headers["X-Amz-Security-Token"]
+            == "token-" + request.headers["Authorization"].split("Credential=")[1].split("/")[0]
+        )
+        body = orjson.loads(await request.read())
+        results = {
+            endpoint_id: {
+                "EndpointItemResponse": {"StatusCode": 202, "Message": "Accepted"},
+                "EventsItemResponse": {e: {"StatusCode": 202, "Message": "Accepted"} for e in item["Events"]},
+            }
+            for endpoint_id, item in body["BatchItem"].items()
+        }
+        return web.json_response({"Results": results}, status=202)
+
+
+async def test_devices_sign_with_fresh_credentials_before_theirs_expire() -> None:
+    cognito = Cognito(life_s=1.0)
+    app = web.Application()
+    app.router.add_post("/", cognito.root)
+    app.router.add_post("/v1/apps/{app}/events", cognito.events)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = await credentials.temporary(session, url, "us-east-1:identity")
+        final = await drive(
+            plan(url, duration_s=2.0, concurrency=2, device_key=first, identity_id="us-east-1:identity"),
+            lambda _: None,
+        )
+    finally:
+        await runner.cleanup()
+    assert final.extra["credential_refreshes"] >= 2
+    assert len(cognito.issued) == final.extra["credential_refreshes"] + 1
+    # The later credentials signed requests, never after the first expired.
+    assert len(cognito.signed_by) >= 2 and set(cognito.signed_by) <= set(cognito.issued)
+
+
 # --- the command against the real thing ---------------------------------------
 
 
@@ -313,11 +432,17 @@ def run_load(*args: str, env: dict[str, str] | None = None, timeout_s: float = 1
 
 
 def test_smoke_run_accounts_for_every_event(tmp_path: Path) -> None:
+    """Against a running `ingest run`, found and signed for as a user would:
+    its credentials file and profile from the environment, devices' temporary
+    credentials from an identity pool made on its data dir."""
     pipeline = start_pipeline(tmp_path)
+    env = credentials.file_env(pipeline.data_dir / "credentials", base=clean_env())
     try:
         summary = run_load(
             "--url",
             pipeline.url,
+            "--data-dir",
+            str(pipeline.data_dir),
             "--duration",
             "4",
             "--concurrency",
@@ -328,6 +453,7 @@ def test_smoke_run_accounts_for_every_event(tmp_path: Path) -> None:
             "0.02",
             "--seed",
             "7",
+            env=env,
         )
     finally:
         assert pipeline.stop() == 0, pipeline.log()
