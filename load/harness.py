@@ -83,6 +83,7 @@ class Options:
     app_id: str | None = None
     identity_pool_id: str | None = None
     data_dir: str | None = None
+    key: Key | None = None  # from Python: sign with this instead of the AWS chain
 
     def check(self) -> None:
         """ValueError naming the option that is out of range."""
@@ -196,6 +197,8 @@ def _key(options: Options, pipeline: faults.Pipeline | None) -> Key:
     else the standard AWS places (:func:`load.credentials.from_environment`)."""
     if options.null_server:
         return credentials.UNCHECKED
+    if options.key is not None:
+        return options.key
     if pipeline is not None:
         return credentials.from_file(pipeline.credentials_file)
     return credentials.from_environment()

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import uvloop
 
 from load import chaos as faults
+from load import credentials
 from load.harness import Options, execute
 
 NOTES = Path(__file__).with_name("benchmark-notes.md")
@@ -93,28 +95,25 @@ async def _against_ingest_run(duration_s: float) -> tuple[list[str], dict[str, A
         pipeline = faults.Pipeline(Path(tmp))
         try:
             await pipeline.start()
-            url = pipeline.url
-            await execute(Options(url=url, duration_s=5, seed=SEED, verify=False), out=None)
-            saturated = await execute(Options(url=url, duration_s=duration_s, seed=SEED), out=None)
+            # Signed with the admin key it wrote; devices' pools made on its data dir.
+            target = Options(
+                url=pipeline.url,
+                key=credentials.from_file(pipeline.credentials_file),
+                data_dir=str(pipeline.data_dir),
+                seed=SEED,
+            )
+            await execute(replace(target, duration_s=5, verify=False), out=None)
+            saturated = await execute(replace(target, duration_s=duration_s), out=None)
             peak = float(saturated["events_per_s"])
             rows.append(_load_line(saturated, "saturation (closed loop, 32 connections)"))
             half: dict[str, Any] = {}
             for share in (0.25, 0.5, 0.75):
-                summary = await execute(
-                    Options(url=url, duration_s=duration_s, rate=share * peak, seed=SEED), out=None
-                )
+                summary = await execute(replace(target, duration_s=duration_s, rate=share * peak), out=None)
                 rows.append(_load_line(summary, f"open loop at {share:.0%} of saturation"))
                 if share == 0.5:
                     half = summary
             resent = await execute(
-                Options(
-                    url=url,
-                    duration_s=duration_s,
-                    rate=0.5 * peak,
-                    retry_rate=0.05,
-                    invalid_rate=0.01,
-                    seed=SEED,
-                ),
+                replace(target, duration_s=duration_s, rate=0.5 * peak, retry_rate=0.05, invalid_rate=0.01),
                 out=None,
             )
             rows.append(_load_line(resent, "50 %, 5 % of batches re-sent, 1 % invalid events"))

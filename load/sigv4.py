@@ -1,7 +1,7 @@
 """AWS Signature Version 4, as an AWS SDK signs a Pinpoint request. Pure.
 
-The edge parses signatures and does not verify them yet, but a client pays
-for signing on every request, so the harness pays it too: the SHA-256 of the
+The edge verifies every signature, and a client pays for signing on every
+request, so the harness signs as cheaply as an SDK does: the SHA-256 of the
 body, the canonical request and one HMAC. What does not change between
 requests is computed once: the signing key (four HMACs) per UTC day, the
 canonical request's fixed lines per (method, path, query), and the
