@@ -1,33 +1,45 @@
 """The edge and its HTTP ceiling, measured over HTTP for the write-path bench:
 the same PutEvents bodies, the same aiohttp client with keep-alive
-connections, whether the server is the canned ceiling or `ingest edge`; CPU
-counted for the server's process only. aiohttp comes with the dev extras."""
+connections, every request SigV4-signed as an SDK signs it (the load
+harness's signer), whether the server is the canned ceiling (which checks
+nothing) or `ingest edge` (which verifies each signature); CPU counted for
+the server's process only. aiohttp comes with the dev extras."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from bench.support import Result, cpu_seconds, launched, timed
+from bench.support import Client, Result, cpu_seconds, launched, signer, timed
+from load.credentials import Key
+from load.sigv4 import CONTENT_TYPE
+
+# The canned server verifies nothing; the client signs anyway, so both
+# measurements pay the same client work.
+UNCHECKED = Key("AKIABENCHCANNED000", "not-checked")
 
 
 async def drive(
-    url: str, bodies: list[bytes], seconds: float, concurrency: int, pid: int
+    base: str, path: str, bodies: list[bytes], seconds: float, concurrency: int, pid: int, key: Key
 ) -> tuple[int, float, float]:
-    """POST ``bodies`` round-robin to ``url`` for ``seconds`` after a short
-    warm-up; → (events accepted, seconds, CPU-seconds of process ``pid``)."""
+    """POST ``bodies`` round-robin to ``path`` on ``base``, signed with
+    ``key``, for ``seconds`` after a short warm-up; → (events accepted,
+    seconds, CPU-seconds of process ``pid``)."""
     import aiohttp  # dev extra: only the benchmark drives HTTP
 
+    signing = signer(base, key)
+    url = base + path
     connector = aiohttp.TCPConnector(limit=concurrency)
     index = 0
-    async with aiohttp.ClientSession(
-        connector=connector, headers={"Content-Type": "application/json"}
-    ) as session:
+    async with aiohttp.ClientSession(connector=connector) as session:
 
         async def step() -> int:
             nonlocal index
             raw = bodies[index % len(bodies)]
             index += 1
-            async with session.post(url, data=raw) as response:
+            headers = signing.sign("POST", path, raw, epoch_s=int(time.time()))
+            headers["Content-Type"] = CONTENT_TYPE
+            async with session.post(url, data=raw, headers=headers) as response:
                 payload = await response.read()
             if response.status != 202:
                 raise RuntimeError(f"server answered {response.status}: {payload[:200]!r}")
@@ -39,12 +51,14 @@ async def drive(
         return events, elapsed, cpu_seconds(pid) - cpu
 
 
-async def create_app(base: str) -> str:
+async def create_app(base: str, key: Key) -> str:
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{base}/v1/apps", json={"Name": "bench"}) as response:
-            return str((await response.json())["Id"])
+        status, created = await Client(session, base, key).call("POST", "/v1/apps", {"Name": "bench"})
+        if status != 201:
+            raise RuntimeError(f"CreateApp answered {status}: {created}")
+        return str(created["Id"])
 
 
 async def bench_http(
@@ -56,11 +70,13 @@ async def bench_http(
     seconds: float,
     concurrency: int,
     log: Path,
+    key: Key = UNCHECKED,
 ) -> Result:
     """Start ``argv`` (it writes a status file, :mod:`ingest.launch`), then
-    drive ``path`` on it; ``{app}`` in the path becomes a new app's ID."""
+    drive ``path`` on it signed with ``key``; ``{app}`` in the path becomes a
+    new app's ID."""
     async with launched(argv, env, log) as server:
         if "{app}" in path:
-            path = path.replace("{app}", await create_app(server.url))
-        events, elapsed, cpu = await drive(f"{server.url}{path}", bodies, seconds, concurrency, server.pid)
+            path = path.replace("{app}", await create_app(server.url, key))
+        events, elapsed, cpu = await drive(server.url, path, bodies, seconds, concurrency, server.pid, key)
         return Result(name, events, elapsed, cpu)

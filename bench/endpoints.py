@@ -127,15 +127,15 @@ def python_rates(upserts: list[EndpointUpsert], batch: int) -> tuple[float, floa
 async def freshness(data_dir: Path, writes: int) -> list[float]:
     """Milliseconds from UpdateEndpoint's 202 to GetEndpoint showing it."""
     delays: list[float] = []
-    async with ingest_run(data_dir) as (session, base, app_id):
+    async with ingest_run(data_dir) as (client, app_id):
         for n in range(writes + 5):
-            url = f"{base}/v1/apps/{app_id}/endpoints/device-{n % 25}"
-            async with session.put(url, json={"Attributes": {"n": [str(n)]}}) as response:
-                assert response.status == 202, await response.text()
+            path = f"/v1/apps/{app_id}/endpoints/device-{n % 25}"
+            status, answer = await client.call("PUT", path, {"Attributes": {"n": [str(n)]}})
+            assert status == 202, answer
             written = time.perf_counter()
             while True:
-                async with session.get(url) as response:
-                    body: Any = await response.json() if response.status == 200 else {}
+                status, answer = await client.call("GET", path)
+                body: Any = answer if status == 200 else {}
                 if body.get("Attributes", {}).get("n") == [str(n)]:
                     break
                 await asyncio.sleep(0.002)  # polling the read API

@@ -191,8 +191,8 @@ async def freshness(data_dir: Path, sends: int) -> list[float]:
     ``events-grouped-by-event-type`` counting it, one event at a time."""
     delays: list[float] = []
     event_type = f"fresh-{uuid.uuid4().hex[:8]}"
-    async with ingest_run(data_dir) as (session, base, app_id):
-        kpi = f"{base}/v1/apps/{app_id}/kpis/daterange/events-grouped-by-event-type"
+    async with ingest_run(data_dir) as (client, app_id):
+        kpi = f"/v1/apps/{app_id}/kpis/daterange/events-grouped-by-event-type"
         for n in range(sends + 5):
             body = {
                 "BatchItem": {
@@ -207,15 +207,14 @@ async def freshness(data_dir: Path, sends: int) -> list[float]:
                     }
                 }
             }
-            async with session.post(f"{base}/v1/apps/{app_id}/events", json=body) as response:
-                answer = await response.json()
+            _, answer = await client.call("POST", f"/v1/apps/{app_id}/events", body)
             status = answer["Results"][f"device-{n % 25}"]["EventsItemResponse"][f"ev-{n}"]["StatusCode"]
             if status != 202:
                 raise RuntimeError(f"event not accepted: {answer}")
             accepted = time.perf_counter()
             while True:
-                async with session.get(kpi) as response:
-                    rows = (await response.json())["KpiResult"]["Rows"]
+                _, answer = await client.call("GET", kpi)
+                rows = answer["KpiResult"]["Rows"]
                 counts = {row["GroupedBys"][0]["Value"]: row["Values"][0]["Value"] for row in rows}
                 if counts.get(event_type) == repr(float(n + 1)):
                     break

@@ -1,7 +1,9 @@
 """What the benches share: a measurement's result and its clock, producing
 records already in Kafka, timing a worker's drain of them, a fresh store (a
-PostgreSQL schema of its own), and `ingest …` in its own process, started by
-:func:`ingest.launch.launch`."""
+PostgreSQL schema of its own), `ingest …` in its own process, started by
+:func:`ingest.launch.launch`, and HTTP calls to it SigV4-signed as boto3
+signs them (the load harness's signer, :mod:`load.sigv4`), with the admin key
+`ingest run` wrote or one `ingest keys create` issued."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 
 from ingest.kafka import clients
 from ingest.launch import Launched, launch
@@ -25,8 +29,13 @@ from ingest.settings import Settings
 from ingest.store.backends import open_store
 from ingest.store.base import Store
 from ingest.workers.consumer import Worker
+from load.credentials import Key, from_file
+from load.sigv4 import CONTENT_TYPE, Signer, canonical_query
 
 T = TypeVar("T")
+
+REGION = "us-east-1"
+CLI_TIMEOUT_S = 60.0
 
 # How often the drain is checked: reading a counter walks the registry, and
 # at 5 ms that took 4 % of the worker's CPU; 20 ms errs under 1 % on a
@@ -176,19 +185,74 @@ async def launched(argv: list[str], env: dict[str, str], log: Path) -> AsyncIter
         await asyncio.to_thread(started.stop)
 
 
+def signer(base: str, key: Key) -> Signer:
+    """Signs requests to ``base`` (``http://host:port``) with ``key``."""
+    return Signer(
+        access_key_id=key.access_key_id,
+        secret_access_key=key.secret_access_key,
+        region=REGION,
+        host=base.split("://", 1)[1],
+        session_token=key.session_token,
+    )
+
+
+def issue_key(env: dict[str, str], name: str = "bench") -> Key:
+    """`ingest keys create --scope admin` on the store and master key that
+    ``env``'s settings name, before the process that verifies starts. Blocking."""
+    done = subprocess.run(  # noqa: S603 - our own CLI, arguments we built
+        [sys.executable, "-m", "ingest", "keys", "create", "--name", name, "--scope", "admin"],
+        env=env,
+        capture_output=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"ingest keys create: {done.stderr.decode(errors='replace')[-1000:]}")
+    created = orjson.loads(done.stdout)
+    return Key(created["AccessKeyId"], created["SecretAccessKey"])
+
+
+class Client:
+    """An aiohttp session's calls to one server, each signed."""
+
+    def __init__(self, session: Any, base: str, key: Key) -> None:
+        self.session = session
+        self.base = base
+        self._signer = signer(base, key)
+
+    async def call(
+        self, method: str, path: str, payload: Any = None, query: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """(status, the parsed JSON answer or None)."""
+        from yarl import URL  # comes with aiohttp, a dev extra
+
+        body = b"" if payload is None else orjson.dumps(payload)
+        headers = self._signer.sign(method, path, body, epoch_s=int(time.time()), query=query)
+        if body:
+            headers["Content-Type"] = CONTENT_TYPE
+        url = URL(self.base + path + (f"?{canonical_query(query)}" if query else ""), encoded=True)
+        async with self.session.request(method, url, data=body, headers=headers) as response:
+            raw = await response.read()
+            return response.status, orjson.loads(raw) if raw else None
+
+
 @contextlib.asynccontextmanager
-async def ingest_run(data_dir: Path) -> AsyncIterator[tuple[Any, str, str]]:
+async def ingest_run(data_dir: Path) -> AsyncIterator[tuple[Client, str]]:
     """`ingest run` (embedded broker, SQLite under ``data_dir``) in its own
-    process, ready; → (an aiohttp session, its base URL, a new app's ID)."""
+    process, ready; → (a signed client with the admin key it wrote to
+    ``{data_dir}/credentials``, a new app's ID)."""
     import aiohttp  # dev extra
 
     await asyncio.to_thread(functools.partial(data_dir.mkdir, parents=True, exist_ok=True))
     argv = [sys.executable, "-m", "ingest", "run", "--port", "0", "--data-dir", str(data_dir)]
     async with launched(argv, clean_env(INGEST_LOG_LEVEL="WARNING"), data_dir / "ingest.log") as run:
+        key = await asyncio.to_thread(from_file, data_dir / "credentials")
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"{run.url}/v1/apps", json={"Name": "fresh"}) as response:
-                app_id = (await response.json())["Id"]
-            yield session, run.url, app_id
+            client = Client(session, run.url, key)
+            status, created = await client.call("POST", "/v1/apps", {"Name": "fresh"})
+            if status != 201:
+                raise RuntimeError(f"CreateApp answered {status}: {created}")
+            yield client, str(created["Id"])
 
 
 def quantile(values: list[float], q: float) -> float:
