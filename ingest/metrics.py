@@ -49,6 +49,15 @@ class Metrics:
             ["limit"],
             registry=registry,
         )
+        # Counter: API requests refused 403, by why (a closed set).
+        self.auth_refusals = Counter(
+            "ingest_auth_refusals",
+            "API requests refused 403, by reason: missing (unsigned), unknown_key, bad_signature, "
+            "expired (clock skew beyond the limit), out_of_scope (the key may not do that), "
+            "bad_token (a session token that is not ours or has expired).",
+            ["reason"],
+            registry=registry,
+        )
         # Counter: PutEvents events by outcome and rejection reason.
         self.events = Counter(
             "ingest_events",

@@ -17,7 +17,7 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Literal
@@ -27,11 +27,14 @@ import uvicorn
 from prometheus_client import REGISTRY
 
 from ingest.api.app import Edge
+from ingest.api.auth import Authenticator
+from ingest.api.identity import Identities
 from ingest.api.probes import Probes
 from ingest.errors import IngestError, SettingsError
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
 from ingest.kafka.publish import Publisher
+from ingest.keys import KeyRing, MasterKey, bootstrap_admin
 from ingest.launch import Broker, Status, write_status
 from ingest.metrics import ConsumerMetrics, KpiWorkerMetrics, Metrics, WorkerMetrics
 from ingest.records.codec import Codec
@@ -186,6 +189,36 @@ def _redacted(url: str | None) -> str | None:
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
+async def _authentication(
+    stack: AsyncExitStack, settings: Settings, mode: Mode, store: Store, metrics: Metrics
+) -> tuple[Identities, Authenticator | None, Callable[[], bool]]:
+    """The key ring (an owned refresh task on ``stack``), the Cognito-style
+    identities, and the authenticator (None with ``INGEST_AUTH=off``). On the
+    first start of `ingest run` with auth on, the admin key and its shared
+    credentials file."""
+    master = await asyncio.to_thread(MasterKey.load, settings)
+    if mode == "run" and settings.auth == "sigv4":
+        await bootstrap_admin(store, master, settings.data_dir)
+    ring = await stack.enter_async_context(KeyRing(store, master, refresh_s=settings.auth_refresh_s))
+    identities = Identities(
+        mac=master.mac,
+        pools=ring.pools,
+        ttl_s=settings.credentials_ttl_s,
+        getid_per_s=settings.getid_per_address_per_s,
+    )
+    if settings.auth == "off":
+        log.warning("INGEST_AUTH=off: API requests are served without verifying who sent them")
+        return identities, None, lambda: ring.healthy
+    auth = Authenticator(
+        ring=ring,
+        identities=identities,
+        max_skew_s=settings.auth_max_skew_s,
+        metrics=metrics,
+        account_id=settings.account_id,
+    )
+    return identities, auth, lambda: ring.healthy
+
+
 async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = None) -> int:
     """Run one process role until SIGINT/SIGTERM, then drain (module docstring).
 
@@ -257,6 +290,7 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
                     metrics=metrics,
                 )
             )
+            identities, auth, keys_ready = await _authentication(stack, settings, mode, store, metrics)
             edge = Edge(
                 settings=settings,
                 store=store,
@@ -264,7 +298,9 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
                 codec=codec,
                 metrics=metrics,
                 registry=REGISTRY,
-                readiness=workers_ready,
+                identities=identities,
+                auth=auth,
+                readiness=lambda: workers_ready() and keys_ready(),
             )
             app = edge
         port = await stack.enter_async_context(

@@ -4,6 +4,7 @@ Tansu broker, SQLite, the edge) driven by boto3's pinpoint client."""
 from __future__ import annotations
 
 import asyncio
+import configparser
 import http.client
 import os
 import signal
@@ -18,8 +19,12 @@ from typing import Any, TypeVar
 
 import boto3
 import hypothesis
+import orjson
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from ingest.kafka.broker import EmbeddedBroker
@@ -38,6 +43,7 @@ class Pipeline:
     launched: Launched
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    issued: tuple[str, str] | None = None
 
     @property
     def process(self) -> subprocess.Popen[bytes]:
@@ -70,13 +76,52 @@ class Pipeline:
         assert self.launched.status.broker, self.launched.status
         return self.launched.status.broker.pid
 
-    def client(self, **config: Any) -> Any:
+    def credentials(self) -> tuple[str, str]:
+        """An admin key: the one `ingest run` made on its first start (its
+        shared credentials file, profile ``ingest``), else (`ingest edge`) one
+        issued with `ingest keys create` on the same store, once the process
+        sees it."""
+        path = self.data_dir / "credentials"
+        if path.exists():
+            parser = configparser.ConfigParser()
+            parser.read(path)
+            profile = parser["ingest"]
+            return profile["aws_access_key_id"], profile["aws_secret_access_key"]
+        if self.issued is None:
+            self.issued = self.create_key("admin")
+        return self.issued
+
+    def create_key(self, scope: str, *apps: str, visible: bool = True) -> tuple[str, str]:
+        """`ingest keys create` on this process's store and master key; with
+        ``visible``, returns once the running process accepts the key."""
+        created = run_cli(
+            self,
+            "keys",
+            "create",
+            "--name",
+            f"test-{scope}",
+            "--scope",
+            scope,
+            *(arg for app in apps for arg in ("--app", app)),
+        )
+        key = (created["AccessKeyId"], created["SecretAccessKey"])
+        if visible:
+            eventually(
+                lambda: self.request("GET", "/v1/apps", credentials=key)[1].get("x-amzn-errortype"),
+                lambda error: error != "UnrecognizedClientException",
+                f"the new {scope} key known to the edge",
+            )
+        return key
+
+    def client(self, credentials: tuple[str, str] | None = None, **config: Any) -> Any:
+        """boto3's pinpoint client, signing with ``credentials`` (default: the admin key)."""
+        access_key_id, secret = credentials or self.credentials()
         return boto3.client(
             "pinpoint",
             endpoint_url=self.url,
             region_name="us-east-1",
-            aws_access_key_id="AKIDINGESTTEST",
-            aws_secret_access_key="not-checked",
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret,
             config=Config(**({"retries": {"total_max_attempts": 1}, "read_timeout": 30} | config)),
         )
 
@@ -87,11 +132,20 @@ class Pipeline:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         timeout_s: float = 30.0,
+        *,
+        sign: bool = True,
+        credentials: tuple[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        """A raw HTTP request, for what boto3 will not send (broken bodies)."""
+        """A raw HTTP request, for what boto3 will not send (broken bodies),
+        SigV4-signed by botocore (with the admin key unless ``credentials``
+        are given) unless ``sign`` is off."""
+        headers = dict(headers or {})
+        if sign:
+            key = credentials or self.credentials()
+            headers = signed_headers(key, method, f"{self.url}{path}", body, headers)
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
         finally:
@@ -103,6 +157,31 @@ class Pipeline:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
         """Signal our own process by its PID and wait; resume a frozen broker first."""
         return self.launched.stop(sig, timeout_s)
+
+
+def run_cli(process: Pipeline, *args: str) -> Any:
+    """`python -m ingest <args>` with ``process``'s settings and data dir → its JSON output."""
+    env = clean_env(**({"INGEST_DATA_DIR": str(process.data_dir)} | process.env))
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return orjson.loads(done.stdout)
+
+
+def signed_headers(
+    credentials: tuple[str, str], method: str, url: str, body: bytes | None, headers: dict[str, str]
+) -> dict[str, str]:
+    """``headers`` plus botocore's SigV4 signature of the request (service
+    mobiletargeting, us-east-1), as an AWS SDK would send them."""
+    request = AWSRequest(method=method, url=url, data=body or b"", headers=headers)
+    SigV4Auth(Credentials(*credentials), "mobiletargeting", "us-east-1").add_auth(request)
+    return dict(request.headers.items())
 
 
 def clean_env(**extra: str) -> dict[str, str]:

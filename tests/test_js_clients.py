@@ -8,20 +8,18 @@ Each node script takes one JSON object on stdin and prints one on stdout
 
 from __future__ import annotations
 
-import configparser
 import http.client
 import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from ingest.errors import AccessDenied
-from tests.conftest import ROOT, Pipeline, clean_env, eventually, start_pipeline
+from tests.conftest import ROOT, Pipeline, eventually, run_cli, start_pipeline
 
 JS_DIR = ROOT / "tests" / "js"
 # A node script's own deadlines are 30 s; this bounds a hung node as well.
@@ -30,7 +28,6 @@ REGION = "us-east-1"
 # Canonical-URI encoding is where SDKs differ: a slash, spaces, non-ASCII,
 # and the characters a query or a fragment would take.
 ODD_IDS = ["a/b c", "ünïcødé-设备-🚀", "with%percent+plus&q=1#h", "trailing/ ", "plain-id"]
-UNCHECKED_KEY = ("AKIDINGESTTEST", "not-checked")
 COGNITO_TARGET = "AWSCognitoIdentityService."
 
 
@@ -62,18 +59,6 @@ def run_node(script: str, config: dict[str, Any]) -> tuple[int, dict[str, Any], 
     lines = done.stdout.decode().strip().splitlines()
     assert lines, f"{script} printed nothing (exit {done.returncode}); stderr:\n{stderr}"
     return done.returncode, json.loads(lines[-1]), stderr
-
-
-def admin_key(pipeline: Pipeline) -> tuple[str, str]:
-    """The admin key `ingest run` writes on its first start with
-    authentication on ({data_dir}/credentials, profile ``ingest``); with
-    authentication off there is none and any key is taken."""
-    path = pipeline.data_dir / "credentials"
-    if not path.exists():
-        return UNCHECKED_KEY
-    parser = configparser.ConfigParser()
-    parser.read(path)
-    return parser["ingest"]["aws_access_key_id"], parser["ingest"]["aws_secret_access_key"]
 
 
 def sdk(pipeline: Pipeline, key: tuple[str, ...], mode: str, **config: Any) -> dict[str, Any]:
@@ -116,7 +101,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 def test_sdk_odd_ids_round_trip(served: Pipeline) -> None:
-    key = admin_key(served)
+    key = served.credentials()
     app = create_app(served, key, "js-sdk")
     answer = sdk(served, key, "roundtrip", appId=app, endpointIds=ODD_IDS)
     for update in answer["updates"]:
@@ -135,7 +120,7 @@ def test_sdk_odd_ids_round_trip(served: Pipeline) -> None:
 
 
 def test_sdk_errors_are_typed_with_their_status(served: Pipeline) -> None:
-    key = admin_key(served)
+    key = served.credentials()
     app = create_app(served, key, "js-sdk-errors")
     calls = [
         {"command": "GetEndpoint", "input": {"ApplicationId": app, "EndpointId": "ünknown/ id"}},
@@ -184,33 +169,8 @@ def get_id(pipeline: Pipeline, pool_id: str) -> tuple[int, dict[str, Any]]:
         conn.close()
 
 
-def require_cognito_endpoint(pipeline: Pipeline) -> None:
-    status, _ = get_id(pipeline, f"{REGION}:00000000-0000-4000-8000-000000000000")
-    if status == 404:
-        pytest.skip("Cognito-style credentials endpoint not implemented yet")
-
-
 def create_identity_pool(pipeline: Pipeline, app_id: str) -> str:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ingest",
-            "identity-pools",
-            "create",
-            "--app",
-            app_id,
-            "--data-dir",
-            str(pipeline.data_dir),
-        ],
-        env=clean_env(**pipeline.env),
-        capture_output=True,
-        cwd=ROOT,
-        timeout=NODE_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    created = json.loads(done.stdout)
+    created = run_cli(pipeline, "identity-pools", "create", "--app", app_id)
     assert created["ApplicationId"] == app_id, created
     pool_id = str(created["IdentityPoolId"])
     assert re.fullmatch(rf"{REGION}:[0-9a-f-]{{36}}", pool_id), pool_id
@@ -218,8 +178,7 @@ def create_identity_pool(pipeline: Pipeline, app_id: str) -> str:
 
 
 def test_amplify_records_identifies_and_flushes_with_cognito_credentials(authed: Pipeline) -> None:
-    require_cognito_endpoint(authed)
-    key = admin_key(authed)
+    key = authed.credentials()
     app = create_app(authed, key, "js-amplify")
     other_app = create_app(authed, key, "js-amplify-other")
     pool_id = create_identity_pool(authed, app)
@@ -292,3 +251,20 @@ def test_amplify_records_identifies_and_flushes_with_cognito_credentials(authed:
             refused
         )
     assert allowed["ok"] and allowed["status"] == 202, allowed
+
+
+def test_a_client_20_minutes_behind_recovers_through_its_own_clock_correction(authed: Pipeline) -> None:
+    """Beyond the 15 minutes AWS allows, the first answer is AWS's "Signature
+    expired" 403 with a Date header; aws-sdk-js-v3 corrects its clock from it
+    and its own retry succeeds, as against AWS. (botocore has no such
+    correction: its users see the 403.)"""
+    behind = -20 * 60 * 1000
+    calls = [{"command": "GetApps", "input": {}}]
+    once = sdk(authed, authed.credentials(), "calls", calls=calls, systemClockOffsetMs=behind)
+    (first,) = once["calls"]
+    assert (first["ok"], first["name"], first["status"]) == (False, "InvalidSignatureException", 403), first
+    assert first["message"].startswith("Signature expired: "), first
+    retried = sdk(
+        authed, authed.credentials(), "calls", calls=calls, systemClockOffsetMs=behind, maxAttempts=3
+    )
+    assert retried["calls"][0]["ok"] is True, retried

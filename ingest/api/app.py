@@ -18,8 +18,10 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry
 
 from ingest.api.apps import AppCache, Apps
+from ingest.api.auth import Authenticator
 from ingest.api.endpoints import EndpointReads
 from ingest.api.http import (
+    CORS_EXPOSE,
     PREFLIGHT_HEADERS,
     Handler,
     Receive,
@@ -33,6 +35,7 @@ from ingest.api.http import (
     parse_query,
     send_response,
 )
+from ingest.api.identity import Identities
 from ingest.api.kpis import KpiReads
 from ingest.api.probes import Probes
 from ingest.api.sigv4 import KeyLog, credential_scope
@@ -70,8 +73,19 @@ ADMITTED = frozenset(
         "DeleteEndpoint",
         "GetUserEndpoints",
         "DeleteUserEndpoints",
+        "CognitoIdentity",
     )
 )
+# Every Pinpoint operation is signed and verified; the Cognito-style
+# credentials endpoint is not (it is how a mobile app gets credentials).
+SIGNED = (ADMITTED - {"CognitoIdentity"}) | {
+    "GetApplicationDateRangeKpi",
+    "GetCampaignDateRangeKpi",
+    "GetJourneyDateRangeKpi",
+}
+# What a browser may call (CORS): what a shipped web app does, never the
+# admin or read operations.
+BROWSER_OPERATIONS = frozenset(("PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch", "CognitoIdentity"))
 
 
 class Edge:
@@ -87,9 +101,15 @@ class Edge:
         codec: Codec,
         metrics: Metrics,
         registry: CollectorRegistry,
+        identities: Identities,
+        auth: Authenticator | None,
         readiness: Callable[[], bool] = lambda: True,
     ) -> None:
         self._max_in_flight = settings.max_in_flight_requests
+        self._max_body_bytes = settings.max_body_bytes
+        self._region = settings.region
+        self._auth = auth
+        self._origins = frozenset(o.strip() for o in settings.cors_origins.split(",") if o.strip())
         self._metrics = metrics
         self._keys = KeyLog()
         self._in_flight = 0
@@ -112,6 +132,8 @@ class Edge:
         kpis = KpiReads(store, cache)
         self._router = Router(
             [
+                # Cognito Identity's JSON 1.1 protocol posts to the root.
+                Route("/", {"POST": ("CognitoIdentity", lambda r: identities.handle(r, r.client))}),
                 Route(
                     "/v1/apps", {"POST": ("CreateApp", apps.create_app), "GET": ("GetApps", apps.get_apps)}
                 ),
@@ -173,7 +195,19 @@ class Edge:
             if operation in ADMITTED:
                 self._admit()
                 admitted = True
-                self._keys.note(credential_scope(request.headers, scope["query_string"]))
+            if operation in SIGNED:
+                signed = credential_scope(request.headers, scope["query_string"])
+                self._keys.note(signed)
+                if self._auth is not None:
+                    request.principal = await self._auth.authenticate(
+                        request,
+                        raw_path=scope.get("raw_path") or scope["path"].encode(),
+                        query_string=scope["query_string"],
+                        headers=scope["headers"],
+                        max_body_bytes=self._max_body_bytes,
+                    )
+                    region = signed.region if signed is not None else self._region
+                    self._auth.authorize(request.principal, operation, request.params.get("app"), region)
             response = await handler(request)
         except ApiError as exc:
             response = error_response(exc, request_id)
@@ -190,7 +224,7 @@ class Edge:
             if admitted:
                 self._in_flight -= 1
                 self._metrics.in_flight.set(self._in_flight)
-        await send_response(send, response, request_id)
+        await send_response(send, response, request_id, self._cors(operation, scope))
         self._metrics.requests.labels(operation, str(response.status)).inc()
         self._metrics.request_seconds.labels(operation).observe(time.perf_counter() - started)
 
@@ -200,6 +234,7 @@ class Edge:
         found = self._router.match(scope.get("raw_path") or scope["path"].encode())
         if method == "OPTIONS":
             return "preflight", _preflight, Request(method, {}, {}, {}, receive, request_id)
+        client = scope.get("client")
         if found is None:
             raise NotFound(f"No such resource: {scope['path'][:200]}")
         route, params = found
@@ -213,8 +248,34 @@ class Edge:
             headers=dict(scope["headers"]),
             receive=receive,
             request_id=request_id,
+            client=client[0] if client else "",
         )
         return operation, handler, request
+
+    def _cors(self, operation: str, scope: Scope) -> tuple[tuple[bytes, bytes], ...]:
+        """CORS headers for a browser allowed to call ``operation``: only the
+        browser operations (and their preflights), only from an allowed origin."""
+        if operation == "preflight":
+            found = self._router.match(scope.get("raw_path") or scope["path"].encode())
+            methods = found[0].operations.values() if found is not None else ()
+            if not any(name in BROWSER_OPERATIONS for name, _ in methods):
+                return ()
+        elif operation not in BROWSER_OPERATIONS:
+            return ()
+        origin = dict(scope["headers"]).get(b"origin")
+        if "*" in self._origins:
+            allowed = b"*"
+        elif origin is not None and origin.decode("latin-1") in self._origins:
+            allowed = origin
+        else:
+            return ()
+        headers: tuple[tuple[bytes, bytes], ...] = (
+            (b"access-control-allow-origin", allowed),
+            (b"access-control-expose-headers", CORS_EXPOSE),
+        )
+        if operation == "preflight":
+            headers += PREFLIGHT_HEADERS
+        return (*headers, (b"vary", b"Origin")) if allowed != b"*" else headers
 
     def _admit(self) -> None:
         """Count one more API request in flight, or refuse it with 429 now."""
@@ -226,4 +287,5 @@ class Edge:
 
 
 async def _preflight(request: Request) -> Response:
-    return Response(200, b"", b"text/plain", PREFLIGHT_HEADERS)
+    # The CORS headers, when the path and origin allow them, come from Edge._cors.
+    return Response(200, b"", b"text/plain")

@@ -89,7 +89,16 @@ class Apps:
             raise BadRequest("page-size must be a whole number") from exc
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise BadRequest(f"page-size must be 1-{MAX_PAGE_SIZE}")
-        apps = await self._store.list_apps(after=request.query_one("token"), limit=size + 1)
+        after = request.query_one("token")
+        bound = request.principal.apps if request.principal is not None else frozenset()
+        if bound:
+            # A key bound to apps lists only those: few, each one lookup.
+            found = [
+                await self._cache.get(app_id) for app_id in sorted(a for a in bound if a > (after or ""))
+            ]
+            apps = [app for app in found if app is not None][: size + 1]
+        else:
+            apps = list(await self._store.list_apps(after=after, limit=size + 1))
         page: dict[str, Any] = {"Item": [app_response(a) for a in apps[:size]]}
         if len(apps) > size:
             page["NextToken"] = apps[size - 1].id

@@ -18,19 +18,15 @@ from urllib.parse import parse_qs, unquote_to_bytes
 import orjson
 
 from ingest.errors import ApiError, BadRequest, PayloadTooLarge
+from ingest.keys import Principal
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-CORS_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"access-control-allow-origin", b"*"),
-    (
-        b"access-control-expose-headers",
-        b"x-amzn-RequestId, x-amzn-ErrorType, x-amzn-ErrorMessage, Date",
-    ),
-)
+# What a browser client must read of an answer (Amplify JS reads all four).
+CORS_EXPOSE = b"x-amzn-RequestId, x-amzn-ErrorType, x-amzn-ErrorMessage, Date"
 PREFLIGHT_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"access-control-allow-methods", b"GET, POST, PUT, DELETE, OPTIONS"),
     (
@@ -62,12 +58,14 @@ def error_response(error: ApiError, request_id: str) -> Response:
     )
 
 
-async def send_response(send: Send, response: Response, request_id: str) -> None:
+async def send_response(
+    send: Send, response: Response, request_id: str, cors: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
     headers = [
         (b"content-type", response.content_type),
         (b"content-length", str(len(response.body)).encode()),
         (b"x-amzn-requestid", request_id.encode()),
-        *CORS_HEADERS,
+        *cors,
         *response.headers,
     ]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -84,6 +82,11 @@ class Request:
     headers: Mapping[bytes, bytes]
     receive: Receive
     request_id: str
+    # The peer's address (the socket's), for per-client limits.
+    client: str = ""
+    # Who signed the request, once verified; None when authentication is off.
+    principal: Principal | None = None
+    _body: bytes | None = None
 
     def query_one(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -91,7 +94,11 @@ class Request:
 
     async def body(self, limit: int) -> bytes:
         """The whole body, refusing more than ``limit`` bytes without reading
-        them: decided from Content-Length when sent, else while reading."""
+        them: decided from Content-Length when sent, else while reading.
+        Read once: later calls return the same bytes (verification reads
+        it before the operation does)."""
+        if self._body is not None:
+            return self._body
         declared = self.headers.get(b"content-length")
         if declared is not None:
             try:
@@ -113,7 +120,8 @@ class Request:
                 raise PayloadTooLarge(f"Request body is over {limit} bytes")
             chunks.append(chunk)
             more = message.get("more_body", False)
-        return b"".join(chunks)
+        self._body = b"".join(chunks)
+        return self._body
 
 
 Handler = Callable[[Request], Awaitable[Response]]

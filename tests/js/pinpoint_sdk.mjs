@@ -59,6 +59,8 @@ function makeClient(cfg) {
     credentials,
     // One attempt: a test sees the server's first answer, not a retry's.
     maxAttempts: cfg.maxAttempts ?? 1,
+    // A client whose clock is off: the SDK corrects it from the answer's Date.
+    systemClockOffset: cfg.systemClockOffsetMs ?? 0,
     requestHandler: { requestTimeout: cfg.requestTimeoutMs ?? 10000 },
   });
 }
