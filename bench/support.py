@@ -171,7 +171,12 @@ async def postgres_schema(url: str) -> AsyncIterator[str]:
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without INGEST_* settings, plus ``extra``:
     a bench decides every setting of the processes it starts."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")} | extra
+    # Each process's probes on a free port of its own (9090 by default).
+    return (
+        {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+        | {"INGEST_PROBE_PORT": "0"}
+        | extra
+    )
 
 
 @contextlib.asynccontextmanager

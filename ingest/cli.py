@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="edge listen address (INGEST_HOST, default 127.0.0.1)")
     run.add_argument("--port", type=int, help="edge port, 0 for any free one (INGEST_PORT, default 8080)")
     run.add_argument("--data-dir", type=Path, help="SQLite and logs (INGEST_DATA_DIR, default ./data)")
+    run.add_argument(
+        "--probe-port",
+        type=int,
+        help="port of /healthz, /readyz and /metrics, 0 for any free one (INGEST_PROBE_PORT, default 9090)",
+    )
     run.add_argument("--status-file", type=Path, help=status_help)
 
     edge = commands.add_parser(
@@ -55,14 +60,16 @@ def _parser() -> argparse.ArgumentParser:
         help="the HTTP edge alone, against INGEST_KAFKA_BOOTSTRAP",
         description="For deployments: configuration only from INGEST_* variables.",
     )
-    edge.add_argument("--host")
-    edge.add_argument("--port", type=int)
+    edge.add_argument("--host", help="API listen address (INGEST_HOST)")
+    edge.add_argument("--port", type=int, help="API port (INGEST_PORT)")
+    edge.add_argument("--probe-port", type=int, help="probe and /metrics port (INGEST_PROBE_PORT)")
     edge.add_argument("--status-file", type=Path, help=status_help)
 
     worker = commands.add_parser(
         "worker",
         help="a consumer worker alone, against INGEST_KAFKA_BOOTSTRAP",
-        description="For deployments: serves /healthz, /readyz and /metrics on INGEST_PORT.",
+        description="For deployments: serves only /healthz, /readyz and /metrics, on "
+        "INGEST_PROBE_HOST:INGEST_PROBE_PORT (--host and --port set them).",
     )
     worker.add_argument(
         "role",
@@ -70,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
         help="endpoints: ingest.endpoints → the endpoint store; "
         "kpis: ingest.events → deduplicated KPI aggregates",
     )
-    worker.add_argument("--host")
-    worker.add_argument("--port", type=int)
+    worker.add_argument("--host", help="probe listen address (INGEST_PROBE_HOST)")
+    worker.add_argument("--port", type=int, help="probe and /metrics port (INGEST_PROBE_PORT)")
     worker.add_argument("--status-file", type=Path, help=status_help)
 
     commands.add_parser(
@@ -224,7 +231,9 @@ async def _migrate(settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        overrides = {k: getattr(args, k, None) for k in ("host", "port", "data_dir")}
+        overrides = {k: getattr(args, k, None) for k in ("host", "port", "probe_port", "data_dir")}
+        if args.command == "worker":  # a worker's only listener is its probes'
+            overrides = {"probe_host": args.host, "probe_port": args.port}
         settings = Settings.from_env(**overrides)
     except IngestError as exc:
         print(f"ingest: {exc}", file=sys.stderr)  # noqa: T201 - start-up error for the operator

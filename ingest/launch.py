@@ -58,13 +58,16 @@ class Status:
     """What a serving process writes to its status file."""
 
     pid: int
-    http: str  # host:port it listens on
+    http: str | None  # host:port of the API; None for a worker, which serves none
     kafka: str | None = None  # the bootstrap it produces to or consumes from
     broker: Broker | None = None
+    probes: str | None = None  # host:port of /healthz, /readyz, /metrics
 
     def to_json(self) -> bytes:
         broker = None if self.broker is None else {"bootstrap": self.broker.bootstrap, "pid": self.broker.pid}
-        return orjson.dumps({"pid": self.pid, "http": self.http, "kafka": self.kafka, "broker": broker})
+        return orjson.dumps(
+            {"pid": self.pid, "http": self.http, "probes": self.probes, "kafka": self.kafka, "broker": broker}
+        )
 
     @classmethod
     def from_json(cls, raw: bytes) -> Status:
@@ -72,10 +75,19 @@ class Status:
         broker = data.get("broker")
         return cls(
             pid=int(data["pid"]),
-            http=str(data["http"]),
+            http=data.get("http"),
             kafka=data.get("kafka"),
             broker=None if broker is None else Broker(str(broker["bootstrap"]), int(broker["pid"])),
+            probes=data.get("probes"),
         )
+
+
+def _reachable(address: str) -> tuple[str, int]:
+    """("host", port) to connect to for a listening "host:port": loopback
+    when it listens on every address."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    return ("127.0.0.1" if host in ("", "0.0.0.0") else host), int(port)  # noqa: S104 - compared, not bound
 
 
 def write_status(path: Path, status: Status) -> None:
@@ -101,17 +113,22 @@ class Launched:
 
     @property
     def host(self) -> str:
-        """Where to reach it: loopback when it listens on every address."""
-        host = self.status.http.rsplit(":", 1)[0].strip("[]")
-        return "127.0.0.1" if host in ("", "0.0.0.0") else host  # noqa: S104 - compared, not bound
+        """Where to reach its API: loopback when it listens on every address."""
+        return _reachable(self.status.http or self.status.probes or ":0")[0]
 
     @property
     def port(self) -> int:
-        return int(self.status.http.rsplit(":", 1)[1])
+        """Its API port (a worker's probe port: it serves no API)."""
+        return _reachable(self.status.http or self.status.probes or ":0")[1]
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def probes(self) -> tuple[str, int]:
+        """Where its /healthz, /readyz and /metrics answer."""
+        return _reachable(self.status.probes or self.status.http or ":0")
 
     def log(self) -> str:
         try:
@@ -124,7 +141,8 @@ class Launched:
 
     def ready(self) -> bool:
         """Whether /readyz answers 200 now."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=PROBE_TIMEOUT_S)
+        host, port = self.probes
+        conn = http.client.HTTPConnection(host, port, timeout=PROBE_TIMEOUT_S)
         try:
             conn.request("GET", "/readyz")
             return conn.getresponse().status == 200

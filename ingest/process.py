@@ -29,7 +29,7 @@ from prometheus_client import REGISTRY
 from ingest.api.app import Edge
 from ingest.api.auth import Authenticator
 from ingest.api.identity import Identities
-from ingest.api.probes import Probes
+from ingest.api.probes import Check, Probes
 from ingest.errors import IngestError, SettingsError
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
@@ -45,6 +45,9 @@ from ingest.workers.consumer import Worker
 from ingest.workers.sinks import EndpointWorker, KpiSink
 
 log = logging.getLogger(__name__)
+
+# Not ready while the process assembles itself; removed once it serves.
+STARTING: Check = ("starting", lambda: False)
 
 # Allocations between young-generation collections (CPython's default: 700).
 GC_GEN0_THRESHOLD = 10_000
@@ -238,6 +241,21 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
         loop.add_signal_handler(sig, on_signal, sig)
 
     async with AsyncExitStack() as stack:
+        # The probe listener first, so it is the last to close: readiness is
+        # false from the signal on, and stays answerable through the drain.
+        checks: list[Check] = [STARTING, ("draining", lambda: not stopping.is_set())]
+        probes = Probes(checks, REGISTRY)
+        probe_port = await stack.enter_async_context(
+            http_server(
+                probes,
+                host=settings.probe_host,
+                port=settings.probe_port,
+                drain_timeout_s=settings.drain_timeout_s,
+            )
+        )
+        probe_address = f"{settings.probe_host}:{probe_port}"
+        log.info("probes listening on http://%s (/healthz, /readyz, /metrics)", probe_address)
+        api: str | None = None
         bootstrap = settings.kafka_bootstrap
         idempotence = settings.kafka_idempotence
         embedded: Broker | None = None
@@ -274,12 +292,12 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
         def workers_ready() -> bool:
             return all(worker.ready for worker in workers)
 
-        app: Any
         serves_api = mode in ("run", "edge")
-        if not serves_api:
-            app = Probes((("a worker is not ready (store unavailable?)", workers_ready),), REGISTRY)
-        else:
+        if workers:
+            checks.append(("a worker is not ready (store unavailable?)", workers_ready))
+        if serves_api:
             metrics = Metrics(REGISTRY)
+            probes.gauge = metrics.ready
             publisher = await stack.enter_async_context(
                 Publisher(
                     clients.producer(settings, bootstrap, idempotence=idempotence),
@@ -297,30 +315,26 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
                 publisher=publisher,
                 codec=codec,
                 metrics=metrics,
-                registry=REGISTRY,
                 identities=identities,
                 auth=auth,
-                readiness=lambda: workers_ready() and keys_ready(),
             )
-            app = edge
-        port = await stack.enter_async_context(
-            http_server(app, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s)
-        )
+            checks.extend(edge.checks)
+            checks.append(("keys are not being reloaded (store unavailable?)", keys_ready))
+            api_port = await stack.enter_async_context(
+                http_server(
+                    edge, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s
+                )
+            )
+            api = f"{settings.host}:{api_port}"
+            log.info("edge listening on http://%s (the Pinpoint API)", api)
         settle_gc()
         if status_file is not None:
-            status = Status(os.getpid(), f"{settings.host}:{port}", kafka=bootstrap, broker=embedded)
+            status = Status(os.getpid(), api, kafka=bootstrap, broker=embedded, probes=probe_address)
             write_status(status_file, status)
             stack.callback(status_file.unlink, missing_ok=True)
-        if not serves_api:
-            log.info("probes listening on http://%s:%d (/healthz, /readyz, /metrics)", settings.host, port)
-        else:
-            log.info(
-                "edge listening on http://%s:%d (Pinpoint API under /v1, /healthz, /readyz, /metrics)",
-                settings.host,
-                port,
-            )
+        checks.remove(STARTING)
         await stopping.wait()
         if serves_api:
-            edge.draining = True
+            edge.draining = True  # new API requests get 429 while in-flight ones finish
     log.info("stopped cleanly")
     return 0

@@ -66,11 +66,3 @@ class Api:
             raise ApiError(f"GetApplicationDateRangeKpi {name}", status, body)
         answer: dict[str, Any] = orjson.loads(body)
         return answer
-
-    async def ready(self) -> bool:
-        """``GET /readyz`` answered 200."""
-        try:
-            async with self._session.get(self._sdk.base + "/readyz") as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False

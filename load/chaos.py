@@ -39,7 +39,13 @@ STOP_TIMEOUT_S = 30.0
 FREEZE_BEYOND_DEADLINE_S = 2.0
 DEFAULT_PRODUCE_TIMEOUT_S = 5.0
 # Settings the harness decides for the processes it starts.
-OWN_SETTINGS = ("INGEST_KAFKA_BOOTSTRAP", "INGEST_DATA_DIR", "INGEST_HOST", "INGEST_PORT")
+OWN_SETTINGS = (
+    "INGEST_KAFKA_BOOTSTRAP",
+    "INGEST_DATA_DIR",
+    "INGEST_HOST",
+    "INGEST_PORT",
+    "INGEST_PROBE_PORT",
+)
 
 
 def free_port() -> int:
@@ -54,7 +60,8 @@ def produce_timeout_s() -> float:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS} | extra
+    # Each process's probes on a free port of its own (9090 by default).
+    return {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS} | {"INGEST_PROBE_PORT": "0"} | extra
 
 
 async def _launch(argv: list[str], env: dict[str, str], log: Path, address: str | None = None) -> Launched:

@@ -143,7 +143,10 @@ class Pipeline:
         if sign:
             key = credentials or self.credentials()
             headers = signed_headers(key, method, f"{self.url}{path}", body, headers)
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
+        host, port = (
+            self.launched.probes if path.split("?")[0] in PROBE_PATHS else (self.launched.host, self.port)
+        )
+        conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
         try:
             conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
@@ -157,6 +160,10 @@ class Pipeline:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
         """Signal our own process by its PID and wait; resume a frozen broker first."""
         return self.launched.stop(sig, timeout_s)
+
+
+# Served on each process's probe listener, not its API port.
+PROBE_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 
 
 def run_cli(process: Pipeline, *args: str) -> Any:
@@ -195,7 +202,8 @@ def start_ingest(tmp: Path, args: list[str], *, port: int, data_dir: Path, env: 
     log_path = tmp / f"{'-'.join(args[:2])}-{port}.log"
     launched = launch(
         [sys.executable, "-m", "ingest", *args],
-        env=clean_env(**env),
+        # Probes on a free port of each process's own (9090 by default).
+        env=clean_env(**({"INGEST_PROBE_PORT": "0"} | env)),
         log_path=log_path,
         cwd=ROOT,
         timeout_s=START_TIMEOUT_S,

@@ -13,9 +13,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
-
-from prometheus_client import CollectorRegistry
 
 from ingest.api.apps import AppCache, Apps
 from ingest.api.auth import Authenticator
@@ -37,7 +34,7 @@ from ingest.api.http import (
 )
 from ingest.api.identity import Identities
 from ingest.api.kpis import KpiReads
-from ingest.api.probes import Probes
+from ingest.api.probes import Check
 from ingest.api.sigv4 import KeyLog, credential_scope
 from ingest.api.writes import Writes
 from ingest.errors import (
@@ -57,9 +54,10 @@ from ingest.store.base import Store
 
 log = logging.getLogger(__name__)
 
-# Pinpoint API operations take an in-flight slot; probes and /metrics do not,
-# so an overloaded edge still answers Kubernetes and Prometheus. (KPI reads
-# are not admitted yet either.)
+# Pinpoint API operations take an in-flight slot. (KPI reads are not admitted
+# yet.) Probes and /metrics are not here at all: they have their own listener
+# (ingest.api.probes), so an overloaded edge still answers Kubernetes and
+# Prometheus.
 ADMITTED = frozenset(
     (
         "CreateApp",
@@ -100,10 +98,8 @@ class Edge:
         publisher: Publisher,
         codec: Codec,
         metrics: Metrics,
-        registry: CollectorRegistry,
         identities: Identities,
         auth: Authenticator | None,
-        readiness: Callable[[], bool] = lambda: True,
     ) -> None:
         self._max_in_flight = settings.max_in_flight_requests
         self._max_body_bytes = settings.max_body_bytes
@@ -114,15 +110,9 @@ class Edge:
         self._keys = KeyLog()
         self._in_flight = 0
         self.draining = False
-        self.probes = Probes(
-            (
-                ("draining", lambda: not self.draining),
-                ("producer unhealthy", lambda: publisher.healthy),
-                ("a worker is not ready (store unavailable?)", readiness),
-            ),
-            registry,
-            gauge=metrics.ready,
-        )
+        # What readiness needs of the edge (the process's Probes, on their own
+        # listener, hold these with every other role's).
+        self.checks: tuple[Check, ...] = (("producer unhealthy", lambda: publisher.healthy),)
         cache = AppCache(store, settings.app_cache_ttl_s)
         apps = Apps(settings=settings, store=store, cache=cache)
         reads = EndpointReads(store=store, apps=cache)
@@ -173,15 +163,8 @@ class Edge:
                     "/v1/apps/{app}/journeys/{journey}/kpis/daterange/{kpi}",
                     {"GET": ("GetJourneyDateRangeKpi", kpis.get_journey_kpi)},
                 ),
-                Route("/healthz", {"GET": ("healthz", self.probes.healthz)}),
-                Route("/readyz", {"GET": ("readyz", self.probes.readyz)}),
-                Route("/metrics", {"GET": ("metrics", self.probes.metrics)}),
             ]
         )
-
-    @property
-    def ready(self) -> bool:
-        return self.probes.ready
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -1,10 +1,9 @@
 """Liveness, readiness and metrics: ``/healthz``, ``/readyz``, ``/metrics``.
 
-One implementation for every process: the edge routes these paths to a
-:class:`Probes`, and processes without the API (workers) serve a
-:class:`Probes` as their whole ASGI app. Probes are never admitted against
-the in-flight limit, so an overloaded process still answers Kubernetes and
-Prometheus.
+One implementation for every process, on a listener of its own
+(``INGEST_PROBE_HOST:INGEST_PROBE_PORT``) apart from the public API port: an
+overloaded or attacked API port never keeps Kubernetes and Prometheus from
+an answer, and the internet-facing port serves the API alone.
 """
 
 from __future__ import annotations
@@ -26,15 +25,16 @@ class Probes:
     def __init__(
         self, checks: Sequence[Check], registry: CollectorRegistry, *, gauge: Gauge | None = None
     ) -> None:
-        self._checks = tuple(checks)
+        # Kept, not copied: a process adds its roles' checks as it assembles them.
+        self.checks = checks
         self._registry = registry
-        self._gauge = gauge
+        self.gauge = gauge
 
     def failing(self) -> str | None:
         """The first failing check's reason, or None when ready."""
-        reason = next((reason for reason, holds in self._checks if not holds()), None)
-        if self._gauge is not None:
-            self._gauge.set(0 if reason else 1)
+        reason = next((reason for reason, holds in self.checks if not holds()), None)
+        if self.gauge is not None:
+            self.gauge.set(0 if reason else 1)
         return reason
 
     @property
@@ -56,7 +56,7 @@ class Probes:
         return Response(200, body, CONTENT_TYPE_LATEST.encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The whole ASGI app of a process without the API."""
+        """The ASGI app of the probe listener."""
         if scope["type"] != "http":
             return
         handler = {"/healthz": self.healthz, "/readyz": self.readyz, "/metrics": self.metrics}.get(
