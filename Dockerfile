@@ -50,6 +50,7 @@ ENV PATH=/opt/ingest/bin:$PATH \
 WORKDIR /var/lib/ingest
 # Numeric, so Kubernetes can check runAsNonRoot against it.
 USER 10001:10001
-EXPOSE 8080
+# The Pinpoint API, and the probes and /metrics (INGEST_PROBE_PORT).
+EXPOSE 8080 9090
 ENTRYPOINT ["/opt/ingest/bin/ingest"]
 CMD ["--help"]
