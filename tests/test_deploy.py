@@ -46,7 +46,7 @@ MONITORED = "production+monitoring"
 KUBERNETES_VERSIONS = ("1.30", "1.37")
 # Custom resources of the Prometheus Operator: kubernetes-validate has no
 # schema for them, so test_monitoring_* checks them here.
-CUSTOM_KINDS = frozenset({"ServiceMonitor", "PrometheusRule"})
+CUSTOM_KINDS = frozenset({"PodMonitor", "PrometheusRule"})
 # Settings each container reads from a Secret, never from the ConfigMap.
 SECRET_SETTINGS = frozenset(
     {"INGEST_STORE_URL", "INGEST_KAFKA_SASL_USERNAME", "INGEST_KAFKA_SASL_PASSWORD", "INGEST_AUTH_MASTER_KEY"}
@@ -228,14 +228,15 @@ def test_every_ingest_variable_is_a_setting_the_code_knows(rendered: dict[str, P
 
 def test_every_container_configuration_parses(rendered: dict[str, Path]) -> None:
     """What each ingest container gets is read by Settings.from_env without
-    error (names known, values valid), and listens on every interface."""
+    error (names known, values valid), and listens on every interface: the
+    API and the probes."""
     for name, path in rendered.items():
         docs = load(path)
         for where, spec in pod_specs(docs).items():
             containers = [c for c in spec["containers"] if c["name"] == "ingest"]
             for container in containers:
                 settings = Settings.from_env(container_env(docs, container))
-                assert settings.host == "0.0.0.0", (name, where)
+                assert settings.host == settings.probe_host == "0.0.0.0", (name, where)
                 assert settings.kafka_bootstrap, (name, where)
                 assert settings.store_url, (name, where)
 
@@ -256,20 +257,30 @@ def test_probes_and_ports_match_what_the_processes_serve(rendered: dict[str, Pat
             assert "command" not in container, where
             args = _parser().parse_args(container["args"])
             assert args.command == ROLES[component], where
-            assert [p["containerPort"] for p in container["ports"]] == [settings.port], where
+            # The edge: the API on INGEST_PORT and the probe listener; a
+            # worker: the probe listener alone.
+            expected = {"probes": settings.probe_port}
+            if ROLES[component] == "edge":
+                expected = {"http": settings.port} | expected
+            assert {p["name"]: p["containerPort"] for p in container["ports"]} == expected, where
+            assert settings.port != settings.probe_port, where
             probes = {
                 kind: container[f"{kind}Probe"]["httpGet"] for kind in ("startup", "liveness", "readiness")
             }
             assert probes["startup"]["path"] == probes["liveness"]["path"] == "/healthz", where
             assert probes["readiness"]["path"] == "/readyz", where
             for probe in probes.values():
-                assert resolve_port(container, probe["port"]) == settings.port, where
+                assert probe["port"] == "probes", where
+                assert resolve_port(container, probe["port"]) == settings.probe_port, where
             annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-            assert int(annotations["prometheus.io/port"]) == settings.port, where
+            assert int(annotations["prometheus.io/port"]) == settings.probe_port, where
             assert annotations["prometheus.io/path"] == "/metrics", where
             labels = deployment["spec"]["template"]["metadata"]["labels"]
+            # A Service carries the API only: never the probe port, and
+            # none routes to a worker.
             for service in services.values():
                 if service["spec"]["selector"].items() <= labels.items():
+                    assert ROLES[component] == "edge", (where, service["metadata"]["name"])
                     for port in service["spec"]["ports"]:
                         assert resolve_port(container, port["targetPort"]) == settings.port, where
         edge_services = [s for s in services.values() if s["spec"]["selector"].get(COMPONENT) == "edge"]
@@ -413,15 +424,29 @@ def test_network_policy_admits_the_http_port_and_reaches_dns_kafka_postgres(
 ) -> None:
     for name in OVERLAYS:
         docs = load(rendered[name])
-        (policy,) = named(docs, "NetworkPolicy").values()
-        selector = policy["spec"]["podSelector"]["matchLabels"]
+        policies = named(docs, "NetworkPolicy")
+        policy = policies["ingest"]
+        edge = only_container(named(docs, "Deployment")["ingest-edge"]["spec"]["template"]["spec"])
+        settings = Settings.from_env(container_env(docs, edge))
+        # What each ingest pod may receive: the union of the policies that
+        # select it. The API port to the edge alone, the probe port to every
+        # pod; each from anywhere (no `from`).
         for owner in [d for d in docs if d["kind"] in ("Deployment", "Job")]:
             labels = owner["spec"]["template"]["metadata"]["labels"]
-            if labels.get("app.kubernetes.io/name") == "ingest":
-                assert selector.items() <= labels.items(), (name, owner["metadata"]["name"])
-        edge = only_container(named(docs, "Deployment")["ingest-edge"]["spec"]["template"]["spec"])
-        http_port = Settings.from_env(container_env(docs, edge)).port
-        assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [http_port], name
+            if labels.get("app.kubernetes.io/name") != "ingest":
+                continue
+            where = (name, owner["metadata"]["name"])
+            assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items(), where
+            admitted = []
+            for selecting in policies.values():
+                if selecting["spec"]["podSelector"]["matchLabels"].items() <= labels.items():
+                    for rule in selecting["spec"].get("ingress", []):
+                        assert "from" not in rule, where
+                        admitted += [(p["protocol"], p["port"]) for p in rule["ports"]]
+            expected = [("TCP", settings.probe_port)]
+            if labels.get(COMPONENT) == "edge":
+                expected.append(("TCP", settings.port))
+            assert sorted(admitted) == sorted(expected), where
         egress = [
             (p["port"], p.get("endPort", p["port"])) for r in policy["spec"]["egress"] for p in r["ports"]
         ]
@@ -491,22 +516,35 @@ def test_monitoring_rules_alert_on_real_metrics(rendered: dict[str, Path]) -> No
 
 
 def test_monitoring_scrapes_every_process(rendered: dict[str, Path]) -> None:
+    """A PodMonitor scrapes each edge and worker pod on its probe port (no
+    Service carries that port), and nothing else."""
     docs = load(rendered[MONITORED])
-    (monitor,) = named(docs, "ServiceMonitor").values()
-    services = [
-        s
-        for s in named(docs, "Service").values()
-        if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
-    ]
-    ports = {e["port"] for e in monitor["spec"]["endpoints"]}
-    assert {e["path"] for e in monitor["spec"]["endpoints"]} == {"/metrics"}
+    assert not named(docs, "ServiceMonitor")
+    (monitor,) = named(docs, "PodMonitor").values()
+    selector = monitor["spec"]["selector"]
+    endpoints = monitor["spec"]["podMetricsEndpoints"]
+    assert {e["port"] for e in endpoints} == {"probes"}
+    assert {e["path"] for e in endpoints} == {"/metrics"}
+
+    def selects(labels: dict[str, str]) -> bool:
+        if not selector["matchLabels"].items() <= labels.items():
+            return False
+        for expression in selector.get("matchExpressions", []):
+            assert expression["operator"] == "In", expression
+            if labels.get(expression["key"]) not in expression["values"]:
+                return False
+        return True
+
     for component, deployment in ingest_deployments(docs).items():
-        labels = deployment["spec"]["template"]["metadata"]["labels"]
-        scraped_by = [s for s in services if s["spec"]["selector"].items() <= labels.items()]
-        assert len(scraped_by) == 1, component
-        assert ports <= {p["name"] for p in scraped_by[0]["spec"]["ports"]}, component
+        template = deployment["spec"]["template"]
+        assert selects(template["metadata"]["labels"]), component
+        container = only_container(template["spec"])
+        probe_port = Settings.from_env(container_env(docs, container)).probe_port
+        assert resolve_port(container, "probes") == probe_port, component
         # Not scraped a second time through the annotations.
-        assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "false"
+        assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "false"
+    (job,) = named(docs, "Job").values()
+    assert not selects(job["spec"]["template"]["metadata"]["labels"])
 
 
 def test_grafana_dashboard_shows_every_exported_metric(rendered: dict[str, Path]) -> None:
@@ -544,7 +582,8 @@ async def topic_partitions(bootstrap: str) -> dict[str, int]:
 def local_env(docs: list[dict[str, Any]], container: dict[str, Any], **local: str) -> dict[str, str]:
     """The container's environment, less Secrets, pointed at this machine."""
     env = {k: v for k, v in container_env(docs, container).items() if k not in SECRET_SETTINGS}
-    return env | {"INGEST_HOST": "127.0.0.1", "INGEST_STORE_URL": ""} | local
+    loopback = {"INGEST_HOST": "127.0.0.1", "INGEST_PROBE_HOST": "127.0.0.1"}
+    return env | loopback | {"INGEST_STORE_URL": ""} | local
 
 
 def test_migration_job_migrates_the_store_and_creates_the_topics(
@@ -597,21 +636,24 @@ def test_each_deployment_serves_its_probes_and_drains_within_grace(
 ) -> None:
     """The edge and both workers, started with their Deployment's arguments
     and environment (on loopback, SQLite, this broker): the probe paths and
-    the scrape path answer 200, and SIGTERM ends each with 0 within its
-    grace period."""
+    the scrape path answer 200 on the probe listener and not on the API port
+    (404 on the edge's; a worker opens none), and SIGTERM ends each with 0
+    within its grace period."""
     docs = load(rendered["dev"])
-    started: dict[str, tuple[subprocess.Popen[bytes], int, dict[str, Any]]] = {}
+    # Each process: itself, its API port, its probe port, its Deployment.
+    started: dict[str, tuple[subprocess.Popen[bytes], int, int, dict[str, Any]]] = {}
     try:
         for component, deployment in ingest_deployments(docs).items():
             spec = deployment["spec"]["template"]["spec"]
             container = only_container(spec)
-            port = free_port()
+            port, probe_port = free_port(), free_port()
             data_dir = tmp_path / component
             env = local_env(
                 docs,
                 container,
                 INGEST_KAFKA_BOOTSTRAP=broker,
                 INGEST_PORT=str(port),
+                INGEST_PROBE_PORT=str(probe_port),
                 INGEST_DATA_DIR=str(data_dir),
             )
             with (tmp_path / f"{component}.log").open("wb") as log:
@@ -622,10 +664,10 @@ def test_each_deployment_serves_its_probes_and_drains_within_grace(
                     stderr=subprocess.STDOUT,
                     cwd=tmp_path,
                 )
-            started[component] = (process, port, deployment)
-        for component, (process, port, deployment) in started.items():
+            started[component] = (process, port, probe_port, deployment)
+        for component, (process, port, probe_port, deployment) in started.items():
             container = only_container(deployment["spec"]["template"]["spec"])
-            base = f"http://127.0.0.1:{port}"
+            base = f"http://127.0.0.1:{probe_port}"
             readiness = base + container["readinessProbe"]["httpGet"]["path"]
             deadline = time.monotonic() + PROCESS_START_TIMEOUT_S
             while http_status(readiness) != 200:
@@ -637,13 +679,18 @@ def test_each_deployment_serves_its_probes_and_drains_within_grace(
             assert http_status(base + container["startupProbe"]["httpGet"]["path"]) == 200, component
             scrape = deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
             assert http_status(base + scrape) == 200, component
-        for process, _, _ in started.values():
+            # The API port serves the API alone; a worker listens on none
+            # (0: the connection is refused).
+            api_only = 404 if ROLES[component] == "edge" else 0
+            for path in ("/healthz", "/readyz", scrape):
+                assert http_status(f"http://127.0.0.1:{port}{path}") == api_only, (component, path)
+        for process, _, _, _ in started.values():
             process.send_signal(signal.SIGTERM)
-        for component, (process, _, deployment) in started.items():
+        for component, (process, _, _, deployment) in started.items():
             grace_s = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
             assert process.wait(grace_s) == 0, (tmp_path / f"{component}.log").read_text()
     finally:
-        for process, _, _ in started.values():
+        for process, _, _, _ in started.values():
             if process.poll() is None:
                 process.kill()
                 process.wait()
