@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from ingest import __version__
+from ingest import __version__, logs
 from ingest.errors import IngestError, KeyRequestError
 from ingest.settings import Settings
 
@@ -238,10 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     except IngestError as exc:
         print(f"ingest: {exc}", file=sys.stderr)  # noqa: T201 - start-up error for the operator
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level)
     try:
         if args.command in ("run", "edge", "worker"):
             from ingest.process import Mode, serve

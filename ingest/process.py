@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import uvicorn
 from prometheus_client import REGISTRY
 
+from ingest import logs
 from ingest.api.app import Edge
 from ingest.api.auth import Authenticator
 from ingest.api.identity import Identities
@@ -183,13 +183,8 @@ def workers_of(
 
 
 def _redacted(url: str | None) -> str | None:
-    """A store URL fit for a log: the password replaced."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+    """A store URL fit for a log: its password and query values replaced."""
+    return logs.redacted_url(url)
 
 
 async def _authentication(
