@@ -57,6 +57,7 @@ _URL = re.compile(
     r"(?:\?(?P<query>[^\s#'\"<>\x00-\x1f\x7f]*))?"
 )
 REDACTED = "***"
+_TRAILING = ".,;:!)]}"
 
 
 def escaped(text: str) -> str:
@@ -87,7 +88,10 @@ def _redact_one(match: re.Match[str]) -> str:
     url = f"{match['scheme']}{netloc}{match['path']}"
     query = match["query"]
     if query is not None:
-        url += "?" + "&".join(_redact_parameter(p) for p in query.split("&"))
+        # Punctuation that ends a sentence ends the URL too ("…?password=x, ready").
+        kept = query.rstrip(_TRAILING)
+        parameters = "&".join(_redact_parameter(p) for p in kept.split("&"))
+        url += f"?{parameters}{query[len(kept) :]}"
     return url
 
 
