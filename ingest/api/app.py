@@ -54,10 +54,11 @@ from ingest.store.base import Store
 
 log = logging.getLogger(__name__)
 
-# Pinpoint API operations take an in-flight slot. (KPI reads are not admitted
-# yet.) Probes and /metrics are not here at all: they have their own listener
-# (ingest.api.probes), so an overloaded edge still answers Kubernetes and
-# Prometheus.
+# Every API operation, reads as much as writes, takes an in-flight slot: a
+# read holds a store connection as long as a write holds a producer slot, so
+# under overload both answer 429 rather than queue. Probes and /metrics are
+# not here at all: they have their own listener (ingest.api.probes), so an
+# overloaded edge still answers Kubernetes and Prometheus.
 ADMITTED = frozenset(
     (
         "CreateApp",
@@ -71,16 +72,15 @@ ADMITTED = frozenset(
         "DeleteEndpoint",
         "GetUserEndpoints",
         "DeleteUserEndpoints",
+        "GetApplicationDateRangeKpi",
+        "GetCampaignDateRangeKpi",
+        "GetJourneyDateRangeKpi",
         "CognitoIdentity",
     )
 )
 # Every Pinpoint operation is signed and verified; the Cognito-style
 # credentials endpoint is not (it is how a mobile app gets credentials).
-SIGNED = (ADMITTED - {"CognitoIdentity"}) | {
-    "GetApplicationDateRangeKpi",
-    "GetCampaignDateRangeKpi",
-    "GetJourneyDateRangeKpi",
-}
+SIGNED = ADMITTED - {"CognitoIdentity"}
 # What a browser may call (CORS): what a shipped web app does, never the
 # admin or read operations.
 BROWSER_OPERATIONS = frozenset(("PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch", "CognitoIdentity"))

@@ -10,6 +10,14 @@ other name is a 400 that lists the names served.
 Query: ``start-time`` and ``end-time`` are ISO 8601 timestamps; the days
 (UTC) they fall on are both included. Without them the window is the last 31
 days, today included; an end before the start is a 400.
+
+A window is at most 31 days long, as Pinpoint's (the developer guide: "a
+range must be ≤31 days", research/pinpoint-compat.md §3): longer is a 400,
+so a read costs the same whether it asks for a day or for years 1-9999. A
+timestamp outside years 1-9999 (or a window whose default end or start would
+leave them) is a 400 too. Pinpoint's other rule, a start fewer than 90 days
+ago (botocore's ``StartTime`` doc), is not enforced: this pipeline keeps what
+it folded, and older days are still worth reading.
 """
 
 from __future__ import annotations
@@ -26,6 +34,11 @@ from ingest.folds.kpis import Kpi
 from ingest.store.base import KpiData, Store
 
 DEFAULT_WINDOW_DAYS = 31
+# Pinpoint's longest range; measured as a duration, so end - start of exactly
+# 31 days (which touches 32 UTC days) is allowed, as the service allows it.
+MAX_WINDOW = timedelta(days=31)
+# A start without an end: the 31 days from the start's day on.
+_DEFAULT_SPAN = timedelta(days=DEFAULT_WINDOW_DAYS - 1)
 
 
 class Window:
@@ -34,14 +47,19 @@ class Window:
     def __init__(self, request: Request, now_ms: int) -> None:
         end = _timestamp(request, "end-time")
         start = _timestamp(request, "start-time")
-        if end is None:
-            end = datetime.fromtimestamp(now_ms / 1000, UTC) if start is None else start + timedelta(days=30)
-        if start is None:
-            start = datetime.combine(
-                end.date() - timedelta(days=DEFAULT_WINDOW_DAYS - 1), datetime.min.time(), UTC
-            )
+        try:
+            if end is None:
+                end = datetime.fromtimestamp(now_ms / 1000, UTC) if start is None else start + _DEFAULT_SPAN
+            if start is None:
+                start = datetime.combine(
+                    end.date() - timedelta(days=DEFAULT_WINDOW_DAYS - 1), datetime.min.time(), UTC
+                )
+        except OverflowError as exc:
+            raise BadRequest("The date range must lie within years 1-9999") from exc
         if end < start:
             raise BadRequest("end-time is before start-time")
+        if end - start > MAX_WINDOW:
+            raise BadRequest(f"The date range is longer than {MAX_WINDOW.days} days; ask for at most that")
         self.start, self.end = start, end
         self.start_day = kpis.parse_day(start.isoformat())
         self.end_day = kpis.parse_day(end.isoformat())
@@ -58,7 +76,10 @@ def _timestamp(request: Request, name: str) -> datetime | None:
         parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:
         raise BadRequest(f"{name} is not an ISO 8601 timestamp: {text[:64]!r}") from exc
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError as exc:  # an offset that moves 0001-01-01 or 9999-12-31 off the calendar
+        raise BadRequest(f"{name} is outside years 1-9999: {text[:64]!r}") from exc
 
 
 def _iso(moment: datetime) -> str:
