@@ -2,7 +2,9 @@
 EndpointResponse shape every endpoint answer uses.
 
 Reads are eventually consistent: a write is readable once the endpoint worker
-applied it (README states the measured delay).
+applied it (README states the measured delay). An endpoint or user ID longer
+than any write accepts (``validate.MAX_ID_CHARS``) is a 400 before the store
+is asked.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from ingest.api.apps import AppCache
 from ingest.api.http import Request, Response, json_response
 from ingest.errors import NotFound
 from ingest.folds.endpoints import EndpointState, cohort_id
+from ingest.records import validate
 from ingest.store.base import Store
 
 
@@ -27,7 +30,8 @@ class EndpointReads:
     async def endpoint(self, request: Request) -> EndpointState:
         """The request's live endpoint, or NotFound."""
         app = await self._apps.require(request.params["app"])
-        state = await self._store.get_endpoint(app.id, request.params["endpoint"])
+        endpoint_id = validate.check_id(request.params["endpoint"], "Endpoint ID")
+        state = await self._store.get_endpoint(app.id, endpoint_id)
         if state is None:
             raise NotFound(f"Endpoint not found: {request.params['endpoint'][:200]}")
         return state
@@ -35,7 +39,8 @@ class EndpointReads:
     async def user_endpoints(self, request: Request) -> list[EndpointState]:
         """The request's user's live endpoints, or NotFound when it has none."""
         app = await self._apps.require(request.params["app"])
-        states = await self._store.user_endpoints(app.id, request.params["user"])
+        user_id = validate.check_id(request.params["user"], "User ID")
+        states = await self._store.user_endpoints(app.id, user_id)
         if not states:
             raise NotFound(f"User not found: {request.params['user'][:200]}")
         return list(states)

@@ -49,11 +49,14 @@ def split(batches: Sequence[EndpointBatch], *, app_id: str, codec: Codec) -> Spl
     records: list[OutRecord] = []
     slots: list[tuple[str, Slot, list[tuple[str, Slot]]]] = []
     for batch in batches:
-        batch_key = key(app_id, batch.endpoint_id)
+        # Built only for a batch with a valid item: a rejected endpoint ID
+        # (one too long, say) never becomes a key.
+        batch_key = b""
         endpoint_slot: Slot
         if isinstance(batch.endpoint, Invalid):
             endpoint_slot = batch.endpoint
         else:
+            batch_key = key(app_id, batch.endpoint_id)
             endpoint_slot = len(records)
             records.append(OutRecord(ENDPOINTS_TOPIC, batch_key, encode_endpoint(batch.endpoint)))
         event_slots: list[tuple[str, Slot]] = []
@@ -61,6 +64,7 @@ def split(batches: Sequence[EndpointBatch], *, app_id: str, codec: Codec) -> Spl
             if isinstance(event, Invalid):
                 event_slots.append((event_id, event))
             else:
+                batch_key = batch_key or key(app_id, batch.endpoint_id)
                 event_slots.append((event_id, len(records)))
                 records.append(OutRecord(EVENTS_TOPIC, batch_key, encode_event(event)))
         slots.append((batch.endpoint_id, endpoint_slot, event_slots))

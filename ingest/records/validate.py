@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -57,6 +58,21 @@ MAX_ENDPOINT_ATTRIBUTES = 250
 MAX_ENDPOINT_BYTES = 15 * 1024
 MAX_APP_NAME_CHARS = 128
 MAX_LONG = 2**63 - 1
+# Endpoint, event, user and session IDs. Pinpoint publishes no length for
+# them (research/pinpoint-compat.md §2 lists every quota found). What SDKs
+# send is far shorter: UUIDs (36 characters) for endpoint and event IDs,
+# Cognito identity IDs (about 46) as user IDs, "<8>-<8>-yyyyMMdd-HHmmssSSS"
+# (35) or a UUID as session IDs. 256 also holds any e-mail address (at most
+# 254 by RFC 5321) an app may use as a user ID. Past it an ID is refused
+# before it becomes a Kafka key or a dedupe mark, whose cost grows with it.
+MAX_ID_CHARS = 256
+# orjson reads every number a double can hold; it refuses the rest with this
+# message. Such a body is refused whole, in that one parse, except that an
+# integer in a body this small is read exactly by the standard parser: a
+# second parse of at most 64 KiB costs under a millisecond.
+_OVERFLOW = "number is infinity when parsed as double"
+EXACT_PARSE_MAX_BYTES = 64 * 1024
+_INTEGER = re.compile(r"-?[0-9]+(?![0-9.eE])")
 
 CHANNEL_TYPES = frozenset(
     (
@@ -108,16 +124,24 @@ def parse_timestamp(value: str) -> int | None:
 
 
 def json_body(raw: bytes) -> Any:
-    """Parse a request body; BadRequest when it is not JSON text in UTF-8.
+    """Parse a request body, once; BadRequest when it is not JSON text in
+    UTF-8, or holds a number no double can hold (``1e999``).
 
-    orjson refuses some valid JSON (numbers beyond the float range); such a
-    body goes through the standard parser instead, so one odd number fails
-    only the item that holds it (a metric) or nothing (a member we ignore).
+    The one exception to a single parse: orjson refuses integers past a
+    double's range, and a body of at most EXACT_PARSE_MAX_BYTES holding one is
+    read again by the exact standard parser, so such an integer fails only
+    the item that holds it (a metric) or nothing (a member we ignore).
     """
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         first = exc
+    if not (
+        first.msg == _OVERFLOW
+        and len(raw) <= EXACT_PARSE_MAX_BYTES
+        and _INTEGER.match(first.doc, first.pos) is not None
+    ):
+        raise BadRequest(f"Request body is not valid JSON: {first}") from first
     try:
         # Decoded first: json.loads would also take UTF-16 and UTF-32.
         body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
@@ -191,6 +215,19 @@ def _number(value: Any, where: str) -> float:
         except OverflowError:
             pass
     _reject("wrong_type", f"{where} must be a finite number")
+
+
+def _check_id(value: str, what: str) -> None:
+    if len(value) > MAX_ID_CHARS:
+        _reject("value_too_long", f"{what} is {len(value)} characters; at most {MAX_ID_CHARS}")
+
+
+def check_id(value: str, what: str) -> str:
+    """``value`` if it is short enough to be an ID; BadRequest otherwise (a
+    path label: it fails the request, before anything is read or produced)."""
+    if len(value) > MAX_ID_CHARS:
+        raise BadRequest(f"{what} is {len(value)} characters; at most {MAX_ID_CHARS}")
+    return value
 
 
 def _check_key(key: str, where: str) -> None:
@@ -281,6 +318,7 @@ def _endpoint(
     ep = _object(value, "Endpoint")
     if not endpoint_id:
         _reject("missing_field", "Endpoint ID must not be empty")
+    _check_id(endpoint_id, "Endpoint ID")
     attributes = None if ep.get("Attributes") is None else _multi_attributes(ep["Attributes"], "Attributes")
     metrics = None if ep.get("Metrics") is None else _metrics(ep["Metrics"], "Metrics")
     user_id = None
@@ -288,6 +326,8 @@ def _endpoint(
     if ep.get("User") is not None:
         user = _object(ep["User"], "User")
         user_id = _string(user, "UserId", "User.")
+        if user_id is not None:
+            _check_id(user_id, "User.UserId")
         if user.get("UserAttributes") is not None:
             user_attributes = _multi_attributes(user["UserAttributes"], "User.UserAttributes")
     keys = len(attributes or ()) + len(metrics or ()) + len(user_attributes or ())
@@ -350,6 +390,7 @@ def endpoint_upsert(
 def _session(value: Any) -> Session:
     s = _object(value, "Session")
     sid = _required_string(s, "Id", "Session.")
+    _check_id(sid, "Session.Id")
     start = _timestamp(s, "StartTimestamp", "Session.", required=True)
     stop = _timestamp(s, "StopTimestamp", "Session.", required=False)
     duration = s.get("Duration")
@@ -392,6 +433,7 @@ def _event(
     ev = _object(value, "Event")
     if not event_id:
         _reject("missing_field", "Event ID must not be empty")
+    _check_id(event_id, "Event ID")
     event_type = _required_string(ev, "EventType", "")
     stamp = _timestamp(ev, "Timestamp", "", required=True)
     assert stamp is not None  # required=True never returns None
@@ -505,6 +547,7 @@ def put_events(
             try:
                 if not endpoint_id:
                     _reject("missing_field", "Endpoint ID must not be empty")
+                _check_id(endpoint_id, "Endpoint ID")
                 decided: Event | Invalid = _event(
                     raw,
                     event_id=event_id,
