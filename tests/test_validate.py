@@ -488,6 +488,56 @@ def test_json_body_refuses_json_not_in_utf8(encoding: str) -> None:
         validate.json_body('{"BatchItem": {}}'.encode(encoding))
 
 
+def _one_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard parser, json_body's second parse, fails the test if it runs."""
+
+    def second_parse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("json_body parsed the body twice")
+
+    monkeypatch.setattr(json, "loads", second_parse)
+
+
+LARGE_BODY = b'{"BatchItem": {}, "Padding": "' + b"p" * validate.EXACT_PARSE_MAX_BYTES + b'", "Tail": '
+
+
+@pytest.mark.parametrize(
+    "number", [b"1e999", b"-1e999", b"1.5E+400", b"0.1e400", b"1" * 400, b"-" + b"9" * 400]
+)
+def test_json_body_refuses_an_overflowing_number_in_a_large_body_in_one_parse(
+    monkeypatch: pytest.MonkeyPatch, number: bytes
+) -> None:
+    _one_parse(monkeypatch)
+    with pytest.raises(BadRequest) as exc:
+        validate.json_body(LARGE_BODY + number + b"}")
+    assert exc.value.message.startswith("Request body is not valid JSON: number is infinity")
+
+
+@pytest.mark.parametrize("number", [b"1e999", b"-2.5e309", b"1" + b"0" * 310 + b".0"])
+def test_json_body_refuses_an_overflowing_fraction_or_exponent_in_one_parse_at_any_size(
+    monkeypatch: pytest.MonkeyPatch, number: bytes
+) -> None:
+    _one_parse(monkeypatch)
+    with pytest.raises(BadRequest, match="not valid JSON"):
+        validate.json_body(b'{"Metrics": {"m": ' + number + b"}}")
+
+
+def test_json_body_refuses_other_broken_json_in_one_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    _one_parse(monkeypatch)
+    for raw in (LARGE_BODY, b'"\\ud800"', b"[NaN]", b"\xff"):
+        with pytest.raises(BadRequest, match="not valid JSON"):
+            validate.json_body(raw)
+
+
+def test_json_body_reads_an_integer_past_a_double_exactly_only_in_a_small_body() -> None:
+    small = b'{"m": ' + b"1" * 400 + b"}"
+    assert validate.json_body(small) == {"m": int("1" * 400)}
+    padded = small[:-1] + b', "p": "' + b"p" * (validate.EXACT_PARSE_MAX_BYTES - len(small) - 9) + b'"}'
+    assert len(padded) == validate.EXACT_PARSE_MAX_BYTES, len(padded)
+    assert validate.json_body(padded)["m"] == int("1" * 400)
+    with pytest.raises(BadRequest):
+        validate.json_body(padded[:-2] + b'p"}')
+
+
 # --- parse_timestamp -----------------------------------------------------------
 
 
@@ -537,3 +587,58 @@ def test_parse_timestamp_is_epoch_milliseconds_utc(moment: datetime, zulu: bool)
 def test_parse_timestamp_never_raises(text: str) -> None:
     millis = validate.parse_timestamp(text)
     assert millis is None or isinstance(millis, int)
+
+
+# --- ID lengths ------------------------------------------------------------------
+
+LONG_ID = "x" * (validate.MAX_ID_CHARS + 1)
+LONGEST_ID = "y" * validate.MAX_ID_CHARS
+GOOD_EVENT = {"EventType": "t", "Timestamp": "2024-01-01T00:00:00Z"}
+
+
+def test_an_overlong_endpoint_id_fails_its_endpoint_and_events_and_nothing_else() -> None:
+    body = {
+        "BatchItem": {
+            LONG_ID: {"Endpoint": {}, "Events": {"a": GOOD_EVENT, "b": GOOD_EVENT}},
+            LONGEST_ID: {"Endpoint": {}, "Events": {"c": GOOD_EVENT}},
+        }
+    }
+    refused, kept = put(body)
+    assert isinstance(refused.endpoint, Invalid) and refused.endpoint.reason == "value_too_long"
+    assert f"at most {validate.MAX_ID_CHARS}" in refused.endpoint.message
+    assert [(i, getattr(d, "reason", None)) for i, d in refused.events] == [
+        ("a", "value_too_long"),
+        ("b", "value_too_long"),
+    ]
+    assert isinstance(kept.endpoint, EndpointUpsert)
+    assert [type(d) for _, d in kept.events] == [Event]
+
+
+def test_overlong_event_user_and_session_ids_fail_only_their_item() -> None:
+    session = {"Id": LONG_ID, "StartTimestamp": "2024-01-01T00:00:00Z"}
+    body = {
+        "BatchItem": {
+            "e": {
+                "Endpoint": {"User": {"UserId": LONG_ID}},
+                "Events": {LONG_ID: GOOD_EVENT, "s": {**GOOD_EVENT, "Session": session}, "ok": GOOD_EVENT},
+            }
+        }
+    }
+    (only,) = put(body)
+    assert isinstance(only.endpoint, Invalid) and "User.UserId" in only.endpoint.message
+    long_event, long_session, fine = (decided for _, decided in only.events)
+    assert isinstance(long_event, Invalid) and "Event ID" in long_event.message
+    assert isinstance(long_session, Invalid) and "Session.Id" in long_session.message
+    assert isinstance(fine, Event)
+
+
+def test_an_overlong_id_fails_a_whole_update_endpoint_request() -> None:
+    with pytest.raises(BadRequest, match="Endpoint ID is 257 characters"):
+        validate.update_endpoint({}, app_id="a", endpoint_id=LONG_ID, request_id="r", received_at_ms=0)
+    with pytest.raises(BadRequest, match=r"Item\[1\]: Endpoint ID"):
+        validate.update_endpoints_batch(
+            {"Item": [{"Id": "ok"}, {"Id": LONG_ID}]}, app_id="a", request_id="r", received_at_ms=0
+        )
+    with pytest.raises(BadRequest, match="User ID is 257 characters"):
+        validate.check_id(LONG_ID, "User ID")
+    assert validate.check_id(LONGEST_ID, "User ID") == LONGEST_ID
