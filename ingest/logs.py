@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
@@ -169,10 +170,16 @@ class RepeatFilter(logging.Filter):
         self._clock = clock
         self._windows: dict[tuple[str, str], _Window] = {}
         self._reports: list[logging.LogRecord] = []
+        # Records come from any thread (aiokafka's, asyncio's executor).
+        self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or getattr(record, SUPPRESSED, None) is not None:
             return True
+        with self._lock:
+            return self._admit(record)
+
+    def _admit(self, record: logging.LogRecord) -> bool:
         key = (record.name, str(record.msg))
         now = self._clock()
         window = self._windows.get(key)
@@ -192,11 +199,12 @@ class RepeatFilter(logging.Filter):
 
     def due(self, *, closing: bool = False) -> list[logging.LogRecord]:
         """The reports of windows that ended (all of them when ``closing``)."""
-        now = self._clock()
-        for key, window in list(self._windows.items()):
-            if closing or now - window.started >= self._window_s:
-                self._close(key, window)
-        reports, self._reports = self._reports, []
+        with self._lock:
+            now = self._clock()
+            for key, window in list(self._windows.items()):
+                if closing or now - window.started >= self._window_s:
+                    self._close(key, window)
+            reports, self._reports = self._reports, []
         return reports
 
     def _close(self, key: tuple[str, str], window: _Window) -> None:
