@@ -111,3 +111,22 @@ def test_neither_backend_imports_the_other(backend: str, other: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
     assert f"ingest.store.{other}" not in imported
+
+
+# Migrations released after the first ten, each pinned by the digest of all
+# migrations up to it (11: deleted_apps, the tombstones DeleteApp leaves).
+RELEASED_LATER = {
+    11: {
+        "sqlite": "7fe54eeceebcf9f3fb3006853dad82530d13fdf664dcab8e2cd73c902432b666",
+        "postgres": "eaa762cdae417ff41ec135b4cbc93f58fdee74e60bba7c981b78141a0700053a",
+    },
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("count", RELEASED_LATER)
+def test_later_released_migrations_are_unchanged(backend: str, count: int) -> None:
+    migrations: tuple[str, ...] = BACKENDS[backend].MIGRATIONS
+    assert len(migrations) >= count
+    digest = hashlib.sha256("\0".join(migrations[:count]).encode()).hexdigest()
+    assert digest == RELEASED_LATER[count][backend]

@@ -261,6 +261,8 @@ class BatchOutcome:
     superseded: int = 0
     deleted: int = 0
     deactivated: int = 0
+    of_deleted_apps: int = 0
+    """Records of an app deleted since they were sent: never written."""
 
 
 def joining(

@@ -87,6 +87,8 @@ class EventOutcome:
     duplicates: int = 0
     too_old: int = 0
     too_new: int = 0
+    of_deleted_apps: int = 0
+    """Events of an app deleted since they were sent: never aggregated."""
 
 
 @dataclass(slots=True)

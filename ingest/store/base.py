@@ -25,6 +25,8 @@ Mark = tuple[int, str, str, str]
 """An event's dedupe mark: (day, app ID, endpoint ID, event ID)."""
 # Totals are 64-bit integers on every backend (PostgreSQL bigint).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Below every day a mark can have (days are 32-bit integers on every backend).
+INT32_MIN = -(2**31)
 _new = tuple.__new__
 
 
@@ -43,10 +45,31 @@ class Store(Protocol):
     """What the edge and the workers need from the store. Every method raises
     StoreError (``retriable`` when the store is unavailable) and nothing else."""
 
-    async def create_app(self, app: App) -> None: ...
+    async def create_app(self, app: App, *, max_apps: int | None = None) -> bool:
+        """Store a new app, unless ``max_apps`` apps exist already (then
+        nothing is written: → False). The count and the insert are one
+        serialised step, so concurrent creates never pass the quota."""
+        ...
+
     async def get_app(self, app_id: str) -> App | None: ...
     async def list_apps(self, *, after: str | None, limit: int) -> Sequence[App]: ...
-    async def delete_app(self, app_id: str) -> App | None: ...
+    async def delete_app(self, app_id: str) -> App | None:
+        """In one transaction: delete the app row, leave its tombstone in
+        ``deleted_apps`` (to purge; the workers drop its records from then
+        on), delete its identity pools, and take it out of the keys bound to
+        it: a key bound to it alone is revoked (a bound key is never widened
+        to every app). → the app, or None if there is none."""
+        ...
+
+    async def purge_deleted_apps(self, *, max_rows: int) -> int:
+        """One bounded step of purging the deleted apps' data, one
+        transaction: up to ``max_rows`` rows of each table (endpoints, KPI
+        aggregates, and the dedupe marks of each day) of the first deleted
+        app not yet purged; an app with nothing left is marked purged. → the
+        rows deleted plus the apps marked purged: 0 when nothing is left.
+        Interrupted anywhere, the next call goes on where it stopped."""
+        ...
+
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None: ...
     async def user_endpoints(self, app_id: str, user_id: str) -> Sequence[EndpointState]: ...
     async def apply_endpoint_batch(self, records: Sequence[tuple[EndpointRecord, int]]) -> BatchOutcome: ...
@@ -109,6 +132,22 @@ class Store(Protocol):
     async def list_identity_pools(self) -> Sequence[IdentityPool]: ...
 
     async def close(self) -> None: ...
+
+
+# Rows of each table one purge step deletes: a transaction of a few ms on
+# either backend, so the writers waiting on it are barely held up.
+PURGE_CHUNK_ROWS = 1000
+
+
+def keys_without(keys: Iterable[AccessKey], app_id: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The live keys bound to ``app_id`` and what each keeps: (key ID, its
+    other apps); an empty tuple means the key is revoked. Keys of every app
+    (empty ``apps``) are left alone."""
+    return [
+        (key.access_key_id, tuple(a for a in key.apps if a != app_id))
+        for key in keys
+        if key.revoked_ms is None and app_id in key.apps
+    ]
 
 
 def fresh_events(

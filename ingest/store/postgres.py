@@ -64,12 +64,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
 from typing import Any
 
 import asyncpg
+import orjson
 
 from ingest.errors import StoreError
 from ingest.folds import endpoints, kpis
@@ -79,6 +81,8 @@ from ingest.keys import AccessKey, IdentityPool
 from ingest.records.values import Event
 from ingest.store import sql
 from ingest.store.base import (
+    INT32_MIN,
+    PURGE_CHUNK_ROWS,
     App,
     KpiData,
     app_of,
@@ -89,6 +93,7 @@ from ingest.store.base import (
     fresh_events,
     key_of,
     key_row,
+    keys_without,
     pool_of,
     pool_row,
     unresolved,
@@ -112,6 +117,9 @@ MIGRATION_LOCK = 0x696E67657374
 # event_marks partitions ("marks"), and while expiring them ("expire").
 PARTITION_LOCK = 0x6D61726B73
 EXPIRE_LOCK = 0x657870697265
+# Held while counting the apps and creating one ("apps"), so concurrent
+# CreateApps on several edges take turns and never pass the quota.
+APPS_LOCK = 0x61707073
 # The one character a PostgreSQL text value cannot hold.
 NUL = "\x00"
 
@@ -163,6 +171,14 @@ _LOCK_USERS = (
 UPSERT = sql.PUT_ENDPOINTS.format(
     rows=unnest("text", "text", "text", "boolean", "bigint", "bigint", "text", "text", "text", "text")
 )
+
+# A batch's apps: the live ones locked FOR SHARE, so a DeleteApp (which
+# deletes the row) waits for the batch, and its purge sees what the batch
+# wrote; then the deleted ones, whose records the batch drops. Either the
+# DeleteApp committed before the lock (its tombstone is seen) or after the
+# batch (its purge deletes the batch's rows).
+_LOCK_APPS = "SELECT id FROM apps WHERE id = ANY($1::text[]) ORDER BY id FOR SHARE"
+_DELETED_AMONG = "SELECT app_id FROM deleted_apps WHERE app_id = ANY($1::text[])"
 
 # KPI writes (see the module docstring for the locking).
 _LOCK_MARKS = "LOCK TABLE ONLY event_marks IN ROW EXCLUSIVE MODE"
@@ -236,9 +252,15 @@ class PostgresStore:
             raise
         return store
 
-    async def create_app(self, app: App) -> None:
+    async def create_app(self, app: App, *, max_apps: int | None = None) -> bool:
         with _boundary("create app"):
-            await self._pool.execute(sql.numbered(sql.CREATE_APP), *app_row(app))
+            async with self._pool.acquire() as con, con.transaction():
+                if max_apps is not None:
+                    await con.execute("SELECT pg_advisory_xact_lock($1)", APPS_LOCK)
+                    if await con.fetchval(sql.COUNT_APPS) >= max_apps:
+                        return False
+                await con.execute(sql.numbered(sql.CREATE_APP), *app_row(app))
+        return True
 
     async def get_app(self, app_id: str) -> App | None:
         if NUL in app_id:
@@ -258,8 +280,40 @@ class PostgresStore:
         if NUL in app_id:
             return None
         with _boundary("delete app"):
-            row = await self._pool.fetchrow(sql.numbered(sql.DELETE_APP), app_id)
-        return None if row is None else app_of(row)
+            async with self._pool.acquire() as con, con.transaction():
+                row = await con.fetchrow(sql.numbered(sql.DELETE_APP), app_id)
+                if row is None:
+                    return None
+                now_ms = time.time_ns() // 1_000_000
+                await con.execute(sql.numbered(sql.MARK_DELETED), app_id, now_ms, False)
+                await con.execute(sql.numbered(sql.DELETE_POOLS_OF_APP), app_id)
+                keys = [key_of(r) for r in await con.fetch(sql.LIVE_KEYS + " FOR UPDATE")]
+                for key_id, kept in keys_without(keys, app_id):
+                    if kept:
+                        await con.execute(sql.numbered(sql.SET_KEY_APPS), orjson.dumps(kept).decode(), key_id)
+                    else:
+                        await con.execute(sql.numbered(sql.REVOKE_KEY), now_ms, key_id)
+        return app_of(row)
+
+    async def purge_deleted_apps(self, *, max_rows: int = PURGE_CHUNK_ROWS) -> int:
+        with _boundary("purge deleted apps"):
+            async with self._pool.acquire() as con, con.transaction():
+                # FOR UPDATE: two processes purging take turns on an app.
+                app_id = await con.fetchval(sql.NEXT_PURGE + " FOR UPDATE")
+                if app_id is None:
+                    return 0
+                deleted = 0
+                for statement in sql.PURGE_TABLES:
+                    deleted += _count(await con.execute(sql.numbered(statement), app_id, max_rows))
+                await con.execute(_LOCK_MARKS)  # no partition dropped under the loop
+                day = INT32_MIN
+                while (day := await con.fetchval(sql.numbered(sql.NEXT_MARK_DAY), day)) is not None:
+                    status = await con.execute(sql.numbered(sql.PURGE_MARKS), day, app_id, max_rows)
+                    deleted += _count(status)
+                if deleted == 0:
+                    await con.execute(sql.numbered(sql.MARK_PURGED), True, app_id)
+                    deleted = 1
+        return deleted
 
     async def create_key(self, key: AccessKey) -> None:
         with _boundary("create key"):
@@ -307,6 +361,11 @@ class PostgresStore:
         keys = sorted({(r.app_id, r.endpoint_id) for r, _ in records})
         with _boundary("apply endpoint batch"):
             async with self._pool.acquire() as con, con.transaction():
+                if dead := await _deleted_among(con, {r.app_id for r, _ in records}):
+                    kept = [(r, offset) for r, offset in records if r.app_id not in dead]
+                    outcome.of_deleted_apps = len(records) - len(kept)
+                    records = kept
+                    keys = sorted({(r.app_id, r.endpoint_id) for r, _ in records})
                 rows = await con.fetch(LOAD_BATCH, *columns(keys, 2))
                 current = {(row["app_id"], row["endpoint_id"]): endpoint_state(row) for row in rows}
                 joining = endpoints.joining(current, records)
@@ -327,6 +386,12 @@ class PostgresStore:
         marks = sorted(fresh)
         with _boundary("apply event batch"):
             async with self._pool.acquire() as con, con.transaction():
+                if dead := await _deleted_among(con, {app_id for _, app_id, _, _ in marks}):
+                    outcome.of_deleted_apps = sum(1 for mark in marks if mark[1] in dead)
+                    marks = [mark for mark in marks if mark[1] not in dead]
+                    fresh = {mark: fresh[mark] for mark in marks}
+                    if not marks:
+                        return outcome
                 await con.execute(_LOCK_MARKS)
                 await _ensure_partitions(con, sorted({day for day, *_ in marks}))
                 rows = await con.fetch(_MARK_EVENTS, *columns(marks, 4))
@@ -419,6 +484,19 @@ async def _migrate(con: asyncpg.Connection) -> None:
     for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
         await con.execute(migration)
         await con.execute(sql.numbered(sql.RECORD_MIGRATION), version)
+
+
+async def _deleted_among(con: asyncpg.Connection, app_ids: set[str]) -> set[str]:
+    """Of ``app_ids``, those deleted; the live ones locked FOR SHARE to the
+    end of the transaction (see _LOCK_APPS)."""
+    ids = sorted(app_ids)
+    await con.execute(_LOCK_APPS, ids)
+    return {row[0] for row in await con.fetch(_DELETED_AMONG, ids)}
+
+
+def _count(status: str) -> int:
+    """The row count of a command status ("DELETE 12")."""
+    return int(status.rpartition(" ")[2])
 
 
 def _partition_name(day: int) -> str:

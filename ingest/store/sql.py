@@ -135,6 +135,17 @@ _MIGRATIONS: tuple[str, ...] = (
         created_ms {int64} NOT NULL
     ){keyed}
     """,
+    # Deleted apps, kept for good: the workers drop records of these (still
+    # in Kafka, or replayed) so they never bring an app's data back, and
+    # ``purged`` false is a purge still to finish (after a restart too). App
+    # IDs are random and never reused, so a row an app deleted is all it costs.
+    """
+    CREATE TABLE deleted_apps (
+        app_id {key} PRIMARY KEY,
+        deleted_ms {int64} NOT NULL,
+        purged {boolean} NOT NULL
+    ){keyed}
+    """,
 )
 
 
@@ -149,15 +160,50 @@ MIGRATIONS_TABLE = "CREATE TABLE IF NOT EXISTS schema_migrations (version intege
 MIGRATED = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
 RECORD_MIGRATION = "INSERT INTO schema_migrations (version) VALUES (?)"
 
+_KEY_COLUMNS = "access_key_id, name, scope, apps, secret_ciphertext, created_ms, revoked_ms"
+
 # Apps, in the column order of base.app_row.
 CREATE_APP = "INSERT INTO apps (id, name, arn, tags, creation_date) VALUES (?, ?, ?, ?, ?)"
 GET_APP = "SELECT id, name, arn, tags, creation_date FROM apps WHERE id = ?"
 LIST_APPS = "SELECT id, name, arn, tags, creation_date FROM apps WHERE id > ? ORDER BY id LIMIT ?"
 DELETE_APP = "DELETE FROM apps WHERE id = ? RETURNING id, name, arn, tags, creation_date"
+COUNT_APPS = "SELECT count(*) FROM apps"
+# DeleteApp: the tombstone, in the transaction that deletes the app row.
+MARK_DELETED = "INSERT INTO deleted_apps (app_id, deleted_ms, purged) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+DELETE_POOLS_OF_APP = "DELETE FROM identity_pools WHERE app_id = ?"
+LIVE_KEYS = "SELECT " + _KEY_COLUMNS + " FROM access_keys WHERE revoked_ms IS NULL ORDER BY access_key_id"  # noqa: S608
+SET_KEY_APPS = "UPDATE access_keys SET apps = ? WHERE access_key_id = ?"
+# The purge (Store.purge_deleted_apps): one app a transaction, at most a chunk
+# of rows of each table, each chunk a primary-key range search; the marks,
+# which lead with the day, a day at a time.
+NEXT_PURGE = "SELECT app_id FROM deleted_apps WHERE NOT purged ORDER BY app_id LIMIT 1"
+MARK_PURGED = "UPDATE deleted_apps SET purged = ? WHERE app_id = ?"
+PURGE_ENDPOINTS = (
+    "DELETE FROM endpoints WHERE (app_id, endpoint_id) IN "
+    "(SELECT app_id, endpoint_id FROM endpoints WHERE app_id = ? LIMIT ?)"
+)
+PURGE_KPI_MEMBERS = (
+    "DELETE FROM kpi_members WHERE (app_id, kind, day, member) IN "
+    "(SELECT app_id, kind, day, member FROM kpi_members WHERE app_id = ? LIMIT ?)"
+)
+PURGE_KPI_SUMS = (
+    "DELETE FROM kpi_sums WHERE (app_id, kind, day, grp) IN "
+    "(SELECT app_id, kind, day, grp FROM kpi_sums WHERE app_id = ? LIMIT ?)"
+)
+PURGE_KPI_FIRST_DAYS = (
+    "DELETE FROM kpi_first_days WHERE (app_id, endpoint_id) IN "
+    "(SELECT app_id, endpoint_id FROM kpi_first_days WHERE app_id = ? LIMIT ?)"
+)
+PURGE_TABLES = (PURGE_ENDPOINTS, PURGE_KPI_MEMBERS, PURGE_KPI_SUMS, PURGE_KPI_FIRST_DAYS)
+# The next day holding marks: an index search each, visiting only days that have some.
+NEXT_MARK_DAY = "SELECT min(day) FROM event_marks WHERE day > ?"
+PURGE_MARKS = (
+    "DELETE FROM event_marks WHERE (day, app_id, endpoint_id, event_id) IN "
+    "(SELECT day, app_id, endpoint_id, event_id FROM event_marks WHERE day = ? AND app_id = ? LIMIT ?)"
+)
 
 # Access keys and identity pools, in the column order of base.key_row and
 # base.pool_row. Revoking a revoked key keeps its first revocation time.
-_KEY_COLUMNS = "access_key_id, name, scope, apps, secret_ciphertext, created_ms, revoked_ms"
 CREATE_KEY = "INSERT INTO access_keys (" + _KEY_COLUMNS + ") VALUES (?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 LIST_KEYS = "SELECT " + _KEY_COLUMNS + " FROM access_keys ORDER BY access_key_id"  # noqa: S608
 REVOKE_KEY = (

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self, TypeVar
+
+import orjson
 
 from ingest.errors import StoreError
 from ingest.folds import endpoints, kpis
@@ -34,6 +37,8 @@ from ingest.keys import AccessKey, IdentityPool
 from ingest.records.values import Event
 from ingest.store import sql
 from ingest.store.base import (
+    INT32_MIN,
+    PURGE_CHUNK_ROWS,
     App,
     KpiData,
     app_of,
@@ -44,6 +49,7 @@ from ingest.store.base import (
     fresh_events,
     key_of,
     key_row,
+    keys_without,
     pool_of,
     pool_row,
     unresolved,
@@ -108,6 +114,12 @@ EVENT_USERS = (
     "SELECT endpoint_id, user_id FROM endpoints WHERE app_id = ? AND endpoint_id IN ({}) AND NOT deleted"
 )
 EXPIRE_MARKS = "DELETE FROM event_marks WHERE day < ?"
+# "{}" takes one "?" per app ID: the batch's apps that were deleted.
+DELETED_AMONG = "SELECT app_id FROM deleted_apps WHERE app_id IN ({})"
+CREATE_APP_UNDER = (
+    "INSERT INTO apps (id, name, arn, tags, creation_date) "
+    "SELECT ?, ?, ?, ?, ? WHERE (SELECT count(*) FROM apps) < ?"
+)
 # Monthly: each member-day covers the MONTH_DAYS days from it, cut short where
 # the member's next day takes over, so a member counts once a day; the
 # running sum of +1 at each start and -1 at each end is the count from that
@@ -167,8 +179,15 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"{what}: {exc}", retriable=isinstance(exc, sqlite3.OperationalError)) from exc
 
-    async def create_app(self, app: App) -> None:
-        await self._run("create app", lambda: self._db.execute(sql.CREATE_APP, app_row(app)))
+    async def create_app(self, app: App, *, max_apps: int | None = None) -> bool:
+        # One statement: SQLite runs one writer at a time, so the count holds.
+        def create() -> bool:
+            if max_apps is None:
+                self._db.execute(sql.CREATE_APP, app_row(app))
+                return True
+            return self._db.execute(CREATE_APP_UNDER, (*app_row(app), max_apps)).rowcount == 1
+
+        return await self._run("create app", create)
 
     async def get_app(self, app_id: str) -> App | None:
         def get() -> App | None:
@@ -186,10 +205,63 @@ class SqliteStore:
 
     async def delete_app(self, app_id: str) -> App | None:
         def delete() -> App | None:
-            row = self._db.execute(sql.DELETE_APP, (app_id,)).fetchone()
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(sql.DELETE_APP, (app_id,)).fetchone()
+                if row is not None:
+                    db.execute(sql.MARK_DELETED, (app_id, time.time_ns() // 1_000_000, False))
+                    db.execute(sql.DELETE_POOLS_OF_APP, (app_id,))
+                    keys = [key_of(r) for r in db.execute(sql.LIVE_KEYS).fetchall()]
+                    now_ms = time.time_ns() // 1_000_000
+                    for key_id, kept in keys_without(keys, app_id):
+                        if kept:
+                            db.execute(sql.SET_KEY_APPS, (orjson.dumps(kept).decode(), key_id))
+                        else:
+                            db.execute(sql.REVOKE_KEY, (now_ms, key_id)).fetchall()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
             return None if row is None else app_of(row)
 
         return await self._run("delete app", delete)
+
+    async def purge_deleted_apps(self, *, max_rows: int = PURGE_CHUNK_ROWS) -> int:
+        def purge() -> int:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                found = db.execute(sql.NEXT_PURGE).fetchone()
+                deleted = 0
+                if found is not None:
+                    (app_id,) = found
+                    for statement in sql.PURGE_TABLES:
+                        deleted += db.execute(statement, (app_id, max_rows)).rowcount
+                    day = INT32_MIN
+                    while (day := db.execute(sql.NEXT_MARK_DAY, (day,)).fetchone()[0]) is not None:
+                        deleted += db.execute(sql.PURGE_MARKS, (day, app_id, max_rows)).rowcount
+                    if deleted == 0:
+                        db.execute(sql.MARK_PURGED, (True, app_id))
+                        deleted = 1
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return deleted
+
+        return await self._run("purge deleted apps", purge)
+
+    def _deleted_among(self, app_ids: Iterable[str]) -> set[str]:
+        """Of ``app_ids``, those deleted (inside the caller's transaction)."""
+        dead: set[str] = set()
+        ids = sorted(set(app_ids))
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start : start + _IDS_PER_QUERY]
+            dead.update(
+                row[0] for row in self._db.execute(DELETED_AMONG.format(", ".join("?" * len(chunk))), chunk)
+            )
+        return dead
 
     async def create_key(self, key: AccessKey) -> None:
         await self._run("create key", lambda: self._db.execute(sql.CREATE_KEY, key_row(key)))
@@ -237,6 +309,10 @@ class SqliteStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if dead := self._deleted_among(r.app_id for r, _ in records):
+                kept = [(r, offset) for r, offset in records if r.app_id not in dead]
+                outcome.of_deleted_apps = len(records) - len(kept)
+                records = kept
             current: dict[Key, EndpointState] = {}
             for values, marks in by_app({(r.app_id, r.endpoint_id) for r, _ in records}):
                 for row in db.execute(LOAD_ENDPOINTS.format(marks), values):
@@ -286,6 +362,9 @@ class SqliteStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if dead := self._deleted_among(app_id for _, app_id, _, _ in fresh):
+                outcome.of_deleted_apps = sum(1 for mark in fresh if mark[1] in dead)
+                fresh = {mark: event for mark, event in fresh.items() if mark[1] not in dead}
             marks = sorted(fresh)
             new: list[Event] = []
             for start in range(0, len(marks), _MARKS_PER_QUERY):

@@ -1,7 +1,8 @@
 """The sinks of the consumer loop (:class:`ingest.workers.consumer.Worker`):
 
 * the endpoint worker (:class:`EndpointSink`): ``ingest.endpoints`` → the
-  endpoint store, folded under a version guard;
+  endpoint store, folded under a version guard; it also finishes the purges
+  of deleted apps that DeleteApp left (at start, and a step between batches);
 * the KPI worker (:class:`KpiSink`): ``ingest.events`` → dedupe marks and the
   KPI aggregates.
 """
@@ -21,15 +22,25 @@ from ingest.kafka.clients import ENDPOINTS_TOPIC, EVENTS_TOPIC
 from ingest.metrics import KpiWorkerMetrics, WorkerMetrics
 from ingest.records.codec import Codec
 from ingest.records.values import Event
-from ingest.store.base import Store
+from ingest.store.base import PURGE_CHUNK_ROWS, Store
 from ingest.workers.consumer import Worker
 
 log = logging.getLogger(__name__)
 
 
+# Between batches, how often the endpoint worker looks for a purge that
+# DeleteApp left unfinished (an edge stopped mid-purge, or an app too large
+# for its budget): one small query.
+PURGE_CHECK_S = 5.0
+
+
 class EndpointSink:
     """``ingest.endpoints`` → the endpoint store (``Store.apply_endpoint_batch``:
-    the fold, guarded by version, so a replay changes nothing)."""
+    the fold, guarded by version, so a replay changes nothing). Records of a
+    deleted app are dropped by the store. The purges of deleted apps are
+    finished here: all of them at start (so a restart completes what a
+    stopped process began), then one bounded step after a batch while any
+    is left, looked for every ``PURGE_CHECK_S``."""
 
     topic = ENDPOINTS_TOPIC
     name = "endpoint"
@@ -38,12 +49,23 @@ class EndpointSink:
         self._store = store
         self._codec = codec
         self.metrics = metrics
+        # When to look for an unfinished purge next (monotonic seconds).
+        self._purge_at = 0.0
 
     def decode(self, value: bytes | None) -> EndpointRecord:
         return self._codec.decode_endpoint_record(value)
 
     async def start(self) -> None:
-        pass
+        try:
+            purged = 0
+            while step := await self._store.purge_deleted_apps(max_rows=PURGE_CHUNK_ROWS):
+                purged += step
+        except StoreError as exc:  # the purge goes on between batches
+            log.warning("could not finish purging deleted apps at start (%s); continuing later", exc)
+        else:
+            if purged:
+                log.info("finished purging deleted apps: %d rows", purged)
+            self._purge_at = time.monotonic() + PURGE_CHECK_S
 
     async def write(self, records: Sequence[tuple[EndpointRecord, int]]) -> None:
         outcome = await self._store.apply_endpoint_batch(records)
@@ -51,7 +73,20 @@ class EndpointSink:
         counted.labels("applied").inc(outcome.applied)
         counted.labels("superseded").inc(outcome.superseded)
         counted.labels("deleted").inc(outcome.deleted)
+        counted.labels("deleted_app").inc(outcome.of_deleted_apps)
         self.metrics.deactivated.inc(outcome.deactivated)
+        if time.monotonic() >= self._purge_at:
+            await self._purge_step()
+
+    async def _purge_step(self) -> None:
+        """One purge step; soon again if it found work. A failure is logged
+        and retried later: the batch is written already."""
+        try:
+            found = await self._store.purge_deleted_apps(max_rows=PURGE_CHUNK_ROWS)
+        except StoreError as exc:
+            log.warning("purge of deleted apps failed (%s); retrying later", exc)
+            found = 0
+        self._purge_at = time.monotonic() + (0.0 if found else PURGE_CHECK_S)
 
 
 class EndpointWorker(Worker[EndpointRecord]):
@@ -147,6 +182,7 @@ class KpiSink:
         counted.labels("duplicate").inc(outcome.duplicates)
         counted.labels("too_old").inc(outcome.too_old)
         counted.labels("too_new").inc(outcome.too_new)
+        counted.labels("deleted_app").inc(outcome.of_deleted_apps)
 
     async def _expire(self, oldest_day: int) -> None:
         """Drop the marks of days before ``oldest_day``. A retriable
