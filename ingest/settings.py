@@ -82,6 +82,9 @@ class Settings:
     producer_buffer_bytes: int = 64 * 1024 * 1024
     drain_timeout_s: float = 20.0
     app_cache_ttl_s: float = 5.0
+    # Apps a deployment holds: Pinpoint's default quota ("Apps per account",
+    # 100); CreateApp past it answers 400.
+    max_apps: int = 100
     region: str = "us-east-1"
     account_id: str = "000000000000"
 
@@ -170,6 +173,7 @@ class Settings:
         _check(self.dedupe_retention_days, self.dedupe_retention_days >= 1, "dedupe_retention_days", ">= 1")
         _check(self.drain_timeout_s, self.drain_timeout_s > 0, "drain_timeout_s", "> 0")
         _check(self.app_cache_ttl_s, self.app_cache_ttl_s >= 0, "app_cache_ttl_s", ">= 0")
+        _check(self.max_apps, 1 <= self.max_apps <= 1_000_000, "max_apps", "1-1000000")
         _check(self.auth_refresh_s, 0 < self.auth_refresh_s <= 3600, "auth_refresh_s", "> 0 and <= 3600")
         _check(self.auth_max_skew_s, 0 < self.auth_max_skew_s <= 86400, "auth_max_skew_s", "> 0 and <= 86400")
         _check(self.credentials_ttl_s, 60 <= self.credentials_ttl_s <= 43200, "credentials_ttl_s", "60-43200")

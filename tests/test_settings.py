@@ -39,6 +39,7 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_PRODUCER_BUFFER_BYTES": ("1048576", 1048576),
     "INGEST_DRAIN_TIMEOUT_S": ("10", 10.0),
     "INGEST_APP_CACHE_TTL_S": ("0", 0.0),
+    "INGEST_MAX_APPS": ("3", 3),
     "INGEST_REGION": ("eu-central-1", "eu-central-1"),
     "INGEST_ACCOUNT_ID": ("123456789012", "123456789012"),
     "INGEST_WORKER_MAX_RECORDS": ("100", 100),

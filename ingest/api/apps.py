@@ -3,42 +3,87 @@ app cache every other operation looks its app up in."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from ingest.api.http import Request, Response, json_response
 from ingest.api.sigv4 import credential_scope
-from ingest.errors import BadRequest, NotFound
+from ingest.errors import BadRequest, NotFound, StoreError
 from ingest.records import validate
 from ingest.settings import Settings
-from ingest.store.base import App, Store
+from ingest.store.base import PURGE_CHUNK_ROWS, App, Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-# Bounds memory against lookups of random app IDs: past it the cache starts over.
+# A GetApps page stops growing past this many bytes of JSON (and gives a
+# NextToken), whatever its page-size: an app with 50 tags at their limits is
+# ~80 KB, so a page of 1000 could otherwise be ~80 MB.
+MAX_PAGE_BYTES = 1024 * 1024
+# The app cache's bounds: lookups of random app IDs (each a cached "no such
+# app") and apps with large tags must not grow the edge without bound. The
+# least recently used entries go first, one at a time.
 MAX_CACHED_APPS = 10_000
+MAX_CACHED_BYTES = 32 * 1024 * 1024
+# What an entry costs beyond its strings: the tuple, the App, the dicts'
+# slots (measured with sys.getsizeof, rounded up).
+_ENTRY_OVERHEAD_BYTES = 400
+# DeleteApp purges the app's data in the request for at most this long, a
+# bounded step (one transaction) at a time; the endpoint worker finishes
+# what is left (ingest.workers.sinks.EndpointSink).
+PURGE_BUDGET_S = 2.0
+
+
+def cached_bytes(app_id: str, app: App | None) -> int:
+    """What an entry of the cache holds, in bytes (strings counted at up to
+    4 bytes a character, as CPython may store them)."""
+    chars = len(app_id)
+    if app is not None:
+        chars += len(app.id) + len(app.name) + len(app.arn) + len(app.creation_date)
+        chars += sum(len(k) + len(v) for k, v in app.tags.items())
+    return _ENTRY_OVERHEAD_BYTES + 4 * chars
 
 
 class AppCache:
     """App lookups for the hot path, each answer kept ``ttl_s``: another edge's
-    CreateApp or DeleteApp is seen within that time."""
+    CreateApp or DeleteApp is seen within that time. Bounded in entries and
+    bytes: past either, the least recently used entries are evicted."""
 
-    def __init__(self, store: Store, ttl_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ttl_s: float,
+        *,
+        max_entries: int = MAX_CACHED_APPS,
+        max_bytes: int = MAX_CACHED_BYTES,
+    ) -> None:
         self._store = store
         self._ttl_s = ttl_s
-        self._entries: dict[str, tuple[float, App | None]] = {}
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[float, App | None, int]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(entries, bytes) held now."""
+        return len(self._entries), self._bytes
 
     async def get(self, app_id: str) -> App | None:
         now = time.monotonic()
         hit = self._entries.get(app_id)
         if hit is not None and now - hit[0] < self._ttl_s:
+            self._entries.move_to_end(app_id)
             return hit[1]
         app = await self._store.get_app(app_id)
-        if len(self._entries) > MAX_CACHED_APPS:
-            self._entries.clear()
-        self._entries[app_id] = (now, app)
+        self.put(app_id, app, now=now)
         return app
 
     async def require(self, app_id: str) -> App:
@@ -48,8 +93,18 @@ class AppCache:
             raise NotFound(f"Application not found: {app_id[:200]}")
         return app
 
-    def put(self, app_id: str, app: App | None) -> None:
-        self._entries[app_id] = (time.monotonic(), app)
+    def put(self, app_id: str, app: App | None, *, now: float | None = None) -> None:
+        size = cached_bytes(app_id, app)
+        old = self._entries.pop(app_id, None)
+        if old is not None:
+            self._bytes -= old[2]
+        self._entries[app_id] = (time.monotonic() if now is None else now, app, size)
+        self._bytes += size
+        while len(self._entries) > self._max_entries or (
+            self._bytes > self._max_bytes and len(self._entries) > 1
+        ):
+            _, (_, _, evicted) = self._entries.popitem(last=False)
+            self._bytes -= evicted
 
 
 class Apps:
@@ -74,7 +129,12 @@ class Apps:
             tags=tags,
             creation_date=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         )
-        await self._store.create_app(app)
+        if not await self._store.create_app(app, max_apps=self._settings.max_apps):
+            # Pinpoint models no LimitExceededException for CreateApp; its
+            # modeled 400 is what a client treats as "do not retry".
+            raise BadRequest(
+                f"Exceeded the limit of {self._settings.max_apps} apps for this deployment (INGEST_MAX_APPS)"
+            )
         self._cache.put(app_id, app)
         return json_response(201, app_response(app))
 
@@ -99,9 +159,17 @@ class Apps:
             apps = [app for app in found if app is not None][: size + 1]
         else:
             apps = list(await self._store.list_apps(after=after, limit=size + 1))
-        page: dict[str, Any] = {"Item": [app_response(a) for a in apps[:size]]}
-        if len(apps) > size:
-            page["NextToken"] = apps[size - 1].id
+        items: list[dict[str, Any]] = []
+        used = 0
+        for app in apps[:size]:
+            item = app_response(app)
+            used += len(orjson.dumps(item)) + 1
+            if items and used > MAX_PAGE_BYTES:
+                break
+            items.append(item)
+        page: dict[str, Any] = {"Item": items}
+        if len(apps) > len(items):
+            page["NextToken"] = items[-1]["Id"]
         return json_response(200, page)
 
     async def delete_app(self, request: Request) -> Response:
@@ -110,7 +178,21 @@ class Apps:
         if app is None:
             raise NotFound(f"Application not found: {app_id[:200]}")
         self._cache.put(app_id, None)
+        await self._purge()
         return json_response(200, app_response(app))
+
+    async def _purge(self) -> None:
+        """Purge deleted apps' data for up to PURGE_BUDGET_S, a bounded step
+        at a time; what is left, the endpoint worker finishes. The app is
+        deleted already: a failure here is logged, not answered."""
+        deadline = time.monotonic() + PURGE_BUDGET_S
+        try:
+            while await self._store.purge_deleted_apps(max_rows=PURGE_CHUNK_ROWS):
+                if time.monotonic() > deadline:
+                    log.info("purge of deleted apps goes on in the endpoint worker")
+                    return
+        except StoreError as exc:
+            log.warning("purge of deleted apps stopped (%s); the endpoint worker goes on with it", exc)
 
 
 def app_response(app: App) -> dict[str, Any]:

@@ -624,4 +624,30 @@ def create_app(body: Any) -> tuple[str, dict[str, str]]:
     tags = body.get("tags") or {}
     if type(tags) is not dict or any(type(v) is not str for v in tags.values()):
         raise BadRequest("tags must be an object of string values")
+    check_tags(tags)
     return name, tags
+
+
+# AWS's tag rules (Tagging AWS resources, "Tag naming limits and
+# requirements"): at most 50 tags a resource, keys of 1-128 characters and
+# values of at most 256 (Unicode characters, as Python counts them), and
+# the ``aws:`` prefix, in any case, reserved for AWS's own tags.
+MAX_TAGS = 50
+MAX_TAG_KEY_CHARS = 128
+MAX_TAG_VALUE_CHARS = 256
+RESERVED_TAG_PREFIX = "aws:"
+
+
+def check_tags(tags: dict[str, str]) -> None:
+    """BadRequest naming the first rule of AWS's that ``tags`` breaks."""
+    if len(tags) > MAX_TAGS:
+        raise BadRequest(f"tags: at most {MAX_TAGS} tags per resource, not {len(tags)}")
+    for key, value in tags.items():
+        if not 1 <= len(key) <= MAX_TAG_KEY_CHARS:
+            raise BadRequest(f"tags: a tag key must be 1-{MAX_TAG_KEY_CHARS} characters, not {len(key)}")
+        if key[: len(RESERVED_TAG_PREFIX)].lower() == RESERVED_TAG_PREFIX:
+            raise BadRequest(f"tags: the prefix {RESERVED_TAG_PREFIX!r} is reserved for AWS")
+        if len(value) > MAX_TAG_VALUE_CHARS:
+            raise BadRequest(
+                f"tags: a tag value must be at most {MAX_TAG_VALUE_CHARS} characters, not {len(value)}"
+            )
