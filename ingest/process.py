@@ -111,7 +111,9 @@ async def running(workers: Sequence[Worker[Any]], stopping: asyncio.Event) -> As
 
     def ended(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("%s failed: %r", task.get_name(), task.exception())
+            # The error itself is raised (and, an IngestError, logged once by
+            # the command line) when the process unwinds.
+            log.error("%s failed; stopping the process", task.get_name())
             stopping.set()
 
     tasks = []

@@ -310,8 +310,9 @@ def test_a_postgresql_store_urls_password_is_never_logged(tmp_path: Path, postgr
 # --- A broker without idempotent producers ------------------------------------
 
 
+@pytest.mark.parametrize("role", [["edge"], ["worker", "kpis"], ["worker", "endpoints"]], ids=" ".join)
 def test_edge_against_a_broker_refusing_idempotence_fails_with_one_line_naming_the_setting(
-    broker: str, tmp_path: Path
+    broker: str, tmp_path: Path, role: list[str]
 ) -> None:
     env = {
         "INGEST_KAFKA_BOOTSTRAP": broker,
@@ -321,7 +322,7 @@ def test_edge_against_a_broker_refusing_idempotence_fails_with_one_line_naming_t
         "INGEST_PROBE_PORT": "0",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "ingest", "edge"],
+        [sys.executable, "-m", "ingest", *role],
         env=clean_env(**env),
         capture_output=True,
         timeout=60,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownError
 from aiokafka.helpers import create_ssl_context
 
 from ingest.errors import BrokerError
@@ -120,3 +121,20 @@ async def ensure_topics(settings: Settings, bootstrap: str) -> None:
         raise BrokerError(
             f"{EVENTS_TOPIC} and {ENDPOINTS_TOPIC} must have the same partition count; found {counts}"
         )
+
+
+async def start_producer(producer: Any) -> None:
+    """``producer.start()``; BrokerError naming INGEST_KAFKA_IDEMPOTENCE when
+    the broker refuses an idempotent producer (Tansu answers InitProducerId
+    with UnknownError, the only request of an idempotent start that can), with
+    what half started closed."""
+    try:
+        await producer.start()
+    except UnknownError as exc:
+        with contextlib.suppress(Exception):  # closing what half-started; the refusal is the story
+            await producer.stop()
+        raise BrokerError(
+            "the Kafka broker refused an idempotent producer (InitProducerId answered "
+            f"{type(exc).__name__}); set INGEST_KAFKA_IDEMPOTENCE=false for a broker "
+            "without idempotent producers (Tansu)"
+        ) from exc

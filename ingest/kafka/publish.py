@@ -25,17 +25,16 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from aiokafka.errors import UnknownError
 from aiokafka.partitioner import murmur2
 
-from ingest.errors import BrokerError, Overloaded
+from ingest.errors import Overloaded
+from ingest.kafka.clients import start_producer
 from ingest.metrics import Metrics
 from ingest.records.values import OutRecord
 
@@ -129,16 +128,7 @@ class Publisher:
         refuses the idempotent producer: Tansu answers InitProducerId with
         UnknownError, the only request of an idempotent start that can.
         """
-        try:
-            await self._producer.start()
-        except UnknownError as exc:
-            with contextlib.suppress(Exception):  # closing what half-started; the refusal is the story
-                await self._producer.stop()
-            raise BrokerError(
-                "the Kafka broker refused an idempotent producer (InitProducerId answered "
-                f"{type(exc).__name__}); set INGEST_KAFKA_IDEMPOTENCE=false for a broker "
-                "without idempotent producers (Tansu)"
-            ) from exc
+        await start_producer(self._producer)
         try:
             for topic in self._topics:
                 self._partition_counts[topic] = len(await self._producer.partitions_for(topic))

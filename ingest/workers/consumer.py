@@ -40,7 +40,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import Counter, Gauge, Histogram
 
 from ingest.errors import DecodeError, StoreError
-from ingest.kafka.clients import DEADLETTER_TOPIC
+from ingest.kafka.clients import DEADLETTER_TOPIC, start_producer
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class Worker(Generic[R]):
 
     async def run(self) -> None:
         await self._consumer.start()
-        await self._deadletter.start()
+        await start_producer(self._deadletter)
         try:
             await self._sink.start()
             self._consumer.subscribe([self._sink.topic], listener=_FinishWritesOnRevoke(self))
