@@ -202,8 +202,10 @@ def start_ingest(tmp: Path, args: list[str], *, port: int, data_dir: Path, env: 
     log_path = tmp / f"{'-'.join(args[:2])}-{port}.log"
     launched = launch(
         [sys.executable, "-m", "ingest", *args],
-        # Probes on a free port of each process's own (9090 by default).
-        env=clean_env(**({"INGEST_PROBE_PORT": "0"} | env)),
+        # Probes on a free port of each process's own (9090 by default). The
+        # test PostgreSQL keeps its apps from run to run: the app quota is a
+        # test's own to set (tests/test_app_lifecycle.py).
+        env=clean_env(**({"INGEST_PROBE_PORT": "0", "INGEST_MAX_APPS": "1000000"} | env)),
         log_path=log_path,
         cwd=ROOT,
         timeout_s=START_TIMEOUT_S,
