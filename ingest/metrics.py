@@ -136,7 +136,8 @@ class WorkerMetrics:
         # Counter: endpoint records by what the fold did with them.
         self.records = Counter(
             "ingest_endpoint_records",
-            "Endpoint records by outcome: applied, superseded (version guard), deleted, dead_lettered.",
+            "Endpoint records by outcome: applied, superseded (version guard), deleted, "
+            "deleted_app (of an app deleted since), dead_lettered.",
             ["outcome"],
             registry=registry,
         )
@@ -178,7 +179,8 @@ class KpiWorkerMetrics:
             "ingest_kpi_events",
             "Events read by the KPI worker, by outcome: aggregated (counted once), duplicate (event ID "
             "seen already), too_old (dated before the dedupe window), too_new (dated more than a day "
-            "ahead of the worker's clock), dead_lettered (undecodable or unappliable).",
+            "ahead of the worker's clock), deleted_app (of an app deleted since), dead_lettered "
+            "(undecodable or unappliable).",
             ["outcome"],
             registry=registry,
         )

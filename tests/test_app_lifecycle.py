@@ -31,6 +31,7 @@ from ingest.keys import AccessKey, IdentityPool
 from ingest.store.base import App, Store
 from ingest.store.postgres import PostgresStore
 from ingest.store.sqlite import SqliteStore
+from ingest.workers.sinks import PURGE_CHECK_S
 from tests.conftest import Pipeline, eventually, start_ingest, start_pipeline
 from tests.samples import metric
 from tests.test_kpi_store import FAR_DAY, event
@@ -495,3 +496,24 @@ def test_a_purge_cut_short_by_sigkill_finishes_after_restart(served: Served) -> 
         )
     finally:
         assert again.stop() == 0, again.log()
+
+
+def test_an_idle_endpoint_worker_finishes_a_purge_left_unfinished(served: Served) -> None:
+    """A purge that DeleteApp left (its edge stopped, or the app too large for
+    its budget) goes on with no traffic at all: the worker's empty polls."""
+    running, sql = served.running, served.sql
+    client = running.client()
+    app_id = new_app(client, "left-behind")
+    fill(client, app_id, 50)
+    eventually(lambda: app_rows(sql, app_id)["endpoints"], lambda n: n == 50, "applied", TIMEOUT_S)
+    eventually(lambda: caught_up(running), bool, "caught up", TIMEOUT_S)
+    # What another edge killed in the middle of DeleteApp leaves behind.
+    sql("DELETE FROM apps WHERE id = ?", app_id)
+    sql("INSERT INTO deleted_apps (app_id, deleted_ms, purged) VALUES (?, ?, ?)", app_id, 1, False)
+    eventually(
+        lambda: sql("SELECT purged FROM deleted_apps WHERE app_id = ?", app_id),
+        lambda rows: rows == [(True,)],
+        "the idle worker finishing the purge",
+        PURGE_CHECK_S * 2 + TIMEOUT_S,
+    )
+    assert set(app_rows(sql, app_id).values()) == {0}

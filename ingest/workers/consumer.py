@@ -96,6 +96,11 @@ class Sink(Protocol[R]):
         """Write (record, offset) pairs of a batch in one transaction."""
         ...
 
+    async def idle(self) -> None:
+        """After a poll that found nothing, with no batch being written:
+        room for the sink's own bounded upkeep. Must not raise."""
+        ...
+
 
 class Worker(Generic[R]):
     """Consumes ``sink.topic`` into the store until ``stop()``; then applies
@@ -193,6 +198,7 @@ class Worker(Generic[R]):
         if not batch:
             await self._settle()
             await self._report_idle_lag()
+            await self._sink.idle()
             return 0
         records: list[tuple[R, int]] = []
         origins: list[ConsumerRecord[Any, Any]] = []

@@ -39,8 +39,8 @@ class EndpointSink:
     the fold, guarded by version, so a replay changes nothing). Records of a
     deleted app are dropped by the store. The purges of deleted apps are
     finished here: all of them at start (so a restart completes what a
-    stopped process began), then one bounded step after a batch while any
-    is left, looked for every ``PURGE_CHECK_S``."""
+    stopped process began), then one bounded step after a batch, or after an
+    empty poll, while any is left, looked for every ``PURGE_CHECK_S``."""
 
     topic = ENDPOINTS_TOPIC
     name = "endpoint"
@@ -75,6 +75,11 @@ class EndpointSink:
         counted.labels("deleted").inc(outcome.deleted)
         counted.labels("deleted_app").inc(outcome.of_deleted_apps)
         self.metrics.deactivated.inc(outcome.deactivated)
+        if time.monotonic() >= self._purge_at:
+            await self._purge_step()
+
+    async def idle(self) -> None:
+        # An idle worker still finishes what DeleteApp left.
         if time.monotonic() >= self._purge_at:
             await self._purge_step()
 
@@ -167,6 +172,9 @@ class KpiSink:
             await self._expire(self.oldest_day())
         except StoreError as exc:  # retriable: the first write expires them, under retry
             log.warning("could not expire dedupe marks at start (%s); the first write will", exc)
+
+    async def idle(self) -> None:
+        pass  # the dedupe window moves with the next write
 
     async def write(self, records: Sequence[tuple[Event, int]]) -> None:
         oldest_day = self.oldest_day()
