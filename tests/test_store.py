@@ -38,7 +38,7 @@ from ingest.store import sqlite as store_module
 from ingest.store.base import App, Store
 from ingest.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from ingest.store.postgres import PostgresStore
-from ingest.store.sqlite import SqliteStore
+from ingest.store.sqlite import SqliteStore, identity_file
 from tests import postgres
 
 BACKENDS = ("sqlite", "postgres")
@@ -678,3 +678,79 @@ async def test_server_gone_is_retriable_and_the_pool_reconnects() -> None:
 def test_iso_ms_is_exact_to_the_millisecond(millis: int) -> None:
     expected = datetime(1970, 1, 1) + timedelta(milliseconds=millis)  # noqa: DTZ001 - naive UTC on purpose
     assert iso_ms(millis) == expected.isoformat(timespec="milliseconds") + "Z"
+
+
+# --- integrity at open ---------------------------------------------------------
+
+
+def forget_identity(path: Path) -> None:
+    identity_file(path).unlink()
+
+
+def read_identity(path: Path) -> str:
+    return identity_file(path).read_text().strip()
+
+
+def empty(path: Path) -> None:
+    """What a full disk or a careless copy leaves: the file, zero bytes."""
+    for leftover in path.parent.glob(path.name + "-*"):
+        leftover.unlink()
+    path.write_bytes(b"")
+
+
+def damage(path: Path) -> None:
+    """Two pages in the middle of the file overwritten."""
+    data = bytearray(path.read_bytes())
+    assert len(data) > 8 * 4096
+    data[4 * 4096 : 6 * 4096] = b"\xff" * (2 * 4096)
+    path.write_bytes(bytes(data))
+
+
+async def made_store(path: Path) -> None:
+    store = await SqliteStore.open(path)
+    await store.create_app(App("a", "n", "arn", {}, "2026-01-01T00:00:00.000Z"))
+    await store.close()
+
+
+async def test_an_emptied_sqlite_store_refuses_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "ingest.sqlite3"
+    await made_store(path)
+    empty(path)
+    with pytest.raises(StoreError, match="emptied or replaced") as refused:
+        await SqliteStore.open(path)
+    assert not refused.value.retriable
+
+
+async def test_a_store_replaced_by_another_refuses_to_start(tmp_path: Path) -> None:
+    path, other = tmp_path / "ingest.sqlite3", tmp_path / "other" / "ingest.sqlite3"
+    await made_store(path)
+    await made_store(other)
+    other.replace(path)
+    with pytest.raises(StoreError, match="is not the one made here"):
+        await SqliteStore.open(path)
+
+
+async def test_a_store_damaged_mid_file_refuses_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "ingest.sqlite3"
+    store = await SqliteStore.open(path)
+    for n in range(300):
+        await store.create_app(
+            App(f"app-{n}", "n" * 200, "arn", {"k": "v" * 200}, "2026-01-01T00:00:00.000Z")
+        )
+    await store.close()
+    damage(path)
+    with pytest.raises(StoreError, match=r"damaged|malformed|not a database") as refused:
+        await SqliteStore.open(path)
+    assert not refused.value.retriable
+
+
+async def test_a_store_from_before_identities_adopts_one_and_opens_again(tmp_path: Path) -> None:
+    path = tmp_path / "ingest.sqlite3"
+    await made_store(path)
+    forget_identity(path)  # as a store made before this check was
+    store = await SqliteStore.open(path)
+    assert await store.get_app("a") is not None
+    await store.close()
+    assert read_identity(path).isdigit()
+    reopened = await SqliteStore.open(path)
+    await reopened.close()

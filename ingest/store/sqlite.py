@@ -22,6 +22,8 @@ day, so expiring the days before the dedupe window is one range delete.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -162,10 +164,16 @@ class SqliteStore:
         def connect() -> sqlite3.Connection:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=5000")
-            _migrate(db)
+            try:
+                _check(db, path)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA busy_timeout=5000")
+                _migrate(db)
+                _keep_identity(db, path)
+            except BaseException:
+                db.close()
+                raise
             return db
 
         try:
@@ -173,6 +181,9 @@ class SqliteStore:
         except sqlite3.Error as exc:
             executor.shutdown()
             raise StoreError(f"cannot open SQLite store at {path}: {exc}", retriable=False) from exc
+        except StoreError:
+            executor.shutdown()
+            raise
         return cls(db, executor)
 
     async def _run(self, what: str, fn: Callable[[], T]) -> T:
@@ -423,6 +434,62 @@ class SqliteStore:
     async def close(self) -> None:
         await self._run("close", self._db.close)
         self._executor.shutdown()
+
+
+def identity_file(path: Path) -> Path:
+    """Beside the store: the identity the store had when it was made."""
+    return path.with_name(path.name + ".id")
+
+
+def _check(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse a store that is damaged, or not the one this path had.
+
+    ``PRAGMA quick_check`` reads the whole file once (seconds per GB), so a
+    store damaged mid-file refuses to start rather than starting ready. And a
+    store emptied (a zero-length file) or replaced under a path that had one
+    would start as an empty store, silently forgetting every endpoint: its
+    identity (SQLite's ``application_id``, set when the store is made and
+    kept in ``<store>.id``) tells it apart."""
+    found = db.execute("PRAGMA quick_check").fetchall()
+    if found != [("ok",)]:
+        problems = "; ".join(str(row[0]) for row in found[:3])
+        raise StoreError(
+            f"the SQLite store at {path} is damaged ({problems}); restore it from a backup", retriable=False
+        )
+    marker = identity_file(path)
+    if not marker.exists():
+        return
+    expected = marker.read_text().strip()
+    (actual,) = db.execute("PRAGMA application_id").fetchone()
+    if str(actual) != expected:
+        raise StoreError(
+            f"the SQLite store at {path} is not the one made here (identity {actual}, expected "
+            f"{expected} from {marker}): it was emptied or replaced. Restore it, or remove {marker} "
+            "to start with this store",
+            retriable=False,
+        )
+
+
+def _keep_identity(db: sqlite3.Connection, path: Path) -> None:
+    """Give a store without one (new, or made before identities) its identity,
+    and write it beside the store; a second process finds the same."""
+    marker = identity_file(path)
+    if marker.exists():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (identity,) = db.execute("PRAGMA application_id").fetchone()
+        if identity == 0:
+            # Any positive 31-bit number but SQLite's own registered ones.
+            identity = secrets.randbelow(2**31 - 2) + 1
+            db.execute(f"PRAGMA application_id = {int(identity)}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    partial = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+    partial.write_text(f"{identity}\n")
+    partial.replace(marker)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
