@@ -202,6 +202,7 @@ async def _authentication(
     ring = await stack.enter_async_context(KeyRing(store, master, refresh_s=settings.auth_refresh_s))
     identities = Identities(
         mac=master.mac,
+        pool=ring.pool,
         pools=ring.pools,
         ttl_s=settings.credentials_ttl_s,
         getid_per_s=settings.getid_per_address_per_s,

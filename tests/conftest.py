@@ -167,7 +167,8 @@ PROBE_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 
 
 def run_cli(process: Pipeline, *args: str) -> Any:
-    """`python -m ingest <args>` with ``process``'s settings and data dir → its JSON output."""
+    """`python -m ingest <args>` with ``process``'s settings and data dir → its
+    JSON output (None for a command that prints nothing)."""
     env = clean_env(**({"INGEST_DATA_DIR": str(process.data_dir)} | process.env))
     done = subprocess.run(
         [sys.executable, "-m", "ingest", *args],
@@ -178,7 +179,7 @@ def run_cli(process: Pipeline, *args: str) -> Any:
         check=False,
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return orjson.loads(done.stdout)
+    return orjson.loads(done.stdout) if done.stdout.strip() else None
 
 
 def signed_headers(

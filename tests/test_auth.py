@@ -5,8 +5,6 @@ counted by reason."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from ingest.folds import kpis
 from load.sigv4 import Signer
-from tests.conftest import ROOT, Pipeline, clean_env, eventually, signed_headers, start_pipeline
+from tests.conftest import Pipeline, eventually, run_cli, signed_headers, start_pipeline
 from tests.samples import metric
 from tests.test_api import ACCEPTED, event, put
 
@@ -131,7 +129,7 @@ def test_a_revoked_key_is_refused_within_the_refresh(running: Pipeline, apps: tu
         put(client, apps[0], {"d": {"Endpoint": {}, "Events": {"e": event()}}})["d"]["EndpointItemResponse"]
         == ACCEPTED
     )
-    revoke(running, key[0])
+    run_cli(running, "keys", "revoke", key[0])
     refused = eventually(
         lambda: code(lambda: client.get_apps()),
         lambda got: got == "UnrecognizedClientException",
@@ -139,18 +137,6 @@ def test_a_revoked_key_is_refused_within_the_refresh(running: Pipeline, apps: tu
         within_s=REFRESH_S * 10 + 5,
     )
     assert refused == "UnrecognizedClientException"
-
-
-def revoke(process: Pipeline, access_key_id: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ingest", "keys", "revoke", access_key_id],
-        env=clean_env(**({"INGEST_DATA_DIR": str(process.data_dir)} | process.env)),
-        cwd=ROOT,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
 
 
 def raw(running: Pipeline, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:

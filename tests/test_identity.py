@@ -42,6 +42,7 @@ def make(
     clock = clock or Clock()
     identities = Identities(
         mac=lambda data: hmac.new(key, data, hashlib.sha256).digest(),
+        pool=lambda pool_id: next((p for p in known if p.id == pool_id), None),
         pools=lambda: known,
         ttl_s=3600,
         getid_per_s=1.0,

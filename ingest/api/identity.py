@@ -44,6 +44,7 @@ from ingest.api.http import Request, Response
 from ingest.api.limits import TokenBuckets
 from ingest.errors import ApiError
 from ingest.records import validate
+from ingest.settings import GETID_BURST
 
 TARGET_PREFIX = "AWSCognitoIdentityService."
 CONTENT_TYPE = b"application/x-amz-json-1.1"
@@ -53,8 +54,6 @@ MAX_BODY_BYTES = 16 * 1024
 MAX_TOKEN_CHARS = 2048
 NONCE_BYTES = 8
 TAG_BYTES = 8
-# GetId: per client address, a burst then a steady rate (settings).
-GETID_BURST = 10.0
 MAX_LIMITED_ADDRESSES = 100_000
 NOT_AN_OBJECT = "The request body is not a JSON object"
 # Each MAC input starts with its own label, so no MAC of one kind is valid as another.
@@ -99,13 +98,15 @@ def _unb64(text: str) -> bytes:
 class Identities:
     """GetId and GetCredentialsForIdentity, and the session tokens they issue.
 
-    ``mac`` is the master key's MAC; ``pools`` the identity pools known now
-    (the key ring's view, refreshed from the store)."""
+    ``mac`` is the master key's MAC; ``pool`` finds an identity pool by ID and
+    ``pools`` lists them, as known now (the key ring's view, refreshed from
+    the store): a signed request's token costs one lookup, not a scan."""
 
     def __init__(
         self,
         *,
         mac: Callable[[bytes], bytes],
+        pool: Callable[[str], Pool | None],
         pools: Callable[[], Sequence[Pool]],
         ttl_s: int,
         getid_per_s: float,
@@ -113,6 +114,7 @@ class Identities:
         monotonic_s: Callable[[], float] = time.monotonic,
     ) -> None:
         self._mac = mac
+        self._pool = pool
         self._pools = pools
         self._ttl_s = ttl_s
         self._now_s = now_s
@@ -184,9 +186,6 @@ class Identities:
 
     def _tag(self, pool_id: str, nonce: bytes) -> bytes:
         return self._mac(b"identity\x00" + pool_id.encode() + b"\x00" + nonce)[:TAG_BYTES]
-
-    def _pool(self, pool_id: str) -> Pool | None:
-        return next((p for p in self._pools() if p.id == pool_id), None)
 
     # --- credentials ---------------------------------------------------------
 
