@@ -106,6 +106,7 @@ class Edge:
         self._region = settings.region
         self._auth = auth
         self._origins = frozenset(o.strip() for o in settings.cors_origins.split(",") if o.strip())
+        self._any_origin = "*" in self._origins
         self._metrics = metrics
         self._keys = KeyLog()
         self._in_flight = 0
@@ -245,13 +246,14 @@ class Edge:
                 return ()
         elif operation not in BROWSER_OPERATIONS:
             return ()
-        origin = dict(scope["headers"]).get(b"origin")
-        if "*" in self._origins:
+        if self._any_origin:
             allowed = b"*"
-        elif origin is not None and origin.decode("latin-1") in self._origins:
-            allowed = origin
         else:
-            return ()
+            # Only here, off the default path: the headers looked through for Origin.
+            origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
+            if origin is None or origin.decode("latin-1") not in self._origins:
+                return ()
+            allowed = origin
         headers: tuple[tuple[bytes, bytes], ...] = (
             (b"access-control-allow-origin", allowed),
             (b"access-control-expose-headers", CORS_EXPOSE),
