@@ -9,8 +9,9 @@ the machine is shared and noisy:
    (``send_batch``, acks=all) to the embedded broker: what Kafka and the
    client library allow;
 3. publisher: core + our Publisher to the broker, no HTTP;
-4. HTTP ceiling: the same uvicorn stack answering a canned 202 to the same
-   bodies, driven by the same client;
+4. HTTP ceiling: the edge's HTTP server answering a canned 202 to the same
+   bodies, driven by the same client; beside it uvicorn (the server the edge
+   ran before its own) answering the same;
 5. edge: `ingest edge` in its own process, driven over HTTP with requests
    SigV4-signed by an admin key it verifies (issued by `ingest keys create`
    before it starts); reported as events/s and as events per CPU-second of
@@ -58,6 +59,8 @@ from load.sigv4 import Signer
 
 EVENTS_PER_BODY = 100
 BODIES = 64
+HTTP_CEILING = "HTTP ceiling: the edge's HTTP server answering a canned 202"
+UVICORN_CEILING = "uvicorn ceiling: uvicorn (httptools) answering the same canned 202"
 UNVERIFIED = "edge, INGEST_AUTH=off: `ingest edge` over HTTP, signatures not verified"
 
 
@@ -291,18 +294,19 @@ async def bench(settings: Settings, *, seconds: float, concurrency: int) -> int:
         bench_core(bodies, seconds),
         bench_verify(bodies, seconds),
     ]
-    results.append(
-        await bench_http(
-            "HTTP ceiling: uvicorn answering a canned 202",
-            [sys.executable, "-m", "bench.canned"],
-            clean_env(),
-            "/v1/apps/x/events",
-            bodies,
-            seconds,
-            concurrency,
-            work / "canned.log",
+    for stack, name in (("ingest", HTTP_CEILING), ("uvicorn", UVICORN_CEILING)):
+        results.append(
+            await bench_http(
+                name,
+                [sys.executable, "-m", "bench.canned", "--stack", stack],
+                clean_env(),
+                "/v1/apps/x/events",
+                bodies,
+                seconds,
+                concurrency,
+                work / f"canned-{stack}.log",
+            )
         )
-    )
     broker_cpu = 0.0
     # A fresh broker per measurement: the memory engine keeps every record,
     # and a broker holding the previous run's gigabyte is not the same broker.
@@ -366,6 +370,9 @@ def report(results: list[Result], *, seconds: float, concurrency: int, broker_cp
         f"{generated.rate / fastavro_writer.rate:.1f}",
         f"- edge events/s ÷ produce ceiling events/s: {edge.rate / produce.rate:.2f}",
         f"- edge events/s ÷ HTTP ceiling events/s: {edge.rate / http.rate:.2f}",
+        "- the edge's HTTP server ÷ uvicorn, canned 202s per server CPU-second: "
+        f"{(http.per_cpu or 0) / (by['uvicorn ceiling'].per_cpu or 1):.2f} "
+        f"(events/s: {http.rate / by['uvicorn ceiling'].rate:.2f})",
         "- edge events per edge CPU-second ÷ core events per CPU-second: "
         f"{(edge.per_cpu or 0) / (core.per_cpu or 1):.2f}",
         f'- edge events per edge CPU-second ("per edge core"): {edge.per_cpu or 0:,.0f}',

@@ -92,6 +92,24 @@ class TooManyRequests(ApiError):
     retriable = True
 
 
+class RequestTimeout(ApiError):
+    """Headers or body not received in time. botocore and the JS SDKs retry
+    this error type as a transient one."""
+
+    status = 408
+    error_type = "RequestTimeoutException"
+
+
+class UriTooLong(ApiError):
+    status = 414
+    error_type = "RequestURITooLongException"
+
+
+class HeadersTooLarge(ApiError):
+    status = 431
+    error_type = "RequestHeaderFieldsTooLargeException"
+
+
 class InternalServerError(ApiError):
     status = 500
     error_type = "InternalServerErrorException"

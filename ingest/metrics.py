@@ -112,6 +112,29 @@ class Metrics:
 BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000, 100000)
 
 
+class HttpMetrics:
+    """Every listener's connections (``listener``: ``api`` or ``probes``) and
+    what was refused at the door, before any app saw a request."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # Gauge: open connections per listener.
+        self.connections = Gauge(
+            "ingest_http_connections",
+            "Open client connections, by listener (api, probes).",
+            ["listener"],
+            registry=registry,
+        )
+        # Counter: requests or connections refused by the HTTP server itself.
+        self.refused = Counter(
+            "ingest_http_refusals",
+            "Requests or connections refused by the HTTP server before the app, by listener and reason: "
+            "connections (cap reached), malformed, url (414), headers (431), body_size (413), "
+            "budget (body bytes in flight, 429), pipelined, header_timeout and body_timeout (408).",
+            ["listener", "reason"],
+            registry=registry,
+        )
+
+
 class ConsumerMetrics:
     """What every consumer worker reports, labelled by its topic. Registered
     once per registry: `ingest run` runs both workers in one process, so they

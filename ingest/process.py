@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -22,7 +23,6 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Literal
 
-import uvicorn
 from prometheus_client import REGISTRY
 
 from ingest import logs
@@ -30,13 +30,14 @@ from ingest.api.app import Edge
 from ingest.api.auth import Authenticator
 from ingest.api.identity import Identities
 from ingest.api.probes import Check, Probes
-from ingest.errors import IngestError, SettingsError
+from ingest.api.server import BodyBudget, Limits, Server
+from ingest.errors import SettingsError
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
 from ingest.kafka.publish import Publisher
 from ingest.keys import KeyRing, MasterKey, bootstrap_admin
 from ingest.launch import Broker, Status, write_status
-from ingest.metrics import ConsumerMetrics, KpiWorkerMetrics, Metrics, WorkerMetrics
+from ingest.metrics import ConsumerMetrics, HttpMetrics, KpiWorkerMetrics, Metrics, WorkerMetrics
 from ingest.records.codec import Codec
 from ingest.settings import Settings
 from ingest.store.backends import open_store
@@ -48,6 +49,11 @@ log = logging.getLogger(__name__)
 
 # Not ready while the process assembles itself; removed once it serves.
 STARTING: Check = ("starting", lambda: False)
+
+# Probes take no body worth the name, and a handful of scrapers and kubelets
+# at once (they come out of the descriptors the API listener leaves free).
+PROBE_MAX_BODY_BYTES = 64 * 1024
+PROBE_MAX_CONNECTIONS = 64
 
 # Allocations between young-generation collections (CPython's default: 700).
 GC_GEN0_THRESHOLD = 10_000
@@ -63,41 +69,69 @@ def settle_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD)
 
 
-@contextlib.asynccontextmanager
-async def http_server(app: Any, *, host: str, port: int, drain_timeout_s: float) -> AsyncIterator[int]:
-    """uvicorn (httptools parser) inside our event loop; yields the bound port.
-
-    uvicorn's own ``limit_concurrency`` answers 503, which Amplify JS drops, so
-    admission control is the edge's (429) and uvicorn's is left off.
-    """
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="none",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=int(max(1, drain_timeout_s)),
+def limits_of(settings: Settings, *, max_body_bytes: int | None = None) -> Limits:
+    """The API listener's limits from settings (the probe listener takes the
+    same timeouts with small bodies)."""
+    return Limits(
+        header_timeout_s=settings.http_header_timeout_s,
+        idle_timeout_s=settings.http_idle_timeout_s,
+        body_timeout_s=settings.http_body_timeout_s,
+        min_body_rate=settings.http_min_body_rate,
+        max_url_bytes=settings.http_max_url_bytes,
+        max_headers=settings.http_max_headers,
+        max_header_bytes=settings.http_max_header_bytes,
+        max_body_bytes=settings.max_body_bytes if max_body_bytes is None else max_body_bytes,
+        max_connections=settings.http_max_connections,
     )
-    config.load()
-    server = uvicorn.Server(config)
-    server.lifespan = config.lifespan_class(config)
+
+
+@contextlib.asynccontextmanager
+async def http_server(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    drain_timeout_s: float,
+    name: str = "api",
+    limits: Limits | None = None,
+    budget: BodyBudget | None = None,
+    metrics: HttpMetrics | None = None,
+) -> AsyncIterator[int]:
+    """:class:`ingest.api.server.Server` running ``app``; yields the bound
+    port. On exit it stops accepting and lets requests under way finish
+    within ``drain_timeout_s``."""
+    limits = limits or limits_of(Settings())
+    server = Server(
+        app,
+        name=name,
+        limits=limits,
+        budget=budget or BodyBudget(16 * limits.max_body_bytes),
+        metrics=metrics or _http_metrics(),
+    )
+    bound = await server.start(host, port)
+    if server.max_connections < limits.max_connections:
+        log.info(
+            "%s listener: at most %d connections (the file descriptor limit leaves no room for %d)",
+            name,
+            server.max_connections,
+            limits.max_connections,
+        )
     try:
-        await server.startup()
-    except SystemExit as exc:  # uvicorn exits when it cannot bind
-        raise IngestError(f"HTTP server could not listen on {host}:{port}") from exc
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    # uvicorn's tick loop keeps the Date header current (Amplify JS corrects
-    # its clock skew from it); it ends when should_exit is set.
-    ticker = asyncio.create_task(server.main_loop(), name="http-ticker")
-    try:
-        yield int(bound)
+        yield bound
     finally:
-        server.should_exit = True
-        await ticker
-        await server.shutdown()
+        await server.stop(drain_timeout_s)
+
+
+_HTTP_METRICS: HttpMetrics | None = None
+
+
+def _http_metrics() -> HttpMetrics:
+    """The process's one HttpMetrics on the default registry (every listener
+    shares it, labelled by listener)."""
+    global _HTTP_METRICS
+    if _HTTP_METRICS is None:
+        _HTTP_METRICS = HttpMetrics(REGISTRY)
+    return _HTTP_METRICS
 
 
 Mode = Literal["run", "edge", "worker-endpoints", "worker-kpis"]
@@ -249,6 +283,11 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
                 host=settings.probe_host,
                 port=settings.probe_port,
                 drain_timeout_s=settings.drain_timeout_s,
+                name="probes",
+                limits=dataclasses.replace(
+                    limits_of(settings, max_body_bytes=PROBE_MAX_BODY_BYTES),
+                    max_connections=PROBE_MAX_CONNECTIONS,
+                ),
             )
         )
         probe_address = f"{settings.probe_host}:{probe_port}"
@@ -320,7 +359,12 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
             checks.append(("keys are not being reloaded (store unavailable?)", keys_ready))
             api_port = await stack.enter_async_context(
                 http_server(
-                    edge, host=settings.host, port=settings.port, drain_timeout_s=settings.drain_timeout_s
+                    edge,
+                    host=settings.host,
+                    port=settings.port,
+                    drain_timeout_s=settings.drain_timeout_s,
+                    limits=limits_of(settings),
+                    budget=BodyBudget(settings.http_body_budget_bytes),
                 )
             )
             api = f"{settings.host}:{api_port}"

@@ -127,6 +127,23 @@ class Settings:
     probe_host: str = "127.0.0.1"
     probe_port: int = 9090
 
+    # The HTTP server's limits (ingest.api.server): a request's headers must
+    # arrive within the header timeout of its first byte; a kept-alive
+    # connection idle this long is closed; a body gets the body timeout, then
+    # must keep up the minimum rate (bytes/s), or 408. Larger URLs get 414,
+    # more or larger headers 431. Connections are capped per process (lowered
+    # to fit the descriptor limit); bodies held at once share a byte budget
+    # (429 past it).
+    http_header_timeout_s: float = 10.0
+    http_idle_timeout_s: float = 20.0
+    http_body_timeout_s: float = 10.0
+    http_min_body_rate: int = 16 * 1024
+    http_max_url_bytes: int = 8 * 1024
+    http_max_headers: int = 100
+    http_max_header_bytes: int = 32 * 1024
+    http_max_connections: int = 10_000
+    http_body_budget_bytes: int = 256 * 1024 * 1024
+
     def __post_init__(self) -> None:
         _check(self.port, 0 <= self.port <= 65535, "port", "a TCP port 0-65535")
         _check(self.kafka_partitions, self.kafka_partitions >= 1, "kafka_partitions", ">= 1")
@@ -184,6 +201,30 @@ class Settings:
             "> 0",
         )
         _check(self.probe_port, 0 <= self.probe_port <= 65535, "probe_port", "a TCP port 0-65535")
+        for name in ("http_header_timeout_s", "http_idle_timeout_s", "http_body_timeout_s"):
+            value = getattr(self, name)
+            _check(value, 0 < value <= 3600, name, "> 0 and <= 3600")
+        _check(self.http_min_body_rate, self.http_min_body_rate >= 1, "http_min_body_rate", ">= 1")
+        _check(
+            self.http_max_url_bytes,
+            256 <= self.http_max_url_bytes <= 1 << 20,
+            "http_max_url_bytes",
+            "256-1048576",
+        )
+        _check(self.http_max_headers, 8 <= self.http_max_headers <= 10_000, "http_max_headers", "8-10000")
+        _check(
+            self.http_max_header_bytes,
+            self.http_max_url_bytes <= self.http_max_header_bytes <= 16 << 20,
+            "http_max_header_bytes",
+            "at least INGEST_HTTP_MAX_URL_BYTES and at most 16 MiB",
+        )
+        _check(self.http_max_connections, self.http_max_connections >= 1, "http_max_connections", ">= 1")
+        _check(
+            self.http_body_budget_bytes,
+            self.http_body_budget_bytes >= self.max_body_bytes,
+            "http_body_budget_bytes",
+            "at least INGEST_MAX_BODY_BYTES",
+        )
         _check(self.cors_origins, len(self.cors_origins) <= 4096, "cors_origins", "at most 4096 characters")
         if self.kafka_security_protocol.startswith("SASL"):
             if self.kafka_sasl_mechanism is None:

@@ -3,7 +3,7 @@
 ``scripts/benchmarks.sh`` is the command (it sets up the virtualenv and
 PostgreSQL first). In order, on this machine, one thing at a time:
 
-1. ``python -m bench --part write``: the pure core, the HTTP ceiling (the same uvicorn stack
+1. ``python -m bench --part write``: the pure core, the HTTP ceiling (the edge's HTTP server
    answering a canned 202), the encode+produce ceiling (raw aiokafka producing
    the same Avro records) and ``ingest edge`` over HTTP;
 2. the generator against the null server, one and two processes;

@@ -188,7 +188,7 @@ def test_sigterm_under_a_stream_gives_only_real_statuses(tmp_path: Path) -> None
             except (BotoConnectionError, HTTPClientError) as exc:
                 # Refused (listener closed) or an idle keep-alive connection
                 # closed as the request went out: the server never started on
-                # it (uvicorn closes only idle connections on shutdown).
+                # it (the server closes only idle connections on shutdown).
                 refused.append(type(exc).__name__)
                 return
 

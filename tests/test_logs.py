@@ -248,7 +248,7 @@ MALFORMED = 3000
 
 
 def send_malformed(port: int) -> None:
-    """One request httptools refuses (uvicorn warns and answers 400)."""
+    """One request httptools refuses (the server warns and answers 400)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"\x1b[2J\x00 /\r\nHTTP/1.1\r\n\r\n")
         while sock.recv(4096):
@@ -277,7 +277,7 @@ def test_hostile_text_and_a_flood_of_malformed_requests_leave_a_clean_bounded_lo
     lines = assert_clean(log)
     assert not any(line.startswith(FORGED) for line in lines)
     warnings = [line for line in lines if " WARNING " in line]
-    invalid = [line for line in warnings if "Invalid HTTP request received." in line]
+    invalid = [line for line in warnings if "Malformed HTTP request" in line]
     # One window's burst, maybe a second's, and the count at the end.
     assert 1 <= len(invalid) <= 3 * logs.REPEAT_BURST, invalid
     assert len(warnings) <= 4 * logs.REPEAT_BURST, warnings
