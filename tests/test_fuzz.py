@@ -33,6 +33,13 @@ def test_cases_are_repeatable_from_their_seed() -> None:
     assert first(7) != first(8)
 
 
+def test_no_case_deletes_the_runs_own_app() -> None:
+    app = "a" * 32
+    cases = Cases(seed=3, app_id=app, victims=("b" * 32,), now_ms=1_790_000_000_000)
+    deletes = [c.path for c, _ in zip(cases, range(5000), strict=False) if c.method == "DELETE"]
+    assert deletes and all(path.strip("/") != f"v1/apps/{app}" for path in deletes)
+
+
 def test_a_short_fuzz_of_ingest_run_has_no_failure(tmp_path: Path) -> None:
     running = start_pipeline(tmp_path)
     try:
@@ -56,6 +63,7 @@ def test_a_short_fuzz_of_ingest_run_has_no_failure(tmp_path: Path) -> None:
         assert summary["mutated"] > SHORT_RUN / 3 and summary["valid"] > SHORT_RUN / 3
         for answered in ("202", "200", "201", "400", "403", "404"):
             assert summary["status"].get(answered, 0) > 0, summary["status"]
+        assert running.client().get_app(ApplicationId=app_id)["ApplicationResponse"]["Id"] == app_id
     finally:
         assert running.stop() == 0, running.log()
 
