@@ -1,4 +1,5 @@
-"""``python -m load``: the command line. Progress goes to stderr; the summary
+"""``python -m load``: the command line (``python -m load fuzz …``: the fuzzer,
+:mod:`load.fuzz`). Progress goes to stderr; the summary
 to stdout, or with ``--json`` to stderr and one JSON line to stdout (so the
 last line printed is the JSON object). Exit 0 when the run holds up
 (nothing lost, nothing counted twice, every event answered as expected),
@@ -127,6 +128,11 @@ def options_of(args: argparse.Namespace) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fuzz"]:
+        from load import fuzz
+
+        return fuzz.main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     options = options_of(args)

@@ -73,19 +73,24 @@ class Signer:
         cache_key = (method, path, query, has_body)
         parts = self._fixed.get(cache_key)
         if parts is None:
-            names = (["content-type"] if has_body else []) + ["host", "x-amz-date"]
-            head = f"{method}\n{quote(path, safe='/~')}\n{query}\n"
-            if has_body:
-                head += f"content-type:{CONTENT_TYPE}\n"
-            head += f"host:{self._host}\nx-amz-date:"
-            tail = "\n"
-            if self._token is not None:
-                names.append("x-amz-security-token")
-                tail += f"x-amz-security-token:{self._token}\n"
-            signed = ";".join(names)
-            parts = (head, tail + f"\n{signed}\n", signed)
+            parts = self._lines(method, quote(path, safe="/~"), query, CONTENT_TYPE if has_body else None)
             self._fixed[cache_key] = parts
         return parts
+
+    def _lines(
+        self, method: str, canonical_path: str, query: str, content_type: str | None
+    ) -> tuple[str, str, str]:
+        names = (["content-type"] if content_type is not None else []) + ["host", "x-amz-date"]
+        head = f"{method}\n{canonical_path}\n{query}\n"
+        if content_type is not None:
+            head += f"content-type:{content_type}\n"
+        head += f"host:{self._host}\nx-amz-date:"
+        tail = "\n"
+        if self._token is not None:
+            names.append("x-amz-security-token")
+            tail += f"x-amz-security-token:{self._token}\n"
+        signed = ";".join(names)
+        return head, tail + f"\n{signed}\n", signed
 
     def sign(
         self,
@@ -98,11 +103,35 @@ class Signer:
     ) -> dict[str, str]:
         """The headers to add for this request at this second: ``X-Amz-Date``,
         ``Authorization`` and, with temporary credentials, the token."""
+        head, tail, signed = self._parts(method, path, canonical_query(query or {}), bool(body))
+        return self._signed(head, tail, signed, body, epoch_s)
+
+    def sign_canonical(
+        self,
+        method: str,
+        canonical_path: str,
+        canonical_query_text: str,
+        body: bytes,
+        *,
+        epoch_s: int,
+        content_type: str | None = CONTENT_TYPE,
+    ) -> dict[str, str]:
+        """Like :meth:`sign`, for a request whose canonical path and query the
+        caller wrote itself (``python -m load fuzz``: hostile paths and query
+        strings as sent, any content type). Nothing is cached: each such path
+        is new. The caller sends ``Content-Type: content_type`` with a body
+        (None: no Content-Type header, none signed)."""
+        head, tail, signed = self._lines(
+            method, canonical_path, canonical_query_text, content_type if body else None
+        )
+        return self._signed(head, tail, signed, body, epoch_s)
+
+    def _signed(self, head: str, tail: str, signed: str, body: bytes, epoch_s: int) -> dict[str, str]:
+        """The signature headers, from the canonical request's parts."""
         if epoch_s != self._second:
             self._second, self._date = epoch_s, amz_date(epoch_s)
         stamp = self._date
         day = stamp[:8]
-        head, tail, signed = self._parts(method, path, canonical_query(query or {}), bool(body))
         canonical = head + stamp + tail + hashlib.sha256(body).hexdigest()
         scope = f"{day}/{self._region}/{SERVICE}/aws4_request"
         to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"

@@ -429,6 +429,13 @@ def test_update_endpoints_batch(pinpoint: Any, app_id: str) -> None:
     assert "Item[1]: Location.Longitude" in exc.value.response["Error"]["Message"]
 
 
+def test_update_endpoints_batch_of_no_endpoints_is_accepted(pinpoint: Any, app_id: str) -> None:
+    # Nothing to write is nothing to wait for: once a 500 (found by `python -m load fuzz`).
+    response = pinpoint.update_endpoints_batch(ApplicationId=app_id, EndpointBatchRequest={"Item": []})
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 202
+    assert response["MessageBody"]["Message"] == "Accepted"
+
+
 def test_unique_ids_per_request(pinpoint: Any, app_id: str) -> None:
     first = pinpoint.update_endpoint(ApplicationId=app_id, EndpointId=str(uuid.uuid4()), EndpointRequest={})
     second = pinpoint.update_endpoint(ApplicationId=app_id, EndpointId=str(uuid.uuid4()), EndpointRequest={})

@@ -248,6 +248,16 @@ async def test_records_larger_than_the_whole_buffer_are_overloaded() -> None:
     await small.publisher.stop()
 
 
+async def test_no_records_are_answered_at_once_with_no_outcomes() -> None:
+    # UpdateEndpointsBatch {"Item": []} publishes nothing; it once raised
+    # asyncio.wait's ValueError, a 500 (found by `python -m load fuzz`).
+    running = await started(FakeProducer())
+    async with asyncio.timeout(WAIT_S):
+        assert await running.publisher.publish([]) == []
+    assert running.producer.batches_created == 0
+    await running.publisher.stop()
+
+
 async def test_a_publisher_not_started_refuses_records() -> None:
     publisher = rig(FakeProducer()).publisher
     with pytest.raises(Overloaded, match="not accepting"):

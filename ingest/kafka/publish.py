@@ -165,6 +165,8 @@ class Publisher:
         """
         if not self._started or self._stopping:
             raise Overloaded("the producer is not accepting records (starting or draining)")
+        if not records:  # nothing to wait for (asyncio.wait refuses an empty set)
+            return []
         nbytes = sum(len(r.key) + len(r.value) + RECORD_OVERHEAD_BYTES for r in records)
         if self._buffered + nbytes > self._limit:
             raise Overloaded(
