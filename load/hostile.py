@@ -4,9 +4,10 @@ valid or mutated into something hostile, from a seed. Pure.
 A :class:`Case` is one request as it goes on the wire: the raw path and query
 string (percent-encoding, dot segments and all, as sent), the body bytes, the
 content type and how it is signed. Hostile, but HTTP: the request target is
-printable ASCII, as every client writes it (a raw byte above 0x7f there is
-refused by uvicorn's parser before the edge sees it, answered 400 ``Invalid
-HTTP request received.``; the fuzzer sends its UTF-8 percent-escapes instead).
+printable ASCII, as every client writes it (the HTTP client cannot write a raw
+byte above 0x7f there; the edge's server answers one 400
+``BadRequestException``, tests/test_server.py; the fuzzer sends its UTF-8
+percent-escapes instead).
 :class:`Cases` makes them one after another, deterministic given the seed,
 the apps and ``now_ms``.
 
@@ -115,7 +116,7 @@ CONTENT_TYPES = (
     "multipart/form-data; boundary=x", "application/x-amz-json-1.1", "application/xml", "*/*",
     "application/json;;;", "application/" + "j" * 2000,
 )  # fmt: skip
-# Methods llhttp parses (uvicorn refuses others before the edge sees them).
+# Methods llhttp parses (others are refused 400 by the server, tests/test_server.py).
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "PROPFIND", "PURGE")
 KPIS = (
     "daily-active-endpoints", "daily-active-users", "monthly-active-endpoints", "new-endpoints",

@@ -238,6 +238,8 @@ async def test_an_idle_kept_alive_connection_is_closed() -> None:
             "headers",
         ),
         (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", 400, "BadRequestException", "malformed"),
+        (b"GET /v1/apps/\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "BadRequestException", "malformed"),
+        (b"FUZZ / HTTP/1.1\r\nHost: x\r\n\r\n", 400, "BadRequestException", "malformed"),
         (
             b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
             400,
@@ -251,7 +253,16 @@ async def test_an_idle_kept_alive_connection_is_closed() -> None:
             "malformed",
         ),
     ],
-    ids=["url", "header-count", "header-bytes", "tls-hello", "upgrade", "duplicate-length"],
+    ids=[
+        "url",
+        "header-count",
+        "header-bytes",
+        "tls-hello",
+        "raw-utf8-path",
+        "unknown-method",
+        "upgrade",
+        "duplicate-length",
+    ],
 )
 async def test_oversized_or_malformed_heads_get_a_typed_error_and_close(
     request_bytes: bytes, status: int, error_type: str, reason: str
