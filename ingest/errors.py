@@ -87,9 +87,15 @@ class PayloadTooLarge(ApiError):
 
 
 class TooManyRequests(ApiError):
+    """Answered with ``Retry-After: <retry_after_s>``."""
+
     status = 429
     error_type = "TooManyRequestsException"
     retriable = True
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class RequestTimeout(ApiError):

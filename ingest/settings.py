@@ -16,6 +16,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from ingest.api.limits import ClientAddress
 from ingest.errors import SettingsError
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -122,6 +123,19 @@ class Settings:
     # operations and the credentials endpoint; admin and read operations never
     # answer CORS.
     cors_origins: str = "*"
+    # Rate limits per edge process, token buckets holding one second's worth
+    # (0 turns one off): events per second per app (PutEvents), requests
+    # per second per client address (every API operation). Past either: 429
+    # TooManyRequestsException with Retry-After. The defaults are above what
+    # one process serves from one app and one address, so only an operator's
+    # lower setting limits anyone.
+    rate_limit_app_events_per_s: float = 200_000.0
+    rate_limit_address_requests_per_s: float = 20_000.0
+    # Comma-separated addresses or CIDR networks of the proxies in front of
+    # the edge: a request from one has its client address read from
+    # X-Forwarded-For (the right-most entry that is not a trusted proxy);
+    # from anywhere else X-Forwarded-For is ignored.
+    trusted_proxies: str = ""
     # The listener of /healthz, /readyz and /metrics (0 = any free port); the
     # public port serves only the API.
     probe_host: str = "127.0.0.1"
@@ -201,6 +215,13 @@ class Settings:
             "> 0",
         )
         _check(self.probe_port, 0 <= self.probe_port <= 65535, "probe_port", "a TCP port 0-65535")
+        for name in ("rate_limit_app_events_per_s", "rate_limit_address_requests_per_s"):
+            value = getattr(self, name)
+            _check(value, 0 <= value <= 1e9, name, "0 (off) to 1e9")
+        try:
+            ClientAddress.parse(self.trusted_proxies)
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}TRUSTED_PROXIES: {exc}") from exc
         for name in ("http_header_timeout_s", "http_idle_timeout_s", "http_body_timeout_s"):
             value = getattr(self, name)
             _check(value, 0 < value <= 3600, name, "> 0 and <= 3600")

@@ -34,6 +34,7 @@ from ingest.api.http import (
 )
 from ingest.api.identity import Identities
 from ingest.api.kpis import KpiReads
+from ingest.api.limits import ClientAddress, TokenBuckets
 from ingest.api.probes import Check
 from ingest.api.sigv4 import KeyLog, credential_scope
 from ingest.api.writes import Writes
@@ -84,6 +85,17 @@ SIGNED = ADMITTED - {"CognitoIdentity"}
 # What a browser may call (CORS): what a shipped web app does, never the
 # admin or read operations.
 BROWSER_OPERATIONS = frozenset(("PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch", "CognitoIdentity"))
+# Client addresses and apps a process keeps a rate-limit bucket for; past
+# these the least recently seen is forgotten (it starts again full).
+MAX_LIMITED_KEYS = 100_000
+
+
+def buckets(rate_per_s: float, *, least: float = 1.0) -> TokenBuckets | None:
+    """A limiter holding one second's worth at ``rate_per_s`` (at least
+    ``least``); None when 0 (off)."""
+    if rate_per_s <= 0:
+        return None
+    return TokenBuckets(rate_per_s=rate_per_s, burst=max(rate_per_s, least), max_keys=MAX_LIMITED_KEYS)
 
 
 class Edge:
@@ -109,6 +121,8 @@ class Edge:
         self._any_origin = "*" in self._origins
         self._metrics = metrics
         self._keys = KeyLog()
+        self._clients = ClientAddress.parse(settings.trusted_proxies)
+        self._per_address = buckets(settings.rate_limit_address_requests_per_s)
         self._in_flight = 0
         self.draining = False
         # What readiness needs of the edge (the process's Probes, on their own
@@ -118,7 +132,14 @@ class Edge:
         apps = Apps(settings=settings, store=store, cache=cache)
         reads = EndpointReads(store=store, apps=cache)
         writes = Writes(
-            settings=settings, apps=cache, reads=reads, publisher=publisher, codec=codec, metrics=metrics
+            settings=settings,
+            apps=cache,
+            reads=reads,
+            publisher=publisher,
+            codec=codec,
+            metrics=metrics,
+            # A bucket holds at least one full PutEvents (100 events).
+            per_app=buckets(settings.rate_limit_app_events_per_s, least=100.0),
         )
         kpis = KpiReads(store, cache)
         self._router = Router(
@@ -177,6 +198,7 @@ class Edge:
         try:
             operation, handler, request = self._route(scope, receive, request_id)
             if operation in ADMITTED:
+                self._limit(request.client)
                 self._admit()
                 admitted = True
             if operation in SIGNED:
@@ -218,21 +240,22 @@ class Edge:
         found = self._router.match(scope.get("raw_path") or scope["path"].encode())
         if method == "OPTIONS":
             return "preflight", _preflight, Request(method, {}, {}, {}, receive, request_id)
-        client = scope.get("client")
+        peer = scope.get("client")
         if found is None:
             raise NotFound(f"No such resource: {scope['path'][:200]}")
         route, params = found
         if method not in route.operations:
             raise MethodNotAllowed(f"{method} is not allowed on {route.pattern}")
         operation, handler = route.operations[method]
+        headers = dict(scope["headers"])
         request = Request(
             method=method,
             params=params,
             query=parse_query(scope["query_string"]),
-            headers=dict(scope["headers"]),
+            headers=headers,
             receive=receive,
             request_id=request_id,
-            client=client[0] if client else "",
+            client=self._clients.of(peer[0], headers.get(b"x-forwarded-for")) if peer else "",
         )
         return operation, handler, request
 
@@ -261,6 +284,18 @@ class Edge:
         if operation == "preflight":
             headers += PREFLIGHT_HEADERS
         return (*headers, (b"vary", b"Origin")) if allowed != b"*" else headers
+
+    def _limit(self, client: str) -> None:
+        """One request of ``client``'s per-address rate, or 429 now."""
+        limiter = self._per_address
+        if limiter is None:
+            return
+        now = time.monotonic()
+        if not limiter.take(client, now):
+            self._metrics.overloaded.labels("address_rate").inc()
+            raise TooManyRequests(
+                "Rate exceeded for this client address", retry_after_s=limiter.retry_after_s(client, now)
+            )
 
     def _admit(self) -> None:
         """Count one more API request in flight, or refuse it with 429 now."""

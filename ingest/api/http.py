@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, unquote_to_bytes
 
 import orjson
 
-from ingest.errors import ApiError, BadRequest, PayloadTooLarge
+from ingest.errors import ApiError, BadRequest, PayloadTooLarge, TooManyRequests
 from ingest.keys import Principal
 
 Scope = dict[str, Any]
@@ -26,7 +26,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 # What a browser client must read of an answer (Amplify JS reads all four).
-CORS_EXPOSE = b"x-amzn-RequestId, x-amzn-ErrorType, x-amzn-ErrorMessage, Date"
+CORS_EXPOSE = b"x-amzn-RequestId, x-amzn-ErrorType, x-amzn-ErrorMessage, Date, Retry-After"
 PREFLIGHT_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"access-control-allow-methods", b"GET, POST, PUT, DELETE, OPTIONS"),
     (
@@ -51,10 +51,11 @@ def json_response(status: int, payload: object) -> Response:
 
 
 def error_response(error: ApiError, request_id: str) -> Response:
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"x-amzn-errortype", error.error_type.encode()),)
+    if isinstance(error, TooManyRequests):
+        headers += ((b"retry-after", str(error.retry_after_s).encode()),)
     return Response(
-        error.status,
-        orjson.dumps({"Message": error.message, "RequestID": request_id}),
-        headers=((b"x-amzn-errortype", error.error_type.encode()),),
+        error.status, orjson.dumps({"Message": error.message, "RequestID": request_id}), headers=headers
     )
 
 

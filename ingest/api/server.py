@@ -153,7 +153,7 @@ def _error_bytes(error: ApiError, *, origin: bool) -> bytes:
     body = orjson.dumps({"Message": error.message, "RequestID": request_id})
     cors = (
         b"access-control-allow-origin: *\r\naccess-control-expose-headers: x-amzn-RequestId, "
-        b"x-amzn-ErrorType, Date\r\n"
+        b"x-amzn-ErrorType, Date, Retry-After\r\n"
         if origin
         else b""
     )

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from ingest.api.apps import AppCache
 from ingest.api.endpoints import EndpointReads, response
 from ingest.api.http import Request, Response, json_response
-from ingest.errors import InternalServerError
+from ingest.api.limits import TokenBuckets
+from ingest.errors import InternalServerError, TooManyRequests
 from ingest.folds.endpoints import EndpointState
 from ingest.kafka.clients import ENDPOINTS_TOPIC
 from ingest.kafka.publish import Publisher
@@ -43,8 +44,10 @@ class Writes:
         publisher: Publisher,
         codec: Codec,
         metrics: Metrics,
+        per_app: TokenBuckets | None = None,
     ) -> None:
         self._max_body_bytes = settings.max_body_bytes
+        self._per_app = per_app
         self._apps = apps
         self._reads = reads
         self._publisher = publisher
@@ -53,6 +56,16 @@ class Writes:
 
     async def put_events(self, request: Request) -> Response:
         app = await self._apps.require(request.params["app"])
+        limiter = self._per_app
+        if limiter is not None:
+            # Refused before the body is parsed; its events are charged once
+            # counted, so a request past the rate is refused in one lookup.
+            now = time.monotonic()
+            if not limiter.holds(app.id, now):
+                self._metrics.overloaded.labels("app_rate").inc()
+                raise TooManyRequests(
+                    "Rate exceeded for this app's events", retry_after_s=limiter.retry_after_s(app.id, now)
+                )
         raw = await request.body(self._max_body_bytes)
         batches = validate.put_events(
             validate.json_body(raw),
@@ -61,6 +74,8 @@ class Writes:
             received_at_ms=_now_ms(),
             body_bytes=len(raw),
         )
+        if limiter is not None:
+            limiter.charge(app.id, sum(len(batch.events) for batch in batches), time.monotonic())
         done = split.split(batches, app_id=app.id, codec=self._codec)
         acked = await self._publisher.publish(done.records) if done.records else []
         answer, tally = split.results(done, acked)
