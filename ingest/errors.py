@@ -26,12 +26,23 @@ class BrokerError(IngestError):
     """The embedded broker could not start, or topics could not be set up."""
 
 
-class StoreError(IngestError):
-    """The store failed; ``retriable`` when it is unavailable rather than wrong."""
+StoreCondition = Literal["disk_full", "read_only"]
+# What readiness and the log say of each condition.
+CONDITION_TEXT: dict[StoreCondition, str] = {
+    "disk_full": "the store's disk is full",
+    "read_only": "the store is read-only",
+}
 
-    def __init__(self, message: str, *, retriable: bool) -> None:
+
+class StoreError(IngestError):
+    """The store failed; ``retriable`` when it is unavailable rather than
+    wrong; ``condition`` when the cause is one an operator must fix (a full
+    disk, a read-only store), which readiness reports by name."""
+
+    def __init__(self, message: str, *, retriable: bool, condition: StoreCondition | None = None) -> None:
         super().__init__(message)
         self.retriable = retriable
+        self.condition = condition
 
 
 class DecodeError(IngestError):

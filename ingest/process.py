@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -31,7 +32,7 @@ from ingest.api.auth import Authenticator
 from ingest.api.identity import Identities
 from ingest.api.probes import Check, Probes
 from ingest.api.server import BodyBudget, Limits, Server
-from ingest.errors import SettingsError
+from ingest.errors import CONDITION_TEXT, SettingsError, StoreCondition
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
 from ingest.kafka.publish import Publisher
@@ -218,6 +219,10 @@ def workers_of(
     return built
 
 
+def _no_worker_has(workers: Sequence[Worker[Any]], condition: StoreCondition) -> bool:
+    return all(worker.store_condition != condition for worker in workers)
+
+
 def _redacted(url: str | None) -> str | None:
     """A store URL fit for a log: its password and query values replaced."""
     return logs.redacted_url(url)
@@ -331,6 +336,9 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
 
         serves_api = mode in ("run", "edge")
         if workers:
+            # The conditions an operator must fix first, by name, then the rest.
+            for condition, text in CONDITION_TEXT.items():
+                checks.append((text, functools.partial(_no_worker_has, workers, condition)))
             checks.append(("a worker is not ready (store unavailable?)", workers_ready))
         if serves_api:
             metrics = Metrics(REGISTRY)

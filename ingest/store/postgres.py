@@ -73,7 +73,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from ingest.errors import StoreError
+from ingest.errors import CONDITION_TEXT, StoreCondition, StoreError
 from ingest.folds import endpoints, kpis
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.folds.kpis import EventOutcome
@@ -579,7 +579,26 @@ def _boundary(what: str) -> Iterator[None]:
     try:
         yield
     except _DRIVER_ERRORS as exc:
+        condition = _condition(exc)
+        if condition is not None:
+            text = CONDITION_TEXT[condition]
+            raise StoreError(
+                f"{what}: {text} ({type(exc).__name__}: {exc})", retriable=True, condition=condition
+            ) from exc
         raise StoreError(f"{what}: {type(exc).__name__}: {exc}", retriable=_retriable(exc)) from exc
+
+
+def _condition(exc: BaseException) -> StoreCondition | None:
+    """A full disk (SQLSTATE 53100) or a read-only server (25006: a standby,
+    or ``default_transaction_read_only``), looking down the chain as
+    :func:`_retriable` does."""
+    if isinstance(exc, asyncpg.DiskFullError):
+        return "disk_full"
+    if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+        return "read_only"
+    if isinstance(exc, asyncpg.InterfaceError) and exc.__context__ is not None:
+        return _condition(exc.__context__)
+    return None
 
 
 def _retriable(exc: BaseException) -> bool:

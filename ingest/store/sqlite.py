@@ -33,7 +33,7 @@ from typing import Any, Self, TypeVar
 
 import orjson
 
-from ingest.errors import StoreError
+from ingest.errors import CONDITION_TEXT, StoreCondition, StoreError
 from ingest.folds import endpoints, kpis
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.folds.kpis import EventOutcome
@@ -190,7 +190,7 @@ class SqliteStore:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
         except sqlite3.Error as exc:
-            raise StoreError(f"{what}: {exc}", retriable=isinstance(exc, sqlite3.OperationalError)) from exc
+            raise _store_error(what, exc) from exc
 
     async def create_app(self, app: App, *, max_apps: int | None = None) -> bool:
         # One statement: SQLite runs one writer at a time, so the count holds.
@@ -234,7 +234,7 @@ class SqliteStore:
                             db.execute(sql.REVOKE_KEY, (now_ms, key_id)).fetchall()
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             return None if row is None else app_of(row)
 
@@ -259,7 +259,7 @@ class SqliteStore:
                         deleted = 1
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             return deleted
 
@@ -336,7 +336,7 @@ class SqliteStore:
             db.executemany(PUT_ENDPOINT, [endpoint_row(s) for s in changed.values()])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         return outcome
 
@@ -395,7 +395,7 @@ class SqliteStore:
             db.executemany(KEEP_FIRST_DAY, [(*key, day) for key, day in sorted(effects.first_days.items())])
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         outcome.aggregated = len(new)
         outcome.duplicates += len(fresh) - len(new)
@@ -485,7 +485,7 @@ def _keep_identity(db: sqlite3.Connection, path: Path) -> None:
             db.execute(f"PRAGMA application_id = {int(identity)}")
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
     partial = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
     partial.write_text(f"{identity}\n")
@@ -504,5 +504,32 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute(sql.RECORD_MIGRATION, (version,))
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        _rollback(db)
         raise
+
+
+# SQLite's primary result codes that say what is wrong with the disk.
+_SQLITE_READONLY = 8
+_SQLITE_IOERR = 10
+_SQLITE_FULL = 13
+_CONDITIONS: dict[int, StoreCondition] = {_SQLITE_FULL: "disk_full", _SQLITE_READONLY: "read_only"}
+
+
+def _store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    """The StoreError for what sqlite3 raised: a full disk or a read-only
+    file named as such (both retriable: space can be freed, a file system
+    remounted); other operational errors (locked, I/O) retriable; the rest
+    (constraint, misuse) not."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    condition = _CONDITIONS.get(code & 0xFF) if isinstance(code, int) else None
+    if condition is not None:
+        return StoreError(f"{what}: {CONDITION_TEXT[condition]} ({exc})", retriable=True, condition=condition)
+    return StoreError(f"{what}: {exc}", retriable=isinstance(exc, sqlite3.OperationalError))
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back what is open. SQLite has already rolled back a transaction
+    that failed on a full disk, and a second ROLLBACK would replace that
+    error with "cannot rollback - no transaction is active"."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")

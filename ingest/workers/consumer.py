@@ -39,7 +39,7 @@ from aiokafka import (
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import Counter, Gauge, Histogram
 
-from ingest.errors import DecodeError, StoreError
+from ingest.errors import DecodeError, StoreCondition, StoreError
 from ingest.kafka.clients import DEADLETTER_TOPIC, start_producer
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,9 @@ class Worker(Generic[R]):
         self._drain_timeout_s = drain_timeout_s
         self._stopping = asyncio.Event()
         self._store_ok = True
+        # Why the store last refused a batch, when it is a condition an
+        # operator must fix (readiness names it); None once a batch lands.
+        self.store_condition: StoreCondition | None = None
         self._started = False
         # The batch being written and committed while the next is fetched and
         # decoded: at most one, so at most two batches are in memory.
@@ -278,6 +281,7 @@ class Worker(Generic[R]):
                 await self._write_or_isolate(records, origins)
             except StoreError as exc:  # retriable: from the batch, or from one of its records
                 self._store_ok = False
+                self.store_condition = exc.condition
                 self._metrics.store_retries.inc()
                 self._consumer.pause(*partitions)
                 log.warning(
@@ -294,6 +298,7 @@ class Worker(Generic[R]):
         if not self._store_ok:
             log.info("store available again")
         self._store_ok = True
+        self.store_condition = None
         self._consumer.resume(*partitions)
         self._metrics.write_seconds.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(records))
