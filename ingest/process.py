@@ -30,6 +30,7 @@ from ingest import logs
 from ingest.api.app import Edge
 from ingest.api.auth import Authenticator
 from ingest.api.identity import Identities
+from ingest.api.limits import ClientAddress
 from ingest.api.probes import Check, Probes
 from ingest.api.server import BodyBudget, Limits, Server
 from ingest.errors import CONDITION_TEXT, SettingsError, StoreCondition
@@ -97,6 +98,7 @@ async def http_server(
     limits: Limits | None = None,
     budget: BodyBudget | None = None,
     metrics: HttpMetrics | None = None,
+    clients: ClientAddress | None = None,
 ) -> AsyncIterator[int]:
     """:class:`ingest.api.server.Server` running ``app``; yields the bound
     port. On exit it stops accepting and lets requests under way finish
@@ -108,6 +110,7 @@ async def http_server(
         limits=limits,
         budget=budget or BodyBudget(16 * limits.max_body_bytes),
         metrics=metrics or _http_metrics(),
+        clients=clients,
     )
     bound = await server.start(host, port)
     if server.max_connections < limits.max_connections:
@@ -373,6 +376,7 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
                     drain_timeout_s=settings.drain_timeout_s,
                     limits=limits_of(settings),
                     budget=BodyBudget(settings.http_body_budget_bytes),
+                    clients=ClientAddress.parse(settings.trusted_proxies),
                 )
             )
             api = f"{settings.host}:{api_port}"

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ingest.api.limits import ClientAddress
 from ingest.api.server import BodyBudget, Limits, Server, connection_cap
 from ingest.metrics import HttpMetrics
 
@@ -83,10 +84,19 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def serving(limits: Limits = LIMITS, budget: int = 1024 * 1024) -> AsyncIterator[Running]:
+async def serving(
+    limits: Limits = LIMITS, budget: int = 1024 * 1024, trusted: str = ""
+) -> AsyncIterator[Running]:
     registry = CollectorRegistry()
     app = Recorder()
-    server = Server(app, name="test", limits=limits, budget=BodyBudget(budget), metrics=HttpMetrics(registry))
+    server = Server(
+        app,
+        name="test",
+        limits=limits,
+        budget=BodyBudget(budget),
+        metrics=HttpMetrics(registry),
+        clients=ClientAddress.parse(trusted),
+    )
     port = await server.start("127.0.0.1", 0)
     running = Running(server, app, port, registry)
     try:
@@ -122,6 +132,11 @@ async def closed(reader: asyncio.StreamReader, timeout_s: float = 5.0) -> bool:
         return await asyncio.wait_for(reader.read(65536), timeout_s) == b""
     except ConnectionResetError:
         return True
+
+
+def declared(path: str, length: int) -> bytes:
+    """The head of a POST whose body of ``length`` bytes is still to come."""
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
 
 
 def post(path: str, body: bytes, *extra: str) -> bytes:
@@ -171,9 +186,7 @@ async def test_http_10_and_connection_close_end_the_connection_after_the_answer(
 async def test_a_stalled_body_reaches_the_app_never_and_times_out_with_408() -> None:
     async with serving() as running:
         reader, writer = await running.connect()
-        writer.write(
-            post("/slow", b"")[:-4].replace(b"Content-Length: 0", b"Content-Length: 5000") + b"\r\n\r\nab"
-        )
+        writer.write(declared("/slow", 5000) + b"ab")
         started = time.monotonic()
         status, headers, body = await read_response(reader)
         waited = time.monotonic() - started
@@ -188,14 +201,24 @@ async def test_a_body_that_keeps_up_the_minimum_rate_is_read_to_the_end() -> Non
     limits = dataclasses.replace(LIMITS, body_timeout_s=0.3, min_body_rate=2000)
     async with serving(limits) as running:
         reader, writer = await running.connect()
-        writer.write(
-            post("/steady", b"")[:-4].replace(b"Content-Length: 0", b"Content-Length: 2000") + b"\r\n\r\n"
-        )
+        writer.write(declared("/steady", 2000))
         for _ in range(10):  # 200 bytes every 0.1 s: 2,000 bytes/s after the grace
             writer.write(b"y" * 200)
             await asyncio.sleep(0.1)
         status, _, body = await read_response(reader)
         assert status == 200 and orjson.loads(body)["size"] == 2000
+
+
+async def test_a_body_sent_fast_then_stalled_times_out_after_the_grace() -> None:
+    """Bytes sent fast early buy no time to stall later while holding budget."""
+    limits = dataclasses.replace(LIMITS, body_timeout_s=0.5, min_body_rate=1000)
+    async with serving(limits) as running:
+        reader, writer = await running.connect()
+        writer.write(declared("/x", 60000))
+        writer.write(b"f" * 50_000)  # 50 s of credit at the minimum rate
+        started = time.monotonic()
+        status, _, _ = await read_response(reader)
+        assert status == 408 and time.monotonic() - started < 2.0
 
 
 async def test_slow_headers_get_408_and_a_silent_connection_is_closed() -> None:
@@ -321,29 +344,46 @@ async def test_a_chunked_body_over_the_limit_gets_413() -> None:
         assert answer.startswith(b"HTTP/1.1 413 ")
 
 
-async def test_bodies_past_the_budget_get_429_while_small_ones_pass() -> None:
-    async with serving(budget=100 * 1024) as running:
+def held_open(length: int, client: str) -> bytes:
+    """The head of a body of ``length`` bytes, from ``client`` (behind the
+    trusted proxy), and two bytes of it: it stays unfinished."""
+    return (
+        f"POST /hold HTTP/1.1\r\nX-Forwarded-For: {client}\r\nContent-Length: {length}\r\n\r\nab"
+    ).encode()
+
+
+async def test_bodies_past_the_budget_get_429_and_no_client_starves_the_others() -> None:
+    """A budget of 400 KiB: one client may hold 100 KiB of it, and bodies over
+    64 KiB may not take the last 50 KiB, kept for small bodies."""
+    limits = dataclasses.replace(LIMITS, max_body_bytes=1024 * 1024)
+    async with serving(limits, budget=400 * 1024, trusted="127.0.0.1") as running:
         holders = []
-        for _ in range(2):  # two 40 KiB bodies declared, sent in part: 80 KiB of 100 held
+        for client in ("198.51.100.1", "198.51.100.1", "198.51.100.2", "198.51.100.3"):
             reader, writer = await running.connect()
-            writer.write(
-                post("/hold", b"")[:-4].replace(b"Content-Length: 0", b"Content-Length: 40960")
-                + b"\r\n\r\nab"
-            )
-            holders.append((reader, writer))
+            writer.write(held_open(48 * 1024, client))
+            holders.append(reader)
         await asyncio.sleep(0.1)
-        assert running.server.budget.used == 80 * 1024
+        assert running.server.budget.used == 4 * 48 * 1024
+        # A third body of the first client would take it past its 100 KiB.
         reader, writer = await running.connect()
-        writer.write(post("/third", b"q" * 40960))
+        writer.write(held_open(48 * 1024, "198.51.100.1"))
         status, headers, _ = await read_response(reader)
         assert status == 429 and headers["retry-after"] == "1"
         assert headers["x-amzn-errortype"] == "TooManyRequestsException"
+        # Large bodies of new clients fill the budget up to the small reserve (350 KiB) …
         reader, writer = await running.connect()
-        writer.write(post("/small", b"s" * 1000))
+        writer.write(held_open(90 * 1024, "198.51.100.4"))
+        holders.append(reader)
+        reader, writer = await running.connect()
+        writer.write(held_open(90 * 1024, "198.51.100.5"))
+        assert (await read_response(reader))[0] == 429
+        # … and small bodies still pass.
+        reader, writer = await running.connect()
+        writer.write(post("/small", b"s" * 30_000, "X-Forwarded-For: 198.51.100.6"))
         assert (await read_response(reader))[0] == 200
-        for holder, _ in holders:  # the slow ones time out and give their share back
+        for holder in holders:  # the slow ones time out and give their share back
             assert (await read_response(holder))[0] == 408
-        assert running.server.budget.used == 0
+        assert running.server.budget.used == 0 and running.server.budget._by_client == {}
 
 
 async def test_the_connection_cap_closes_idle_ones_first_then_refuses() -> None:

@@ -81,6 +81,11 @@ class ClientAddress:
                 raise ValueError(f"{entry[:64]!r} is not an IP address or network") from exc
         return cls(entries)
 
+    @property
+    def active(self) -> bool:
+        """Whether any proxy is trusted (else every address is the socket's)."""
+        return bool(self._networks)
+
     def _trusted(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)

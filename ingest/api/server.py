@@ -9,9 +9,10 @@ A connection lives in one state at a time, with at most one timer:
   to the end of its headers. ``header_timeout_s`` to finish; at most
   ``max_url_bytes`` of URL (414), ``max_headers`` fields and
   ``max_header_bytes`` in all (431).
-- ``BODY``: the body arriving. It must keep up a minimum rate after a grace
-  (408 otherwise); at most ``max_body_bytes`` (413, decided from
-  Content-Length before reading when it is sent); every byte held counts
+- ``BODY``: the body arriving. It must keep up a minimum rate on average
+  after a grace, and never stall for as long as the grace (408 otherwise);
+  at most ``max_body_bytes`` (413, decided from Content-Length before
+  reading when it is sent); every byte held counts
   against the process-wide :class:`BodyBudget` (429 past it).
 - ``DISPATCHED``: the whole request is in memory and the app has it; reading
   is paused until the answer is written. The app never sees a request before
@@ -48,6 +49,7 @@ import httptools
 import orjson
 
 from ingest import errors
+from ingest.api.limits import ClientAddress
 from ingest.errors import ApiError, IngestError
 from ingest.metrics import HttpMetrics
 
@@ -98,22 +100,41 @@ class Limits:
 class BodyBudget:
     """Bytes of request bodies held by the process (being read or with the
     app), with a ceiling: the memory that bodies can take, whatever the
-    number of clients."""
+    number of clients. So that no client starves the others of it, one
+    client address may hold at most ``per_client`` bytes, and bodies larger
+    than ``SMALL_BODY_BYTES`` may not take the last ``small_reserve`` bytes,
+    which are kept for the small bodies almost every request has."""
 
-    __slots__ = ("limit", "used")
+    SMALL_BODY_BYTES = 64 * 1024
+
+    __slots__ = ("_by_client", "limit", "per_client", "small_reserve", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.per_client = max(limit // 4, 1)
+        self.small_reserve = limit // 8
         self.used = 0
+        self._by_client: dict[str, int] = {}
 
-    def take(self, size: int) -> bool:
-        if self.used + size > self.limit:
+    def take(self, size: int, client: str, body_size: int) -> bool:
+        """``size`` more bytes for ``client``'s body, which is then
+        ``body_size`` bytes long (its declared length, or what has arrived)."""
+        used = self.used + size
+        room = self.limit if body_size <= self.SMALL_BODY_BYTES else self.limit - self.small_reserve
+        held = self._by_client.get(client, 0) + size
+        if used > room or held > self.per_client:
             return False
-        self.used += size
+        self.used = used
+        self._by_client[client] = held
         return True
 
-    def give(self, size: int) -> None:
+    def give(self, size: int, client: str) -> None:
+        if not size:
+            return
         self.used -= size
+        held = self._by_client.pop(client, 0) - size
+        if held > 0:
+            self._by_client[client] = held
 
 
 def connection_cap(wanted: int, headroom: int = FD_HEADROOM) -> int:
@@ -188,6 +209,7 @@ class _Request:
     scope: Scope
     body: bytes
     held: int  # bytes of the body budget it holds
+    holder: str  # the client address it holds them for
     keep_alive: bool
 
 
@@ -218,12 +240,14 @@ class Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._held = 0
+        self._holder = ""  # whose share of the body budget the body takes
         self._declared: int | None = None
         self._expect_continue = False
         self._origin = False
         self._scope: Scope = {}
         self._keep_alive = True
         self._body_started = 0.0
+        self._body_last = 0.0
         # Complete requests: the one with the app first, then pipelined ones.
         self._queue: deque[_Request] = deque()
         self._task: asyncio.Task[None] | None = None
@@ -359,7 +383,8 @@ class Connection(asyncio.Protocol):
                 errors.PayloadTooLarge(f"Request body is {declared} bytes; at most {limits.max_body_bytes}"),
                 "body_size",
             )
-        if declared and not self._server.budget.take(declared):
+        self._holder = self._server.holder(self._client, self._headers)
+        if declared and not self._server.budget.take(declared, self._holder, declared):
             raise _Refuse(
                 errors.TooManyRequests("Too many request bodies in flight; retry shortly"), "budget"
             )
@@ -384,7 +409,7 @@ class Connection(asyncio.Protocol):
         self._body = []
         self._body_size = 0
         self._phase = BODY
-        self._body_started = self._loop.time()
+        self._body_started = self._body_last = self._loop.time()
         if self._expect_continue and self._transport is not None:
             self._transport.write(_CONTINUE)
 
@@ -396,12 +421,13 @@ class Connection(asyncio.Protocol):
                     errors.PayloadTooLarge(f"Request body is over {self._limits.max_body_bytes} bytes"),
                     "body_size",
                 )
-            if not self._server.budget.take(len(chunk)):
+            if not self._server.budget.take(len(chunk), self._holder, size):
                 raise _Refuse(
                     errors.TooManyRequests("Too many request bodies in flight; retry shortly"), "budget"
                 )
             self._held += len(chunk)
         self._body_size = size
+        self._body_last = self._loop.time()
         self._body.append(chunk)
 
     def on_message_complete(self) -> None:
@@ -410,6 +436,7 @@ class Connection(asyncio.Protocol):
             self._scope,
             body[0] if len(body) == 1 else b"".join(body),
             self._held,
+            self._holder,
             self._keep_alive and not self._server.closing,
         )
         self._phase = IDLE
@@ -496,7 +523,7 @@ class Connection(asyncio.Protocol):
         except Exception:
             log.exception("unexpected error answering %s", request.scope["method"])
         finally:
-            self._server.budget.give(request.held)
+            self._server.budget.give(request.held, request.holder)
         if not done and self._state != CLOSED:
             if written:  # a response begun and never finished: nothing sensible to add
                 transport.abort()
@@ -528,7 +555,8 @@ class Connection(asyncio.Protocol):
 
     def _drop_queue(self, keep: int) -> None:
         while len(self._queue) > keep:
-            self._server.budget.give(self._queue.pop().held)
+            dropped = self._queue.pop()
+            self._server.budget.give(dropped.held, dropped.holder)
 
     # -- ending ---------------------------------------------------------------
 
@@ -563,7 +591,7 @@ class Connection(asyncio.Protocol):
 
     def _release_partial(self) -> None:
         if self._held:
-            self._server.budget.give(self._held)
+            self._server.budget.give(self._held, self._holder)
             self._held = 0
         self._body = []
 
@@ -601,7 +629,9 @@ class Connection(asyncio.Protocol):
         elif phase == HEAD:
             self._arm(self._limits.header_timeout_s, HEAD)
         else:
-            self._body_started = min(self._body_started, self._loop.time())
+            # Reading was paused while the request ahead was answered: the
+            # body's clock starts again now.
+            self._body_started = self._body_last = self._loop.time()
             self._arm(self._limits.body_timeout_s, BODY)
 
     def _arm(self, delay_s: float, phase: int) -> None:
@@ -628,8 +658,14 @@ class Connection(asyncio.Protocol):
         elif phase == HEAD:
             self._refuse(errors.RequestTimeout("Request headers not received in time"), "header_timeout")
         else:
+            # On average at least the minimum rate since the grace, and never
+            # a stall as long as the grace: bytes sent fast early buy no
+            # time to hold the budget later.
             limits = self._limits
-            allowed = self._body_started + limits.body_timeout_s + self._body_size / limits.min_body_rate
+            allowed = min(
+                self._body_started + limits.body_timeout_s + self._body_size / limits.min_body_rate,
+                self._body_last + limits.body_timeout_s,
+            )
             now = self._loop.time()
             if now < allowed:
                 self._arm(allowed - now, BODY)
@@ -647,7 +683,14 @@ class Server:
     requests under way finish."""
 
     def __init__(
-        self, app: App, *, name: str, limits: Limits, budget: BodyBudget, metrics: HttpMetrics
+        self,
+        app: App,
+        *,
+        name: str,
+        limits: Limits,
+        budget: BodyBudget,
+        metrics: HttpMetrics,
+        clients: ClientAddress | None = None,
     ) -> None:
         self.app = app
         self.name = name
@@ -662,6 +705,16 @@ class Server:
         self._idle: dict[Connection, None] = {}
         self._server: asyncio.Server | None = None
         self._gauge = metrics.connections.labels(name)
+        self._clients = clients
+
+    def holder(self, peer: tuple[str, int] | None, headers: list[tuple[bytes, bytes]]) -> str:
+        """Whose share of the body budget a request takes: its client address,
+        read as the edge reads it (:class:`ingest.api.limits.ClientAddress`)."""
+        address = peer[0] if peer else ""
+        if self._clients is None or not self._clients.active:
+            return address
+        forwarded = next((value for name, value in reversed(headers) if name == b"x-forwarded-for"), None)
+        return self._clients.of(address, forwarded)
 
     async def start(self, host: str, port: int) -> int:
         try:
