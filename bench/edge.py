@@ -21,16 +21,17 @@ UNCHECKED = Key("AKIABENCHCANNED000", "not-checked")
 
 async def drive(
     base: str, path: str, bodies: list[bytes], seconds: float, concurrency: int, pid: int, key: Key
-) -> tuple[int, float, float]:
+) -> tuple[int, float, float, float]:
     """POST ``bodies`` round-robin to ``path`` on ``base``, signed with
     ``key``, for ``seconds`` after a short warm-up; → (events accepted,
-    seconds, CPU-seconds of process ``pid``)."""
+    seconds, CPU-seconds of process ``pid``, p99 request latency in seconds)."""
     import aiohttp  # dev extra: only the benchmark drives HTTP
 
     signing = signer(base, key)
     url = base + path
     connector = aiohttp.TCPConnector(limit=concurrency)
     index = 0
+    latencies: list[float] = []
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def step() -> int:
@@ -39,16 +40,21 @@ async def drive(
             index += 1
             headers = signing.sign("POST", path, raw, epoch_s=int(time.time()))
             headers["Content-Type"] = CONTENT_TYPE
+            started = time.perf_counter()
             async with session.post(url, data=raw, headers=headers) as response:
                 payload = await response.read()
+            latencies.append(time.perf_counter() - started)
             if response.status != 202:
                 raise RuntimeError(f"server answered {response.status}: {payload[:200]!r}")
             return payload.count(b'"Accepted"') - 1
 
         await timed(min(1.0, seconds / 5), step, concurrency)  # warm up connections and caches
+        latencies.clear()
         cpu = cpu_seconds(pid)
         events, elapsed = await timed(seconds, step, concurrency)
-        return events, elapsed, cpu_seconds(pid) - cpu
+        latencies.sort()
+        p99 = latencies[int(len(latencies) * 0.99)] if latencies else 0.0
+        return events, elapsed, cpu_seconds(pid) - cpu, p99
 
 
 async def create_app(base: str, key: Key) -> str:
@@ -78,5 +84,7 @@ async def bench_http(
     async with launched(argv, env, log) as server:
         if "{app}" in path:
             path = path.replace("{app}", await create_app(server.url, key))
-        events, elapsed, cpu = await drive(server.url, path, bodies, seconds, concurrency, server.pid, key)
-        return Result(name, events, elapsed, cpu)
+        events, elapsed, cpu, p99 = await drive(
+            server.url, path, bodies, seconds, concurrency, server.pid, key
+        )
+        return Result(name, events, elapsed, cpu, p99_s=p99)

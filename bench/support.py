@@ -53,6 +53,8 @@ class Result:
     seconds: float
     cpu_s: float | None = None
     note: str = ""
+    # Request latency at the 99th percentile, for rows driven over HTTP.
+    p99_s: float | None = None
 
     @property
     def rate(self) -> float:
