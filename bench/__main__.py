@@ -26,11 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--part",
-        choices=["write", "endpoints", "kpis"],
+        choices=["write", "endpoints", "kpis", "overload"],
         default="write",
         help="write: the write path (default): the pure core, raw aiokafka, the publisher, and the edge "
         "over HTTP; endpoints: the endpoint worker per store, and freshness; kpis: the KPI worker per "
-        "store, and what the store keeps per event",
+        "store, and what the store keeps per event; overload: the edge offered 4x its saturation, "
+        "429 and accepted latencies and RSS",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement (write)")
     parser.add_argument(
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.kpis import bench_kpis
 
         return uvloop.run(bench_kpis(settings, records=args.records, postgres_url=args.postgres))
+    if args.part == "overload":
+        from bench.overload import bench_overload
+
+        return uvloop.run(bench_overload(settings, seconds=args.seconds, factor=4.0))
     from bench.write import bench
 
     return uvloop.run(bench(settings, seconds=args.seconds, concurrency=args.concurrency))

@@ -129,7 +129,8 @@ class HttpMetrics:
             "ingest_http_refusals",
             "Requests or connections refused by the HTTP server before the app, by listener and reason: "
             "connections (cap reached), malformed, url (414), headers (431), body_size (413), "
-            "budget (body bytes in flight, 429), pipelined, header_timeout and body_timeout (408).",
+            "budget (body bytes in flight, 429), shed (the app's admission full, 429), pipelined, "
+            "header_timeout and body_timeout (408).",
             ["listener", "reason"],
             registry=registry,
         )

@@ -33,7 +33,7 @@ from ingest.api.identity import Identities
 from ingest.api.limits import ClientAddress
 from ingest.api.probes import Check, Probes
 from ingest.api.server import BodyBudget, Limits, Server
-from ingest.errors import CONDITION_TEXT, SettingsError, StoreCondition
+from ingest.errors import CONDITION_TEXT, ApiError, SettingsError, StoreCondition
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
 from ingest.kafka.publish import Publisher
@@ -99,6 +99,7 @@ async def http_server(
     budget: BodyBudget | None = None,
     metrics: HttpMetrics | None = None,
     clients: ClientAddress | None = None,
+    shed: Callable[[dict[str, Any]], ApiError | None] | None = None,
 ) -> AsyncIterator[int]:
     """:class:`ingest.api.server.Server` running ``app``; yields the bound
     port. On exit it stops accepting and lets requests under way finish
@@ -111,6 +112,7 @@ async def http_server(
         budget=budget or BodyBudget(16 * limits.max_body_bytes),
         metrics=metrics or _http_metrics(),
         clients=clients,
+        shed=shed,
     )
     bound = await server.start(host, port)
     if server.max_connections < limits.max_connections:
@@ -377,6 +379,7 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
                     limits=limits_of(settings),
                     budget=BodyBudget(settings.http_body_budget_bytes),
                     clients=ClientAddress.parse(settings.trusted_proxies),
+                    shed=edge.shed,
                 )
             )
             api = f"{settings.host}:{api_port}"

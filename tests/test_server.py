@@ -16,6 +16,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ingest import errors
 from ingest.api.limits import ClientAddress
 from ingest.api.server import BodyBudget, Limits, Server, connection_cap
 from ingest.metrics import HttpMetrics
@@ -85,7 +86,10 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def serving(
-    limits: Limits = LIMITS, budget: int = 1024 * 1024, trusted: str = ""
+    limits: Limits = LIMITS,
+    budget: int = 1024 * 1024,
+    trusted: str = "",
+    shed: Any = None,
 ) -> AsyncIterator[Running]:
     registry = CollectorRegistry()
     app = Recorder()
@@ -96,6 +100,7 @@ async def serving(
         budget=BodyBudget(budget),
         metrics=HttpMetrics(registry),
         clients=ClientAddress.parse(trusted),
+        shed=shed,
     )
     port = await server.start("127.0.0.1", 0)
     running = Running(server, app, port, registry)
@@ -451,3 +456,21 @@ async def test_stopping_lets_an_answer_under_way_finish_and_closes_idle_connecti
         status, headers, _ = await read_response(reader)
         assert status == 200 and headers["connection"] == "close"
         await stopping
+
+
+async def test_a_full_app_is_answered_429_as_the_request_is_read_and_the_connection_stays() -> None:
+    full = True
+
+    def shed(scope: dict[str, Any]) -> errors.ApiError | None:
+        return errors.TooManyRequests("full") if full else None
+
+    async with serving(shed=shed) as running:
+        reader, writer = await running.connect()
+        writer.write(post("/x", b"body"))
+        status, headers, _ = await read_response(reader)
+        assert status == 429 and headers["retry-after"] == "1" and "connection" not in headers
+        assert running.app.calls == [] and running.server.budget.used == 0
+        assert running.refused("shed") == 1
+        full = False
+        writer.write(post("/y", b"body"))  # the same connection
+        assert (await read_response(reader))[0] == 200

@@ -114,6 +114,7 @@ class Edge:
         auth: Authenticator | None,
     ) -> None:
         self._max_in_flight = settings.max_in_flight_requests
+        self._max_queue_s = settings.max_queue_delay_ms / 1000
         self._max_body_bytes = settings.max_body_bytes
         self._region = settings.region
         self._auth = auth
@@ -194,13 +195,17 @@ class Edge:
         started = time.perf_counter()
         request_id = str(uuid.uuid4())
         operation = "unknown"
-        admitted = False
+        # Counted in flight already when the HTTP server asked (shed), which
+        # it does for every request it hands over.
+        admitted = scope.get("ingest.admitted", False)
         try:
             operation, handler, request = self._route(scope, receive, request_id)
             if operation in ADMITTED:
                 self._limit(request.client)
-                self._admit()
-                admitted = True
+                if not admitted:
+                    self._admit()
+                    admitted = True
+                self._check_queue_delay(scope)
             if operation in SIGNED:
                 signed = credential_scope(request.headers, scope["query_string"])
                 self._keys.note(signed)
@@ -297,13 +302,34 @@ class Edge:
                 "Rate exceeded for this client address", retry_after_s=limiter.retry_after_s(client, now)
             )
 
-    def _admit(self) -> None:
-        """Count one more API request in flight, or refuse it with 429 now."""
+    def shed(self, scope: Scope) -> ApiError | None:
+        """For the HTTP server, as it reads each request, before any task
+        exists: the 429 to answer at once when admission is full or draining;
+        else None, the request counted in flight from here (so a burst read
+        in one pass of the loop is admitted only up to the limit)."""
         if self.draining or self._in_flight >= self._max_in_flight:
             self._metrics.overloaded.labels("draining" if self.draining else "in_flight").inc()
-            raise TooManyRequests("Too many requests in flight; retry shortly")
+            return TooManyRequests("Too many requests in flight; retry shortly")
         self._in_flight += 1
         self._metrics.in_flight.set(self._in_flight)
+        scope["ingest.admitted"] = True
+        return None
+
+    def _admit(self) -> None:
+        """Count one more API request in flight, or refuse it with 429 now
+        (a request that did not come through :meth:`shed`)."""
+        refusal = self.shed({})
+        if refusal is not None:
+            raise refusal
+
+    def _check_queue_delay(self, scope: Scope) -> None:
+        """429 for a request that already waited longer than
+        ``INGEST_MAX_QUEUE_DELAY_MS`` behind other work since the server read
+        it: an answer that late is worth less than a quick 429 retried."""
+        arrived = scope.get("ingest.arrived")
+        if arrived is not None and time.monotonic() - arrived > self._max_queue_s:
+            self._metrics.overloaded.labels("queue_delay").inc()
+            raise TooManyRequests("The edge is overloaded; retry shortly")
 
 
 async def _preflight(request: Request) -> Response:

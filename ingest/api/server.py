@@ -169,7 +169,7 @@ class _Refuse(Exception):
         self.reason = reason
 
 
-def _error_bytes(error: ApiError, *, origin: bool) -> bytes:
+def _error_bytes(error: ApiError, *, origin: bool, keep_alive: bool = False) -> bytes:
     request_id = str(uuid.uuid4())
     body = orjson.dumps({"Message": error.message, "RequestID": request_id})
     cors = (
@@ -192,7 +192,7 @@ def _error_bytes(error: ApiError, *, origin: bool) -> bytes:
             cors,
             retry,
             _date(),
-            b"connection: close\r\n\r\n",
+            b"\r\n" if keep_alive else b"connection: close\r\n\r\n",
             body,
         )
     )
@@ -432,6 +432,10 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         body = self._body
+        # When the whole request was in: the app can tell how long it waited
+        # behind other work (not the loop's clock, which stands still
+        # through a pass of the loop).
+        self._scope["ingest.arrived"] = time.monotonic()
         request = _Request(
             self._scope,
             body[0] if len(body) == 1 else b"".join(body),
@@ -442,6 +446,21 @@ class Connection(asyncio.Protocol):
         self._phase = IDLE
         self._body = []
         self._held = 0
+        if (
+            self._task is None
+            and (shed := self._server.shed) is not None
+            and (refusal := shed(self._scope)) is not None
+        ):
+            # The app is full: refused here, before any task exists, in the
+            # same pass of the event loop that read it. The connection stays.
+            server = self._server
+            server.metrics.refused.labels(server.name, "shed").inc()
+            server.budget.give(request.held, request.holder)
+            assert self._transport is not None
+            self._transport.write(_error_bytes(refusal, origin=self._origin, keep_alive=request.keep_alive))
+            if not request.keep_alive:
+                self._close()
+            return
         self._queue.append(request)
         if self._task is None:
             assert self._transport is not None
@@ -691,6 +710,7 @@ class Server:
         budget: BodyBudget,
         metrics: HttpMetrics,
         clients: ClientAddress | None = None,
+        shed: Callable[[Scope], ApiError | None] | None = None,
     ) -> None:
         self.app = app
         self.name = name
@@ -706,6 +726,9 @@ class Server:
         self._server: asyncio.Server | None = None
         self._gauge = metrics.connections.labels(name)
         self._clients = clients
+        # Asked before each request is handed to the app: an error to answer
+        # at once instead (the app's admission is full), or None.
+        self.shed = shed
 
     def holder(self, peer: tuple[str, int] | None, headers: list[tuple[bytes, bytes]]) -> str:
         """Whose share of the body budget a request takes: its client address,
