@@ -1,5 +1,8 @@
 """The HTTP/1.1 server of every listener: httptools' parser on asyncio
-transports, running ASGI apps, with every limit enforced at the door.
+transports, running ASGI apps, with every limit enforced at the door. It
+earns its size (about 800 lines): one connection's state machine (parser
+callbacks, timers, the body budget, refusals, pipelining, the drain) is
+one piece, each state's rules next to the others they interact with.
 
 A connection lives in one state at a time, with at most one timer:
 
