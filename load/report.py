@@ -7,12 +7,14 @@ PostgreSQL first). In order, on this machine, one thing at a time:
    answering a canned 202), the encode+produce ceiling (raw aiokafka producing
    the same Avro records) and ``ingest edge`` over HTTP;
 2. the generator against the null server, one and two processes;
-3. the load harness against one ``ingest run`` (warmed up first: the workers'
+3. ``python -m bench --part overload``: ``ingest edge`` offered four times its
+   saturation, at the default in-flight limit and at 512;
+4. the load harness against one ``ingest run`` (warmed up first: the workers'
    group join at start is not steady state): saturation (closed loop), then
    open-loop latency at 25, 50 and 75 % of it, then 5 % re-sends and 1 %
    invalid events at half of it, each with end-to-end accounting;
-4. ``--chaos`` at a quarter of saturation;
-5. ``python -m bench --part endpoints`` and ``--part kpis`` (each worker's drain
+5. ``--chaos`` at a quarter of saturation;
+6. ``python -m bench --part endpoints`` and ``--part kpis`` (each worker's drain
    rate per store backend beside its ceiling, and freshness).
 
 The hand-written notes (profiles, history) come from ``load/benchmark-notes.md``.
@@ -138,6 +140,7 @@ async def build(postgres_url: str | None, seconds: float, duration_s: float) -> 
     two = await execute(
         Options(null_server=True, duration_s=duration_s, seed=SEED, processes=2, null_processes=1), out=None
     )
+    overload = _bench("--part", "overload", "--seconds", str(seconds))
     rows, half, peak = await _against_ingest_run(duration_s)
     pg = ["--postgres", postgres_url] if postgres_url else []
     endpoints = _bench("--part", "endpoints", "--records", "50000", *pg)
@@ -185,6 +188,14 @@ async def build(postgres_url: str | None, seconds: float, duration_s: float) -> 
         "CPU time only.",
         "",
         write,
+        "",
+        "## Overload: `python -m bench --part overload`",
+        "",
+        "`ingest edge` offered four times what it serves, open loop, by a raw-socket client sending",
+        "requests signed once (so the client keeps up); each answer timed from when it was sent. The",
+        "default in-flight limit, then 512 (the default before this measurement chose 32).",
+        "",
+        overload,
         "",
         "## The load harness: `python -m load`",
         "",
