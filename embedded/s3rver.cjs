@@ -74,9 +74,9 @@ FilesystemStore.prototype.putObject = async function putObject(object) {
 // s3rver reads an object's metadata with three asynchronous file calls, and a
 // listing does so for every object it lists. Tansu lists a partition's
 // batches on every fetch and gives up listing when the fetch's wait has passed
-// (50 ms for ingest's consumers): a backlog of a few hundred batches then
-// never gets past the first ones, and the consumer is stuck. The same, with
-// synchronous calls on these small local files: about ten times faster.
+// (50 ms for ingest's consumers): once a listing takes longer, as a backlog
+// of a few hundred batches did on a busy machine, the consumer gets nothing
+// and is stuck. The same, with synchronous calls on these small local files.
 FilesystemStore.prototype.getMetadata = async function getMetadata(bucket, key) {
   const objectPath = this.getResourcePath(bucket, key, 'object');
   const stat = fsSync.statSync(objectPath); // throws ENOENT for a missing object, as the original
@@ -99,6 +99,16 @@ FilesystemStore.prototype.getMetadata = async function getMetadata(bucket, key) 
     'last-modified': stat.mtime.toUTCString(),
     'content-length': stat.size,
   };
+};
+
+// And a listing answers at most this many keys a page (S3's own page is
+// 1000): if Tansu's fetch runs out of time after the first page, that page
+// still holds the oldest batches, which are the ones its consumer needs next
+// (what every group has consumed is deleted), so a consumer always moves on.
+const KEYS_PER_PAGE = 100;
+const listObjects = FilesystemStore.prototype.listObjects;
+FilesystemStore.prototype.listObjects = function listPage(bucket, options) {
+  return listObjects.call(this, bucket, { ...options, maxKeys: Math.min(options.maxKeys ?? Infinity, KEYS_PER_PAGE) });
 };
 
 FilesystemStore.prototype.putMetadata = async function putMetadata(bucket, key, metadata, md5) {

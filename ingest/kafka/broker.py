@@ -183,9 +183,9 @@ class EmbeddedBroker:
         self.storage = storage
         self.directory = directory
         self._retain = dict(retain or {})
-        self._tansu = _Child("tansu", log_path=log_path, host=host, ready_timeout_s=READY_TIMEOUT_S)
+        self._tansu = _Child("Kafka broker", log_path=log_path, host=host, ready_timeout_s=READY_TIMEOUT_S)
         self._s3rver = _Child(
-            "s3rver",
+            "object store (s3rver)",
             log_path=log_path.with_name("s3rver.log"),
             host=host,
             ready_timeout_s=S3RVER_READY_TIMEOUT_S,
