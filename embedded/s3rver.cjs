@@ -42,11 +42,14 @@ const FilesystemStore = require('s3rver/lib/stores/filesystem');
 const S3Object = require('s3rver/lib/models/object');
 const S3Error = require('s3rver/lib/models/error');
 
+// Written here, beside the bucket on the same file system, then renamed into
+// place: never in a directory s3rver lists, since its listing reads a
+// directory and then stats each entry, and a file renamed away in between
+// fails the whole listing (500).
+let partialDir;
+
 async function replaceWhole(target, content) {
-  const partial = path.join(
-    path.dirname(target),
-    `.${path.basename(target)}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.tmp`,
-  );
+  const partial = path.join(partialDir, `${process.pid}.${crypto.randomBytes(8).toString('hex')}.tmp`);
   await fs.writeFile(partial, content);
   await fs.rename(partial, target);
 }
@@ -99,16 +102,6 @@ FilesystemStore.prototype.getMetadata = async function getMetadata(bucket, key) 
     'last-modified': stat.mtime.toUTCString(),
     'content-length': stat.size,
   };
-};
-
-// And a listing answers at most this many keys a page (S3's own page is
-// 1000): if Tansu's fetch runs out of time after the first page, that page
-// still holds the oldest batches, which are the ones its consumer needs next
-// (what every group has consumed is deleted), so a consumer always moves on.
-const KEYS_PER_PAGE = 100;
-const listObjects = FilesystemStore.prototype.listObjects;
-FilesystemStore.prototype.listObjects = function listPage(bucket, options) {
-  return listObjects.call(this, bucket, { ...options, maxKeys: Math.min(options.maxKeys ?? Infinity, KEYS_PER_PAGE) });
 };
 
 FilesystemStore.prototype.putMetadata = async function putMetadata(bucket, key, metadata, md5) {
@@ -236,6 +229,9 @@ async function main() {
     process.exit(2);
   }
   await fs.mkdir(directory, { recursive: true });
+  partialDir = path.join(directory, '.partial');
+  await fs.rm(partialDir, { recursive: true, force: true }); // what a killed server left half written
+  await fs.mkdir(partialDir);
   const server = new S3rver({
     directory,
     address,

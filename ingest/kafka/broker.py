@@ -70,7 +70,10 @@ def s3rver_command() -> list[str]:
     node = shutil.which("node")
     if node is None:
         raise BrokerError(f"node is not on PATH, and the embedded s3rver needs it: {S3RVER_HINT}")
-    return [node, str(script)]
+    # s3rver's list continuation tokens are DES-encrypted, which OpenSSL 3
+    # keeps in its legacy provider: without it every listing of more keys than
+    # a page fails (500), and with it Tansu's fetches of a long backlog.
+    return [node, "--openssl-legacy-provider", str(script)]
 
 
 _PR_SET_PDEATHSIG = 1
