@@ -43,9 +43,12 @@ RUN python -m pip uninstall --yes --quiet pip setuptools wheel \
       --home-dir /var/lib/ingest --shell /usr/sbin/nologin ingest \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/ingest
 COPY --from=build /opt/ingest /opt/ingest
+# The image has no node, so no s3rver: `ingest run` in it keeps the embedded
+# broker's log in memory (README: "What the embedded mode can lose").
 ENV PATH=/opt/ingest/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    INGEST_EMBEDDED_STORAGE=memory
 # `docker run ingest run --host 0.0.0.0` keeps its SQLite and broker log here.
 WORKDIR /var/lib/ingest
 # Numeric, so Kubernetes can check runAsNonRoot against it.

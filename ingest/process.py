@@ -311,7 +311,17 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
                 raise SettingsError(
                     f"INGEST_KAFKA_BOOTSTRAP is required for `ingest {mode.replace('-', ' ')}`"
                 )
-            broker = await stack.enter_async_context(EmbeddedBroker(log_path=settings.data_dir / "tansu.log"))
+            broker = await stack.enter_async_context(
+                EmbeddedBroker(
+                    log_path=settings.data_dir / "tansu.log",
+                    storage=settings.embedded_storage,
+                    directory=settings.data_dir / "kafka",
+                    retain={
+                        clients.EVENTS_TOPIC: (clients.KPIS_GROUP,),
+                        clients.ENDPOINTS_TOPIC: (clients.ENDPOINTS_GROUP,),
+                    },
+                )
+            )
             bootstrap = broker.bootstrap
             embedded = Broker(broker.bootstrap, broker.pid or 0)
             # aiokafka's idempotent producer needs InitProducerId v3+, which Tansu lacks.

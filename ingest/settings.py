@@ -24,6 +24,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 AuthMode = Literal["sigv4", "off"]
+EmbeddedStorage = Literal["s3rver", "memory"]
 
 PREFIX = "INGEST_"
 
@@ -51,6 +52,10 @@ class Settings:
     # Kafka. ``None`` bootstrap means "start the embedded broker" in `ingest run`
     # and is an error for `ingest edge`.
     kafka_bootstrap: str | None = None
+    # Where the embedded broker keeps its log: ``s3rver`` on disk under
+    # ``{data_dir}/kafka`` (survives a crash), or ``memory`` (lost with the
+    # process; RAM grows with every record: tests and benchmarks).
+    embedded_storage: EmbeddedStorage = "s3rver"
     kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
     kafka_sasl_mechanism: SaslMechanism | None = None
     kafka_sasl_username: str | None = None

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Set up everything `ingest` needs on a fresh Debian machine with Python 3.11:
 # a virtualenv at .venv with the locked dependencies and `ingest` installed,
-# and node with the JavaScript clients tests/js/package-lock.json pins.
-# Safe to run again: it reinstalls only when requirements.lock or
-# tests/js/package-lock.json changed.
+# node (from PATH, else Debian's) with s3rver, the disk-backed S3 server the
+# embedded broker of `ingest run` keeps its log in (embedded/package-lock.json),
+# and the JavaScript clients tests/js/package-lock.json pins.
+# Safe to run again: it reinstalls only when requirements.lock or a
+# package-lock.json changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,17 +42,25 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || [ ! -x .venv/bin/ingest ]; 
 fi
 echo "setup: .venv ready ($(.venv/bin/ingest --version))"
 
-# The real JavaScript clients of tests/test_js_clients.py (aws-sdk-js-v3,
-# Amplify JS): node and npm from Debian when missing, then exactly the
-# packages the lock file pins. Amplify needs node's built-in fetch (node 18+).
+# node and npm from Debian when missing, then exactly the packages each lock
+# file pins: embedded/ (s3rver, which `ingest run` starts by default) and the
+# real JavaScript clients of tests/test_js_clients.py (aws-sdk-js-v3, Amplify
+# JS). Amplify needs node's built-in fetch (node 18+).
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 if ! node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 18 ? 0 : 1)'; then
-  echo "setup: node $(node --version) is too old for tests/js: 18 or newer is needed" >&2
+  echo "setup: node $(node --version) is too old: 18 or newer is needed" >&2
   exit 1
 fi
+embedded_stamp=embedded/node_modules/.package-lock.json.sha256
+embedded_wanted=$(sha256sum embedded/package.json embedded/package-lock.json | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$embedded_stamp" 2>/dev/null)" != "$embedded_wanted" ]; then
+  (cd embedded && timeout 600 npm ci --no-audit --no-fund --loglevel=error)
+  echo "$embedded_wanted" > "$embedded_stamp"
+fi
+echo "setup: embedded/ ready (s3rver for the embedded broker)"
 js_stamp=tests/js/node_modules/.package-lock.json.sha256
 js_wanted=$(sha256sum tests/js/package.json tests/js/package-lock.json | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$js_stamp" 2>/dev/null)" != "$js_wanted" ]; then

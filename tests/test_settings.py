@@ -19,6 +19,7 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_DATA_DIR": ("/var/lib/ingest", Path("/var/lib/ingest")),
     "INGEST_LOG_LEVEL": ("DEBUG", "DEBUG"),
     "INGEST_KAFKA_BOOTSTRAP": ("127.0.0.1:9092", "127.0.0.1:9092"),
+    "INGEST_EMBEDDED_STORAGE": ("memory", "memory"),
     "INGEST_KAFKA_SECURITY_PROTOCOL": ("SASL_SSL", "SASL_SSL"),
     "INGEST_KAFKA_SASL_MECHANISM": ("SCRAM-SHA-512", "SCRAM-SHA-512"),
     "INGEST_KAFKA_SASL_USERNAME": ("ingest", "ingest"),
