@@ -121,7 +121,7 @@ class Books:
 
 class Writer(threading.Thread):
     """One client: a call every 1/CALLS_PER_S s until ``stop``, each retried
-    until decided. Never raises: what it heard goes to ``books``."""
+    until decided; what it sent and heard goes to ``books``."""
 
     def __init__(self, name: str, client: Any, app_id: str, books: Books, stop: threading.Event) -> None:
         super().__init__(name=name, daemon=True)
@@ -197,7 +197,7 @@ class Writer(threading.Thread):
             undecided[endpoint_id] = {}
             for _ in range(EVENTS_PER_ENDPOINT):
                 event_type = self.rng.choice(EVENT_TYPES)
-                event_id = uuid.UUID(int=self.rng.getrandbits(128), version=4).hex
+                event_id = str(uuid.uuid4())
                 undecided[endpoint_id][event_id] = {"EventType": event_type, "Timestamp": now_iso()}
                 with self.books.lock:
                     self.books.sent[endpoint_id, event_id] = event_type
@@ -461,21 +461,22 @@ def fill_disk(deployment: Deployment, books: Books) -> Window:
 @dataclass(frozen=True)
 class Fault:
     inject: Callable[[Deployment, Books], Window]
+    during: frozenset[int | str] = frozenset()  # what the edge may answer while it lasts, besides 202 and 429
     store: Callable[[], contextlib.AbstractContextManager[Store]] = database_of_its_own
-    may_500: bool = False  # whether the edge may answer 500 while it lasts
     env: dict[str, str] = field(default_factory=dict)
 
 
 FAULTS = {
     "broker-frozen": Fault(
-        freeze_broker, may_500=True, env={"INGEST_PRODUCE_TIMEOUT_S": str(PRODUCE_TIMEOUT_S)}
+        freeze_broker, frozenset({500}), env={"INGEST_PRODUCE_TIMEOUT_S": str(PRODUCE_TIMEOUT_S)}
     ),
     "endpoint-worker-sigkilled": Fault(kill_worker("endpoints")),
     "kpi-worker-sigkilled": Fault(kill_worker("kpis")),
     # The edge reads apps from the store (cached 5 s): 500 while it is down.
-    "postgres-restarted": Fault(restart_postgres, cluster_of_its_own, may_500=True),
-    "edge-sigtermed": Fault(sigterm_edge),
-    "disk-full": Fault(fill_disk, small_disk),
+    "postgres-restarted": Fault(restart_postgres, frozenset({500}), cluster_of_its_own),
+    # Between the old edge's listener closing and the new one's opening.
+    "edge-sigtermed": Fault(sigterm_edge, frozenset({"EndpointConnectionError", "ConnectionClosedError"})),
+    "disk-full": Fault(fill_disk, store=small_disk),
 }
 
 
@@ -533,19 +534,16 @@ def assert_accounted(deployment: Deployment, app_id: str, books: Books) -> None:
         assert got["Address"] == want[endpoint_id], endpoint_id
 
 
-def assert_only_promised_statuses(books: Books, window: Window, *, may_500: bool) -> None:
-    broken = {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError"}
-    requests = books.statuses("request")
-    assert set(requests) <= {202, 429, 500} | broken, requests
-    assert set(books.statuses("item")) <= {202, 500}, books.statuses("item")
-    late = [
-        (round(at - window.end, 2), kind)
+def assert_only_promised_statuses(books: Books, window: Window, during: frozenset[int | str]) -> None:
+    """202 and 429 (what a busy or draining edge answers) at any time; what
+    the fault may cause (``during``) only while it lasts; nothing else."""
+    unpromised = Counter(
+        (kind, status, round(at - window.end, 1))
         for at, kind, status in books.answers
-        if status == 500 and not window.start <= at <= window.end + RECOVERY_S
-    ]
-    assert not late, f"500s outside the fault window (s after its end): {late[:10]}"
-    if not may_500:
-        assert requests[500] == 0 == books.statuses("item")[500], (requests, books.statuses("item"))
+        if status not in (202, 429)
+        and not (status in during and window.start <= at <= window.end + RECOVERY_S)
+    )
+    assert not unpromised, f"(kind, status, s after the fault's end): {unpromised.most_common(10)}"
 
 
 @pytest.mark.parametrize("fault", list(FAULTS.values()), ids=list(FAULTS))
@@ -572,6 +570,6 @@ def test_fault_loses_and_duplicates_nothing(tmp_path: Path, fault: Fault) -> Non
         try:
             assert not books.gave_up, books.gave_up[:5]
             assert_accounted(deployment, app_id, books)
-            assert_only_promised_statuses(books, window, may_500=fault.may_500)
+            assert_only_promised_statuses(books, window, fault.during)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{deployment.logs()}") from exc
