@@ -1,6 +1,6 @@
 """The test PostgreSQL of scripts/postgres.sh, found or started once per test
 session, so that a plain ``pytest`` needs no environment; and a private
-cluster for a test that stops its server.
+cluster for a test that stops its server or fills its disk.
 
 ``INGEST_TEST_POSTGRES_URL``, when set, names the server instead. Under
 pytest-xdist each worker gets a database of its own beside that URL's
@@ -34,14 +34,15 @@ POSTGRES_SH = ROOT / "scripts" / "postgres.sh"
 POSTGRES_SH_TIMEOUT_S = 600
 
 
-def run_postgres_sh(**env: str) -> str:
-    """Run scripts/postgres.sh → the URL it prints last. One caller at a time
-    on this machine (xdist workers, concurrent sessions): two initdb or
-    pg_ctl start of one cluster would race."""
+def run_postgres_sh(*wrapper: str, **env: str) -> str:
+    """Run scripts/postgres.sh (as the last arguments of ``wrapper``, if
+    given) → the URL it prints last. One caller at a time on this machine
+    (xdist workers, concurrent sessions): two initdb or pg_ctl start of one
+    cluster would race."""
     with (Path(tempfile.gettempdir()) / "ingest-postgres-sh.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         done = subprocess.run(
-            ["bash", str(POSTGRES_SH)],
+            [*wrapper, "bash", str(POSTGRES_SH)],
             check=True,
             stdout=subprocess.PIPE,
             env=os.environ | env,
@@ -91,6 +92,15 @@ class Cluster:
     data_dir: Path
     port: int
 
+    @property
+    def tmpfs(self) -> Path:
+        """The small file system of :func:`private_cluster` (``tmpfs_mib``)."""
+        return self.data_dir / "tmpfs"
+
+    @property
+    def postmaster_pid(self) -> int:
+        return int((self.data_dir / "data" / "postmaster.pid").read_text().split()[0])
+
     def pg_ctl(self, *args: str, check: bool = True) -> None:
         binary = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1]
         command = [str(binary), "-D", str(self.data_dir / "data"), *args]
@@ -107,16 +117,31 @@ class Cluster:
         self.pg_ctl("-l", str(self.data_dir / "log"), "-w", "-o", options, "start")
 
 
+# Mounts a tmpfs of size $1 MiB at $2, owned by `postgres`, then runs the rest.
+_MOUNT_TMPFS = (
+    'mkdir -p "$2" && mount -t tmpfs -o "size=$1m" tmpfs "$2" && chown postgres: "$2" && shift 2 && exec "$@"'
+)
+
+
 @contextmanager
-def private_cluster() -> Iterator[Cluster]:
+def private_cluster(*, tmpfs_mib: int | None = None) -> Iterator[Cluster]:
     """A fresh cluster on a free port (scripts/postgres.sh with its directory
-    and port overridden), removed afterwards."""
+    and port overridden), removed afterwards. With ``tmpfs_mib``, the server
+    runs in a mount namespace of its own (``unshare -m``: root only) where
+    :attr:`Cluster.tmpfs` is a tmpfs of that size, for a tablespace that can
+    fill up; only the server's processes see that mount (enter it with
+    ``nsenter -t {postmaster_pid} -m``), and it goes when the server stops."""
     port = free_port()
     # Not under pytest's tmp dir: the server runs as `postgres`, which may not
     # enter root's private temporary directories.
     data_dir = Path(f"/tmp/ingest-pg-{port}")
+    wrapper: tuple[str, ...] = ()
+    if tmpfs_mib is not None:
+        wrapper = ("unshare", "-m", "sh", "-c", _MOUNT_TMPFS, "sh", str(tmpfs_mib), str(data_dir / "tmpfs"))
     try:
-        url = run_postgres_sh(INGEST_TEST_POSTGRES_DIR=str(data_dir), INGEST_TEST_POSTGRES_PORT=str(port))
+        url = run_postgres_sh(
+            *wrapper, INGEST_TEST_POSTGRES_DIR=str(data_dir), INGEST_TEST_POSTGRES_PORT=str(port)
+        )
         yield Cluster(url, data_dir, port)
     finally:
         # Whatever state the test left it in: stopped already is fine.
