@@ -98,6 +98,7 @@ async def serve(status_file: Path, stack: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    server: contextlib.AbstractAsyncContextManager[int]
     if stack == "uvicorn":
         server = uvicorn_server(canned_app)
     else:

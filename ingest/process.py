@@ -24,7 +24,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Literal
 
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from ingest import logs
 from ingest.api.app import Edge
@@ -87,8 +87,7 @@ def limits_of(settings: Settings, *, max_body_bytes: int | None = None) -> Limit
     )
 
 
-@contextlib.asynccontextmanager
-async def http_server(
+def http_server(
     app: Any,
     *,
     host: str,
@@ -100,44 +99,18 @@ async def http_server(
     metrics: HttpMetrics | None = None,
     clients: ClientAddress | None = None,
     shed: Callable[[dict[str, Any]], ApiError | None] | None = None,
-) -> AsyncIterator[int]:
-    """:class:`ingest.api.server.Server` running ``app``; yields the bound
-    port. On exit it stops accepting and lets requests under way finish
+) -> contextlib.AbstractAsyncContextManager[int]:
+    """:class:`ingest.api.server.Server` running ``app`` (default limits from
+    default settings, a budget of 16 bodies); entered, it yields the bound
+    port; on exit it stops accepting and lets requests under way finish
     within ``drain_timeout_s``."""
     limits = limits or limits_of(Settings())
+    budget = budget or BodyBudget(16 * limits.max_body_bytes)
     server = Server(
-        app,
-        name=name,
-        limits=limits,
-        budget=budget or BodyBudget(16 * limits.max_body_bytes),
-        metrics=metrics or _http_metrics(),
-        clients=clients,
-        shed=shed,
+        app, name=name, limits=limits, budget=budget, metrics=metrics or HttpMetrics(CollectorRegistry())
     )
-    bound = await server.start(host, port)
-    if server.max_connections < limits.max_connections:
-        log.info(
-            "%s listener: at most %d connections (the file descriptor limit leaves no room for %d)",
-            name,
-            server.max_connections,
-            limits.max_connections,
-        )
-    try:
-        yield bound
-    finally:
-        await server.stop(drain_timeout_s)
-
-
-_HTTP_METRICS: HttpMetrics | None = None
-
-
-def _http_metrics() -> HttpMetrics:
-    """The process's one HttpMetrics on the default registry (every listener
-    shares it, labelled by listener)."""
-    global _HTTP_METRICS
-    if _HTTP_METRICS is None:
-        _HTTP_METRICS = HttpMetrics(REGISTRY)
-    return _HTTP_METRICS
+    server.clients, server.shed = clients, shed
+    return server.serving(host, port, drain_timeout_s)
 
 
 Mode = Literal["run", "edge", "worker-endpoints", "worker-kpis"]
@@ -287,6 +260,7 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
         # false from the signal on, and stays answerable through the drain.
         checks: list[Check] = [STARTING, ("draining", lambda: not stopping.is_set())]
         probes = Probes(checks, REGISTRY)
+        http_metrics = HttpMetrics(REGISTRY)
         probe_port = await stack.enter_async_context(
             http_server(
                 probes,
@@ -294,6 +268,7 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
                 port=settings.probe_port,
                 drain_timeout_s=settings.drain_timeout_s,
                 name="probes",
+                metrics=http_metrics,
                 limits=dataclasses.replace(
                     limits_of(settings, max_body_bytes=PROBE_MAX_BODY_BYTES),
                     max_connections=PROBE_MAX_CONNECTIONS,
@@ -390,6 +365,7 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
                     budget=BodyBudget(settings.http_body_budget_bytes),
                     clients=ClientAddress.parse(settings.trusted_proxies),
                     shed=edge.shed,
+                    metrics=http_metrics,
                 )
             )
             api = f"{settings.host}:{api_port}"

@@ -43,7 +43,7 @@ import resource
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, cast
@@ -728,7 +728,7 @@ class Server:
         self._idle: dict[Connection, None] = {}
         self._server: asyncio.Server | None = None
         self._gauge = metrics.connections.labels(name)
-        self._clients = clients
+        self.clients = clients
         # Asked before each request is handed to the app: an error to answer
         # at once instead (the app's admission is full), or None.
         self.shed = shed
@@ -737,10 +737,19 @@ class Server:
         """Whose share of the body budget a request takes: its client address,
         read as the edge reads it (:class:`ingest.api.limits.ClientAddress`)."""
         address = peer[0] if peer else ""
-        if self._clients is None or not self._clients.active:
+        if self.clients is None or not self.clients.active:
             return address
         forwarded = next((value for name, value in reversed(headers) if name == b"x-forwarded-for"), None)
-        return self._clients.of(address, forwarded)
+        return self.clients.of(address, forwarded)
+
+    @contextlib.asynccontextmanager
+    async def serving(self, host: str, port: int, drain_timeout_s: float) -> AsyncIterator[int]:
+        """Listening on ``host:port`` (yields the bound port); on exit, :meth:`stop`."""
+        bound = await self.start(host, port)
+        try:
+            yield bound
+        finally:
+            await self.stop(drain_timeout_s)
 
     async def start(self, host: str, port: int) -> int:
         try:
@@ -749,6 +758,13 @@ class Server:
             )
         except OSError as exc:
             raise IngestError(f"HTTP server could not listen on {host}:{port}: {exc.strerror}") from exc
+        if self.max_connections < self.limits.max_connections:
+            log.info(
+                "%s listener: at most %d connections (the file descriptor limit leaves no room for %d)",
+                self.name,
+                self.max_connections,
+                self.limits.max_connections,
+            )
         return int(self._server.sockets[0].getsockname()[1])
 
     def admit(self, connection: Connection) -> bool:
