@@ -197,16 +197,23 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")} | extra
 
 
+# What every `ingest` a test starts has unless the test says otherwise:
+# probes on a free port of each process's own (9090 by default); the app
+# quota a test's own to set (the test PostgreSQL keeps its apps from run to
+# run, tests/test_app_lifecycle.py); and the embedded broker in memory, which
+# is what the API tests need of it. The durable default (s3rver) has its own
+# tests (tests/test_embedded_durability.py) and costs each `ingest run` a
+# node process and several times the broker CPU.
+TEST_DEFAULTS = {"INGEST_PROBE_PORT": "0", "INGEST_MAX_APPS": "1000000", "INGEST_EMBEDDED_STORAGE": "memory"}
+
+
 def start_ingest(tmp: Path, args: list[str], *, port: int, data_dir: Path, env: dict[str, str]) -> Pipeline:
     """`python -m ingest <args>` with this environment less INGEST_*, plus
     ``env``; returns once its /readyz answers 200 (:func:`ingest.launch.launch`)."""
     log_path = tmp / f"{'-'.join(args[:2])}-{port}.log"
     launched = launch(
         [sys.executable, "-m", "ingest", *args],
-        # Probes on a free port of each process's own (9090 by default). The
-        # test PostgreSQL keeps its apps from run to run: the app quota is a
-        # test's own to set (tests/test_app_lifecycle.py).
-        env=clean_env(**({"INGEST_PROBE_PORT": "0", "INGEST_MAX_APPS": "1000000"} | env)),
+        env=clean_env(**(TEST_DEFAULTS | env)),
         log_path=log_path,
         cwd=ROOT,
         timeout_s=START_TIMEOUT_S,

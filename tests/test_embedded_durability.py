@@ -32,7 +32,9 @@ S3RVER_RSS_LIMIT_KB = 256 * 1024
 def start(data_dir: Path, port: int) -> Pipeline:
     """`ingest run` on its default embedded storage (s3rver) on ``port``."""
     args = ["run", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
-    return start_ingest(data_dir, args, port=port, data_dir=data_dir, env={})
+    return start_ingest(
+        data_dir, args, port=port, data_dir=data_dir, env={"INGEST_EMBEDDED_STORAGE": "s3rver"}
+    )
 
 
 def batch(n: int) -> tuple[str, dict[str, Any]]:
@@ -61,20 +63,29 @@ class Sender:
 
     def _run(self) -> None:
         n = 0
+        body: dict[str, Any] | None = None
         while not self.stopping.is_set():
-            _, body = batch(n)
-            n += 1
+            if body is None:
+                _, body = batch(n)
+                n += 1
             try:
                 answer = self.client.put_events(ApplicationId=self.app_id, EventsRequest=body)
-            except Exception:  # the server is down or restarting: this batch decided nothing
+            except Exception:
+                # The server is down or restarting, and the batch may or may not
+                # be in Kafka: sent again with the same IDs until answered, as
+                # an SDK does, so every event sent ends up answered.
                 time.sleep(0.05)
                 continue
             results = answer["EventsResponse"]["Results"]
+            done = True
             for result in results.values():
                 for event_id, status in result["EventsItemResponse"].items():
                     if status["StatusCode"] == 202:
                         self.accepted.add(event_id)
-            self.answered = body
+                    else:  # a per-item 500: not acknowledged in time, sent again
+                        done = False
+            if done:
+                self.answered, body = body, None
 
 
 def kpi_events(pipeline: Pipeline, app_id: str) -> float:

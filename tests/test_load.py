@@ -484,7 +484,7 @@ def test_chaos_smoke_loses_and_duplicates_nothing() -> None:
         "0.05",
         "--seed",
         "9",
-        env=clean_env(INGEST_PRODUCE_TIMEOUT_S="1"),
+        env=clean_env(INGEST_PRODUCE_TIMEOUT_S="1", INGEST_EMBEDDED_STORAGE="memory"),
     )
     assert summary["verified"] and summary["ok"]
     assert summary["lost"] == summary["duplicated"] == 0

@@ -116,6 +116,7 @@ def test_ingest_run_on_a_full_disk_names_it_in_readiness_and_the_log(tmp_path: P
         env=clean_env(
             INGEST_PROBE_PORT="0",
             INGEST_STORE_URL=f"sqlite:///{store_dir}/ingest.sqlite3",
+            INGEST_EMBEDDED_STORAGE="memory",
             INGEST_LOG_LEVEL="INFO",
         ),
         log_path=tmp_path / "run.log",
