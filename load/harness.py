@@ -412,8 +412,10 @@ async def execute(options: Options, *, out: TextIO | None = sys.stderr) -> dict[
                     if pipeline is not None and out is not None:
                         out.write(pipeline.tails() + "\n")
                     raise
-                if rec is not None and not rec.matches and pipeline is not None and out is not None:
-                    out.write(pipeline.tails() + "\n")
+                if rec is not None and not rec.matches and pipeline is not None:
+                    # Even when quiet: what the processes logged is what tells a
+                    # stalled consumer group from lost records.
+                    (out or sys.stderr).write(pipeline.tails() + "\n")
     histogram = new_histogram()
     for final in finals:
         histogram.add(HdrHistogram.decode(final.histogram))

@@ -426,7 +426,7 @@ def run_load(*args: str, env: dict[str, str] | None = None, timeout_s: float = 1
         timeout=timeout_s,
         check=False,
     )
-    assert done.returncode == 0, done.stderr.decode()[-4000:]
+    assert done.returncode == 0, done.stderr.decode()[-16000:]
     summary: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
     return summary
 
