@@ -11,9 +11,12 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from load.chaos import free_port
 from tests.conftest import Pipeline, eventually, start_ingest
@@ -29,12 +32,27 @@ TANSU_RSS_LIMIT_KB = 64 * 1024
 S3RVER_RSS_LIMIT_KB = 256 * 1024
 
 
+# Every `ingest run` a test here started, so a failing test leaves none running.
+STARTED: list[Pipeline] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_was_started() -> Iterator[None]:
+    yield
+    while STARTED:
+        pipeline = STARTED.pop()
+        if pipeline.process.poll() is None:
+            pipeline.stop(signal.SIGKILL)  # the kernel takes tansu and s3rver with it
+
+
 def start(data_dir: Path, port: int) -> Pipeline:
     """`ingest run` on its default embedded storage (s3rver) on ``port``."""
     args = ["run", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
-    return start_ingest(
+    started = start_ingest(
         data_dir, args, port=port, data_dir=data_dir, env={"INGEST_EMBEDDED_STORAGE": "s3rver"}
     )
+    STARTED.append(started)
+    return started
 
 
 def batch(n: int) -> tuple[str, dict[str, Any]]:
