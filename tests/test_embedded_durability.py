@@ -68,16 +68,21 @@ class Sender:
 
     def __init__(self, pipeline: Pipeline, app_id: str) -> None:
         self.client = pipeline.client(read_timeout=5, connect_timeout=2)
+        self.pipeline = pipeline
+        self.error: BaseException | None = None
         self.app_id = app_id
         self.accepted: set[str] = set()
         self.answered: dict[str, Any] = {}  # the last fully accepted request, for a re-send
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="sender")
 
-    def wait_for(self, accepted: int, within_s: float = 30.0) -> None:
-        eventually(
-            lambda: len(self.accepted), lambda n: n >= accepted, f"{accepted} events accepted", within_s
-        )
+    def wait_for(self, accepted: int, within_s: float = 60.0) -> None:
+        try:
+            eventually(
+                lambda: len(self.accepted), lambda n: n >= accepted, f"{accepted} events accepted", within_s
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last error {self.error!r}\n{self.pipeline.log()[-6000:]}") from None
 
     def _run(self) -> None:
         n = 0
@@ -88,7 +93,8 @@ class Sender:
                 n += 1
             try:
                 answer = self.client.put_events(ApplicationId=self.app_id, EventsRequest=body)
-            except Exception:
+            except Exception as exc:
+                self.error = exc
                 # The server is down or restarting, and the batch may or may not
                 # be in Kafka: sent again with the same IDs until answered, as
                 # an SDK does, so every event sent ends up answered.
@@ -141,6 +147,7 @@ def test_sigkill_under_load_loses_nothing_accepted_and_counts_nothing_twice(tmp_
             sender.wait_for(len(sender.accepted) + 2000)
             sigkill(running)
             running = start(data_dir, port)
+            sender.pipeline = running
         sender.wait_for(len(sender.accepted) + 500)
     finally:
         sender.stopping.set()
