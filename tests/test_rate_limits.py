@@ -90,8 +90,20 @@ def test_a_bad_trusted_proxy_fails_start_up_naming_the_variable() -> None:
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Any:
     running = start_pipeline(
         tmp_path_factory.mktemp("limited"),
-        INGEST_RATE_LIMIT_ADDRESS_REQUESTS_PER_S="20",
         INGEST_RATE_LIMIT_APP_EVENTS_PER_S="150",
+        INGEST_TRUSTED_PROXIES="127.0.0.1",
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def by_address(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One request per address every 5 s (a bucket of one): the flood below
+    outruns the refill however slow the machine."""
+    running = start_pipeline(
+        tmp_path_factory.mktemp("by-address"),
+        INGEST_RATE_LIMIT_ADDRESS_REQUESTS_PER_S="0.2",
         INGEST_TRUSTED_PROXIES="127.0.0.1",
     )
     yield running
@@ -130,15 +142,15 @@ def test_an_apps_events_past_its_rate_get_429_with_retry_after_and_other_apps_go
     assert limited.request("POST", f"/v1/apps/{busy}/events", put_body(1, "d"))[0] == 202
 
 
-def test_an_address_past_its_rate_gets_429_and_others_behind_the_proxy_go_on(limited: Pipeline) -> None:
+def test_an_address_past_its_rate_gets_429_and_others_behind_the_proxy_go_on(by_address: Pipeline) -> None:
     flooder = {"X-Forwarded-For": "203.0.113.50"}
-    statuses = [limited.request("GET", "/v1/apps", headers=flooder)[0] for _ in range(60)]
-    assert statuses.count(200) >= 20 and 429 in statuses, statuses.count(429)
-    status, headers, _ = limited.request("GET", "/v1/apps", headers=flooder)
-    assert status == 429 and int(headers["retry-after"]) >= 1
+    answers = [by_address.request("GET", "/v1/apps", headers=flooder) for _ in range(6)]
+    assert [status for status, _, _ in answers] == [200] + [429] * 5
+    _, headers, _ = answers[-1]
+    assert int(headers["retry-after"]) >= 1
     assert headers["x-amzn-errortype"] == "TooManyRequestsException"
     # Another client behind the same proxy has its own bucket.
-    assert limited.request("GET", "/v1/apps", headers={"X-Forwarded-For": "203.0.113.51"})[0] == 200
+    assert by_address.request("GET", "/v1/apps", headers={"X-Forwarded-For": "203.0.113.51"})[0] == 200
     # A client's own X-Forwarded-For entry (left of the proxy's) is not believed.
     spoofed = {"X-Forwarded-For": "198.51.100.1, 203.0.113.50"}
-    assert limited.request("GET", "/v1/apps", headers=spoofed)[0] == 429
+    assert by_address.request("GET", "/v1/apps", headers=spoofed)[0] == 429
