@@ -26,16 +26,14 @@ from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
 from ingest.settings import Settings
 from load.credentials import Key
+from load.embedded import rss_kb
 from load.sigv4 import CONTENT_TYPE
 
 MAX_CONNECTIONS = 4096
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kb(pid) / 1024
 
 
 def percentile(values: list[float], q: float) -> float:

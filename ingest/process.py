@@ -107,9 +107,14 @@ def http_server(
     limits = limits or limits_of(Settings())
     budget = budget or BodyBudget(16 * limits.max_body_bytes)
     server = Server(
-        app, name=name, limits=limits, budget=budget, metrics=metrics or HttpMetrics(CollectorRegistry())
+        app,
+        name=name,
+        limits=limits,
+        budget=budget,
+        metrics=metrics or HttpMetrics(CollectorRegistry()),
+        clients=clients,
+        shed=shed,
     )
-    server.clients, server.shed = clients, shed
     return server.serving(host, port, drain_timeout_s)
 
 

@@ -1,8 +1,18 @@
-"""Read one sample of a running process's ``/metrics``."""
+"""Read one sample of a running process's ``/metrics``, or its resident memory."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
+
+
+def rss_kb(pid: int) -> int:
+    """Process ``pid``'s resident set (``/proc``); fails when it is gone, so a
+    bound checked on it cannot pass on a dead process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 class Serving(Protocol):

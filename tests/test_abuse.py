@@ -15,12 +15,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Pipeline, start_pipeline
+from tests.samples import rss_kb
 
 # ABUSE_SIZE=full replays the findings at the sizes they were found at
 # (the note reports that run); CI runs them small.
@@ -68,10 +68,7 @@ def app_id(edge: Pipeline) -> str:
 
 
 def rss_mib(edge: Pipeline) -> float:
-    for line in Path(f"/proc/{edge.launched.status.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return rss_kb(edge.launched.status.pid) / 1024
 
 
 def assert_normal_requests_work(edge: Pipeline, app_id: str) -> None:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import asyncpg
@@ -153,6 +152,5 @@ def test_ingest_run_on_a_full_disk_names_it_in_readiness_and_the_log(tmp_path: P
             )["ResponseMetadata"]["HTTPStatusCode"]
             == 202
         )
-        time.sleep(0.5)
     finally:
         running.stop(signal.SIGKILL)  # the worker is holding records for the disk

@@ -623,13 +623,11 @@ class Connection(asyncio.Protocol):
             self._cancel_timer()
             self._transport.close()
 
-    def close_if_idle(self) -> bool:
+    def close_if_idle(self) -> None:
         """For a server that stops, or needs room: close unless a request is
-        under way. True when closed."""
+        under way."""
         if self._task is None and self._phase == IDLE and self._state == OPEN:
             self._close()
-            return True
-        return False
 
     def abort(self) -> None:
         """Drop the connection now, unless it is already closing (an answer
@@ -728,7 +726,7 @@ class Server:
         self._idle: dict[Connection, None] = {}
         self._server: asyncio.Server | None = None
         self._gauge = metrics.connections.labels(name)
-        self.clients = clients
+        self._clients = clients
         # Asked before each request is handed to the app: an error to answer
         # at once instead (the app's admission is full), or None.
         self.shed = shed
@@ -737,10 +735,10 @@ class Server:
         """Whose share of the body budget a request takes: its client address,
         read as the edge reads it (:class:`ingest.api.limits.ClientAddress`)."""
         address = peer[0] if peer else ""
-        if self.clients is None or not self.clients.active:
+        if self._clients is None or not self._clients.active:
             return address
         forwarded = next((value for name, value in reversed(headers) if name == b"x-forwarded-for"), None)
-        return self.clients.of(address, forwarded)
+        return self._clients.of(address, forwarded)
 
     @contextlib.asynccontextmanager
     async def serving(self, host: str, port: int, drain_timeout_s: float) -> AsyncIterator[int]:
