@@ -218,6 +218,35 @@ function retain(bucketDir, retained) {
   return deleted;
 }
 
+// At start: an object whose .md5 does not match its bytes gets its .md5
+// rewritten. A kill between writing an object and writing its .md5 leaves
+// the old ETag beside the new bytes; GET answers that ETag, Tansu's next
+// conditional PUT carries it, the check (on the bytes) refuses it with 412,
+// and Tansu retries for ever: produces stall after a restart. Retention
+// keeps the bucket to a few files per partition, so the walk is short.
+function repairEtags(dir) {
+  let repaired = 0;
+  for (const entry of fsSync.readdirSync(dir, { withFileTypes: true })) {
+    const full = path.join(dir, entry.name);
+    if (entry.isDirectory()) {
+      repaired += repairEtags(full);
+    } else if (entry.name.endsWith(OBJECT)) {
+      const md5 = crypto.createHash('md5').update(fsSync.readFileSync(full)).digest('hex');
+      let stored;
+      try {
+        stored = fsSync.readFileSync(`${full}.md5`, 'utf8');
+      } catch (err) {
+        if (err.code !== 'ENOENT') throw err;
+      }
+      if (stored !== md5) {
+        fsSync.writeFileSync(`${full}.md5`, md5); // before any request: no reader to race
+        repaired++;
+      }
+    }
+  }
+  return repaired;
+}
+
 // SIGTERM (the broker has stopped): nothing is buffered, so exit at once.
 process.on('SIGTERM', () => process.exit(0));
 
@@ -232,6 +261,8 @@ async function main() {
   partialDir = path.join(directory, '.partial');
   await fs.rm(partialDir, { recursive: true, force: true }); // what a killed server left half written
   await fs.mkdir(partialDir);
+  const repaired = repairEtags(directory);
+  if (repaired) process.stdout.write(`s3rver: ${repaired} stale ETag(s) rewritten from their objects' bytes\n`);
   const server = new S3rver({
     directory,
     address,

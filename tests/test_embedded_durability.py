@@ -6,8 +6,10 @@ with the records it holds, and consumed batches are deleted from disk."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -18,8 +20,10 @@ from typing import Any
 
 import pytest
 
+from ingest.kafka.broker import s3rver_command
 from load.chaos import free_port
 from tests.conftest import Pipeline, eventually, start_ingest
+from tests.samples import rss_kb
 
 EVENTS_PER_BATCH = 50
 # The KPI worker catches up on a restarted broker within seconds here.
@@ -29,6 +33,7 @@ COUNTED_WITHIN_S = 60.0
 # with room for allocator noise, far below what the records sent would take
 # in RAM (the memory engine: about 600 bytes of RSS per event held).
 TANSU_RSS_LIMIT_KB = 64 * 1024
+OBJECT = "._S3rver_object"  # s3rver's suffix of an object's bytes
 S3RVER_RSS_LIMIT_KB = 256 * 1024
 
 
@@ -166,13 +171,6 @@ def test_sigkill_under_load_loses_nothing_accepted_and_counts_nothing_twice(tmp_
     assert running.stop() == 0, running.log()
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def s3rver_pid(pipeline: Pipeline) -> int:
     """The node child of `ingest run` (the one that is not the broker)."""
     pid = pipeline.process.pid
@@ -219,3 +217,30 @@ def test_broker_memory_and_disk_stay_bounded_over_a_steady_run(tmp_path: Path) -
         lambda: batch_files(data_dir, "ingest.events"), lambda n: n <= 8, "consumed batches deleted", 15
     )
     assert running.stop() == 0, running.log()
+
+
+def test_s3rver_rewrites_an_etag_a_kill_left_stale_before_it_serves(tmp_path: Path) -> None:
+    """A kill between an object and its .md5 leaves the old ETag; Tansu's
+    conditional PUTs would then be refused for ever (produces stall after a
+    restart). The wrapper rewrites it from the bytes at start."""
+    obj = tmp_path / "kafka" / "tansu" / "clusters" / "c" / f"watermark.json{OBJECT}"
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(b'{"offset": 7}')
+    stale = obj.with_name(obj.name + ".md5")
+    stale.write_text(hashlib.md5(b'{"offset": 6}').hexdigest())
+    process = subprocess.Popen(
+        [*s3rver_command(), str(tmp_path / "kafka"), "127.0.0.1", str(free_port()), "tansu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline().decode() for _ in range(2)]
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()
+    assert "1 stale ETag(s) rewritten" in lines[0], lines
+    assert "listening" in lines[1], lines
+    assert stale.read_text() == hashlib.md5(b'{"offset": 7}').hexdigest()
