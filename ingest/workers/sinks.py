@@ -14,13 +14,24 @@ import time
 from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastavro.schema import to_parsing_canonical_form
 
 from ingest.errors import StoreError
 from ingest.folds import kpis
 from ingest.folds.endpoints import EndpointRecord
 from ingest.kafka.clients import ENDPOINTS_TOPIC, EVENTS_TOPIC
 from ingest.metrics import KpiWorkerMetrics, WorkerMetrics
-from ingest.records.codec import Codec
+from ingest.records.avro import AvroDecodeError, compile_projection
+from ingest.records.codec import (
+    EVENT_SCHEMA,
+    HEADER_BYTES,
+    MARKER,
+    MAX_MS,
+    MIN_MS,
+    RECORD_TYPES,
+    Codec,
+    fingerprint,
+)
 from ingest.records.values import Event
 from ingest.store.base import PURGE_CHUNK_ROWS, Store
 from ingest.workers.consumer import Worker
@@ -137,6 +148,15 @@ class KpiSink:
     none of them is aggregated. The window never moves back, even if the clock
     does: marks already expired must not let an event count again. Marks of
     days before the window are expired at start and whenever it moves on.
+
+    Events are read with a projection (``kpis.EVENT_FIELDS``): the fields no
+    KPI reads (the request, the SDK, the device's demographic and location;
+    attributes and metrics but of ``kpis.DETAILED_TYPES``, read whole) are
+    skipped, not decoded, and hold placeholders. A value the projection
+    cannot read goes to the codec's full reader, which names what is wrong;
+    so a value is refused exactly when the full reader refuses it, except
+    for faults in skipped bytes alone (such as invalid UTF-8 in an app
+    title, or a ReceivedAt beyond year 9999), which no KPI could count.
     """
 
     topic = EVENTS_TOPIC
@@ -158,8 +178,27 @@ class KpiSink:
         self._now_ms = now_ms
         # The window's first day as of the last expiry (None: none yet).
         self._oldest_day: int | None = None
+        schema = codec.schema(EVENT_SCHEMA)
+        self._header = MARKER + fingerprint(to_parsing_canonical_form(schema))
+        self._project = compile_projection(schema, RECORD_TYPES, kpis.EVENT_FIELDS)
 
     def decode(self, value: bytes | None) -> Event:
+        if value is not None and value.startswith(self._header):
+            try:
+                event: Event
+                event, end = self._project(value, HEADER_BYTES)
+            except AvroDecodeError:
+                pass
+            else:
+                if (
+                    end == len(value)
+                    and MIN_MS <= event.timestamp_ms <= MAX_MS
+                    and event.event_type not in kpis.DETAILED_TYPES
+                ):
+                    return event
+        # A purchase or a push open, whose attributes count, or not an event
+        # the projection reads: the full reader reads it, or refuses it with
+        # the reason.
         return self._codec.decode_event(value)
 
     def oldest_day(self) -> int:
