@@ -34,7 +34,7 @@ from ingest.records.codec import (
 )
 from ingest.records.values import Event
 from ingest.store.base import PURGE_CHUNK_ROWS, Store
-from ingest.workers.consumer import Worker
+from ingest.workers.consumer import STALL_TIMEOUT_S, Worker
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class EndpointWorker(Worker[EndpointRecord]):
         metrics: WorkerMetrics,
         max_records: int,
         drain_timeout_s: float,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
     ) -> None:
         super().__init__(
             consumer,
@@ -125,6 +126,7 @@ class EndpointWorker(Worker[EndpointRecord]):
             EndpointSink(store, codec=codec, metrics=metrics),
             max_records=max_records,
             drain_timeout_s=drain_timeout_s,
+            stall_timeout_s=stall_timeout_s,
         )
 
 
