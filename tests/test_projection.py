@@ -102,11 +102,7 @@ def test_a_projection_accepts_what_the_full_reader_accepts(data: st.DataObject, 
     assert project(bytes(body), 0) == (_projected(whole, fields), end)
 
 
-def _sink() -> KpiSink:
-    return KpiSink(None, codec=CODEC, metrics=KpiWorkerMetrics(CollectorRegistry()), retention_days=7)  # type: ignore[arg-type]
-
-
-SINK = _sink()
+SINK = KpiSink(None, codec=CODEC, metrics=KpiWorkerMetrics(CollectorRegistry()), retention_days=7)  # type: ignore[arg-type]
 # Events whose types the KPIs tell apart, attributes and metrics that count.
 kpi_events = st.builds(
     lambda event, kind, attributes, metrics: event._replace(
