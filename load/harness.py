@@ -337,8 +337,6 @@ async def _server(options: Options, work_dir: Path) -> AsyncIterator[tuple[str, 
         pipeline = faults.Pipeline(work_dir)
         try:
             await pipeline.start()
-            if options.chaos:
-                await pipeline.start_worker()
             yield pipeline.url, pipeline
         finally:
             await pipeline.stop()
