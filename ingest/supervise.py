@@ -126,6 +126,9 @@ class Supervised:
         self.ready = False
         self.reason = "starting"
         self.probes = None
+        # Before the spawn, so a spawn that fails counts as a start that died
+        # at once (the restart backoff keeps growing).
+        self.started_at = asyncio.get_running_loop().time()
         self.process = await asyncio.create_subprocess_exec(
             *self.argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -133,7 +136,6 @@ class Supervised:
             start_new_session=True,
             preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
-        self.started_at = asyncio.get_running_loop().time()
         log.info("%s started (pid %d)", self.name, self.pid)
 
     async def wait_status(self, timeout_s: float, *, abandon: asyncio.Event) -> bool:
@@ -321,8 +323,9 @@ class Supervisor:
 
     async def _poll(self) -> None:
         while not self._draining.is_set():
-            for child in self.children:
-                self._metrics.ready.labels(child.name).set(await child.poll_ready())
+            ready = await asyncio.gather(*(child.poll_ready() for child in self.children))
+            for child, is_ready in zip(self.children, ready, strict=True):
+                self._metrics.ready.labels(child.name).set(is_ready)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._draining.wait(), READY_POLL_S)
 
@@ -357,7 +360,11 @@ class Supervisor:
                 await asyncio.wait_for(self._draining.wait(), backoff_s)
                 return  # drained while waiting: nothing to restart
             backoff_s = min(2 * backoff_s, RESTART_MAX_S)
-            await child.start()
+            try:
+                await child.start()
+            except OSError as exc:  # out of processes or descriptors: try again after the backoff
+                log.error("%s could not be started: %s", child.name, exc)  # noqa: TRY400 - no traceback helps
+                continue  # the old process is still the one waited on: it has exited, so the backoff follows
             try:
                 if not await child.wait_status(START_TIMEOUT_S, abandon=self._draining):
                     return
