@@ -31,6 +31,10 @@ TOP = 12
 # py-spy gives up attaching when the target is not yet a Python process; it
 # needs a few seconds past the measurement to write its output.
 GRACE_S = 30.0
+# An executor thread waiting for work: its innermost frame is this one only
+# while it blocks in ``work_queue.get`` (work it runs has frames of its
+# own), and py-spy does not always tell that wait from running.
+WAITING = frozenset({"concurrent/futures/thread.py:_worker"})
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<file>.*?)(?::\d+)?\)$")
 
 
@@ -47,6 +51,7 @@ class Summary:
     samples: int
     own: list[tuple[str, float]]
     inclusive: list[tuple[str, float]]
+    waiting: int = 0  # samples left out: an executor thread waiting (WAITING)
 
 
 def _short(path: str) -> str:
@@ -79,7 +84,7 @@ def summarise(collapsed: str, top: int = TOP) -> Summary:
     # event loop's run), which every sample of its thread passes through.
     per_entry: dict[str, int] = {}
     entries: dict[str, set[str]] = {}
-    total = 0
+    total = waiting = 0
     for line in collapsed.splitlines():
         stack, _, count_text = line.rstrip().rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -87,6 +92,9 @@ def summarise(collapsed: str, top: int = TOP) -> Summary:
         count = int(count_text)
         keys = [frame_key(f) for f in stack.split(";") if f]
         if not keys:
+            continue
+        if keys[-1] in WAITING:
+            waiting += count
             continue
         total += count
         own[keys[-1]] = own.get(keys[-1], 0) + count
@@ -101,15 +109,19 @@ def summarise(collapsed: str, top: int = TOP) -> Summary:
         return [(key, n / total) for key, n in ordered]
 
     if not total:
-        return Summary(0, [], [])
-    return Summary(total, ranked(own), ranked({k: n for k, n in inclusive.items() if k not in trunk}))
+        return Summary(0, [], [], waiting)
+    return Summary(
+        total, ranked(own), ranked({k: n for k, n in inclusive.items() if k not in trunk}), waiting
+    )
 
 
 def markdown(summary: Summary) -> list[str]:
     """The summary as a table, own time beside inclusive."""
     lines = [
-        f"{summary.samples:,} samples at {RATE_HZ} Hz; inclusive leaves out the entry frames every sample "
-        "of a thread passes through (runpy, `main`, the event loop's `run`, a thread's bootstrap).",
+        f"{summary.samples:,} samples at {RATE_HZ} Hz (and {summary.waiting:,} of an executor thread "
+        "waiting for work, left out); inclusive leaves out the entry frames every sample of a thread "
+        "passes through (runpy, `main`, the event loop's `run`, a thread's bootstrap). "
+        "`asyncio/runners.py:Runner.run` as the innermost frame is uvloop's own loop, in C.",
         "",
         "| | own time (innermost frame) | share | inclusive (anywhere on the stack) | share |",
         "|---:|---|---:|---|---:|",

@@ -262,13 +262,14 @@ COLLAPSED = """\
 <module> (/srv/app.py:1);main (/srv/app.py:11) 10
 <module> (/srv/app.py:1);main (/srv/app.py:10);rec (/srv/app.py:20);rec (/srv/app.py:21) 50
 <module> (/srv/app.py:1);run (/usr/lib/python3.11/asyncio/events.py:80) 10
+_bootstrap (/lib/python3.11/threading.py:1002);_worker (/lib/python3.11/concurrent/futures/thread.py:81) 7
 not a stack line
 """
 
 
 def test_the_summary_ranks_own_and_inclusive_time_by_file_and_function() -> None:
     summary = profile.summarise(COLLAPSED, top=3)
-    assert summary.samples == 100
+    assert (summary.samples, summary.waiting) == (100, 7)  # an executor waiting is not counted
     assert summary.own == [("/srv/app.py:rec", 0.5), ("lib/mod.py:work", 0.3), ("/srv/app.py:main", 0.1)]
     # Recursion counts once a sample; lines of one function are one entry;
     # the entry frame every sample passes through is left out.
@@ -279,7 +280,7 @@ def test_the_summary_ranks_own_and_inclusive_time_by_file_and_function() -> None
     ]
     assert ("asyncio/events.py:run", 0.1) in profile.summarise(COLLAPSED).own
     table = profile.markdown(summary)
-    assert table[0].startswith("100 samples at 100 Hz;")
+    assert table[0].startswith("100 samples at 100 Hz (and 7 of an executor thread waiting")
     assert table[4] == "| 1 | `/srv/app.py:rec` | 50.0% | `/srv/app.py:main` | 90.0% |"
 
 
