@@ -427,7 +427,9 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load.report", description=__doc__.split("\n")[0])
     parser.add_argument("--postgres", help="also measure the workers on this PostgreSQL URL")
-    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument(
+        "--out", type=Path, help="where to write (default: BENCHMARKS.md; with --quick, a temporary file)"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -444,10 +446,14 @@ def main(argv: list[str] | None = None) -> int:
         durations = replace(durations, seconds=args.seconds)
     if args.duration is not None:
         durations = replace(durations, duration_s=args.duration)
+    # A quick run's figures mean nothing: it does not replace BENCHMARKS.md unless told to.
+    out = args.out or (
+        Path(tempfile.gettempdir()) / "BENCHMARKS-quick.md" if args.quick else Path("BENCHMARKS.md")
+    )
     began = time.monotonic()
     text = uvloop.run(build(args.postgres, durations, profile_all=args.profile_all))
-    args.out.write_text(text)
-    print(f"wrote {args.out} in {time.monotonic() - began:.0f} s", file=sys.stderr)
+    out.write_text(text)
+    print(f"wrote {out} in {time.monotonic() - began:.0f} s", file=sys.stderr)
     return 0
 
 

@@ -4,8 +4,9 @@
 # `python -m load.report` runs each `python -m bench` part and the
 # `python -m load` runs, profiles what misses its target (py-spy, which needs
 # ptrace: root here), and assembles their reports.
-# `scripts/benchmarks.sh --quick --out /tmp/quick.md` checks the machinery in a
-# few minutes, every part at tiny durations (its figures mean nothing);
+# `scripts/benchmarks.sh --quick` checks the machinery in a few minutes, every
+# part at tiny durations (its figures mean nothing, so it writes
+# /tmp/BENCHMARKS-quick.md unless given --out);
 # `--profile-all` profiles every measured target, met or not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
