@@ -78,10 +78,12 @@ async def _stop(child: Launched) -> None:
 
 
 class Pipeline:
-    """`ingest run` on a loopback port of its choosing."""
+    """`ingest run` on a loopback port of its choosing. ``settings`` change
+    its environment: a value sets an ``INGEST_*`` variable, None removes it."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, settings: dict[str, str | None] | None = None) -> None:
         self.work_dir = work_dir
+        self.settings = settings or {}
         self.data_dir = work_dir / "data"
         self.run: Launched | None = None
 
@@ -116,7 +118,9 @@ class Pipeline:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "ingest", "run", "--host", "127.0.0.1", "--port", "0"]
         argv += ["--data-dir", str(self.data_dir)]
-        self.run = await _launch(argv, _env(), self.work_dir / "ingest-run.log")
+        env = {k: v for k, v in _env().items() if k not in self.settings}
+        env |= {k: v for k, v in self.settings.items() if v is not None}
+        self.run = await _launch(argv, env, self.work_dir / "ingest-run.log")
 
     def worker_pid(self, name: str = "worker-kpis") -> int:
         """The PID of ``ingest run``'s child ``name`` now (its status file)."""
