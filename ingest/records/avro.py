@@ -1,6 +1,6 @@
 """Avro binary encoding and decoding compiled from a schema into Python functions.
 
-It earns its size (about 480 lines): the writer and the reader generators
+It earns its size (about 500 lines): the writer and the reader generators
 share one code emitter and one set of supported types, and hold each other to
 the same wire format; apart, each would repeat them.
 
