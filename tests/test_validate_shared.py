@@ -75,3 +75,14 @@ def test_a_session_read_again_is_the_same_object() -> None:
     first, second, third = (e for _, e in decided)
     assert isinstance(first, Event) and isinstance(second, Event) and isinstance(third, Event)
     assert first.session is second.session is third.session
+
+
+def test_equal_app_strings_are_one_object_for_the_encoder() -> None:
+    def event(package: str) -> dict[str, Any]:
+        return {"EventType": "x", "Timestamp": START, "AppPackageName": package, "SdkName": "sdk"}
+
+    decided = [e for _, e in verdicts({"a": event("p"), "b": event("p"), "c": event("q")})]
+    a, b, c = decided
+    assert isinstance(a, Event) and isinstance(b, Event) and isinstance(c, Event)
+    assert a.app_package_name is b.app_package_name and a.sdk_name is b.sdk_name
+    assert (a.app_package_name, c.app_package_name, c.sdk_name) == ("p", "q", "sdk")

@@ -188,9 +188,11 @@ class _Generator(_Source):
         """A field's encoding remembered for the same object, as nested
         records are: the members one request gives all its records (its
         app, endpoint and request IDs, its arrival time) are one object in
-        each, and cost a comparison instead of an encoding."""
+        each, and cost a comparison instead of an encoding. A shared member
+        that is not one object costs a comparison and a copy of its bytes."""
         cache, start = self.fresh("last"), self.fresh("at")
-        self.names[cache] = [None, b""]
+        # Primed with an object no record holds: None is a value here.
+        self.names[cache] = [object(), b""]
         self.emit(depth, f"if {value} is {cache}[0]: {buf} += {cache}[1]")
         self.emit(depth, "else:")
         self.emit(depth + 1, f"{start} = len({buf})")

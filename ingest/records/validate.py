@@ -244,13 +244,15 @@ def _check_key(key: str, where: str) -> None:
 
 def _metrics(value: Any, where: str) -> dict[str, float]:
     metrics = _object(value, where)
-    out: dict[str, float] = {}
     for key, number in metrics.items():
         # The usual item, a short key and a finite double (x - x is NaN for
-        # infinities), in one test; anything else through the rules in turn.
-        if type(number) is float and 0 < len(key) <= MAX_KEY_CHARS and number - number == 0.0:
-            out[key] = number
-            continue
+        # infinities), in one test.
+        if not (type(number) is float and 0 < len(key) <= MAX_KEY_CHARS and number - number == 0.0):
+            break
+    else:
+        return metrics  # already what the rules make of it: no copy
+    out: dict[str, float] = {}
+    for key, number in metrics.items():
         _check_key(key, where)
         out[key] = _number(number, f"{where}.{key}")
     return out
@@ -417,8 +419,10 @@ def _session(value: Any) -> Session:
     )
 
 
-class _Sessions:
-    """The last valid Session of a batch and the members it was read from.
+class _Repeats:
+    """What the last event of a batch carried, so that a repeat is one object:
+    its app's strings (AppPackageName and the rest, mostly equal in every
+    event of a batch), and its valid Session and the members it was read from.
     The events of one batch mostly carry the same session; one whose members
     are the same (strings equal, Duration equal and of the same type, since
     ``1 == 1.0 == True``) is that Session again, not read twice, and the one
@@ -426,11 +430,21 @@ class _Sessions:
     remembers nested records by identity). Only the members read are
     compared, so no other member can make the comparison costly."""
 
-    __slots__ = ("members", "session")
+    __slots__ = ("members", "session", "strings")
 
     def __init__(self) -> None:
         self.members: tuple[Any, ...] = ()
         self.session: Session | None = None
+        self.strings: tuple[Any, ...] = ()
+
+    def same_strings(self, strings: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``strings``, or the equal tuple of the last event (equal strings
+        are equal values whatever the object, and the encoder writes a
+        repeated object once: :data:`ingest.records.codec.SHARED_MEMBERS`)."""
+        if strings == self.strings:
+            return self.strings
+        self.strings = strings
+        return strings
 
     def read(self, value: Any) -> Session:
         if type(value) is not dict:
@@ -484,7 +498,7 @@ class _Batch(NamedTuple):
     received_at_ms: int
     context: EndpointContext | None
     check_size: bool
-    sessions: _Sessions
+    repeats: _Repeats
 
 
 def _event(ev: Any, event_id: str, batch: _Batch) -> Event:
@@ -518,8 +532,8 @@ def _event(ev: Any, event_id: str, batch: _Batch) -> Event:
         _reject("too_large", f"Event is larger than {MAX_EVENT_BYTES} bytes")
     session = get("Session")
     if session is not None:
-        session = batch.sessions.read(session)
-    package, title, version, sdk_version, sdk = strings = (
+        session = batch.repeats.read(session)
+    strings = (
         get("AppPackageName"),
         get("AppTitle"),
         get("AppVersionCode"),
@@ -530,6 +544,7 @@ def _event(ev: Any, event_id: str, batch: _Batch) -> Event:
         for member, text in zip(_EVENT_STRINGS, strings, strict=True):
             if text is not None and type(text) is not str:
                 _reject("wrong_type", f"{member} must be a string")
+    package, title, version, sdk_version, sdk = batch.repeats.same_strings(strings)
     event: Event = _new(
         Event,
         (
@@ -629,7 +644,7 @@ def put_events(
             batches.append(EndpointBatch(endpoint_id, upsert, ()))
             continue
         shared = _Batch(
-            app_id, endpoint_id, request_id, received_at_ms, _context(upsert), check_size, _Sessions()
+            app_id, endpoint_id, request_id, received_at_ms, _context(upsert), check_size, _Repeats()
         )
         # The endpoint ID's own rules fail each of its events the same way.
         bad_id: Invalid | None = None
