@@ -396,6 +396,8 @@ def report(results: list[Result], *, seconds: float, concurrency: int, broker_cp
         "Ratios (same run):",
         f"- generated writer ÷ fastavro schemaless_writer, events encoded per second: "
         f"{generated.rate / fastavro_writer.rate:.1f}",
+        "- core (parse + validate + encode) ÷ fastavro schemaless_writer (encoding alone), events per "
+        f"CPU-second: {(core.per_cpu or 0) / (fastavro_writer.per_cpu or 1):.2f}",
         f"- edge events/s ÷ produce ceiling events/s: {edge.rate / produce.rate:.2f}",
         f"- edge events/s ÷ HTTP ceiling events/s: {edge.rate / http.rate:.2f}",
         "- the edge's HTTP server ÷ uvicorn, canned 202s per server CPU-second: "

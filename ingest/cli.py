@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     edge.add_argument("--port", type=int, help="API port (INGEST_PORT)")
     edge.add_argument("--probe-port", type=int, help="probe and /metrics port (INGEST_PROBE_PORT)")
     edge.add_argument("--status-file", type=Path, help=status_help)
+    edge.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the API port with other edges (SO_REUSEPORT; the kernel spreads connections)",
+    )
 
     worker = commands.add_parser(
         "worker",
@@ -80,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--host", help="probe listen address (INGEST_PROBE_HOST)")
     worker.add_argument("--port", type=int, help="probe and /metrics port (INGEST_PROBE_PORT)")
     worker.add_argument("--status-file", type=Path, help=status_help)
+    for sub in (edge, worker):
+        sub.add_argument(
+            "--process-name",
+            type=_process_name,
+            help="name this process in each log line (a supervisor's role name: a-z, 0-9, '-')",
+        )
 
     commands.add_parser(
         "migrate",
@@ -91,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
 
     _admin_parsers(commands)
     return parser
+
+
+def _process_name(raw: str) -> str:
+    if logs.PROCESS_NAME.fullmatch(raw) is None:
+        raise argparse.ArgumentTypeError("1-32 of a-z, 0-9 and '-'")
+    return raw
 
 
 def _admin_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -238,15 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     except IngestError as exc:
         print(f"ingest: {exc}", file=sys.stderr)  # noqa: T201 - start-up error for the operator
         return 2
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, process=getattr(args, "process_name", None))
     try:
+        if args.command == "run" and settings.edge_process_count > 0:
+            from ingest.supervise import supervise
+
+            return uvloop.run(supervise(settings, status_file=args.status_file))
         if args.command in ("run", "edge", "worker"):
             from ingest.process import Mode, serve
 
             mode: Mode = args.command
             if args.command == "worker":
                 mode = "worker-kpis" if args.role == "kpis" else "worker-endpoints"
-            return uvloop.run(serve(settings, mode=mode, status_file=args.status_file))
+            reuse_port = getattr(args, "reuse_port", False)
+            return uvloop.run(serve(settings, mode=mode, status_file=args.status_file, reuse_port=reuse_port))
         if args.command in ("keys", "identity-pools"):
             return uvloop.run(_admin(settings, args))
         return uvloop.run(_migrate(settings))

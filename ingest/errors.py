@@ -26,6 +26,12 @@ class BrokerError(IngestError):
     """The embedded broker could not start, or topics could not be set up."""
 
 
+class SupervisorError(IngestError):
+    """A process `ingest run` supervises failed to start: it exited, or did
+    not become ready in time, before the pipeline first served. (After that,
+    a child that dies is restarted, not reported as this.)"""
+
+
 StoreCondition = Literal["disk_full", "read_only"]
 # What readiness and the log say of each condition.
 CONDITION_TEXT: dict[StoreCondition, str] = {

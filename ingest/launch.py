@@ -54,19 +54,39 @@ class Broker:
 
 
 @dataclass(frozen=True, slots=True)
+class Child:
+    """A process `ingest run` supervises: its role name (``edge-0``,
+    ``worker-kpis``), its PID now (a restart changes it) and its probes."""
+
+    name: str
+    pid: int
+    probes: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
-    """What a serving process writes to its status file."""
+    """What a serving process writes to its status file. A supervising
+    `ingest run` rewrites it whenever a child is (re)started."""
 
     pid: int
     http: str | None  # host:port of the API; None for a worker, which serves none
     kafka: str | None = None  # the bootstrap it produces to or consumes from
     broker: Broker | None = None
     probes: str | None = None  # host:port of /healthz, /readyz, /metrics
+    children: tuple[Child, ...] = ()
 
     def to_json(self) -> bytes:
         broker = None if self.broker is None else {"bootstrap": self.broker.bootstrap, "pid": self.broker.pid}
+        children = [{"name": c.name, "pid": c.pid, "probes": c.probes} for c in self.children]
         return orjson.dumps(
-            {"pid": self.pid, "http": self.http, "probes": self.probes, "kafka": self.kafka, "broker": broker}
+            {
+                "pid": self.pid,
+                "http": self.http,
+                "probes": self.probes,
+                "kafka": self.kafka,
+                "broker": broker,
+                "children": children,
+            }
         )
 
     @classmethod
@@ -79,7 +99,17 @@ class Status:
             kafka=data.get("kafka"),
             broker=None if broker is None else Broker(str(broker["bootstrap"]), int(broker["pid"])),
             probes=data.get("probes"),
+            children=tuple(
+                Child(str(c["name"]), int(c["pid"]), c.get("probes")) for c in data.get("children", ())
+            ),
         )
+
+    def child(self, name: str) -> Child:
+        """The supervised child named ``name``; KeyError if there is none."""
+        for child in self.children:
+            if child.name == name:
+                return child
+        raise KeyError(name)
 
 
 def _reachable(address: str) -> tuple[str, int]:
@@ -106,6 +136,7 @@ class Launched:
         self.process = process
         self.status = status
         self.log_path = log_path
+        self.status_path: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -159,7 +190,17 @@ class Launched:
     def wait_status(self, path: Path, timeout_s: float) -> None:
         """Until the process has written its status file; then it is read."""
         self._wait(path.exists, timeout_s, "wrote no status")
+        self.status_path = path
         self.status = Status.from_json(path.read_bytes())
+
+    def reread_status(self) -> Status:
+        """The status file as the process last wrote it (a supervisor
+        rewrites it when it restarts a child); the one read before if it is
+        gone."""
+        if self.status_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.status = Status.from_json(self.status_path.read_bytes())
+        return self.status
 
     def _wait(self, done: Callable[[], bool], timeout_s: float, failure: str) -> None:
         deadline = time.monotonic() + timeout_s

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PROCESS_NAME = re.compile("[a-z0-9-]{1,32}")
 
 # Per (logger, template), records at WARNING and above pass freely up to
 # REPEAT_BURST in each REPEAT_WINDOW_S; the rest are counted. Ten seconds is
@@ -229,11 +230,17 @@ class SafeHandler(logging.StreamHandler[TextIO]):
     """stderr through :class:`SafeFormatter` and :class:`RepeatFilter`,
     writing the filter's suppression reports as they fall due."""
 
-    def __init__(self, stream: TextIO | None = None, *, repeats: RepeatFilter | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        repeats: RepeatFilter | None = None,
+        process: str | None = None,
+    ) -> None:
         super().__init__(stream if stream is not None else sys.stderr)
         self.repeats = repeats if repeats is not None else RepeatFilter()
         self.addFilter(self.repeats)
-        self.setFormatter(SafeFormatter(FORMAT))
+        self.setFormatter(SafeFormatter(FORMAT if process is None else process_format(process)))
 
     def handle(self, record: logging.LogRecord) -> bool:
         for report in self.repeats.due():
@@ -246,11 +253,21 @@ class SafeHandler(logging.StreamHandler[TextIO]):
         super().close()
 
 
-def configure(level: str) -> None:
+def process_format(process: str) -> str:
+    """FORMAT with ``[process]`` after the level: the lines of the processes
+    `ingest run` supervises share its stderr, and say which one wrote them.
+    ``process`` is a supervisor's role name (PROCESS_NAME), never client text."""
+    if PROCESS_NAME.fullmatch(process) is None:
+        raise ValueError(f"a process name is 1-32 of a-z, 0-9 and '-', not {process!r}")
+    return FORMAT.replace("%(levelname)s ", f"%(levelname)s [{process}] ", 1)
+
+
+def configure(level: str, *, process: str | None = None) -> None:
     """The root logger writes through one :class:`SafeHandler` at ``level``
-    (what `logging.basicConfig` did, with this module's guarantees)."""
+    (what `logging.basicConfig` did, with this module's guarantees); with
+    ``process``, each line names it (:func:`process_format`)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    root.addHandler(SafeHandler())
+    root.addHandler(SafeHandler(process=process))
     root.setLevel(level)

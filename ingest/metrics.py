@@ -234,3 +234,33 @@ class KpiWorkerMetrics:
             "Event dedupe marks dropped because their day left the INGEST_DEDUPE_RETENTION_DAYS window.",
             registry=registry,
         )
+
+
+class SupervisorMetrics:
+    """`ingest run`'s own, beside its children's (``process`` is a role name
+    of its configuration: ``edge-0`` … ``edge-N``, ``worker-endpoints``,
+    ``worker-kpis``; a closed set, one per supervised process)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # Counter: a supervised process exited while not draining and was started again.
+        self.restarts = Counter(
+            "ingest_process_restarts",
+            "Supervised processes that exited while `ingest run` was not draining, and were started again.",
+            ["process"],
+            registry=registry,
+        )
+        # Gauge: whether a supervised process's /readyz answered 200 at the last poll.
+        self.ready = Gauge(
+            "ingest_process_ready",
+            "1 while the supervised process's /readyz answered 200 at the last poll, else 0.",
+            ["process"],
+            registry=registry,
+        )
+        # Counter: /metrics scrapes of a supervised process that failed (its samples left out).
+        self.scrape_failures = Counter(
+            "ingest_process_scrape_failures",
+            "Scrapes of a supervised process's /metrics that failed or timed out; its samples were "
+            "left out of that answer.",
+            ["process"],
+            registry=registry,
+        )

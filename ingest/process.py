@@ -1,5 +1,9 @@
 """Process assembly: one AsyncExitStack per process; a signal only sets an event.
 
+It earns its size (about 410 lines): every role's parts (probe listener,
+Kafka, store, workers, edge) entered in the one order whose unwinding is the
+drain, plus the pieces `ingest run`'s supervisor shares.
+
 Shutdown order (the stack unwinds in reverse): readiness off and new work
 refused → the HTTP server stops accepting and waits for in-flight requests →
 the publisher waits for outstanding acks and flushes the producer → the
@@ -99,6 +103,7 @@ def http_server(
     metrics: HttpMetrics | None = None,
     clients: ClientAddress | None = None,
     shed: Callable[[dict[str, Any]], ApiError | None] | None = None,
+    reuse_port: bool = False,
 ) -> contextlib.AbstractAsyncContextManager[int]:
     """:class:`ingest.api.server.Server` running ``app`` (default limits from
     default settings, a budget of 16 bodies); entered, it yields the bound
@@ -115,7 +120,7 @@ def http_server(
         clients=clients,
         shed=shed,
     )
-    return server.serving(host, port, drain_timeout_s)
+    return server.serving(host, port, drain_timeout_s, reuse_port=reuse_port)
 
 
 Mode = Literal["run", "edge", "worker-endpoints", "worker-kpis"]
@@ -242,78 +247,100 @@ async def _authentication(
     return identities, auth, lambda: ring.healthy
 
 
-async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = None) -> int:
-    """Run one process role until SIGINT/SIGTERM, then drain (module docstring).
-
-    With ``status_file``, once listening it writes there where it listens and
-    which broker it uses (:mod:`ingest.launch`), and removes it on the way out.
-    """
+def stop_on_signals(stopping: asyncio.Event) -> None:
+    """SIGINT and SIGTERM only set ``stopping``; a second Ctrl-C falls through
+    to Python's default handler (abandon the drain)."""
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
 
     def on_signal(sig: signal.Signals) -> None:
         log.info("%s received: draining", sig.name)
         stopping.set()
-        # A second Ctrl-C falls through to Python's default handler: abandon.
         loop.remove_signal_handler(signal.SIGINT)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
 
+
+async def probe_listener(
+    stack: AsyncExitStack, settings: Settings, probes: Probes, http_metrics: HttpMetrics
+) -> str:
+    """The probe listener on ``stack`` (entered first, so it is the last to
+    close: readiness is false from the signal on and stays answerable
+    through the drain); → its "host:port"."""
+    probe_port = await stack.enter_async_context(
+        http_server(
+            probes,
+            host=settings.probe_host,
+            port=settings.probe_port,
+            drain_timeout_s=settings.drain_timeout_s,
+            name="probes",
+            metrics=http_metrics,
+            limits=dataclasses.replace(
+                limits_of(settings, max_body_bytes=PROBE_MAX_BODY_BYTES),
+                max_connections=PROBE_MAX_CONNECTIONS,
+            ),
+        )
+    )
+    address = f"{settings.probe_host}:{probe_port}"
+    log.info("probes listening on http://%s (/healthz, /readyz, /metrics)", address)
+    return address
+
+
+async def kafka_of(stack: AsyncExitStack, settings: Settings, mode: Mode) -> tuple[str, bool, Broker | None]:
+    """The Kafka a process uses, its topics created: INGEST_KAFKA_BOOTSTRAP,
+    or for `ingest run` without it the embedded broker, started on
+    ``stack``; → (bootstrap, producer idempotence, the embedded broker)."""
+    bootstrap = settings.kafka_bootstrap
+    idempotence = settings.kafka_idempotence
+    embedded: Broker | None = None
+    if bootstrap is None:
+        if mode != "run":
+            raise SettingsError(f"INGEST_KAFKA_BOOTSTRAP is required for `ingest {mode.replace('-', ' ')}`")
+        broker = await stack.enter_async_context(
+            EmbeddedBroker(
+                log_path=settings.data_dir / "tansu.log",
+                storage=settings.embedded_storage,
+                directory=settings.data_dir / "kafka",
+                retain={
+                    clients.EVENTS_TOPIC: (clients.KPIS_GROUP,),
+                    clients.ENDPOINTS_TOPIC: (clients.ENDPOINTS_GROUP,),
+                },
+            )
+        )
+        bootstrap = broker.bootstrap
+        embedded = Broker(broker.bootstrap, broker.pid or 0)
+        # aiokafka's idempotent producer needs InitProducerId v3+, which Tansu lacks.
+        idempotence = False
+    await clients.ensure_topics(settings, bootstrap)
+    log.info(
+        "Kafka at %s; topics %s, %s, %s",
+        bootstrap,
+        clients.EVENTS_TOPIC,
+        clients.ENDPOINTS_TOPIC,
+        clients.DEADLETTER_TOPIC,
+    )
+    return bootstrap, idempotence, embedded
+
+
+async def serve(
+    settings: Settings, *, mode: Mode, status_file: Path | None = None, reuse_port: bool = False
+) -> int:
+    """Run one process role until SIGINT/SIGTERM, then drain (module docstring).
+
+    With ``status_file``, once listening it writes there where it listens and
+    which broker it uses (:mod:`ingest.launch`), and removes it on the way out.
+    ``reuse_port`` shares the API port with other edges (SO_REUSEPORT).
+    """
+    stopping = asyncio.Event()
+    stop_on_signals(stopping)
+
     async with AsyncExitStack() as stack:
-        # The probe listener first, so it is the last to close: readiness is
-        # false from the signal on, and stays answerable through the drain.
         checks: list[Check] = [STARTING, ("draining", lambda: not stopping.is_set())]
         probes = Probes(checks, REGISTRY)
         http_metrics = HttpMetrics(REGISTRY)
-        probe_port = await stack.enter_async_context(
-            http_server(
-                probes,
-                host=settings.probe_host,
-                port=settings.probe_port,
-                drain_timeout_s=settings.drain_timeout_s,
-                name="probes",
-                metrics=http_metrics,
-                limits=dataclasses.replace(
-                    limits_of(settings, max_body_bytes=PROBE_MAX_BODY_BYTES),
-                    max_connections=PROBE_MAX_CONNECTIONS,
-                ),
-            )
-        )
-        probe_address = f"{settings.probe_host}:{probe_port}"
-        log.info("probes listening on http://%s (/healthz, /readyz, /metrics)", probe_address)
+        probe_address = await probe_listener(stack, settings, probes, http_metrics)
         api: str | None = None
-        bootstrap = settings.kafka_bootstrap
-        idempotence = settings.kafka_idempotence
-        embedded: Broker | None = None
-        if bootstrap is None:
-            if mode != "run":
-                raise SettingsError(
-                    f"INGEST_KAFKA_BOOTSTRAP is required for `ingest {mode.replace('-', ' ')}`"
-                )
-            broker = await stack.enter_async_context(
-                EmbeddedBroker(
-                    log_path=settings.data_dir / "tansu.log",
-                    storage=settings.embedded_storage,
-                    directory=settings.data_dir / "kafka",
-                    retain={
-                        clients.EVENTS_TOPIC: (clients.KPIS_GROUP,),
-                        clients.ENDPOINTS_TOPIC: (clients.ENDPOINTS_GROUP,),
-                    },
-                )
-            )
-            bootstrap = broker.bootstrap
-            embedded = Broker(broker.bootstrap, broker.pid or 0)
-            # aiokafka's idempotent producer needs InitProducerId v3+, which Tansu lacks.
-            idempotence = False
-        await clients.ensure_topics(settings, bootstrap)
-        log.info(
-            "Kafka at %s; topics %s, %s, %s",
-            bootstrap,
-            clients.EVENTS_TOPIC,
-            clients.ENDPOINTS_TOPIC,
-            clients.DEADLETTER_TOPIC,
-        )
+        bootstrap, idempotence, embedded = await kafka_of(stack, settings, mode)
 
         store = await open_store(settings.store_url, data_dir=settings.data_dir)
         stack.push_async_callback(store.close)
@@ -371,6 +398,7 @@ async def serve(settings: Settings, *, mode: Mode, status_file: Path | None = No
                     clients=ClientAddress.parse(settings.trusted_proxies),
                     shed=edge.shed,
                     metrics=http_metrics,
+                    reuse_port=reuse_port,
                 )
             )
             api = f"{settings.host}:{api_port}"

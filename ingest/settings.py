@@ -104,6 +104,13 @@ class Settings:
     region: str = "us-east-1"
     account_id: str = "000000000000"
 
+    # `ingest run`: how many `ingest edge` processes it supervises, sharing
+    # the API port (SO_REUSEPORT), beside one process per worker role.
+    # ``None``: one per CPU this process may run on. ``0``: no child
+    # processes; the edge and both workers share the one interpreter (the
+    # smallest footprint, for a one-core machine).
+    edge_processes: int | None = None
+
     # Workers: records per poll, and so per store transaction.
     worker_max_records: int = 5000
     # KPI worker: UTC days (today included) whose event IDs are kept to
@@ -219,6 +226,8 @@ class Settings:
         _check(
             self.worker_max_records, 1 <= self.worker_max_records <= 100_000, "worker_max_records", "1-100000"
         )
+        if self.edge_processes is not None:
+            _check(self.edge_processes, 0 <= self.edge_processes <= 256, "edge_processes", "0-256")
         _check(self.dedupe_retention_days, self.dedupe_retention_days >= 1, "dedupe_retention_days", ">= 1")
         _check(self.drain_timeout_s, self.drain_timeout_s > 0, "drain_timeout_s", "> 0")
         _check(self.app_cache_ttl_s, self.app_cache_ttl_s >= 0, "app_cache_ttl_s", ">= 0")
@@ -276,6 +285,13 @@ class Settings:
                     f"{PREFIX}KAFKA_SASL_USERNAME and {PREFIX}KAFKA_SASL_PASSWORD are required "
                     f"with {PREFIX}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
                 )
+
+    @property
+    def edge_process_count(self) -> int:
+        """``edge_processes``, with ``None`` read as the CPUs this process may use."""
+        if self.edge_processes is not None:
+            return self.edge_processes
+        return len(os.sched_getaffinity(0))
 
     @property
     def sqlite_path(self) -> Path:

@@ -1,17 +1,18 @@
 """Servers the harness starts itself, and the faults it injects into them.
 
-The harness signals only processes it started, by PID: `ingest run` (edge,
-both workers, the embedded Tansu broker, SQLite under a data dir of its own),
-an extra `ingest worker kpis` joined to the same broker and store (the KPI
-worker it can kill without taking the memory-only broker down with `ingest
-run`), the broker whose PID `ingest run` writes to its status file, and the
-null server. Each is started by :func:`ingest.launch.launch`.
+The harness signals only processes it started, by PID: `ingest run` (the
+embedded Tansu broker, SQLite under a data dir of its own, and the edges
+and both workers as its children), the processes whose PIDs `ingest run`
+writes to its status file (the broker, its children), and the null server.
+Each is started by :func:`ingest.launch.launch`.
 
 ``--chaos`` runs this timeline over a run of ``D`` seconds:
 
-* at 0.15 D, SIGKILL the extra KPI worker: its partitions stay assigned to
-  a dead member until the group's session timeout (about 10 s) passes;
-* at 0.30 D, start a new one, which joins the group (a rebalance);
+* at 0.15 D, SIGKILL `ingest run`'s KPI worker (``worker-kpis``): its
+  partitions stay assigned to a dead member until the group's session
+  timeout (about 10 s) passes, while the supervisor starts it again (a new
+  member joins: a rebalance);
+* by 0.30 D, note the worker started again (its new PID);
 * at 0.45 D, SIGSTOP the broker for the produce deadline
   (``INGEST_PRODUCE_TIMEOUT_S``, default 5 s) plus 2 s, then SIGCONT: the
   edge answers 500 for what Kafka did not acknowledge in time, the harness
@@ -77,13 +78,14 @@ async def _stop(child: Launched) -> None:
 
 
 class Pipeline:
-    """`ingest run` on a loopback port of its choosing, plus extra workers on demand."""
+    """`ingest run` on a loopback port of its choosing. ``settings`` change
+    its environment: a value sets an ``INGEST_*`` variable, None removes it."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, settings: dict[str, str | None] | None = None) -> None:
         self.work_dir = work_dir
+        self.settings = settings or {}
         self.data_dir = work_dir / "data"
         self.run: Launched | None = None
-        self.workers: list[Launched] = []
 
     @property
     def url(self) -> str:
@@ -116,21 +118,23 @@ class Pipeline:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "ingest", "run", "--host", "127.0.0.1", "--port", "0"]
         argv += ["--data-dir", str(self.data_dir)]
-        self.run = await _launch(argv, _env(), self.work_dir / "ingest-run.log")
+        env = {k: v for k, v in _env().items() if k not in self.settings}
+        env |= {k: v for k, v in self.settings.items() if v is not None}
+        self.run = await _launch(argv, env, self.work_dir / "ingest-run.log")
 
-    async def start_worker(self, role: str = "kpis") -> Launched:
-        """`ingest worker <role>` on the same broker and store: another member
-        of that role's consumer group."""
-        env = _env(
-            INGEST_KAFKA_BOOTSTRAP=self.bootstrap,
-            INGEST_DATA_DIR=str(self.data_dir),
-            # aiokafka's idempotent producer (the dead-letter one) fails on Tansu.
-            INGEST_KAFKA_IDEMPOTENCE="false",
-        )
-        argv = [sys.executable, "-m", "ingest", "worker", role, "--host", "127.0.0.1", "--port", "0"]
-        worker = await _launch(argv, env, self.work_dir / f"worker-{role}-{len(self.workers)}.log")
-        self.workers.append(worker)
-        return worker
+    def worker_pid(self, name: str = "worker-kpis") -> int:
+        """The PID of ``ingest run``'s child ``name`` now (its status file)."""
+        assert self.run is not None, "not started"
+        return self.run.reread_status().child(name).pid
+
+    async def restarted(self, name: str, old_pid: int, within_s: float) -> int:
+        """Until ``ingest run`` has started ``name`` again; → its new PID."""
+        deadline = asyncio.get_running_loop().time() + within_s
+        while (pid := self.worker_pid(name)) == old_pid:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"{name} was not started again within {within_s:g} s:\n{self.tails()}")
+            await asyncio.sleep(0.1)  # polling the status file the supervisor rewrites
+        return pid
 
     def signal_broker(self, sig: signal.Signals) -> None:
         """Only while `ingest run` (the broker's parent) lives: the PID is ours."""
@@ -138,13 +142,12 @@ class Pipeline:
             self.run.signal_broker(sig)
 
     async def stop(self) -> None:
-        for worker in self.workers:
-            await _stop(worker)
         if self.run is not None:
             await _stop(self.run)  # resumes a frozen broker first
 
     def tails(self) -> str:
-        children = ([self.run] if self.run else []) + self.workers
+        """The end of `ingest run`'s log (its children's lines are in it)."""
+        children = [self.run] if self.run else []
         return "\n".join(f"--- {c.name} (pid {c.pid}, {c.log_path}):\n{c.tail()}" for c in children)
 
 
@@ -163,14 +166,15 @@ async def chaos(
     def note(when: float, action: str) -> None:
         record({"at_s": round(when, 2), "action": action})
 
-    victim = pipeline.workers[-1] if pipeline.workers else await pipeline.start_worker()
     when = await at(0.15)
-    victim.process.kill()
-    await asyncio.to_thread(victim.process.wait)
-    note(when, f"SIGKILL ingest worker kpis (pid {victim.pid})")
+    victim = pipeline.worker_pid()
+    os.kill(victim, signal.SIGKILL)  # a child of the `ingest run` we started
+    note(when, f"SIGKILL worker-kpis (pid {victim})")
+    replacement = await pipeline.restarted(
+        "worker-kpis", victim, within_s=0.15 * duration_s + START_TIMEOUT_S
+    )
+    note(loop.time() - started_at, f"worker-kpis started again by ingest run (pid {replacement})")
     await at(0.30)
-    replacement = await pipeline.start_worker()
-    note(loop.time() - started_at, f"started ingest worker kpis (pid {replacement.pid})")
     freeze_s = produce_timeout_s() + FREEZE_BEYOND_DEADLINE_S
     when = await at(0.45)
     pipeline.signal_broker(signal.SIGSTOP)

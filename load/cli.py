@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--chaos",
         action="store_true",
-        help="start `ingest run` plus an extra KPI worker; during the run SIGKILL and restart the worker "
+        help="start `ingest run`; during the run SIGKILL its KPI worker (which it starts again) "
         "and freeze the broker past the produce deadline (see load/README.md)",
     )
     target.add_argument(

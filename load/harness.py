@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import aiohttp
 import uvloop
@@ -180,6 +180,16 @@ async def _children(plans: list[Plan], progress: Progress) -> list[Snapshot]:
                 process.terminate()  # our own child, by its PID
             process.join(5)
     return [finals[n] for n in range(len(plans))]
+
+
+class Window(Protocol):
+    """Told when a run's measured window opens (the first request is about
+    to go) and closes (the accounting matched, so the workers are done with
+    the run's events; without accounting, at the last answer)."""
+
+    def start(self) -> None: ...
+
+    def end(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -337,8 +347,6 @@ async def _server(options: Options, work_dir: Path) -> AsyncIterator[tuple[str, 
         pipeline = faults.Pipeline(work_dir)
         try:
             await pipeline.start()
-            if options.chaos:
-                await pipeline.start_worker()
             yield pipeline.url, pipeline
         finally:
             await pipeline.stop()
@@ -346,8 +354,11 @@ async def _server(options: Options, work_dir: Path) -> AsyncIterator[tuple[str, 
         yield options.url or "http://127.0.0.1:8080", None
 
 
-async def execute(options: Options, *, out: TextIO | None = sys.stderr) -> dict[str, Any]:
-    """Run the load described by ``options``; progress goes to ``out``."""
+async def execute(
+    options: Options, *, out: TextIO | None = sys.stderr, measured: Window | None = None
+) -> dict[str, Any]:
+    """Run the load described by ``options``; progress goes to ``out``;
+    ``measured`` hears when the measured window opens and closes."""
     options.check()
     seed = options.seed if options.seed is not None else secrets.randbits(31)
     run_id = secrets.token_hex(4)
@@ -391,6 +402,8 @@ async def execute(options: Options, *, out: TextIO | None = sys.stderr) -> dict[
                                 record=record,
                             )
                         )
+                    if measured is not None:
+                        measured.start()
                     finals = await _generate(plans, progress)
                     if injecting is not None:
                         await injecting  # the timeline ends with the broker thawed
@@ -408,6 +421,8 @@ async def execute(options: Options, *, out: TextIO | None = sys.stderr) -> dict[
                             progress=progress,
                             baseline=baseline,
                         )
+                    if measured is not None:
+                        measured.end()
                 except BaseException:
                     if pipeline is not None and out is not None:
                         out.write(pipeline.tails() + "\n")

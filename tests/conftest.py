@@ -203,8 +203,15 @@ def clean_env(**extra: str) -> dict[str, str]:
 # run, tests/test_app_lifecycle.py); and the embedded broker in memory, which
 # is what the API tests need of it. The durable default (s3rver) has its own
 # tests (tests/test_embedded_durability.py) and costs each `ingest run` a
-# node process and several times the broker CPU.
-TEST_DEFAULTS = {"INGEST_PROBE_PORT": "0", "INGEST_MAX_APPS": "1000000", "INGEST_EMBEDDED_STORAGE": "memory"}
+# node process and several times the broker CPU. `ingest run` supervises one
+# edge process, not one per core: the suite runs several pipelines at once on
+# two cores, and tests/test_supervisor.py runs two edges.
+TEST_DEFAULTS = {
+    "INGEST_PROBE_PORT": "0",
+    "INGEST_MAX_APPS": "1000000",
+    "INGEST_EMBEDDED_STORAGE": "memory",
+    "INGEST_EDGE_PROCESSES": "1",
+}
 
 
 def start_ingest(tmp: Path, args: list[str], *, port: int, data_dir: Path, env: dict[str, str]) -> Pipeline:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Pipeline, start_pipeline
-from tests.samples import rss_kb
+from tests.samples import metric, rss_kb
 
 # ABUSE_SIZE=full replays the findings at the sizes they were found at
 # (the note reports that run); CI runs them small.
@@ -230,13 +230,7 @@ def test_idle_connections_at_the_cap_never_lock_out_clients_or_probes(edge: Pipe
         # Past the cap the oldest idle connections were closed.
         closed = sum(1 for sock in idle[:100] if answer_of(sock, 0.05) == b"")
         assert closed > 0
-    metrics = edge.request("GET", "/metrics", sign=False)[2].decode()
-    connections = next(
-        float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith('ingest_http_connections{listener="api"}')
-    )
-    assert connections <= MAX_CONNECTIONS
+    assert metric(edge, 'ingest_http_connections{listener="api"}') <= MAX_CONNECTIONS
 
 
 def test_a_silent_connection_is_closed_after_the_header_timeout(edge: Pipeline) -> None:

@@ -11,6 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import Pipeline, start_pipeline
+from tests.samples import without_process
 
 ACCEPTED = {"StatusCode": 202, "Message": "Accepted"}
 TS = "2026-11-20T10:00:00.000Z"
@@ -446,15 +447,18 @@ def test_unique_ids_per_request(pinpoint: Any, app_id: str) -> None:
 
 
 def scrape(pipeline: Pipeline) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample by name and labels, summed over the processes of a
+    supervising `ingest run` (tests/samples.py's ``without_process``)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     status, _, body = pipeline.request("GET", "/metrics")
     assert status == 200
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
+    scraped: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(without_process(sample.labels).items())))
+            scraped[key] = scraped.get(key, 0.0) + sample.value
+    return scraped
 
 
 def test_metrics_count_outcomes_reasons_and_kafka(pipeline: Pipeline, unvalidated: Any, app_id: str) -> None:

@@ -33,7 +33,7 @@ from ingest.store.postgres import PostgresStore
 from ingest.store.sqlite import SqliteStore
 from ingest.workers.sinks import PURGE_CHECK_S
 from tests.conftest import Pipeline, eventually, start_ingest, start_pipeline
-from tests.samples import metric
+from tests.samples import metric, samples_named
 from tests.test_kpi_store import FAR_DAY, event
 from tests.test_store import BACKENDS, fresh_store, offsets, postgres_schema, upsert
 
@@ -378,9 +378,8 @@ def app_rows(sql: Any, app_id: str) -> dict[str, int]:
 
 def caught_up(running: Pipeline) -> bool:
     """Both workers at the end of their topics."""
-    _, _, body = running.request("GET", "/metrics")
-    lags = [line for line in body.decode().splitlines() if line.startswith("ingest_consumer_lag_records{")]
-    return bool(lags) and all(float(line.rsplit(" ", 1)[1]) == 0 for line in lags)
+    lags = samples_named(running, "ingest_consumer_lag_records")
+    return bool(lags) and all(sample.value == 0 for sample in lags)
 
 
 def new_app(client: Any, name: str) -> str:

@@ -23,6 +23,7 @@ from botocore.exceptions import ClientError
 
 from ingest.records.validate import EXACT_PARSE_MAX_BYTES, MAX_ID_CHARS
 from tests.conftest import Pipeline, start_pipeline
+from tests.samples import metric
 from tests.test_api import ACCEPTED, error_code, event, put
 from tests.test_faults import batch, statuses
 
@@ -60,7 +61,7 @@ def test_kpi_reads_are_admitted_and_answer_429_under_overload(tmp_path: Path) ->
             with ThreadPoolExecutor(2) as pool:
                 held = [pool.submit(put, client, app_id, batch(f"held{n}", 1, 1)) for n in range(2)]
                 deadline = time.monotonic() + 5
-                while running.request("GET", "/metrics")[2].count(b"ingest_http_in_flight_requests 2.0") == 0:
+                while metric(running, "ingest_http_in_flight_requests") != 2:
                     assert time.monotonic() < deadline, "requests never got in flight"
                 # Both slots are held until the produce deadline (3 s): every
                 # KPI read is refused now, not queued behind them.

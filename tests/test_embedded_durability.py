@@ -172,10 +172,10 @@ def test_sigkill_under_load_loses_nothing_accepted_and_counts_nothing_twice(tmp_
 
 
 def s3rver_pid(pipeline: Pipeline) -> int:
-    """The node child of `ingest run` (the one that is not the broker)."""
+    """The node child of `ingest run` (s3rver, beside the broker and the supervised roles)."""
     pid = pipeline.process.pid
     children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    (node,) = [c for c in children if c != pipeline.broker_pid]
+    (node,) = [c for c in children if b"s3rver" in Path(f"/proc/{c}/cmdline").read_bytes()]
     return node
 
 

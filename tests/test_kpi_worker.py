@@ -38,6 +38,7 @@ from ingest.workers.consumer import Worker
 from ingest.workers.sinks import KpiSink
 from tests.conftest import Pipeline, eventually, start_pipeline
 from tests.kafka_reader import assert_dead_letters, read_partition
+from tests.samples import samples_named, without_process
 from tests.test_process import run_ingest
 
 # Noon UTC, so "today" is one day whatever the test's own duration.
@@ -421,16 +422,15 @@ async def test_store_going_away_while_isolating_a_batch_is_retried_not_fatal(
 
 
 def worker_samples(pipeline: Pipeline) -> dict[str, float]:
-    """The KPI and lag samples of /metrics (no buckets), by their text."""
-    status, _, body = pipeline.request("GET", "/metrics")
-    assert status == 200
-    lines = body.decode().splitlines()
-    wanted = [line for line in lines if line.startswith(("ingest_kpi_", "ingest_consumer_lag_records{"))]
-    return {
-        name: float(value)
-        for name, value in (line.rsplit(" ", 1) for line in wanted)
-        if "_bucket{" not in name and "_created" not in name
-    }
+    """The KPI and lag samples of /metrics (no buckets), by their text
+    without the label naming the process that reported them."""
+    found = {}
+    for sample in samples_named(pipeline, "ingest_kpi_", "ingest_consumer_lag_records"):
+        if sample.name.endswith(("_bucket", "_created")):
+            continue
+        labels = ",".join(f'{name}="{value}"' for name, value in without_process(sample.labels).items())
+        found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return found
 
 
 def put_events(client: Any, app_id: str, ids: list[str], timestamp_ms: int) -> None:

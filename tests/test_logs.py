@@ -23,8 +23,9 @@ from ingest import logs
 from ingest.kafka.broker import free_port
 from tests.conftest import ROOT, clean_env, start_pipeline
 
-# A record's first line as the formatter writes it.
-RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+: ")
+# A record's first line as the formatter writes it (naming its process when
+# `ingest run` supervises it).
+RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ (\[[a-z0-9-]+\] )?[\w.]+: ")
 # What the tests look for in a log: any raw control character but the line break.
 RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 FORGED = "2026-12-01 09:00:00,000 INFO ingest.process: stopped cleanly"

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import Pipeline, endpoint_or_none, eventually, start_pipeline
 from tests.postgres import Cluster, private_cluster
+from tests.samples import metric
 
 OUTAGE_S = 4.0
 # Generous for a loaded machine: 40 writes take well under a second here,
@@ -110,8 +111,4 @@ def test_postgres_outage_holds_then_catches_up(on_postgres: Pipeline, cluster: C
                 del pending[endpoint_id]
         time.sleep(0.1)
     assert not pending, f"{len(pending)} endpoints never caught up: {sorted(pending)[:5]}"
-    metrics = on_postgres.request("GET", "/metrics")[2].decode()
-    retries = [
-        line for line in metrics.splitlines() if line.startswith("ingest_endpoint_store_retries_total ")
-    ]
-    assert retries and float(retries[0].split()[1]) >= 1
+    assert metric(on_postgres, "ingest_endpoint_store_retries_total") >= 1

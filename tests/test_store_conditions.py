@@ -139,7 +139,8 @@ def test_ingest_run_on_a_full_disk_names_it_in_readiness_and_the_log(tmp_path: P
             return status, body
 
         _, body = eventually(readiness, lambda got: got[0] == 503, "readiness to fail", within_s=30)
-        assert orjson.loads(body)["reason"] == "the store's disk is full", body
+        # `ingest run` names the process whose store is full, and its reason.
+        assert orjson.loads(body)["reason"] == "worker-endpoints: the store's disk is full", body
         log = running.log()
         assert "the store's disk is full" in log
         assert "cannot rollback" not in log

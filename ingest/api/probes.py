@@ -9,7 +9,7 @@ an answer, and the internet-facing port serves the API alone.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
@@ -23,16 +23,30 @@ class Probes:
     """Ready while every check holds; /readyz names the first that fails."""
 
     def __init__(
-        self, checks: Sequence[Check], registry: CollectorRegistry, *, gauge: Gauge | None = None
+        self,
+        checks: Sequence[Check],
+        registry: CollectorRegistry,
+        *,
+        gauge: Gauge | None = None,
+        render: Callable[[], Awaitable[bytes]] | None = None,
+        explain: Callable[[], str | None] | None = None,
     ) -> None:
         # Kept, not copied: a process adds its roles' checks as it assembles them.
         self.checks = checks
         self._registry = registry
         self.gauge = gauge
+        # What /metrics answers instead of ``registry`` alone (a supervisor's
+        # registry merged with its children's).
+        self.render = render
+        # Asked when every check holds: a reason that is not fixed text (a
+        # supervisor's: which child is not ready, and why it says so).
+        self.explain = explain
 
     def failing(self) -> str | None:
         """The first failing check's reason, or None when ready."""
         reason = next((reason for reason, holds in self.checks if not holds()), None)
+        if reason is None and self.explain is not None:
+            reason = self.explain()
         if self.gauge is not None:
             self.gauge.set(0 if reason else 1)
         return reason
@@ -51,8 +65,11 @@ class Probes:
         return json_response(503, {"status": "not ready", "reason": reason})
 
     async def metrics(self, request: Request) -> Response:
-        # Off the loop: a large registry takes milliseconds to render.
-        body = await asyncio.to_thread(generate_latest, self._registry)
+        if self.render is not None:
+            body = await self.render()
+        else:
+            # Off the loop: a large registry takes milliseconds to render.
+            body = await asyncio.to_thread(generate_latest, self._registry)
         return Response(200, body, CONTENT_TYPE_LATEST.encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -741,18 +741,28 @@ class Server:
         return self._clients.of(address, forwarded)
 
     @contextlib.asynccontextmanager
-    async def serving(self, host: str, port: int, drain_timeout_s: float) -> AsyncIterator[int]:
-        """Listening on ``host:port`` (yields the bound port); on exit, :meth:`stop`."""
-        bound = await self.start(host, port)
+    async def serving(
+        self, host: str, port: int, drain_timeout_s: float, *, reuse_port: bool = False
+    ) -> AsyncIterator[int]:
+        """Listening on ``host:port`` (yields the bound port); on exit, :meth:`stop`.
+        With ``reuse_port``, the port may be shared (SO_REUSEPORT) with other
+        processes listening on it, among which the kernel spreads new
+        connections."""
+        bound = await self.start(host, port, reuse_port=reuse_port)
         try:
             yield bound
         finally:
             await self.stop(drain_timeout_s)
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> int:
         try:
             self._server = await self.loop.create_server(
-                lambda: Connection(self), host, port, backlog=2048, reuse_address=True
+                lambda: Connection(self),
+                host,
+                port,
+                backlog=2048,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
             )
         except OSError as exc:
             raise IngestError(f"HTTP server could not listen on {host}:{port}: {exc.strerror}") from exc

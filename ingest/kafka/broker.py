@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -79,10 +80,16 @@ def s3rver_command() -> list[str]:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel kills the child when `ingest run`
-    dies, even by SIGKILL, so a crash never leaves an orphan holding memory."""
+def die_with_parent(parent_pid: int) -> None:
+    """In the child before exec (``preexec_fn``, with the parent's PID taken
+    before the fork): the kernel kills the child when `ingest run` dies, even
+    by SIGKILL, so a crash never leaves an orphan holding memory or a port.
+    A parent that died before the prctl took effect is seen as a changed
+    parent PID, and the child exits at once. Async-signal-safe: two system
+    calls."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -119,7 +126,7 @@ class _Child:
                 # Its own session: a terminal's Ctrl-C reaches only `ingest run`,
                 # which then drains before it stops the child.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # async-signal-safe: one prctl call
+                preexec_fn=functools.partial(die_with_parent, os.getpid()),
             )
         try:
             await asyncio.wait_for(self._wait_listening(), self._ready_timeout_s)

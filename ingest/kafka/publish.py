@@ -43,6 +43,14 @@ log = logging.getLogger(__name__)
 # Kafka's per-record framing (length, attributes, deltas, header count) is a
 # few varints; 16 bytes over-counts it, which errs on the side of the bound.
 RECORD_OVERHEAD_BYTES = 16
+# Keys whose partition hash is kept. aiokafka's murmur2 is pure Python, about
+# 14 us for one of our keys, and a device sends request after request under
+# the same key; an entry is about 200 bytes, so this is a few MB at most.
+KEY_HASHES_KEPT = 16_384
+
+key_hash = functools.lru_cache(maxsize=KEY_HASHES_KEPT)(murmur2)
+"""aiokafka's murmur2 of a key (what its DefaultPartitioner and the Java
+client hash), remembered for the keys seen last."""
 
 
 class BatchBuilder(Protocol):
@@ -173,31 +181,39 @@ class Publisher:
                 f"producer buffer full: {self._buffered} of {self._limit} bytes await a Kafka ack"
             )
         loop = asyncio.get_running_loop()
-        waits: list[asyncio.Future[bool]] = []
-        partition_of: dict[tuple[str, bytes], int] = {}
-        for record in records:
-            slot = (record.topic, record.key)
-            number = partition_of.get(slot)
-            if number is None:
-                count = self._partition_counts[record.topic]
-                number = partition_of[slot] = (murmur2(record.key) & 0x7FFFFFFF) % count
-            part = self._partitions[(record.topic, number)]
+        # Each batch the records went into, and how many of them in a row:
+        # the records of one endpoint come together and mostly share one.
+        runs: list[list[Any]] = []
+        last_topic = last_key = part = None
+        for topic, key, value in records:
+            if key is not last_key or topic is not last_topic:
+                last_topic, last_key = topic, key
+                number = (key_hash(key) & 0x7FFFFFFF) % self._partition_counts[topic]
+                part = self._partitions[(topic, number)]
+                part.wake.set()  # the pump runs once publish awaits, after these appends
+            assert part is not None  # set by the first record
             pending = part.open
             if pending is None:
-                pending = part.open = _Pending(self._producer.create_batch(), record.topic, loop)
-            if pending.builder.append(timestamp=None, key=record.key, value=record.value) is None:
+                pending = part.open = _Pending(self._producer.create_batch(), topic, loop)
+            if pending.builder.append(timestamp=None, key=key, value=value) is None:
                 # Full: it goes out as it is and this record starts the next one.
                 part.sealed.append(pending)
-                pending = part.open = _Pending(self._producer.create_batch(), record.topic, loop)
-                pending.builder.append(timestamp=None, key=record.key, value=record.value)
-            pending.nbytes += len(record.key) + len(record.value) + RECORD_OVERHEAD_BYTES
-            waits.append(pending.done)
-            part.wake.set()
+                pending = part.open = _Pending(self._producer.create_batch(), topic, loop)
+                pending.builder.append(timestamp=None, key=key, value=value)
+            pending.nbytes += len(key) + len(value) + RECORD_OVERHEAD_BYTES
+            if runs and runs[-1][0] is pending:
+                runs[-1][1] += 1
+            else:
+                runs.append([pending, 1])
         self._buffered += nbytes
         self._drained.clear()
         self._metrics.buffer_bytes.set(self._buffered)
-        await asyncio.wait(set(waits), timeout=self._timeout_s)
-        return [w.done() and w.result() for w in waits]
+        await asyncio.wait({pending.done for pending, _ in runs}, timeout=self._timeout_s)
+        acked: list[bool] = []
+        for pending, count in runs:
+            done = pending.done
+            acked += [done.done() and done.result()] * count
+        return acked
 
     async def _pump(self, topic: str, number: int, part: _Partition) -> None:
         loop = asyncio.get_running_loop()

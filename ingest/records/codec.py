@@ -49,6 +49,23 @@ DELETE_SCHEMA = "ingest.v1.EndpointDelete"
 MIN_MS = -62135596800000
 MAX_MS = 253402300799999
 
+# The members mostly one object from one record to the next, encoded once per
+# object: a request's IDs and arrival time (one object in all its records),
+# and an event's app strings (validation gives a batch's equal ones one object).
+SHARED_MEMBERS = frozenset(
+    (
+        "app_id",
+        "endpoint_id",
+        "request_id",
+        "received_at_ms",
+        "app_package_name",
+        "app_title",
+        "app_version_code",
+        "client_sdk_version",
+        "sdk_name",
+    )
+)
+
 # The record class of each Avro record's short name, for the generated readers.
 RECORD_TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
@@ -97,9 +114,9 @@ class Codec:
         self._event_header, event_schema = self._by_name[EVENT_SCHEMA]
         self._endpoint_header, endpoint_schema = self._by_name[ENDPOINT_SCHEMA]
         self._delete_header, delete_schema = self._by_name[DELETE_SCHEMA]
-        self._write_event = compile_encoder(event_schema)
-        self._write_endpoint = compile_encoder(endpoint_schema)
-        self._write_delete = compile_encoder(delete_schema)
+        self._write_event = compile_encoder(event_schema, RECORD_TYPES, SHARED_MEMBERS)
+        self._write_endpoint = compile_encoder(endpoint_schema, RECORD_TYPES, SHARED_MEMBERS)
+        self._write_delete = compile_encoder(delete_schema, RECORD_TYPES, SHARED_MEMBERS)
         event_reader = _RecordReader(
             EVENT_SCHEMA, compile_decoder(event_schema, RECORD_TYPES), ("received_at_ms", "timestamp_ms")
         )

@@ -85,11 +85,27 @@ def results(done: Split, acked: Sequence[bool]) -> tuple[dict[str, Any], Tally]:
         tally[(kind, "failed", "")] += 1
         return NOT_ACKED
 
-    answer = {
-        endpoint_id: {
+    # Events counted in locals, not the Counter, for the usual outcomes: a
+    # tuple and a Counter update per item cost more than the answer itself.
+    accepted = failed = 0
+    answer: dict[str, Any] = {}
+    for endpoint_id, endpoint_slot, event_slots in done.slots:
+        events: dict[str, Any] = {}
+        for event_id, slot in event_slots:
+            if isinstance(slot, Invalid):
+                events[event_id] = status(slot, "event")
+            elif acked[slot]:
+                accepted += 1
+                events[event_id] = ACCEPTED
+            else:
+                failed += 1
+                events[event_id] = NOT_ACKED
+        answer[endpoint_id] = {
             "EndpointItemResponse": status(endpoint_slot, "endpoint"),
-            "EventsItemResponse": {event_id: status(slot, "event") for event_id, slot in event_slots},
+            "EventsItemResponse": events,
         }
-        for endpoint_id, endpoint_slot, event_slots in done.slots
-    }
+    if accepted:
+        tally[("event", "accepted", "")] += accepted
+    if failed:
+        tally[("event", "failed", "")] += failed
     return answer, tally

@@ -1,10 +1,12 @@
 """Pinpoint request bodies → records, each item judged on its own. Pure.
 
-It earns its size (about 580 lines): it is Pinpoint's quota table, rule by
+It earns its size (about 750 lines): it is Pinpoint's quota table, rule by
 rule, for every member of an endpoint and an event, each rule a short
 function with its own message. Kept together, the rules read against the
 published quotas in one place, and every operation (PutEvents, UpdateEndpoint,
-UpdateEndpointsBatch) shares the same ones.
+UpdateEndpointsBatch) shares the same ones. An event, the edge's most frequent
+item, is first tested in a few expressions; anything unusual goes through
+those rules in turn, so every message comes from one place.
 
 Every function here takes parsed JSON of any shape and either returns records
 or raises :class:`ingest.errors.BadRequest` when the body as a whole is
@@ -22,8 +24,8 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, NoReturn
 
 import orjson
 
@@ -95,7 +97,6 @@ ENDPOINT_STATUSES = frozenset(("ACTIVE", "INACTIVE"))
 OPT_OUTS = frozenset(("ALL", "NONE"))
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 
 
 class _Reject(Exception):
@@ -118,9 +119,12 @@ def parse_timestamp(value: str) -> int | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:
-        return (parsed - _EPOCH) // _MS
+        since = parsed - _EPOCH
     except OverflowError:
         return None
+    # The floor of the timedelta in milliseconds, without dividing one
+    # timedelta by another (a third cheaper; microseconds are never negative).
+    return (since.days * 86_400 + since.seconds) * 1000 + since.microseconds // 1000
 
 
 def json_body(raw: bytes) -> Any:
@@ -190,6 +194,11 @@ def _required_string(obj: Mapping[str, Any], key: str, where: str) -> str:
 
 
 def _timestamp(obj: Mapping[str, Any], key: str, where: str, *, required: bool) -> tuple[str, int] | None:
+    text = obj.get(key)
+    if type(text) is str and text:  # the usual case, decided in one parse
+        millis = parse_timestamp(text)
+        if millis is not None:
+            return text, millis
     text = _required_string(obj, key, where) if required else _string(obj, key, where)
     if text is None:
         return None
@@ -237,6 +246,13 @@ def _check_key(key: str, where: str) -> None:
 
 def _metrics(value: Any, where: str) -> dict[str, float]:
     metrics = _object(value, where)
+    for key, number in metrics.items():
+        # The usual item, a short key and a finite double (x - x is NaN for
+        # infinities), in one test.
+        if not (type(number) is float and 0 < len(key) <= MAX_KEY_CHARS and number - number == 0.0):
+            break
+    else:
+        return metrics  # already what the rules make of it: no copy
     out: dict[str, float] = {}
     for key, number in metrics.items():
         _check_key(key, where)
@@ -405,9 +421,57 @@ def _session(value: Any) -> Session:
     )
 
 
+class _Repeats:
+    """What the last event of a batch carried, so that a repeat is one object:
+    its app's strings (AppPackageName and the rest, mostly equal in every
+    event of a batch), and its valid Session and the members it was read from.
+    The events of one batch mostly carry the same session; one whose members
+    are the same (strings equal, Duration equal and of the same type, since
+    ``1 == 1.0 == True``) is that Session again, not read twice, and the one
+    object lets the encoder write it once (:mod:`ingest.records.avro`
+    remembers nested records by identity). Only the members read are
+    compared, so no other member can make the comparison costly."""
+
+    __slots__ = ("members", "session", "strings")
+
+    def __init__(self) -> None:
+        self.members: tuple[Any, ...] = ()
+        self.session: Session | None = None
+        self.strings: tuple[Any, ...] = ()
+
+    def same_strings(self, strings: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``strings``, or the equal tuple of the last event (equal strings
+        are equal values whatever the object, and the encoder writes a
+        repeated object once: :data:`ingest.records.codec.SHARED_MEMBERS`)."""
+        if strings == self.strings:
+            return self.strings
+        self.strings = strings
+        return strings
+
+    def read(self, value: Any) -> Session:
+        if type(value) is not dict:
+            return _session(value)  # refused: Session must be an object
+        duration = value.get("Duration")
+        members = (
+            value.get("Id"),
+            value.get("StartTimestamp"),
+            value.get("StopTimestamp"),
+            type(duration),
+            duration,
+        )
+        if members == self.members and self.session is not None:
+            return self.session
+        session = _session(value)
+        self.members, self.session = members, session
+        return session
+
+
 def _event_attributes(value: Any) -> dict[str, str]:
     attributes = _object(value, "Attributes")
     for key, text in attributes.items():
+        # The usual item in one test; anything else through the rules in turn.
+        if type(text) is str and 0 < len(key) <= MAX_KEY_CHARS and len(text) <= MAX_EVENT_VALUE_CHARS:
+            continue
         _check_key(key, "Attributes")
         if type(text) is not str:
             _reject("wrong_type", f"Attributes.{key} must be a string")
@@ -419,53 +483,93 @@ def _event_attributes(value: Any) -> dict[str, str]:
     return attributes
 
 
-def _event(
-    value: Any,
-    *,
-    event_id: str,
-    app_id: str,
-    endpoint_id: str,
-    request_id: str,
-    received_at_ms: int,
-    context: EndpointContext | None,
-    check_size: bool,
-) -> Event:
-    ev = _object(value, "Event")
+# An event's optional string members, in the order their rules are checked.
+_EVENT_STRINGS = ("AppPackageName", "AppTitle", "AppVersionCode", "ClientSdkVersion", "SdkName")
+_STRING_OR_NONE = frozenset((str, type(None)))
+# A NamedTuple's own __new__ is a Python function taking keywords; this
+# builds the same tuple without that frame (every field given, in order).
+_new = tuple.__new__
+
+
+class _Batch(NamedTuple):
+    """What every event of one BatchItem entry shares."""
+
+    app_id: str
+    endpoint_id: str
+    request_id: str
+    received_at_ms: int
+    context: EndpointContext | None
+    check_size: bool
+    repeats: _Repeats
+
+
+def _event(ev: Any, event_id: str, batch: _Batch) -> Event:
+    """One event's rules, in the order their messages are documented: the
+    object, its ID, EventType, Timestamp, Attributes, Metrics, their count,
+    its size, Session, then each optional string."""
+    if type(ev) is not dict:
+        _reject("wrong_type", "Event must be an object")
     if not event_id:
         _reject("missing_field", "Event ID must not be empty")
     _check_id(event_id, "Event ID")
-    event_type = _required_string(ev, "EventType", "")
+    get = ev.get
+    event_type = get("EventType")
+    if type(event_type) is not str or not event_type:
+        event_type = _required_string(ev, "EventType", "")
     stamp = _timestamp(ev, "Timestamp", "", required=True)
     assert stamp is not None  # required=True never returns None
-    attributes = None if ev.get("Attributes") is None else _event_attributes(ev["Attributes"])
-    metrics = None if ev.get("Metrics") is None else _metrics(ev["Metrics"], "Metrics")
+    attributes = get("Attributes")
+    if attributes is not None:
+        attributes = _event_attributes(attributes)
+    metrics = get("Metrics")
+    if metrics is not None:
+        metrics = _metrics(metrics, "Metrics")
     keys = len(attributes or ()) + len(metrics or ())
     if keys > MAX_EVENT_KEYS:
         _reject(
             "too_many_keys",
             f"Event has {keys} attributes and metrics; at most {MAX_EVENT_KEYS}",
         )
-    if check_size and _json_size(ev, "Event") > MAX_EVENT_BYTES:
+    if batch.check_size and _json_size(ev, "Event") > MAX_EVENT_BYTES:
         _reject("too_large", f"Event is larger than {MAX_EVENT_BYTES} bytes")
-    return Event(
-        app_id=app_id,
-        endpoint_id=endpoint_id,
-        event_id=event_id,
-        request_id=request_id,
-        received_at_ms=received_at_ms,
-        event_type=event_type,
-        timestamp=stamp[0],
-        timestamp_ms=stamp[1],
-        session=None if ev.get("Session") is None else _session(ev["Session"]),
-        attributes=attributes,
-        metrics=metrics,
-        app_package_name=_string(ev, "AppPackageName", ""),
-        app_title=_string(ev, "AppTitle", ""),
-        app_version_code=_string(ev, "AppVersionCode", ""),
-        client_sdk_version=_string(ev, "ClientSdkVersion", ""),
-        sdk_name=_string(ev, "SdkName", ""),
-        endpoint=context,
+    session = get("Session")
+    if session is not None:
+        session = batch.repeats.read(session)
+    strings = (
+        get("AppPackageName"),
+        get("AppTitle"),
+        get("AppVersionCode"),
+        get("ClientSdkVersion"),
+        get("SdkName"),
     )
+    if not _STRING_OR_NONE.issuperset(map(type, strings)):
+        for member, text in zip(_EVENT_STRINGS, strings, strict=True):
+            if text is not None and type(text) is not str:
+                _reject("wrong_type", f"{member} must be a string")
+    package, title, version, sdk_version, sdk = batch.repeats.same_strings(strings)
+    event: Event = _new(
+        Event,
+        (
+            batch.app_id,
+            batch.endpoint_id,
+            event_id,
+            batch.request_id,
+            batch.received_at_ms,
+            event_type,
+            stamp[0],
+            stamp[1],
+            session,
+            attributes,
+            metrics,
+            package,
+            title,
+            version,
+            sdk_version,
+            sdk,
+            batch.context,
+        ),
+    )
+    return event
 
 
 def _context(upsert: EndpointUpsert | Invalid) -> EndpointContext | None:
@@ -541,23 +645,24 @@ def put_events(
                 upsert = Invalid("missing_field", "Events is required and must be an object")
             batches.append(EndpointBatch(endpoint_id, upsert, ()))
             continue
-        context = _context(upsert)
+        shared = _Batch(
+            app_id, endpoint_id, request_id, received_at_ms, _context(upsert), check_size, _Repeats()
+        )
+        # The endpoint ID's own rules fail each of its events the same way.
+        bad_id: Invalid | None = None
+        try:
+            if not endpoint_id:
+                _reject("missing_field", "Endpoint ID must not be empty")
+            _check_id(endpoint_id, "Endpoint ID")
+        except _Reject as exc:
+            bad_id = Invalid(exc.reason, exc.message)
         events: list[tuple[str, Event | Invalid]] = []
         for event_id, raw in raw_events.items():
+            if bad_id is not None:
+                events.append((event_id, bad_id))
+                continue
             try:
-                if not endpoint_id:
-                    _reject("missing_field", "Endpoint ID must not be empty")
-                _check_id(endpoint_id, "Endpoint ID")
-                decided: Event | Invalid = _event(
-                    raw,
-                    event_id=event_id,
-                    app_id=app_id,
-                    endpoint_id=endpoint_id,
-                    request_id=request_id,
-                    received_at_ms=received_at_ms,
-                    context=context,
-                    check_size=check_size,
-                )
+                decided: Event | Invalid = _event(raw, event_id, shared)
             except _Reject as exc:
                 decided = Invalid(exc.reason, exc.message)
             events.append((event_id, decided))

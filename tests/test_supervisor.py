@@ -1,0 +1,277 @@
+"""`ingest run` supervising its roles as processes (ingest/supervise.py):
+a child SIGKILLed is restarted and readiness recovers; SIGTERM drains every
+role in order and loses nothing (counted through the KPI API after a
+restart, with the broker's log gone); SIGKILL of the parent leaves no
+process behind; /metrics covers every process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from ingest.errors import SettingsError, SupervisorError
+from ingest.launch import Status
+from ingest.logs import process_format
+from ingest.metrics import SupervisorMetrics
+from ingest.settings import Settings
+from ingest.supervise import Supervised, Supervisor, _labelled, _Merged
+from tests.conftest import Pipeline, eventually, start_ingest, start_pipeline
+
+EDGES = {"INGEST_EDGE_PROCESSES": "2"}
+ROLES = ("edge-0", "edge-1", "worker-endpoints", "worker-kpis")
+# A restart: the backoff's first step (0.5 s) plus an interpreter's start-up,
+# on a CI machine running other tests beside this one.
+RESTART_WITHIN_S = 60.0
+
+
+def status_of(pipeline: Pipeline) -> Status:
+    return pipeline.launched.reread_status()
+
+
+def events_body(endpoint_id: str, count: int) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    events = {str(uuid.uuid4()): {"EventType": "supervised", "Timestamp": now} for _ in range(count)}
+    return {"BatchItem": {endpoint_id: {"Endpoint": {}, "Events": events}}}
+
+
+def put_accepted(client: Any, app_id: str, count: int = 20) -> int:
+    """One PutEvents of ``count`` events from a fresh endpoint; → how many were Accepted."""
+    endpoint_id = str(uuid.uuid4())
+    answer = client.put_events(ApplicationId=app_id, EventsRequest=events_body(endpoint_id, count))
+    items = answer["EventsResponse"]["Results"][endpoint_id]["EventsItemResponse"]
+    return sum(1 for item in items.values() if item["StatusCode"] == 202)
+
+
+def counted(pipeline: Pipeline, app_id: str) -> float:
+    """Events counted by the KPI API (events-grouped-by-date, today ± a day)."""
+    response = pipeline.client().get_application_date_range_kpi(
+        ApplicationId=app_id,
+        KpiName="events-grouped-by-date",
+        StartTime=datetime.now(UTC) - timedelta(days=1),
+        EndTime=datetime.now(UTC) + timedelta(days=1),
+    )
+    rows = response["ApplicationDateRangeKpiResponse"]["KpiResult"]["Rows"]
+    return sum(float(row["Values"][0]["Value"]) for row in rows)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] not in ("Z", "X")
+
+
+def descendants(root: int) -> set[int]:
+    """Every live process under ``root``, from /proc's parent links."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue  # exited while we looked
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return {pid for pid in found if alive(pid)}
+
+
+def samples(pipeline: Pipeline) -> list[Sample]:
+    code, _, body = pipeline.request("GET", "/metrics", sign=False)
+    assert code == 200
+    return [s for family in text_string_to_metric_families(body.decode()) for s in family.samples]
+
+
+@pytest.fixture(scope="module")
+def supervised(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    running = start_pipeline(tmp_path_factory.mktemp("supervised"), **EDGES)
+    yield running
+    assert running.stop() == 0, running.log()[-5000:]
+
+
+@pytest.fixture(scope="module")
+def app_id(supervised: Pipeline) -> str:
+    created = supervised.client().create_app(CreateApplicationRequest={"Name": "supervised"})
+    return str(created["ApplicationResponse"]["Id"])
+
+
+def test_every_role_is_a_process_of_its_own_and_the_edges_share_the_port(
+    supervised: Pipeline, app_id: str
+) -> None:
+    status = status_of(supervised)
+    assert tuple(child.name for child in status.children) == ROLES
+    pids = {child.pid for child in status.children}
+    assert len(pids) == len(ROLES) and supervised.process.pid not in pids
+    assert status.broker is not None and status.broker.pid not in pids
+    # Fresh connections, each its own PutEvents: the kernel spreads them over
+    # both edges (all 40 on one: a chance of 2**-39).
+    client = supervised.client()
+    for _ in range(40):
+        assert put_accepted(supervised.client(), app_id, 1) == 1
+    assert put_accepted(client, app_id) == 20
+    by_edge: dict[str, float] = {}
+    for sample in samples(supervised):
+        if sample.name == "ingest_http_requests_total" and sample.labels.get("route") == "PutEvents":
+            process = sample.labels["process"]
+            by_edge[process] = by_edge.get(process, 0.0) + sample.value
+    assert set(by_edge) == {"edge-0", "edge-1"} and all(v >= 1 for v in by_edge.values()), by_edge
+
+
+def test_metrics_cover_every_process_labelled_by_it(supervised: Pipeline) -> None:
+    seen = {sample.labels.get("process") for sample in samples(supervised)}
+    assert {"run", *ROLES} <= seen, seen
+    ready = {s.labels["process"]: s.value for s in samples(supervised) if s.name == "ingest_process_ready"}
+    assert ready == dict.fromkeys(ROLES, 1.0), ready
+
+
+@pytest.mark.parametrize("role", ["edge-1", "worker-kpis"])
+def test_a_child_sigkilled_is_restarted_and_readiness_recovers(
+    supervised: Pipeline, app_id: str, role: str
+) -> None:
+    client = supervised.client()
+    before = counted(supervised, app_id)
+    victim = status_of(supervised).child(role).pid
+    os.kill(victim, signal.SIGKILL)
+    eventually(
+        lambda: status_of(supervised).child(role).pid,
+        lambda pid: pid != victim,
+        f"{role} started again",
+        within_s=RESTART_WITHIN_S,
+    )
+    eventually(supervised.launched.ready, bool, "/readyz of ingest run 200 again", within_s=RESTART_WITHIN_S)
+    assert not alive(victim)
+    accepted = sum(put_accepted(client, app_id) for _ in range(5))
+    assert accepted == 100
+    eventually(
+        lambda: counted(supervised, app_id),
+        lambda total: total >= before + accepted,
+        "events accepted after the restart counted",
+        within_s=RESTART_WITHIN_S,
+    )
+    restarts = [
+        s.value
+        for s in samples(supervised)
+        if s.name == "ingest_process_restarts_total" and s.labels.get("process") == role
+    ]
+    assert restarts == [1.0], restarts
+    assert f"{role} (pid {victim}) exited on SIGKILL" in supervised.log()
+
+
+def test_sigterm_drains_every_role_in_order_and_loses_nothing(tmp_path: Path) -> None:
+    """Events sent right up to the SIGTERM: every Accepted one is counted.
+    The broker keeps its log in memory, so whatever the workers had not
+    applied before the broker stopped would be gone after the restart."""
+    running = start_pipeline(tmp_path, **EDGES)
+    client = running.client()
+    app_id = str(client.create_app(CreateApplicationRequest={"Name": "drained"})["ApplicationResponse"]["Id"])
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        accepted = sum(pool.map(lambda _: put_accepted(running.client(), app_id, 50), range(40)))
+    assert accepted == 2000
+    assert running.stop() == 0, running.log()[-5000:]
+    log = running.log()
+    order = [
+        "draining: the edges first",
+        "edge-0 (pid",
+        "edge-1 (pid",
+        "[worker-kpis] ingest.process: SIGTERM received",
+        "KPI worker drained to the end of its partitions",
+        "worker-kpis (pid",
+        "embedded Kafka broker stopped",
+        "ingest.supervise: stopped cleanly",
+    ]
+    positions = [log.find(line, log.find("draining: the edges first")) for line in order]
+    assert -1 not in positions and positions == sorted(positions), list(zip(order, positions, strict=True))
+    edges_stopped = max(log.find("edge-0 (pid", positions[0]), log.find("edge-1 (pid", positions[0]))
+    assert edges_stopped < log.find("[worker-endpoints] ingest.process: SIGTERM received"), log[-5000:]
+    again = start_ingest(
+        tmp_path,
+        ["run", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(running.data_dir)],
+        port=0,
+        data_dir=running.data_dir,
+        env=EDGES,
+    )
+    try:
+        assert counted(again, app_id) == accepted
+    finally:
+        assert again.stop() == 0, again.log()[-5000:]
+
+
+def test_sigkill_of_the_parent_leaves_no_process_behind(tmp_path: Path) -> None:
+    """With the durable default (s3rver, a node process) as well as the
+    broker, both edges and both workers."""
+    running = start_pipeline(tmp_path, INGEST_EMBEDDED_STORAGE="s3rver", **EDGES)
+    tree = descendants(running.process.pid)
+    status = status_of(running)
+    assert {child.pid for child in status.children} <= tree and status.broker is not None
+    assert status.broker.pid in tree and len(tree) >= 6, tree  # 4 children, tansu, s3rver
+    running.stop(signal.SIGKILL)
+    eventually(lambda: {pid for pid in tree if alive(pid)}, lambda left: not left, "every child gone")
+
+
+async def test_a_child_that_exits_before_it_serves_fails_the_start_naming_it(tmp_path: Path) -> None:
+    """During start-up a child's exit is a failure of `ingest run` (a bad
+    configuration must not restart forever), and the children that did
+    start are stopped."""
+    sleeper = Supervised(
+        "worker-kpis", [sys.executable, "-c", "import time; time.sleep(600)"], {}, tmp_path / "a"
+    )
+    failing = Supervised("edge-0", [sys.executable, "-c", "raise SystemExit(3)"], {}, tmp_path / "b")
+    supervisor = Supervisor(
+        [sleeper, failing],
+        drain_timeout_s=1.0,
+        metrics=SupervisorMetrics(CollectorRegistry()),
+        changed=lambda: None,
+    )
+    with pytest.raises(SupervisorError, match="edge-0 exited 3 before it served"):
+        await supervisor.__aenter__()
+    assert not sleeper.running and not alive(sleeper.pid)
+
+
+def test_edge_processes_setting() -> None:
+    assert Settings(edge_processes=3).edge_process_count == 3
+    assert Settings().edge_process_count == len(os.sched_getaffinity(0))
+    with pytest.raises(SettingsError, match="INGEST_EDGE_PROCESSES"):
+        Settings.from_env({"INGEST_EDGE_PROCESSES": "-1"})
+
+
+def test_a_process_name_must_be_a_role_name() -> None:
+    assert "[edge-0]" in process_format("edge-0")
+    with pytest.raises(ValueError, match="process name"):
+        process_format("edge\n0")
+
+
+def test_merged_metrics_keep_one_family_per_name_and_a_process_label_each() -> None:
+    def family(value: float, **labels: str) -> Metric:
+        metric = Metric("ingest_x", "doc", "gauge")
+        metric.add_sample("ingest_x", labels, value)
+        return metric
+
+    merged = _Merged(
+        [
+            *_labelled([family(1.0)], "edge-0"),
+            *_labelled([family(2.0)], "edge-1"),
+            *_labelled([family(3.0, process="edge-1")], "run"),
+        ]
+    )
+    (only,) = merged.collect()
+    assert [(s.labels["process"], s.value) for s in only.samples] == [
+        ("edge-0", 1.0),
+        ("edge-1", 2.0),
+        ("edge-1", 3.0),
+    ]
