@@ -51,6 +51,21 @@ class StoreError(IngestError):
         self.condition = condition
 
 
+class WorkerStalled(IngestError):
+    """A worker made no progress for its stall timeout while its partitions
+    had records left to apply, or while it had no partition assigned: its
+    consumer is stuck (as aiokafka#1154 leaves one after a group rebalance).
+    Nothing in the process can unstick it, so the worker fails and the
+    process exits non-zero for its supervisor to restart it; the records
+    are applied by the new member (delivery is at-least-once). ``stalled_s``
+    is how long it went without progress; ``reason`` says what it saw."""
+
+    def __init__(self, message: str, *, stalled_s: float, reason: str) -> None:
+        super().__init__(message)
+        self.stalled_s = stalled_s
+        self.reason = reason
+
+
 class DecodeError(IngestError):
     """Bytes that are not a single-object-encoded record of a known schema
     (or not a valid body of it); ``position`` is the byte offset where

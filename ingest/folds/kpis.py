@@ -52,6 +52,24 @@ AUTH_EVENTS = {
     "_userauth.auth_fail": "auth_failures",
 }
 
+
+# What the KPI worker reads of an event, by record: the dedupe mark
+# (``store.base.fresh_events``), the UserId it counts for (``context_user``)
+# and :func:`effects`. Its Avro reader skips the other fields (a projection:
+# they hold placeholders), so a field read here must be listed;
+# tests/test_projection.py holds effects() to the same rows on events read so.
+# Attributes and metrics are read only for the types in DETAILED_TYPES.
+EVENT_FIELDS: dict[str, frozenset[str]] = {
+    "Event": frozenset(
+        {"app_id", "endpoint_id", "event_id", "event_type", "timestamp_ms", "session", "endpoint"}
+    ),
+    "Session": frozenset({"id", "duration_ms"}),
+    "EndpointContext": frozenset({"user_id"}),
+}
+# The event types whose attributes or metrics effects() reads (a few percent
+# of an app's events): the KPI worker reads these events whole.
+DETAILED_TYPES = frozenset({PURCHASE, PUSH_OPENED})
+
 MemberKey = tuple[str, str, int, str]
 """(app ID, kind, day, member)"""
 SumKey = tuple[str, str, int, str]
@@ -108,25 +126,34 @@ def effects(events: Iterable[tuple[Event, str | None]]) -> Effects:
     counts for (its endpoint context's, else its endpoint's in the store),
     into the rows they add."""
     out = Effects()
+    # Per event this is the KPI worker's innermost loop: bound methods and
+    # plain dict updates rather than Effects.add: 0.88 → 0.78 µs an event
+    # (bench workload, 5,000-event batches, best of 15).
+    add_member = out.members.add
+    sums = out.sums
+    get_sum = sums.get
+    first_days = out.first_days
     for event, user_id in events:
         app, endpoint, kind = event.app_id, event.endpoint_id, event.event_type
-        day = day_of(event.timestamp_ms)
-        out.members.add((app, "endpoints", day, endpoint))
+        day = event.timestamp_ms // DAY_MS
+        add_member((app, "endpoints", day, endpoint))
         if user_id:
-            out.members.add((app, "users", day, user_id))
-        first = out.first_days.get((app, endpoint))
+            add_member((app, "users", day, user_id))
+        first = first_days.get((app, endpoint))
         if first is None or day < first:
-            out.first_days[(app, endpoint)] = day
-        out.add((app, "events", day, ""), 1)
-        out.add((app, "event_types", day, kind), 1)
+            first_days[(app, endpoint)] = day
+        key: SumKey = (app, "events", day, "")
+        sums[key] = get_sum(key, 0) + 1
+        key = (app, "event_types", day, kind)
+        sums[key] = get_sum(key, 0) + 1
         session = event.session
         if session is not None:
-            out.members.add((app, "sessions", day, session.id))
+            add_member((app, "sessions", day, session.id))
             if kind == SESSION_STOP and session.duration_ms is not None:
                 out.add((app, "session_ms", day, ""), session.duration_ms)
                 out.add((app, "session_stops", day, ""), 1)
-        attributes = event.attributes or {}
         if kind == PURCHASE:
+            attributes = event.attributes or {}
             metrics = event.metrics or {}
             quantity = metrics.get("_quantity", 1.0)
             price = metrics.get("_item_price")
@@ -135,12 +162,14 @@ def effects(events: Iterable[tuple[Event, str | None]]) -> Effects:
                 out.add((app, "revenue", day, currency), round(price * quantity * MICROS))
             if _countable(quantity):
                 out.add((app, "units", day, ""), round(quantity * MICROS))
-            out.members.add((app, "paying", day, endpoint))
+            add_member((app, "paying", day, endpoint))
         elif kind in AUTH_EVENTS:
             out.add((app, AUTH_EVENTS[kind], day, ""), 1)
-        elif kind == PUSH_OPENED and attributes.get("campaign_id"):
-            activity = attributes.get("campaign_activity_id", "")
-            out.add((app, push_opens_kind(attributes["campaign_id"]), day, activity), 1)
+        elif kind == PUSH_OPENED:
+            attributes = event.attributes or {}
+            if attributes.get("campaign_id"):
+                activity = attributes.get("campaign_activity_id", "")
+                out.add((app, push_opens_kind(attributes["campaign_id"]), day, activity), 1)
     return out
 
 

@@ -406,6 +406,14 @@ class _Reader(_Source):
             raise ValueError(f"unsupported Avro type {kind!r}")
 
     def _union(self, schema: list[Any], target: str, depth: int) -> None:
+        null_byte, other = self.branch(schema, depth)
+        self.emit(depth, f"if b == {null_byte}: {target} = None")
+        self.emit(depth, "else:")
+        self.read(other, target, depth + 1)
+
+    def branch(self, schema: list[Any], depth: int) -> tuple[int, Any]:
+        """Emit code that reads a union's index into ``b`` as its zig-zag
+        byte; → (the null branch's byte, the other branch's schema)."""
         if len(schema) != 2 or "null" not in schema:
             raise ValueError(f"only unions of null and one type are supported, not {schema!r}")
         null_index = schema.index("null")
@@ -414,25 +422,13 @@ class _Reader(_Source):
         # encoding or no branch of ours: the helper tells which.
         self.emit(depth, "if b & 0xFD: b, pos = read_branch(data, pos)")
         self.emit(depth, "else: pos += 1")
-        self.emit(depth, f"if b == {null_index << 1}: {target} = None")
-        self.emit(depth, "else:")
-        self.read(schema[1 - null_index], target, depth + 1)
+        return null_index << 1, schema[1 - null_index]
 
     def _collection(self, schema: dict[str, Any], kind: str, target: str, depth: int) -> None:
         """Blocks of items until a block of none."""
-        block, count = self.fresh("block"), self.fresh("count")
-        item_bytes = (1 + _min_bytes(schema["values"])) if kind == "map" else _min_bytes(schema["items"])
         self.emit(depth, f"{target} = {{}}" if kind == "map" else f"{target} = []")
-        self.emit(depth, f"{block} = data[pos]")
-        self.emit(depth, "pos += 1")
-        self.emit(depth, f"while {block}:")
-        inner = depth + 1
-        self.emit(inner, f"if {block} & 0x81: {count}, pos = read_count(data, pos - 1)")
-        self.emit(inner, f"else: {count} = {block} >> 1")
-        if item_bytes:
-            self.emit(inner, f"if {count} * {item_bytes} > size - pos:")
-            self.emit(inner + 1, f"raise AvroDecodeError(f'a block of {{{count}}} items past the end', pos)")
-        self.emit(inner, f"for _ in range({count}):")
+        item_bytes = (1 + _min_bytes(schema["values"])) if kind == "map" else _min_bytes(schema["items"])
+        block, inner = self.blocks(item_bytes, depth)
         item = self.fresh("x")
         if kind == "array":
             self.read(schema["items"], item, inner + 1)
@@ -445,9 +441,35 @@ class _Reader(_Source):
         self.emit(inner, f"{block} = data[pos]")
         self.emit(inner, "pos += 1")
 
+    def blocks(self, item_bytes: int, depth: int) -> tuple[str, int]:
+        """Emit the loop over an array's or map's blocks, down to ``for _ in
+        range(count):``; → (the block local, the loop body's depth minus
+        one), where the caller emits each item, then reads the next block."""
+        block, count = self.fresh("block"), self.fresh("count")
+        self.emit(depth, f"{block} = data[pos]")
+        self.emit(depth, "pos += 1")
+        self.emit(depth, f"while {block}:")
+        inner = depth + 1
+        self.emit(inner, f"if {block} & 0x81: {count}, pos = read_count(data, pos - 1)")
+        self.emit(inner, f"else: {count} = {block} >> 1")
+        if item_bytes:
+            self.emit(inner, f"if {count} * {item_bytes} > size - pos:")
+            self.emit(inner + 1, f"raise AvroDecodeError(f'a block of {{{count}}} items past the end', pos)")
+        self.emit(inner, f"for _ in range({count}):")
+        return block, inner
+
     def record(self, schema: dict[str, Any], target: str, depth: int) -> None:
         """Read the fields in the schema's order; build the record in its
         class's field order."""
+        cls = self.record_class(schema)
+        local = {}
+        for field in schema["fields"]:
+            local[field["name"]] = self.fresh("v")
+            self.read(field["type"], local[field["name"]], depth)
+        self.build(cls, local, target, depth)
+
+    def record_class(self, schema: dict[str, Any]) -> type[Any]:
+        """The NamedTuple a record builds, checked against the schema."""
         short = str(schema["name"]).rpartition(".")[2]
         cls = self.types.get(short)
         if cls is None:
@@ -460,15 +482,15 @@ class _Reader(_Source):
             raise ValueError(
                 f"record {short} has fields {sorted(names)}, {cls.__name__} has {sorted(fields)}"
             )
-        local = {}
-        for name, field in zip(names, schema["fields"], strict=True):
-            local[name] = self.fresh("v")
-            self.read(field["type"], local[name], depth)
+        return cls
+
+    def build(self, cls: type[Any], local: Mapping[str, str], target: str, depth: int) -> None:
+        """Emit ``target = cls(...)`` of the locals (or names) in ``local``."""
         built = self.fresh("cls")
         self.names[built] = cls
         # tuple.__new__ is what a NamedTuple's generated __new__ ends in,
         # without its Python frame; every field is given, so no defaults apply.
-        values = "".join(f"{local[name]}, " for name in fields)
+        values = "".join(f"{local[name]}, " for name in cls._fields)
         self.emit(depth, f"{target} = new({built}, ({values}))")
 
 
@@ -490,7 +512,11 @@ def compile_decoder(schema: dict[str, Any], types: Mapping[str, type[Any]]) -> D
     """
     if schema.get("type") != "record":
         raise ValueError("compile_decoder takes a record schema")
-    gen = _Reader(types)
+    return _define_decoder(_Reader(types), schema, "decoder")
+
+
+def _define_decoder(gen: _Reader, schema: dict[str, Any], what: str) -> Decoder:
+    """``decode(data, pos)`` of a record schema, emitted by ``gen``."""
     gen.emit(0, "def decode(data, pos):")
     gen.emit(1, "size = len(data)")
     gen.emit(1, "try:")
@@ -499,6 +525,130 @@ def compile_decoder(schema: dict[str, Any], types: Mapping[str, type[Any]]) -> D
     gen.emit(2, "raise AvroDecodeError('the data ends inside the record', pos) from None")
     gen.emit(1, "except UnicodeDecodeError as exc:")
     gen.emit(2, "raise AvroDecodeError(f'a string is not UTF-8: {exc.reason}', pos) from exc")
+    # A skipped fixed-width value at the end may step past it (projections).
+    gen.emit(1, "if pos > size: raise AvroDecodeError('the data ends inside the record', size)")
     gen.emit(1, "return record, pos")
-    decoder: Decoder = gen.define("decode", f"<avro decoder {schema.get('name')}>")
+    decoder: Decoder = gen.define("decode", f"<avro {what} {schema.get('name')}>")
     return decoder
+
+
+# --- projection: reading only the fields a consumer needs ----------------------
+
+
+class _Projector(_Reader):
+    """A :class:`_Reader` that, of the records named in ``fields``, reads
+    only the listed fields and steps over the others: their bytes are
+    bounds-checked and skipped, never decoded, and the record gets a
+    placeholder in their place."""
+
+    def __init__(self, types: Mapping[str, type[Any]], fields: Mapping[str, frozenset[str]]) -> None:
+        super().__init__(types)
+        self.fields = fields
+
+    def record(self, schema: dict[str, Any], target: str, depth: int) -> None:
+        short = str(schema["name"]).rpartition(".")[2]
+        kept = self.fields.get(short)
+        if kept is None:
+            super().record(schema, target, depth)
+            return
+        cls = self.record_class(schema)
+        if unknown := kept - set(cls._fields):
+            raise ValueError(f"record {short} has no fields {sorted(unknown)}")
+        local = {}
+        for field in schema["fields"]:
+            name = field["name"]
+            if name in kept:
+                local[name] = self.fresh("v")
+                self.read(field["type"], local[name], depth)
+            else:
+                local[name] = self.fresh("placeholder")
+                self.names[local[name]] = _placeholder(cls, name, field["type"])
+                self.skip(field["type"], depth)
+        self.build(cls, local, target, depth)
+
+    def skip(self, schema: Any, depth: int) -> None:
+        """Emit code that steps ``pos`` over a value of ``schema``. Lengths
+        and counts are checked against ``size``; a fixed-width value last in
+        the data is checked by the decoder's final ``pos > size``."""
+        if isinstance(schema, list):
+            null_byte, other = self.branch(schema, depth)
+            self.emit(depth, f"if b != {null_byte}:")
+            self.skip(other, depth + 1)
+            return
+        kind = schema if isinstance(schema, str) else schema["type"]
+        if isinstance(kind, (dict, list)):
+            self.skip(kind, depth)
+        elif kind == "null":
+            self.emit(depth, "pass")
+        elif kind in ("boolean", "double", "float"):
+            self.emit(depth, f"pos += {_WIDTHS[kind]}")
+        elif kind in ("int", "long", "enum"):
+            # A varint: bytes with the high bit set, then one without.
+            self.emit(depth, "while data[pos] & 0x80: pos += 1")
+            self.emit(depth, "pos += 1")
+        elif kind in ("string", "bytes"):
+            self.emit(depth, "b = data[pos]")
+            self.emit(depth, "if b & 0x81: n, pos = read_length(data, pos); pos += n")
+            self.emit(depth, "else: pos += 1 + (b >> 1)")
+            self.emit(depth, "if pos > size: raise AvroDecodeError('a length past the end', pos)")
+        elif kind in ("array", "map"):
+            self._skip_collection(schema, kind, depth)
+        elif kind == "record":
+            for field in schema["fields"]:
+                self.skip(field["type"], depth)
+        else:
+            raise ValueError(f"unsupported Avro type {kind!r}")
+
+    def _skip_collection(self, schema: dict[str, Any], kind: str, depth: int) -> None:
+        # Every item of our schemas takes a byte at least: a forged count fails at once.
+        block, inner = self.blocks(1, depth)
+        if kind == "map":
+            self.skip("string", inner + 1)
+        self.skip(schema["values"] if kind == "map" else schema["items"], inner + 1)
+        self.emit(inner, f"{block} = data[pos]")
+        self.emit(inner, "pos += 1")
+
+
+_WIDTHS = {"boolean": 1, "float": 4, "double": 8}
+# The placeholder of a skipped field that has no default, by Avro type.
+_ZEROS: dict[str, object] = {
+    "string": "",
+    "bytes": b"",
+    "int": 0,
+    "long": 0,
+    "float": 0.0,
+    "double": 0.0,
+    "boolean": False,
+}
+
+
+def _placeholder(cls: type[Any], name: str, schema: Any) -> object:
+    """The class's default for a skipped field, else its type's zero."""
+    defaults: dict[str, object] = getattr(cls, "_field_defaults", {})
+    if name in defaults:
+        return defaults[name]
+    kind = schema if isinstance(schema, str) else schema["type"]
+    if not isinstance(kind, str) or kind not in _ZEROS:
+        raise ValueError(f"{cls.__name__}.{name} is skipped but has no default and its type no zero")
+    return _ZEROS[kind]
+
+
+def compile_projection(
+    schema: dict[str, Any], types: Mapping[str, type[Any]], fields: Mapping[str, frozenset[str]]
+) -> Decoder:
+    """As :func:`compile_decoder`, but of each record whose short name is in
+    ``fields`` only the fields named there are read; the others are stepped
+    over and stand in as their class's default, else their type's zero
+    (``""``, ``b""``, ``0``, ``0.0``, ``False``). A record not in ``fields``
+    is read whole. The result is the full reader's record with the skipped
+    fields replaced so; the end position is the same.
+
+    It accepts whatever the full reader accepts, and is looser only in the
+    bytes it skips: those are bounds-checked, not validated (UTF-8, a
+    varint's width, an int's range, an enum index, a boolean byte), so bytes
+    the full reader refuses for a skipped value alone decode here. Raises
+    ValueError, once, as compile_decoder does, and for a field name its
+    record has not, or a skipped field with no default and no zero."""
+    if schema.get("type") != "record":
+        raise ValueError("compile_projection takes a record schema")
+    return _define_decoder(_Projector(types, fields), schema, "projection")

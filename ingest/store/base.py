@@ -162,8 +162,9 @@ def fresh_events(
     later one, so the result does not depend on where batches are cut. (SDKs
     resend an event unchanged.)"""
     fresh: dict[Mark, Event] = {}
+    day_ms = kpis.DAY_MS  # day_of(), inline: once per event of every batch
     for event in events:
-        day = kpis.day_of(event.timestamp_ms)
+        day = event.timestamp_ms // day_ms
         if day < oldest_day:
             outcome.too_old += 1
             continue

@@ -14,16 +14,27 @@ import time
 from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastavro.schema import to_parsing_canonical_form
 
 from ingest.errors import StoreError
 from ingest.folds import kpis
 from ingest.folds.endpoints import EndpointRecord
 from ingest.kafka.clients import ENDPOINTS_TOPIC, EVENTS_TOPIC
 from ingest.metrics import KpiWorkerMetrics, WorkerMetrics
-from ingest.records.codec import Codec
+from ingest.records.avro import AvroDecodeError, compile_projection
+from ingest.records.codec import (
+    EVENT_SCHEMA,
+    HEADER_BYTES,
+    MARKER,
+    MAX_MS,
+    MIN_MS,
+    RECORD_TYPES,
+    Codec,
+    fingerprint,
+)
 from ingest.records.values import Event
 from ingest.store.base import PURGE_CHUNK_ROWS, Store
-from ingest.workers.consumer import Worker
+from ingest.workers.consumer import STALL_TIMEOUT_S, Worker
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +118,7 @@ class EndpointWorker(Worker[EndpointRecord]):
         metrics: WorkerMetrics,
         max_records: int,
         drain_timeout_s: float,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
     ) -> None:
         super().__init__(
             consumer,
@@ -114,6 +126,7 @@ class EndpointWorker(Worker[EndpointRecord]):
             EndpointSink(store, codec=codec, metrics=metrics),
             max_records=max_records,
             drain_timeout_s=drain_timeout_s,
+            stall_timeout_s=stall_timeout_s,
         )
 
 
@@ -123,6 +136,44 @@ class EndpointWorker(Worker[EndpointRecord]):
 def wall_clock_ms() -> int:
     """Now, in epoch milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+class EventReader:
+    """A value of ``ingest.events`` → its Event as the KPI worker needs it,
+    read with a projection (``kpis.EVENT_FIELDS``): the fields no KPI reads
+    (the request, the SDK, the device's demographic and location; attributes
+    and metrics but of ``kpis.DETAILED_TYPES``, whose events are read whole)
+    are skipped, not decoded, and hold placeholders. A value the projection
+    cannot read goes to the codec's full reader, which names what is wrong
+    (DecodeError); so a value is refused when the full reader refuses it,
+    except for faults in skipped bytes alone (such as invalid UTF-8 in an
+    app title, or a ReceivedAt beyond year 9999), which no KPI could count.
+    """
+
+    def __init__(self, codec: Codec) -> None:
+        self._codec = codec
+        schema = codec.schema(EVENT_SCHEMA)
+        self._header = MARKER + fingerprint(to_parsing_canonical_form(schema))
+        self._project = compile_projection(schema, RECORD_TYPES, kpis.EVENT_FIELDS)
+
+    def __call__(self, value: bytes | None) -> Event:
+        if value is not None and value.startswith(self._header):
+            try:
+                event: Event
+                event, end = self._project(value, HEADER_BYTES)
+            except AvroDecodeError:
+                pass
+            else:
+                if (
+                    end == len(value)
+                    and MIN_MS <= event.timestamp_ms <= MAX_MS
+                    and event.event_type not in kpis.DETAILED_TYPES
+                ):
+                    return event
+        # A purchase or a push open, whose attributes count, or not an event
+        # the projection reads: the full reader reads it, or refuses it with
+        # the reason.
+        return self._codec.decode_event(value)
 
 
 class KpiSink:
@@ -137,6 +188,8 @@ class KpiSink:
     none of them is aggregated. The window never moves back, even if the clock
     does: marks already expired must not let an event count again. Marks of
     days before the window are expired at start and whenever it moves on.
+
+    Events are read by an :class:`EventReader`: only what the KPIs read.
     """
 
     topic = EVENTS_TOPIC
@@ -158,9 +211,7 @@ class KpiSink:
         self._now_ms = now_ms
         # The window's first day as of the last expiry (None: none yet).
         self._oldest_day: int | None = None
-
-    def decode(self, value: bytes | None) -> Event:
-        return self._codec.decode_event(value)
+        self.decode = EventReader(codec)
 
     def oldest_day(self) -> int:
         """The first UTC day of the dedupe window."""
