@@ -179,6 +179,7 @@ def workers_of(
                 metrics=WorkerMetrics(REGISTRY, consumer_metrics),
                 max_records=settings.worker_max_records,
                 drain_timeout_s=settings.drain_timeout_s,
+                stall_timeout_s=settings.worker_stall_timeout_s,
             )
         )
         log.info("endpoint worker consuming %s as group %s", clients.ENDPOINTS_TOPIC, clients.ENDPOINTS_GROUP)
@@ -196,6 +197,7 @@ def workers_of(
                 sink,
                 max_records=settings.worker_max_records,
                 drain_timeout_s=settings.drain_timeout_s,
+                stall_timeout_s=settings.worker_stall_timeout_s,
             )
         )
         log.info(

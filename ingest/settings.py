@@ -1,5 +1,9 @@
 """The one settings object, read once from ``INGEST_*`` environment variables.
 
+It earns its size (about 400 lines): every knob of every process with its
+default, its unit and the reason for its value, and the checks that name a
+bad variable at start-up.
+
 This is the only module that reads ``os.environ``. Every component takes the
 values it needs as keyword arguments carrying their unit; nothing reads the
 environment later. A bad value fails start-up with a message naming the
@@ -113,6 +117,12 @@ class Settings:
 
     # Workers: records per poll, and so per store transaction.
     worker_max_records: int = 5000
+    # A worker that fetched and wrote nothing this long while it has work
+    # left (records on a partition of its own, or no partition at all) fails,
+    # so that its supervisor (Kubernetes, `ingest run`) starts it again: a
+    # consumer stuck after a rebalance never recovers by itself. Well above a
+    # rebalance and a store retry's backoff.
+    worker_stall_timeout_s: float = 120.0
     # KPI worker: UTC days (today included) whose event IDs are kept to
     # deduplicate on. An event dated before them is not aggregated, since a
     # retry of it could no longer be recognised. A week covers a device that
@@ -228,6 +238,12 @@ class Settings:
         )
         if self.edge_processes is not None:
             _check(self.edge_processes, 0 <= self.edge_processes <= 256, "edge_processes", "0-256")
+        _check(
+            self.worker_stall_timeout_s,
+            0 < self.worker_stall_timeout_s <= 86400,
+            "worker_stall_timeout_s",
+            "> 0 and <= 86400",
+        )
         _check(self.dedupe_retention_days, self.dedupe_retention_days >= 1, "dedupe_retention_days", ">= 1")
         _check(self.drain_timeout_s, self.drain_timeout_s > 0, "drain_timeout_s", "> 0")
         _check(self.app_cache_ttl_s, self.app_cache_ttl_s >= 0, "app_cache_ttl_s", ">= 0")

@@ -46,6 +46,7 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_ACCOUNT_ID": ("123456789012", "123456789012"),
     "INGEST_EDGE_PROCESSES": ("4", 4),
     "INGEST_WORKER_MAX_RECORDS": ("100", 100),
+    "INGEST_WORKER_STALL_TIMEOUT_S": ("30", 30.0),
     "INGEST_DEDUPE_RETENTION_DAYS": ("30", 30),
     "INGEST_STORE_URL": ("postgresql://127.0.0.1/ingest", "postgresql://127.0.0.1/ingest"),
     "INGEST_AUTH": ("off", "off"),

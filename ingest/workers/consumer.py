@@ -1,5 +1,9 @@
 """The consumer loop: a topic → the store, one transaction per batch.
 
+It earns its size (about 440 lines): at-least-once delivery with two batches
+overlapped, the store-outage hold, the drain to the end of the partitions
+and the stall watchdog, all in the one loop every worker shares.
+
 One loop, :class:`Worker`, serves every worker; a :class:`Sink` says which
 topic it reads, how a record decodes and how a batch is written (the sinks
 are in :mod:`ingest.workers.sinks`).
