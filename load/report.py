@@ -50,7 +50,6 @@ from typing import Any
 
 import uvloop
 
-from ingest.settings import Settings
 from load import chaos as faults
 from load import cpu, credentials, repeats, targets
 from load.harness import Options, execute
@@ -209,7 +208,8 @@ async def _against_ingest_run(
         target = _target(pipeline)
         # Accounted, so the warm-up's events are applied before the window opens.
         await execute(replace(target, duration_s=d.warmup_s), out=None)
-        saturated = await _saturate(pipeline, target, f"`{EDGE_PROCESSES}` unset", d.duration_s)
+        cpus = len(os.sched_getaffinity(0))
+        saturated = await _saturate(pipeline, target, f"default ({cpus} edge processes)", d.duration_s)
         runs.saturated.append(saturated)
         runs.rows.append(_load_line(saturated.summary, SATURATION))
         runs.peak = peak = float(saturated.summary["events_per_s"])
@@ -248,17 +248,13 @@ async def _against_ingest_run(
                 )
     finally:
         await pipeline.stop()
-    # Before the supervisor, `ingest run` refuses the variable as unknown
-    # (a typo must not pass silently): then the row runs without it, which is
-    # what the variable would mean to an `ingest run` that ignores it.
-    known = EDGE_PROCESSES in Settings.names()
-    one = faults.Pipeline(work / "run-1", {EDGE_PROCESSES: "1" if known else None})
+    one = faults.Pipeline(work / "run-1", {EDGE_PROCESSES: "1"})
     try:
         await one.start()
         target = _target(one)
         await execute(replace(target, duration_s=d.warmup_s), out=None)
-        label = f"{SATURATION}, `{EDGE_PROCESSES}=1`" + ("" if known else " (unknown to this version: unset)")
-        column = f"`{EDGE_PROCESSES}=1`" if known else f"`{EDGE_PROCESSES}=1` (unset: unknown)"
+        label = f"{SATURATION}, `{EDGE_PROCESSES}=1`"
+        column = f"`{EDGE_PROCESSES}=1`"
         saturated = await _saturate(one, target, column, d.duration_s)
         runs.saturated.append(saturated)
         runs.rows.append(_load_line(saturated.summary, label))
@@ -385,7 +381,7 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         f"answered Accepted. `{EDGE_PROCESSES}` unset (the supervisor's default: one edge process per",
         f"core, {os.cpu_count()} here) for every row but the one marked `=1`, which ran against a second",
         f"`ingest run`; `ingest edge` processes seen in the tree: {edges_seen[0]} by default, "
-        f"{edges_seen[-1]} with `=1` (0: the edge runs inside `ingest run`, which ignores the variable).",
+        f"{edges_seen[-1]} with `=1`.",
         "",
         "| run | events/s | p50 ms | p95 ms | p99 ms | max ms | lost / duplicated |",
         "|---|---:|---:|---:|---:|---:|---|",
