@@ -19,8 +19,9 @@ In order, on this machine, one thing at a time:
    process tree (:mod:`load.cpu`) from the first request until the accounting
    matched, per role;
 5. the same saturation row against a second ``ingest run`` with
-   ``INGEST_EDGE_PROCESSES=1`` (the first leaves the variable unset: the
-   supervisor's default, one edge process per core);
+   ``INGEST_EDGE_PROCESSES=0`` (everything in one interpreter; the first
+   leaves the variable unset: the supervisor's default, which with the
+   embedded broker is one edge process and one process per worker);
 6. ``--chaos`` at a quarter of saturation;
 7. ``python -m bench --part endpoints`` and ``--part kpis`` (each worker's drain
    rate per store backend beside its ceiling, and freshness);
@@ -208,8 +209,7 @@ async def _against_ingest_run(
         target = _target(pipeline)
         # Accounted, so the warm-up's events are applied before the window opens.
         await execute(replace(target, duration_s=d.warmup_s), out=None)
-        cpus = len(os.sched_getaffinity(0))
-        saturated = await _saturate(pipeline, target, f"default ({cpus} edge processes)", d.duration_s)
+        saturated = await _saturate(pipeline, target, "default (supervised)", d.duration_s)
         runs.saturated.append(saturated)
         runs.rows.append(_load_line(saturated.summary, SATURATION))
         runs.peak = peak = float(saturated.summary["events_per_s"])
@@ -248,13 +248,13 @@ async def _against_ingest_run(
                 )
     finally:
         await pipeline.stop()
-    one = faults.Pipeline(work / "run-1", {EDGE_PROCESSES: "1"})
+    one = faults.Pipeline(work / "run-0", {EDGE_PROCESSES: "0"})
     try:
         await one.start()
         target = _target(one)
         await execute(replace(target, duration_s=d.warmup_s), out=None)
-        label = f"{SATURATION}, `{EDGE_PROCESSES}=1`"
-        column = f"`{EDGE_PROCESSES}=1`"
+        label = f"{SATURATION}, `{EDGE_PROCESSES}=0` (one interpreter)"
+        column = f"`{EDGE_PROCESSES}=0`"
         saturated = await _saturate(one, target, column, d.duration_s)
         runs.saturated.append(saturated)
         runs.rows.append(_load_line(saturated.summary, label))
@@ -378,10 +378,11 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         f"(Amplify JS, native SDKs and boto3 request shapes), batches of 100, {d.duration_s:g} s a row,",
         f"latency from each batch's due time (open loop); after a {d.warmup_s:g} s warm-up the workers",
         "caught up with. Accounting compares `events-grouped-by-event-type` with the distinct events",
-        f"answered Accepted. `{EDGE_PROCESSES}` unset (the supervisor's default: one edge process per",
-        f"core, {os.cpu_count()} here) for every row but the one marked `=1`, which ran against a second",
-        f"`ingest run`; `ingest edge` processes seen in the tree: {edges_seen[0]} by default, "
-        f"{edges_seen[-1]} with `=1`.",
+        f"answered Accepted. `{EDGE_PROCESSES}` unset (the supervisor's default, which with the embedded",
+        "broker is one `ingest edge` process beside one process per worker: more edges need a Kafka",
+        "cluster, see the notes) for every row but the one marked `=0` (the edge and both workers in one",
+        "interpreter, as before the supervisor), which ran against a second `ingest run`; `ingest edge`",
+        f"processes seen in the tree: {edges_seen[0]} by default, {edges_seen[-1]} with `=0`.",
         "",
         "| run | events/s | p50 ms | p95 ms | p99 ms | max ms | lost / duplicated |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -389,7 +390,7 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         "",
         "Ratios (same run):",
         f"- `ingest run` at saturation (harness) ÷ encode+produce ceiling: {peak / produce_ceiling:.2f}",
-        f"- the same with `{EDGE_PROCESSES}=1`: {float(single['events_per_s']) / produce_ceiling:.2f}",
+        f"- the same with `{EDGE_PROCESSES}=0`: {float(single['events_per_s']) / produce_ceiling:.2f}",
         f"- `ingest edge` alone (bench) ÷ encode+produce ceiling: {figures.edge / produce_ceiling:.2f}",
         f"- edge at saturation ÷ HTTP ceiling: {peak / figures.http_ceiling:.3f}",
         "",
