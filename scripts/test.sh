@@ -7,11 +7,12 @@ scripts/setup.sh
 # locked tools in .venv: nothing is fetched).
 .venv/bin/pre-commit run --all-files --show-diff-on-failure
 # The tests find or start the test PostgreSQL themselves (tests/postgres.py);
-# starting it here once keeps the two xdist workers from queueing on it.
+# starting it here once keeps the xdist workers from queueing on it.
 INGEST_TEST_POSTGRES_URL=$(scripts/postgres.sh | tail -n 1)
 export INGEST_TEST_POSTGRES_URL
-# Two workers on two cores: most of the suite waits on subprocesses. A file's
-# tests stay on one worker (loadfile), so module-scoped servers start once.
+# Three workers on two cores: most of the suite waits on subprocesses (with
+# two, both cores stayed about 30 % busy). A file's tests stay on one worker
+# (loadfile), so module-scoped servers start once.
 # Coverage covers the `ingest` subprocesses too; its floor (pyproject.toml)
 # holds for the whole suite, so a run narrowed by arguments reports it only.
 floor=()
