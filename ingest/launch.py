@@ -112,7 +112,7 @@ class Status:
         raise KeyError(name)
 
 
-def _reachable(address: str) -> tuple[str, int]:
+def reachable(address: str) -> tuple[str, int]:
     """("host", port) to connect to for a listening "host:port": loopback
     when it listens on every address."""
     host, _, port = address.rpartition(":")
@@ -145,12 +145,12 @@ class Launched:
     @property
     def host(self) -> str:
         """Where to reach its API: loopback when it listens on every address."""
-        return _reachable(self.status.http or self.status.probes or ":0")[0]
+        return reachable(self.status.http or self.status.probes or ":0")[0]
 
     @property
     def port(self) -> int:
         """Its API port (a worker's probe port: it serves no API)."""
-        return _reachable(self.status.http or self.status.probes or ":0")[1]
+        return reachable(self.status.http or self.status.probes or ":0")[1]
 
     @property
     def url(self) -> str:
@@ -159,7 +159,7 @@ class Launched:
     @property
     def probes(self) -> tuple[str, int]:
         """Where its /healthz, /readyz and /metrics answer."""
-        return _reachable(self.status.probes or self.status.http or ":0")
+        return reachable(self.status.probes or self.status.http or ":0")
 
     def log(self) -> str:
         try:

@@ -65,7 +65,7 @@ from ingest.api.probes import Check, Probes
 from ingest.errors import SupervisorError
 from ingest.kafka.broker import die_with_parent
 from ingest.keys import MasterKey, bootstrap_admin
-from ingest.launch import Child, Status, write_status
+from ingest.launch import Child, Status, reachable, write_status
 from ingest.metrics import HttpMetrics, SupervisorMetrics
 from ingest.process import STARTING, kafka_of, probe_listener, settle_gc, stop_on_signals
 from ingest.settings import Settings
@@ -153,7 +153,7 @@ class Supervised:
                 raise SupervisorError(f"{self.name} wrote no status in {timeout_s:g} s")
             await asyncio.sleep(STATUS_POLL_S)  # polling a file the child writes
         status = Status.from_json(self.status_path.read_bytes())
-        self.probes = _address(status.probes or "")
+        self.probes = reachable(status.probes or ":0")
         return True
 
     async def poll_ready(self) -> bool:
@@ -200,12 +200,6 @@ def _reason(body: bytes) -> str:
     except (orjson.JSONDecodeError, AttributeError):
         reason = None
     return str(reason) if reason else "not ready"
-
-
-def _address(host_port: str) -> tuple[str, int]:
-    host, _, port = host_port.rpartition(":")
-    host = host.strip("[]")
-    return ("127.0.0.1" if host in ("", "0.0.0.0") else host), int(port)  # noqa: S104 - compared, not bound
 
 
 async def _get(address: tuple[str, int], path: str, *, max_bytes: int) -> tuple[int, bytes]:
