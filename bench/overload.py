@@ -14,13 +14,12 @@ p99, and memory stays bounded.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 from bench.edge import create_app, drive
-from bench.support import clean_env, issue_key, launched, signer
+from bench.support import EDGE_ARGV, edge_env, issue_key, launched, signer
 from bench.write import EVENTS_PER_BODY, make_body
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
@@ -156,16 +155,9 @@ async def overload_run(settings: Settings, *, seconds: float, factor: float, in_
     work.mkdir(parents=True, exist_ok=True)
     async with EmbeddedBroker(log_path=work / "tansu.log") as broker:
         await clients.ensure_topics(settings, broker.bootstrap)
-        env = clean_env(
-            INGEST_KAFKA_BOOTSTRAP=broker.bootstrap,
-            INGEST_KAFKA_IDEMPOTENCE="false",
-            INGEST_DATA_DIR=str(work),
-            INGEST_LOG_LEVEL="WARNING",
-            INGEST_MAX_IN_FLIGHT_REQUESTS=str(in_flight),
-        )
+        env = edge_env(broker.bootstrap, work, INGEST_MAX_IN_FLIGHT_REQUESTS=str(in_flight))
         key = await asyncio.to_thread(issue_key, env)
-        argv = [sys.executable, "-m", "ingest", "edge", "--host", "127.0.0.1", "--port", "0"]
-        async with launched(argv, env, work / "edge.log") as edge:
+        async with launched(list(EDGE_ARGV), env, work / "edge.log") as edge:
             path = f"/v1/apps/{await create_app(edge.url, key)}/events"
             events, elapsed, _, p99 = await drive(edge.url, path, bodies, seconds, 32, edge.pid, key)
             saturation = events / EVENTS_PER_BODY / elapsed

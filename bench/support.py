@@ -181,6 +181,23 @@ def clean_env(**extra: str) -> dict[str, str]:
     )
 
 
+# `ingest edge` on a free loopback port, as every bench that starts one runs it.
+EDGE_ARGV = (sys.executable, "-m", "ingest", "edge", "--host", "127.0.0.1", "--port", "0")
+
+
+def edge_env(bootstrap: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The settings of an `ingest edge` a bench starts on a broker of its
+    own (Tansu: no idempotent producer), its store under ``data_dir``, its
+    log quiet; ``extra`` adds or overrides."""
+    return clean_env(
+        INGEST_KAFKA_BOOTSTRAP=bootstrap,
+        INGEST_KAFKA_IDEMPOTENCE="false",
+        INGEST_DATA_DIR=str(data_dir),
+        INGEST_LOG_LEVEL="WARNING",
+        **extra,
+    )
+
+
 @contextlib.asynccontextmanager
 async def launched(argv: list[str], env: dict[str, str], log: Path) -> AsyncIterator[Launched]:
     """``argv`` (an ``ingest`` role, or a server writing the same status

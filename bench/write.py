@@ -46,7 +46,7 @@ from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
 from bench.edge import bench_http
-from bench.support import Result, clean_env, cpu_seconds, issue_key, timed
+from bench.support import EDGE_ARGV, Result, clean_env, cpu_seconds, edge_env, issue_key, timed
 from ingest.api.sigv4 import Verifier
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
@@ -339,24 +339,22 @@ async def bench(settings: Settings, *, seconds: float, concurrency: int) -> int:
                 results.append(await bench_publisher(settings, broker.bootstrap, bodies, seconds))
             else:
                 verify = measure != "edge-unverified"
-                edge_env = clean_env(
-                    INGEST_KAFKA_BOOTSTRAP=broker.bootstrap,
-                    INGEST_KAFKA_IDEMPOTENCE="false",
-                    INGEST_DATA_DIR=str(work),
-                    INGEST_LOG_LEVEL="WARNING",
+                env = edge_env(
+                    broker.bootstrap,
+                    work,
                     INGEST_AUTH="sigv4" if verify else "off",
                     **(RELAXED_LIMITS if measure == "edge-relaxed" else {}),
                 )
                 # The key exists before the edge starts: its first key ring load has it.
-                key = await asyncio.to_thread(issue_key, edge_env)
+                key = await asyncio.to_thread(issue_key, env)
                 name = {"edge": "edge: `ingest edge` over HTTP", "edge-unverified": UNVERIFIED}.get(
                     measure, RELAXED
                 )
                 rounds.setdefault(name, []).append(
                     await bench_http(
                         name,
-                        [sys.executable, "-m", "ingest", "edge", "--host", "127.0.0.1", "--port", "0"],
-                        edge_env,
+                        list(EDGE_ARGV),
+                        env,
                         "/v1/apps/{app}/events",
                         bodies,
                         seconds,

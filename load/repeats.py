@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.support import clean_env, issue_key, launched
+from bench.support import EDGE_ARGV, edge_env, issue_key, launched
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
 from ingest.settings import Settings
@@ -117,16 +117,10 @@ async def edge_alone(*, seconds: float, work: Path, seed: int) -> Profiled:
     await asyncio.to_thread(data.mkdir, parents=True, exist_ok=True)
     async with EmbeddedBroker(log_path=work / "edge-tansu.log") as broker:
         await clients.ensure_topics(settings, broker.bootstrap)
-        env = clean_env(
-            INGEST_KAFKA_BOOTSTRAP=broker.bootstrap,
-            INGEST_KAFKA_IDEMPOTENCE="false",
-            INGEST_DATA_DIR=str(data),
-            INGEST_LOG_LEVEL="WARNING",
-        )
+        env = edge_env(broker.bootstrap, data)
         # The key exists before the edge starts: its first key ring load has it.
         key = await asyncio.to_thread(issue_key, env)
-        argv = [sys.executable, "-m", "ingest", "edge", "--host", "127.0.0.1", "--port", "0"]
-        async with launched(argv, env, work / "edge.log") as edge:
+        async with launched(list(EDGE_ARGV), env, work / "edge.log") as edge:
             options = Options(
                 url=edge.url,
                 key=key,
