@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -246,6 +247,19 @@ def eventually(read: Callable[[], T], done: Callable[[T], bool], what: str, with
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {within_s:g} s; last read {value!r}")
         time.sleep(0.05)  # between polls, not instead of one
+
+
+def kpi_events(pipeline: Pipeline, app_id: str) -> float:
+    """Events of ``app_id`` the KPI API counts (events-grouped-by-date, a day either side of now)."""
+    start_time = datetime.now(UTC) - timedelta(days=1)
+    response = pipeline.client().get_application_date_range_kpi(
+        ApplicationId=app_id,
+        KpiName="events-grouped-by-date",
+        StartTime=start_time,
+        EndTime=datetime.now(UTC) + timedelta(days=1),
+    )
+    rows = response["ApplicationDateRangeKpiResponse"]["KpiResult"]["Rows"]
+    return sum(float(row["Values"][0]["Value"]) for row in rows)
 
 
 def endpoint_or_none(client: Any, app_id: str, endpoint_id: str) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pytest
 
 from ingest.kafka.broker import s3rver_command
 from load.chaos import free_port
-from tests.conftest import Pipeline, eventually, start_ingest
+from tests.conftest import Pipeline, eventually, kpi_events, start_ingest
 from tests.samples import rss_kb
 
 EVENTS_PER_BATCH = 50
@@ -115,18 +115,6 @@ class Sender:
                         done = False
             if done:
                 self.answered, body = body, None
-
-
-def kpi_events(pipeline: Pipeline, app_id: str) -> float:
-    start_time = datetime.now(UTC) - timedelta(days=1)
-    response = pipeline.client().get_application_date_range_kpi(
-        ApplicationId=app_id,
-        KpiName="events-grouped-by-date",
-        StartTime=start_time,
-        EndTime=datetime.now(UTC) + timedelta(days=1),
-    )
-    rows = response["ApplicationDateRangeKpiResponse"]["KpiResult"]["Rows"]
-    return sum(float(row["Values"][0]["Value"]) for row in rows)
 
 
 def sigkill(pipeline: Pipeline) -> None:

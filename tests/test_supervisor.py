@@ -12,15 +12,13 @@ import signal
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 
 from ingest.errors import SettingsError, SupervisorError
 from ingest.launch import Status
@@ -28,7 +26,9 @@ from ingest.logs import process_format
 from ingest.metrics import SupervisorMetrics
 from ingest.settings import Settings
 from ingest.supervise import Supervised, Supervisor, _labelled, _Merged
-from tests.conftest import ROOT, Pipeline, clean_env, eventually, start_ingest, start_pipeline
+from load import cpu
+from tests.conftest import ROOT, Pipeline, clean_env, eventually, kpi_events, start_ingest, start_pipeline
+from tests.samples import samples_named
 
 # With the embedded broker `ingest run` takes one edge (ingest/settings.py
 # says why); the two-edge test brings a broker of its own.
@@ -57,18 +57,6 @@ def put_accepted(client: Any, app_id: str, count: int = 20) -> int:
     return sum(1 for item in items.values() if item["StatusCode"] == 202)
 
 
-def counted(pipeline: Pipeline, app_id: str) -> float:
-    """Events counted by the KPI API (events-grouped-by-date, today ± a day)."""
-    response = pipeline.client().get_application_date_range_kpi(
-        ApplicationId=app_id,
-        KpiName="events-grouped-by-date",
-        StartTime=datetime.now(UTC) - timedelta(days=1),
-        EndTime=datetime.now(UTC) + timedelta(days=1),
-    )
-    rows = response["ApplicationDateRangeKpiResponse"]["KpiResult"]["Rows"]
-    return sum(float(row["Values"][0]["Value"]) for row in rows)
-
-
 def alive(pid: int) -> bool:
     """Whether ``pid`` is a process that has not exited (a zombie has)."""
     try:
@@ -76,29 +64,6 @@ def alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return fields[0] not in ("Z", "X")
-
-
-def descendants(root: int) -> set[int]:
-    """Every live process under ``root``, from /proc's parent links."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue  # exited while we looked
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return {pid for pid in found if alive(pid)}
-
-
-def samples(pipeline: Pipeline) -> list[Sample]:
-    code, _, body = pipeline.request("GET", "/metrics", sign=False)
-    assert code == 200
-    return [s for family in text_string_to_metric_families(body.decode()) for s in family.samples]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +105,7 @@ def test_two_edges_share_the_port_with_a_kafka_of_its_own(broker: str, tmp_path:
         for _ in range(40):
             assert put_accepted(running.client(), app_id, 1) == 1
         by_edge: dict[str, float] = {}
-        for sample in samples(running):
+        for sample in samples_named(running, "ingest_"):
             if sample.name == "ingest_http_requests_total" and sample.labels.get("route") == "PutEvents":
                 process = sample.labels["process"]
                 by_edge[process] = by_edge.get(process, 0.0) + sample.value
@@ -164,9 +129,13 @@ def test_more_than_one_edge_on_the_embedded_broker_is_refused_naming_why() -> No
 
 
 def test_metrics_cover_every_process_labelled_by_it(supervised: Pipeline) -> None:
-    seen = {sample.labels.get("process") for sample in samples(supervised)}
+    seen = {sample.labels.get("process") for sample in samples_named(supervised, "ingest_")}
     assert {"run", *ROLES} <= seen, seen
-    ready = {s.labels["process"]: s.value for s in samples(supervised) if s.name == "ingest_process_ready"}
+    ready = {
+        s.labels["process"]: s.value
+        for s in samples_named(supervised, "ingest_")
+        if s.name == "ingest_process_ready"
+    }
     assert ready == dict.fromkeys(ROLES, 1.0), ready
 
 
@@ -175,7 +144,7 @@ def test_a_child_sigkilled_is_restarted_and_readiness_recovers(
     supervised: Pipeline, app_id: str, role: str
 ) -> None:
     client = supervised.client()
-    before = counted(supervised, app_id)
+    before = kpi_events(supervised, app_id)
     victim = status_of(supervised).child(role).pid
     os.kill(victim, signal.SIGKILL)
     eventually(
@@ -189,14 +158,14 @@ def test_a_child_sigkilled_is_restarted_and_readiness_recovers(
     accepted = sum(put_accepted(client, app_id) for _ in range(5))
     assert accepted == 100
     eventually(
-        lambda: counted(supervised, app_id),
+        lambda: kpi_events(supervised, app_id),
         lambda total: total >= before + accepted,
         "events accepted after the restart counted",
         within_s=RESTART_WITHIN_S,
     )
     restarts = [
         s.value
-        for s in samples(supervised)
+        for s in samples_named(supervised, "ingest_")
         if s.name == "ingest_process_restarts_total" and s.labels.get("process") == role
     ]
     assert restarts == [1.0], restarts
@@ -236,7 +205,7 @@ def test_sigterm_drains_every_role_in_order_and_loses_nothing(tmp_path: Path) ->
         env={},
     )
     try:
-        assert counted(again, app_id) == accepted
+        assert kpi_events(again, app_id) == accepted
     finally:
         assert again.stop() == 0, again.log()[-5000:]
 
@@ -245,7 +214,7 @@ def test_sigkill_of_the_parent_leaves_no_process_behind(tmp_path: Path) -> None:
     """With the durable default (s3rver, a node process) as well as the
     broker, both edges and both workers."""
     running = start_pipeline(tmp_path, INGEST_EMBEDDED_STORAGE="s3rver")
-    tree = descendants(running.process.pid)
+    tree = set(cpu.sample(running.process.pid).processes) - {running.process.pid}
     status = status_of(running)
     assert {child.pid for child in status.children} <= tree and status.broker is not None
     assert status.broker.pid in tree and len(tree) >= 5, tree  # 3 children, tansu, s3rver
