@@ -229,7 +229,10 @@ async def _get(address: tuple[str, int], path: str, *, max_bytes: int) -> tuple[
     head, sep, body = raw.partition(b"\r\n\r\n")
     if not sep:
         raise ValueError("no complete answer")
-    return int(head.split(b" ", 2)[1]), body
+    status_line = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {status_line[0][:32]!r}")
+    return int(status_line[1]), body
 
 
 def _labelled(families: Iterable[Metric], process: str) -> Iterable[Metric]:

@@ -57,6 +57,8 @@ def test_settings_read_from_env_with_overrides() -> None:
         ({"INGEST_KAFKA_PARTITONS": "3"}, "INGEST_KAFKA_PARTITONS"),
         ({"INGEST_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "INGEST_KAFKA_SASL_MECHANISM"),
         ({"INGEST_PRODUCER_BUFFER_BYTES": "1000"}, "INGEST_PRODUCER_BUFFER_BYTES"),
+        ({"INGEST_WORKER_STALL_TIMEOUT_S": "0"}, "INGEST_WORKER_STALL_TIMEOUT_S"),
+        ({"INGEST_EDGE_PROCESSES": "257", "INGEST_KAFKA_BOOTSTRAP": "kafka:9092"}, "INGEST_EDGE_PROCESSES"),
     ],
 )
 def test_bad_setting_names_the_variable(env: dict[str, str], named: str) -> None:

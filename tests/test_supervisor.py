@@ -6,6 +6,7 @@ process behind; /metrics covers every process."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import signal
@@ -25,7 +26,7 @@ from ingest.launch import Status
 from ingest.logs import process_format
 from ingest.metrics import SupervisorMetrics
 from ingest.settings import Settings
-from ingest.supervise import Supervised, Supervisor, _labelled, _Merged
+from ingest.supervise import Supervised, Supervisor, _get, _labelled, _Merged
 from load import cpu
 from tests.conftest import ROOT, Pipeline, clean_env, eventually, kpi_events, start_ingest, start_pipeline
 from tests.samples import samples_named
@@ -275,3 +276,31 @@ def test_merged_metrics_keep_one_family_per_name_and_a_process_label_each() -> N
         ("edge-1", 2.0),
         ("edge-1", 3.0),
     ]
+
+
+async def test_a_probe_answer_that_is_not_http_is_an_error_not_a_crash() -> None:
+    """Whatever listens on a child's probe port, the poll gets a ValueError
+    (not ready), never another exception that would end the poll task."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"garbage\r\n\r\n{}")
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(ValueError, match="not an HTTP answer"):
+            await _get(("127.0.0.1", port), "/readyz", max_bytes=1024)
+
+
+def test_a_process_name_on_the_command_line_must_be_a_role_name() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ingest", "edge", "--process-name", "edge 0\x1b[2J"],
+        env=clean_env(),
+        capture_output=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 2 and b"--process-name" in done.stderr
