@@ -1,0 +1,178 @@
+"""An accepted event → the record an event stream delivers: Pinpoint's app-event JSON. Pure.
+
+The shape is the one Pinpoint's developer guide documents ("App event data
+stream from Amazon Pinpoint", ``event-streams-data-app``), which migrating
+users' Athena tables, Firehose → S3 jobs and Lambda consumers parse; README.md
+("Event streams: the record") maps every key to its source and
+``schemas/event-stream.schema.json`` holds it to that.
+
+What was not sent is left out, never written as ``null``. The objects
+Pinpoint writes even when it knows nothing for them stay, empty:
+``application.sdk``, ``device.platform``, ``session`` (its campaign and
+journey examples show ``"sdk": {}``, ``"platform": {}``, ``"session": {}``),
+and ``attributes`` and ``metrics``. So ``record["session"].get("session_id")``
+works on every record, as it does on Pinpoint's.
+
+Two keys are ours: ``endpoint`` (what the batch's Endpoint said, in
+Pinpoint's endpoint JSON) and ``ingest`` (the client's event ID and the
+PutEvents request ID): a record may be delivered more than once, and a
+client resends the same event ID on every retry, so consumers deduplicate on
+``(application.app_id, client.client_id, ingest.event_id)``. Consumers that ignore unknown keys are
+unaffected.
+
+The record shares the event's ``attributes`` and ``metrics`` dicts rather
+than copying them (this runs once per event delivered): do not mutate it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import orjson
+
+from ingest.records.validate import parse_timestamp
+from ingest.records.values import (
+    DEMOGRAPHIC_MEMBERS,
+    LOCATION_MEMBERS,
+    Demographic,
+    EndpointContext,
+    Event,
+    Location,
+)
+
+# The version of Pinpoint's app-event JSON this record follows: the one in
+# the documented app-event example (campaign and journey events say 3.1).
+EVENT_VERSION = "3.0"
+# The JSON Schema of the record, in ``schemas/`` beside the Avro schemas
+# (``ingest.records.codec.schema_dir()`` finds it in a wheel or a checkout).
+SCHEMA_FILE = "event-stream.schema.json"
+
+# A locale of a language and a country, as SDKs send it: "en_US" (Android,
+# iOS, Pinpoint's example), "en-US" (BCP 47, browsers). Anything else
+# ("en", "zh_Hant_TW", "es-419") is passed on as its code alone rather
+# than split wrongly.
+_LANGUAGE_COUNTRY = re.compile(r"([A-Za-z]{2,3})[_-]([A-Za-z]{2})")
+
+V = TypeVar("V")
+
+
+def stream_record(event: Event) -> dict[str, Any]:
+    """The event as Pinpoint's app-event JSON, plus ``endpoint`` and ``ingest``.
+
+    Never raises for an Event the validator produces (a property test holds
+    it to that, and to ``schemas/event-stream.schema.json``). A session
+    timestamp that does not parse as ISO 8601 is left out, not fatal.
+    """
+    context = event.endpoint
+    demographic = None if context is None else context.demographic
+
+    sdk: dict[str, str] = {}
+    if event.sdk_name is not None:
+        sdk["name"] = event.sdk_name
+    if event.client_sdk_version is not None:
+        sdk["version"] = event.client_sdk_version
+    application: dict[str, Any] = {"app_id": event.app_id}
+    if event.app_package_name is not None:
+        application["package_name"] = event.app_package_name
+    application["sdk"] = sdk
+    if event.app_title is not None:
+        application["title"] = event.app_title
+    if demographic is not None and demographic.app_version is not None:
+        application["version_name"] = demographic.app_version
+    if event.app_version_code is not None:
+        application["version_code"] = event.app_version_code
+
+    session: dict[str, Any] = {}
+    if event.session is not None:
+        session["session_id"] = event.session.id
+        start = parse_timestamp(event.session.start_timestamp)
+        if start is not None:
+            session["start_timestamp"] = start
+        if event.session.stop_timestamp is not None:
+            stop = parse_timestamp(event.session.stop_timestamp)
+            if stop is not None:
+                session["stop_timestamp"] = stop
+
+    return {
+        "event_type": event.event_type,
+        "event_timestamp": event.timestamp_ms,
+        "arrival_timestamp": event.received_at_ms,
+        "event_version": EVENT_VERSION,
+        "application": application,
+        "client": {"client_id": event.endpoint_id},
+        "device": _device(demographic),
+        "session": session,
+        "attributes": _dict(event.attributes),
+        "metrics": _dict(event.metrics),
+        "endpoint": _endpoint(event.endpoint_id, context),
+        "ingest": {"event_id": event.event_id, "request_id": event.request_id},
+    }
+
+
+def encode(event: Event) -> bytes:
+    """:func:`stream_record` as compact JSON in UTF-8, without a trailing
+    newline (a Firehose record gets its newline delimiter where it is sent).
+
+    Never raises for an Event the validator produces. (A NaN or infinity,
+    which validation refuses, orjson would write as ``null``.)"""
+    return orjson.dumps(stream_record(event))
+
+
+def _dict(mapping: Mapping[str, V] | None) -> dict[str, V]:
+    """``{}`` for None, else the mapping as a dict: itself when it is one (the
+    validator and the codec give dicts), a copy otherwise (orjson writes dicts only)."""
+    if mapping is None:
+        return {}
+    return mapping if type(mapping) is dict else dict(mapping)
+
+
+def _device(demographic: Demographic | None) -> dict[str, Any]:
+    platform: dict[str, str] = {}
+    if demographic is None:
+        return {"platform": platform}
+    device: dict[str, Any] = {}
+    if demographic.locale is not None:
+        device["locale"] = _locale(demographic.locale)
+    if demographic.make is not None:
+        device["make"] = demographic.make
+    if demographic.model is not None:
+        device["model"] = demographic.model
+    if demographic.platform is not None:
+        platform["name"] = demographic.platform
+    if demographic.platform_version is not None:
+        platform["version"] = demographic.platform_version
+    device["platform"] = platform
+    return device
+
+
+def _locale(code: str) -> dict[str, str]:
+    """``{"code": "en_US", "country": "US", "language": "en"}``; the code alone
+    when it is not a language and a country."""
+    match = _LANGUAGE_COUNTRY.fullmatch(code)
+    if match is None:
+        return {"code": code}
+    return {"code": code, "country": match[2].upper(), "language": match[1].lower()}
+
+
+def _endpoint(endpoint_id: str, context: EndpointContext | None) -> dict[str, Any]:
+    """The batch's Endpoint as Pinpoint writes an endpoint: the members it sent
+    that the event carries (its ID, channel, demographic, location, user ID)."""
+    endpoint: dict[str, Any] = {"Id": endpoint_id}
+    if context is None:  # the batch's Endpoint was refused: only its ID is known
+        return endpoint
+    if context.channel_type is not None:
+        endpoint["ChannelType"] = context.channel_type
+    if context.demographic is not None:
+        endpoint["Demographic"] = _members(context.demographic, DEMOGRAPHIC_MEMBERS)
+    if context.location is not None:
+        endpoint["Location"] = _members(context.location, LOCATION_MEMBERS)
+    if context.user_id is not None:
+        endpoint["User"] = {"UserId": context.user_id}
+    return endpoint
+
+
+def _members(record: Demographic | Location, names: Sequence[str]) -> dict[str, Any]:
+    """A Demographic or Location as Pinpoint's members (``PostalCode``), those sent."""
+    return {name: value for name, value in zip(names, record, strict=True) if value is not None}
