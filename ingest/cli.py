@@ -118,8 +118,8 @@ def _admin_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "keys",
         help="access keys for the API: create (shows the secret, once), list, revoke",
         description="Each key has a scope: admin (every operation), read (the GET operations of its "
-        "apps) or ingest (PutEvents, UpdateEndpoint, UpdateEndpointsBatch of its apps). A running "
-        "edge sees a new or revoked key within INGEST_AUTH_REFRESH_S.",
+        "apps but GetEventStream) or ingest (PutEvents, UpdateEndpoint, UpdateEndpointsBatch of its "
+        "apps). A running edge sees a new or revoked key within INGEST_AUTH_REFRESH_S.",
     )
     actions = keys.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="print one JSON object with the new key and its secret")

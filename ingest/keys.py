@@ -51,9 +51,12 @@ SCOPES: tuple[Scope, ...] = get_args(Scope)
 _ACCOUNT_OPERATIONS = frozenset({"CreateApp", "GetApps"})
 _KPI_READS = ("GetApplicationDateRangeKpi", "GetCampaignDateRangeKpi", "GetJourneyDateRangeKpi")
 _READS = frozenset({"GetApps", "GetApp", "GetEndpoint", "GetUserEndpoints", *_KPI_READS})
+_READS |= {"ListTagsForResource", "GetApplicationSettings"}  # not GetEventStream: a stream names a role
 # What a shipped app binary may hold: writes of its own app's data.
 _INGESTS = frozenset({"PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch"})
 _ADMINS = _READS | _INGESTS | {"CreateApp", "DeleteApp", "DeleteEndpoint", "DeleteUserEndpoints"}
+_ADMINS |= {"TagResource", "UntagResource", "UpdateApplicationSettings"}
+_ADMINS |= {"PutEventStream", "GetEventStream", "DeleteEventStream"}
 OPERATIONS: dict[Scope, frozenset[str]] = {"admin": _ADMINS, "read": _READS, "ingest": _INGESTS}
 """Every API operation each scope may call (on its apps)."""
 
@@ -124,10 +127,9 @@ class Principal:
         name) on ``app_id`` (``None`` for the operations without an app).
 
         admin: everything; bound to apps, only those apps and neither
-        CreateApp nor GetApps. read: the GET operations of its apps, and
-        GetApps (whose answer the caller filters to ``apps``). ingest:
-        PutEvents, UpdateEndpoint and UpdateEndpointsBatch of its apps.
-        Anything else (an unknown operation, the probes) is refused."""
+        CreateApp nor GetApps. read: its apps' GET operations but
+        GetEventStream, and GetApps (filtered by the caller to ``apps``).
+        ingest: PutEvents, UpdateEndpoint(s) of its apps. Nothing else is allowed."""
         if operation not in OPERATIONS[self.scope]:
             return False
         if not self.apps:

@@ -114,13 +114,16 @@ class Pipeline:
             )
         return key
 
-    def client(self, credentials: tuple[str, str] | None = None, **config: Any) -> Any:
-        """boto3's pinpoint client, signing with ``credentials`` (default: the admin key)."""
+    def client(
+        self, credentials: tuple[str, str] | None = None, *, region: str = "us-east-1", **config: Any
+    ) -> Any:
+        """boto3's pinpoint client, signing with ``credentials`` (default: the
+        admin key) for ``region`` (which the ARNs of apps it creates name)."""
         access_key_id, secret = credentials or self.credentials()
         return boto3.client(
             "pinpoint",
             endpoint_url=self.url,
-            region_name="us-east-1",
+            region_name=region,
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret,
             config=Config(**({"retries": {"total_max_attempts": 1}, "read_timeout": 30} | config)),

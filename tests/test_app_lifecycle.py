@@ -1,9 +1,9 @@
 """An app's life: the quotas on creating one (apps per deployment, AWS's tag
 rules), GetApps pages bounded in bytes, the edge's app cache bounded, and
 DeleteApp taking the app's data with it: endpoints, users, KPI aggregates,
-dedupe marks, identity pools and the keys bound to it alone; records of the
-app still in Kafka never bring any of it back; the purge, a bounded step at a
-time, finishing after a restart.
+dedupe marks, identity pools, its event stream and settings, and the keys
+bound to it alone; records of the app still in Kafka never bring any of it
+back; the purge, a bounded step at a time, finishing after a restart.
 
 The store's part runs on both backends; the rest drives ``ingest run`` with
 boto3, on SQLite and on PostgreSQL, and looks in the database itself."""
@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError
 
 from ingest.api.apps import MAX_PAGE_BYTES, AppCache, cached_bytes
 from ingest.keys import AccessKey, IdentityPool
-from ingest.store.base import App, Store
+from ingest.store.base import App, ApplicationSettings, EventStream, Store
 from ingest.store.postgres import PostgresStore
 from ingest.store.sqlite import SqliteStore
 from ingest.workers.sinks import PURGE_CHECK_S
@@ -45,6 +45,8 @@ APP_TABLES = {
     "kpi_sums": "app_id",
     "kpi_first_days": "app_id",
     "identity_pools": "app_id",
+    "event_streams": "app_id",
+    "application_settings": "app_id",
     "apps": "id",
 }
 TIMEOUT_S = 30.0
@@ -87,13 +89,18 @@ async def purge_all(store: Store) -> int:
 
 
 async def seed(store: Store, app_id: str, endpoints: int = 20) -> None:
-    """An app with endpoints (of users), events, KPI rows and a pool."""
+    """An app with endpoints (of users), events, KPI rows, a pool, an event
+    stream and settings."""
     await store.create_app(app(app_id))
     records = [upsert(f"ep-{i}", app_id=app_id, user_id=f"u{i % 3}") for i in range(endpoints)]
     await store.apply_endpoint_batch(offsets(records))
     events = [event(f"ev-{i}", app_id=app_id, endpoint_id=f"ep-{i % endpoints}") for i in range(30)]
     await store.apply_event_batch(events, oldest_day=0, newest_day=FAR_DAY)
     await store.create_identity_pool(IdentityPool(id=f"pool-{app_id}", app_id=app_id, created_ms=1))
+    assert await store.put_event_stream(
+        EventStream(app_id, "arn:aws:firehose:us-east-1:123456789012:deliverystream/d", "r", None, "now", "k")
+    )
+    assert await store.put_application_settings(ApplicationSettings(app_id, {"Limits": {"Daily": 1}}, "now"))
 
 
 # The store.

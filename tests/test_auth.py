@@ -19,6 +19,7 @@ from load.sigv4 import Signer
 from tests.conftest import Pipeline, eventually, run_cli, signed_headers, start_pipeline
 from tests.samples import metric
 from tests.test_api import ACCEPTED, event, put
+from tests.test_app_resources import KINESIS, ROLE, resource_operations
 
 REFRESH_S = 0.3
 JOURNEY_KPI = sorted(kpis.JOURNEY_DELIVERY_KPIS)[0]
@@ -54,6 +55,7 @@ def code(call: Callable[[], Any]) -> str:
 def operations(client: Any, app_id: str) -> dict[str, Callable[[], Any]]:
     """Every Pinpoint operation the edge serves, on ``app_id``; the writes
     touch endpoints of their own so the calls do not depend on each other."""
+    arn = f"arn:aws:mobiletargeting:us-east-1:000000000000:apps/{app_id}"
     window = {"StartTime": "2026-11-01T00:00:00Z", "EndTime": "2026-11-02T00:00:00Z"}
     return {
         "GetApps": lambda: client.get_apps(),
@@ -78,13 +80,14 @@ def operations(client: Any, app_id: str) -> dict[str, Callable[[], Any]]:
         "GetJourneyDateRangeKpi": lambda: client.get_journey_date_range_kpi(
             ApplicationId=app_id, JourneyId="j", KpiName=JOURNEY_KPI, **window
         ),
+        **resource_operations(client, app_id, arn),
     }
 
 
 READ = {"GetApps", "GetApp", "GetEndpoint", "GetUserEndpoints", "GetApplicationDateRangeKpi"}
-READ |= {"GetCampaignDateRangeKpi", "GetJourneyDateRangeKpi"}
+READ |= {"GetCampaignDateRangeKpi", "GetJourneyDateRangeKpi", "ListTagsForResource", "GetApplicationSettings"}
 INGEST = {"PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch"}
-# What an allowed call answers on an app with no such endpoint or user.
+# What an allowed call answers on an app with no such endpoint, user or event stream.
 ALLOWED = {"ok", "NotFoundException"}
 
 
@@ -215,6 +218,13 @@ def test_a_server_with_auth_off_serves_unsigned_requests_and_says_so(tmp_path: P
         assert served.request("GET", "/v1/apps", sign=False)[0] == 200
         assert "INGEST_AUTH=off" in served.log()
         assert not (served.data_dir / "credentials").exists()
+        # No key changed the event stream: LastUpdatedBy says so.
+        status, _, body = served.request("POST", "/v1/apps", orjson.dumps({"Name": "n"}), sign=False)
+        assert status == 201, body
+        stream = {"DestinationStreamArn": KINESIS, "RoleArn": ROLE}
+        path = f"/v1/apps/{orjson.loads(body)['Id']}/eventstream"
+        status, _, body = served.request("POST", path, orjson.dumps(stream), sign=False)
+        assert (status, orjson.loads(body)["LastUpdatedBy"]) == (200, "anonymous"), body
     finally:
         assert served.stop() == 0, served.log()
 

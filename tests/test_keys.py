@@ -146,7 +146,8 @@ def test_a_dump_of_the_store_alone_yields_no_secret(tmp_path: Path) -> None:
 OPERATIONS = (
     "CreateApp GetApps GetApp DeleteApp PutEvents UpdateEndpoint UpdateEndpointsBatch GetEndpoint "
     "DeleteEndpoint GetUserEndpoints DeleteUserEndpoints GetApplicationDateRangeKpi "
-    "GetCampaignDateRangeKpi GetJourneyDateRangeKpi"
+    "GetCampaignDateRangeKpi GetJourneyDateRangeKpi PutEventStream GetEventStream DeleteEventStream "
+    "TagResource UntagResource ListTagsForResource GetApplicationSettings UpdateApplicationSettings"
 ).split()
 READS = {
     "GetApps",
@@ -156,6 +157,8 @@ READS = {
     "GetApplicationDateRangeKpi",
     "GetCampaignDateRangeKpi",
     "GetJourneyDateRangeKpi",
+    "ListTagsForResource",
+    "GetApplicationSettings",
 }
 INGESTS = {"PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch"}
 ACCOUNT = {"CreateApp", "GetApps"}
@@ -207,6 +210,8 @@ def test_the_table_in_words() -> None:
     assert read.may("GetApps", None) and read.may("GetUserEndpoints", APP)
     assert not read.may("GetEndpoint", OTHER_APP) and not read.may("PutEvents", APP)
     assert ingest.may("PutEvents", APP) and not ingest.may("GetEndpoint", APP)
+    assert read.may("ListTagsForResource", APP) and not read.may("TagResource", APP)
+    assert not read.may("GetEventStream", APP) and bound_admin.may("PutEventStream", APP)
     assert not temporary.may("PutEvents", OTHER_APP) and not temporary.may("GetApps", None)
     assert not admin.may("metrics", None) and not admin.may("healthz", None)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import random
 import sqlite3
@@ -35,7 +36,7 @@ from ingest.records.codec import MAX_MS, MIN_MS
 from ingest.records.values import Demographic, EndpointDelete, EndpointUpsert
 from ingest.store import sql
 from ingest.store import sqlite as store_module
-from ingest.store.base import App, Store
+from ingest.store.base import App, ApplicationSettings, EventStream, Store
 from ingest.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from ingest.store.postgres import PostgresStore
 from ingest.store.sqlite import SqliteStore, identity_file
@@ -171,6 +172,114 @@ async def test_duplicate_app_is_not_retriable(store: Store) -> None:
     with pytest.raises(StoreError) as caught:
         await store.create_app(app("a"))
     assert caught.value.retriable is False
+
+
+# Tags, event streams and application settings.
+
+
+def stream(app_id: str, *, name: str = "s", external_id: str | None = None, by: str = "AKIAX") -> EventStream:
+    return EventStream(
+        app_id=app_id,
+        destination_arn=f"arn:aws:kinesis:us-east-1:123456789012:stream/{name}",
+        role_arn="arn:aws:iam::123456789012:role/r",
+        external_id=external_id,
+        last_modified="2024-01-02T03:04:05.678Z",
+        last_updated_by=by,
+    )
+
+
+async def test_app_tags_are_replaced_and_compared_before_they_are(store: Store) -> None:
+    await store.create_app(app("a"))
+    tagged = await store.set_app_tags("a", {"x": "1", "ü": "ß"})
+    assert tagged == dataclasses.replace(app("a"), tags={"x": "1", "ü": "ß"})
+    assert await store.get_app("a") == tagged
+    # Expected tags that are no longer the app's: nothing written, the app as it is.
+    assert await store.set_app_tags("a", {"y": "2"}, expected={"team": "ingest"}) == tagged
+    assert await store.get_app("a") == tagged
+    assert (await store.set_app_tags("a", {}, expected={"x": "1", "ü": "ß"})) == dataclasses.replace(
+        app("a"), tags={}
+    )
+    assert (await store.get_app("a")) == dataclasses.replace(app("a"), tags={})
+    assert await store.set_app_tags("missing", {"x": "1"}) is None
+    assert await store.set_app_tags("nul\x00", {"x": "1"}) is None
+
+
+async def test_one_event_stream_an_app_replaced_by_a_put(store: Store) -> None:
+    for app_id in ("b", "a", "é"):
+        await store.create_app(app(app_id))
+    assert await store.get_event_stream("a") is None
+    assert await store.put_event_stream(stream("a"))
+    assert await store.put_event_stream(stream("b", external_id="ext-1"))
+    assert await store.get_event_stream("a") == stream("a")
+    replaced = stream("a", name="other", external_id="e2", by="AKIAY")
+    assert await store.put_event_stream(replaced)
+    assert await store.get_event_stream("a") == replaced
+    assert await store.put_event_stream(stream("é"))
+    assert list(await store.list_event_streams()) == [replaced, stream("b", external_id="ext-1"), stream("é")]
+
+    assert await store.delete_event_stream("a") == replaced
+    assert await store.delete_event_stream("a") is None
+    assert await store.get_event_stream("a") is None
+    assert [s.app_id for s in await store.list_event_streams()] == ["b", "é"]
+
+
+async def test_a_stream_or_settings_of_an_app_that_does_not_exist_are_not_written(store: Store) -> None:
+    settings = ApplicationSettings("missing", {"Limits": {"Daily": 1}}, "2024-01-02T03:04:05.678Z")
+    assert not await store.put_event_stream(stream("missing"))
+    assert not await store.put_application_settings(settings)
+    assert not await store.put_event_stream(stream("nul\x00"))
+    assert await store.list_event_streams() == []
+    assert await store.get_application_settings("missing") is None
+    assert await store.get_event_stream("nul\x00") is None
+    assert await store.delete_event_stream("nul\x00") is None
+    assert await store.get_application_settings("nul\x00") is None
+
+
+async def test_application_settings_round_trip_and_are_replaced(store: Store) -> None:
+    await store.create_app(app("a"))
+    assert await store.get_application_settings("a") is None
+    first = ApplicationSettings(
+        "a",
+        {
+            "CampaignHook": {"LambdaFunctionName": "lfn", "Mode": "FILTER"},
+            "Limits": {"Daily": 42},
+            "ü": "\x00",
+        },
+        "2024-01-02T03:04:05.678Z",
+    )
+    assert await store.put_application_settings(first)
+    assert await store.get_application_settings("a") == first
+    second = ApplicationSettings(
+        "a", {"QuietTime": {"Start": "22:00", "End": "06:30"}}, "2024-01-03T00:00:00.000Z"
+    )
+    assert await store.put_application_settings(second)
+    assert await store.get_application_settings("a") == second
+
+
+async def test_delete_app_deletes_its_stream_and_settings_and_no_other(store: Store) -> None:
+    for app_id in ("gone", "kept"):
+        await store.create_app(app(app_id))
+        assert await store.put_event_stream(stream(app_id))
+        assert await store.put_application_settings(
+            ApplicationSettings(app_id, {}, "2024-01-02T03:04:05.678Z")
+        )
+    assert await store.delete_app("gone") == app("gone")
+    assert await store.get_event_stream("gone") is None
+    assert await store.get_application_settings("gone") is None
+    assert list(await store.list_event_streams()) == [stream("kept")]
+    assert await store.get_application_settings("kept") is not None
+
+
+async def test_a_put_racing_delete_app_never_leaves_a_stream_behind(store: Store) -> None:
+    # Either the put comes first (and DeleteApp deletes its row) or the
+    # delete does (and the put writes nothing): never a stream without an app.
+    for round_ in range(20):
+        app_id = f"race-{round_}"
+        await store.create_app(app(app_id))
+        put, deleted = await asyncio.gather(store.put_event_stream(stream(app_id)), store.delete_app(app_id))
+        assert deleted == app(app_id)
+        assert await store.get_event_stream(app_id) is None, put
+    assert await store.list_event_streams() == []
 
 
 # Endpoint rules.

@@ -1,7 +1,8 @@
 """The edge's ASGI application: the route table, admission, and every
 error turned into Pinpoint's answer. The operations live one module per
 Pinpoint resource beside this one (``apps``, ``writes``, ``endpoints``,
-``kpis``); a new resource is one more module and its rows in the table.
+``kpis``, ``eventstreams``, ``tags``, ``appsettings``); a new resource is one
+more module and its rows in the table.
 
 Whole requests fail only when unusable (400), too large (413), for an unknown
 app (404) or under overload (429) — never with 502/503/504, which Amplify JS
@@ -15,8 +16,10 @@ import time
 import uuid
 
 from ingest.api.apps import AppCache, Apps
+from ingest.api.appsettings import AppSettings
 from ingest.api.auth import Authenticator
 from ingest.api.endpoints import EndpointReads
+from ingest.api.eventstreams import EventStreams
 from ingest.api.http import (
     CORS_EXPOSE,
     PREFLIGHT_HEADERS,
@@ -37,6 +40,7 @@ from ingest.api.kpis import KpiReads
 from ingest.api.limits import ClientAddress, TokenBuckets
 from ingest.api.probes import Check
 from ingest.api.sigv4 import KeyLog, credential_scope
+from ingest.api.tags import Tags, derive
 from ingest.api.writes import Writes
 from ingest.errors import (
     ApiError,
@@ -76,6 +80,14 @@ ADMITTED = frozenset(
         "GetApplicationDateRangeKpi",
         "GetCampaignDateRangeKpi",
         "GetJourneyDateRangeKpi",
+        "PutEventStream",
+        "GetEventStream",
+        "DeleteEventStream",
+        "TagResource",
+        "UntagResource",
+        "ListTagsForResource",
+        "GetApplicationSettings",
+        "UpdateApplicationSettings",
         "CognitoIdentity",
     )
 )
@@ -143,6 +155,10 @@ class Edge:
             per_app=buckets(settings.rate_limit_app_events_per_s, least=100.0),
         )
         kpis = KpiReads(store, cache)
+        body_limit = settings.max_body_bytes
+        streams = EventStreams(store=store, apps=cache, max_body_bytes=body_limit)
+        tags = Tags(store=store, apps=cache, max_body_bytes=body_limit)
+        app_settings = AppSettings(store=store, apps=cache, max_body_bytes=body_limit)
         self._router = Router(
             [
                 # Cognito Identity's JSON 1.1 protocol posts to the root.
@@ -155,6 +171,31 @@ class Edge:
                     {"GET": ("GetApp", apps.get_app), "DELETE": ("DeleteApp", apps.delete_app)},
                 ),
                 Route("/v1/apps/{app}/events", {"POST": ("PutEvents", writes.put_events)}),
+                Route(
+                    "/v1/apps/{app}/eventstream",
+                    {
+                        "POST": ("PutEventStream", streams.put_event_stream),
+                        "GET": ("GetEventStream", streams.get_event_stream),
+                        "DELETE": ("DeleteEventStream", streams.delete_event_stream),
+                    },
+                ),
+                Route(
+                    "/v1/apps/{app}/settings",
+                    {
+                        "GET": ("GetApplicationSettings", app_settings.get_application_settings),
+                        "PUT": ("UpdateApplicationSettings", app_settings.update_application_settings),
+                    },
+                ),
+                # The app an ARN names is the route's {app}, for the scope check.
+                Route(
+                    "/v1/tags/{arn}",
+                    {
+                        "POST": ("TagResource", tags.tag_resource),
+                        "DELETE": ("UntagResource", tags.untag_resource),
+                        "GET": ("ListTagsForResource", tags.list_tags_for_resource),
+                    },
+                    derive=derive,
+                ),
                 Route(
                     "/v1/apps/{app}/endpoints",
                     {"PUT": ("UpdateEndpointsBatch", writes.update_endpoints_batch)},

@@ -7,12 +7,11 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from ingest.api.http import Request, Response, json_response
+from ingest.api.http import Request, Response, iso_now, json_response
 from ingest.api.sigv4 import credential_scope
 from ingest.errors import BadRequest, NotFound, StoreError
 from ingest.records import validate
@@ -127,7 +126,7 @@ class Apps:
             name=name,
             arn=f"arn:aws:mobiletargeting:{region}:{self._settings.account_id}:apps/{app_id}",
             tags=tags,
-            creation_date=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            creation_date=iso_now(),
         )
         if not await self._store.create_app(app, max_apps=self._settings.max_apps):
             # Pinpoint models no LimitExceededException for CreateApp; its

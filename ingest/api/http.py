@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -134,6 +135,11 @@ class Route:
 
     pattern: str
     operations: Mapping[str, tuple[str, Handler]]
+    derive: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None
+    """More parameters from the matched ones, added before the request is
+    authorized: the ``app`` a tag operation's resource ARN names, which its
+    key's scope is checked against. Pure; it never raises (what it cannot
+    derive, it leaves out, and the operation refuses)."""
     segments: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -170,8 +176,16 @@ class Router:
                     break
                 params[name.group(1)] = value
             else:
+                if route.derive is not None:
+                    params.update(route.derive(params))
                 return route, params
         return None
+
+
+def iso_now() -> str:
+    """Now as Pinpoint writes its dates: ISO 8601 in UTC, to the millisecond,
+    with a Z (``2026-11-23T10:00:00.000Z``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_query(query_string: bytes) -> Mapping[str, list[str]]:

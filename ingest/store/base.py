@@ -1,7 +1,8 @@
-"""What every store backend is: the :class:`Store` protocol, the app
-record, and the pure steps both backends run around their SQL (choosing the
-events to mark, resolving users, the KPI effects, app and endpoint rows). The
-SQL they share is in :mod:`ingest.store.sql`."""
+"""What every store backend is: the :class:`Store` protocol, the app,
+event stream and application settings records, and the pure steps both
+backends run around their SQL (choosing the events to mark, resolving users,
+the KPI effects, the rows of each record). The SQL they share is in
+:mod:`ingest.store.sql`."""
 
 from __future__ import annotations
 
@@ -41,6 +42,34 @@ class App:
     creation_date: str
 
 
+@dataclass(frozen=True, slots=True)
+class EventStream:
+    """An app's event stream (PutEventStream): where its events go. An app
+    has at most one."""
+
+    app_id: str
+    destination_arn: str
+    """A Kinesis stream, Firehose delivery stream or Kafka topic ARN
+    (:mod:`ingest.streams.destinations`)."""
+    role_arn: str
+    external_id: str | None
+    last_modified: str
+    """ISO 8601, to the millisecond, in UTC (``…T10:00:00.000Z``)."""
+    last_updated_by: str
+    """The access key ID that put it ("anonymous" when auth is off)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationSettings:
+    """An app's settings (UpdateApplicationSettings), as last sent."""
+
+    app_id: str
+    document: dict[str, Any]
+    """The WriteApplicationSettingsRequest, validated, null members left out."""
+    last_modified: str
+    """ISO 8601, to the millisecond, in UTC."""
+
+
 class Store(Protocol):
     """What the edge and the workers need from the store. Every method raises
     StoreError (``retriable`` when the store is unavailable) and nothing else."""
@@ -56,9 +85,47 @@ class Store(Protocol):
     async def delete_app(self, app_id: str) -> App | None:
         """In one transaction: delete the app row, leave its tombstone in
         ``deleted_apps`` (to purge; the workers drop its records from then
-        on), delete its identity pools, and take it out of the keys bound to
+        on), delete its identity pools, event stream and settings, and take
+        it out of the keys bound to
         it: a key bound to it alone is revoked (a bound key is never widened
         to every app). → the app, or None if there is none."""
+        ...
+
+    async def set_app_tags(
+        self, app_id: str, tags: dict[str, str], *, expected: dict[str, str] | None = None
+    ) -> App | None:
+        """Replace the app's tags with ``tags``; → the app as stored after,
+        or None if there is none. With ``expected``, only if the app's tags
+        are those now: otherwise nothing is written and the app is returned
+        as it is, so a read-merge-write (TagResource) never loses a
+        concurrent one's tags. The check and the write are one transaction."""
+        ...
+
+    # Event streams and application settings: a row an app at most, deleted
+    # with the app (in delete_app's transaction).
+    async def put_event_stream(self, stream: EventStream) -> bool:
+        """Store the app's stream, replacing the one it had; → False (nothing
+        written) when the app does not exist. The check and the write are
+        one transaction: a concurrent DeleteApp either sees the stream (and
+        deletes it) or comes first (and this writes nothing)."""
+        ...
+
+    async def get_event_stream(self, app_id: str) -> EventStream | None: ...
+    async def delete_event_stream(self, app_id: str) -> EventStream | None:
+        """Delete the app's stream; → what it was, or None if it had none."""
+        ...
+
+    async def list_event_streams(self) -> Sequence[EventStream]:
+        """Every app's stream, by app ID: one query, polled by the streams worker."""
+        ...
+
+    async def put_application_settings(self, settings: ApplicationSettings) -> bool:
+        """Store the app's settings, replacing what it had; → False (nothing
+        written) when the app does not exist, checked as put_event_stream does."""
+        ...
+
+    async def get_application_settings(self, app_id: str) -> ApplicationSettings | None:
+        """The app's settings, or None if they were never updated (or there is no app)."""
         ...
 
     async def purge_deleted_apps(self, *, max_rows: int) -> int:
@@ -217,6 +284,42 @@ def app_of(row: Sequence[Any]) -> App:
     """The inverse of :func:`app_row` (any backend's row, in table order)."""
     app_id, name, arn, tags, created = row
     return App(id=app_id, name=name, arn=arn, tags=orjson.loads(tags), creation_date=created)
+
+
+def stream_row(stream: EventStream) -> tuple[str | None, ...]:
+    """An event stream as the column values every backend stores, in table order."""
+    return (
+        stream.app_id,
+        stream.destination_arn,
+        stream.role_arn,
+        stream.external_id,
+        stream.last_modified,
+        stream.last_updated_by,
+    )
+
+
+def stream_of(row: Sequence[Any]) -> EventStream:
+    """The inverse of :func:`stream_row` (any backend's row, in table order)."""
+    app_id, destination_arn, role_arn, external_id, last_modified, last_updated_by = row
+    return EventStream(
+        app_id=app_id,
+        destination_arn=destination_arn,
+        role_arn=role_arn,
+        external_id=external_id,
+        last_modified=last_modified,
+        last_updated_by=last_updated_by,
+    )
+
+
+def settings_row(settings: ApplicationSettings) -> tuple[str, ...]:
+    """Application settings as the column values every backend stores, in table order."""
+    return (settings.app_id, orjson.dumps(settings.document).decode(), settings.last_modified)
+
+
+def settings_of(row: Sequence[Any]) -> ApplicationSettings:
+    """The inverse of :func:`settings_row` (any backend's row, in table order)."""
+    app_id, document, last_modified = row
+    return ApplicationSettings(app_id=app_id, document=orjson.loads(document), last_modified=last_modified)
 
 
 def endpoint_row(state: EndpointState) -> tuple[Any, ...]:

@@ -63,6 +63,7 @@ in several partitions). So:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -84,6 +85,8 @@ from ingest.store.base import (
     INT32_MIN,
     PURGE_CHUNK_ROWS,
     App,
+    ApplicationSettings,
+    EventStream,
     KpiData,
     app_of,
     app_row,
@@ -96,6 +99,10 @@ from ingest.store.base import (
     keys_without,
     pool_of,
     pool_row,
+    settings_of,
+    settings_row,
+    stream_of,
+    stream_row,
     unresolved,
 )
 
@@ -145,6 +152,15 @@ def unnest(*types: str) -> str:
     return "SELECT * FROM unnest(" + arrays + ")"  # noqa: S608 (type names, constants here)
 
 
+# Tags: the app row locked while its tags are compared and written; a put of
+# a stream or settings holds the app row FOR SHARE (see sql.PUT_EVENT_STREAM).
+_GET_APP_TO_TAG = sql.numbered(sql.GET_APP_TO_TAG.format(lock=" FOR UPDATE"))
+_SET_APP_TAGS = sql.numbered(sql.SET_APP_TAGS)
+_PUT_EVENT_STREAM = sql.numbered(sql.PUT_EVENT_STREAM.format(lock=" FOR SHARE"))
+_PUT_SETTINGS = sql.numbered(sql.PUT_SETTINGS.format(lock=" FOR SHARE"))
+_GET_EVENT_STREAM = sql.numbered(sql.GET_EVENT_STREAM)
+_DELETE_EVENT_STREAM = sql.numbered(sql.DELETE_EVENT_STREAM)
+_GET_SETTINGS = sql.numbered(sql.GET_SETTINGS)
 _GET_ENDPOINT = sql.numbered(sql.GET_ENDPOINT)
 _USER_ENDPOINTS = sql.numbered(sql.USER_ENDPOINTS.format(index=""))
 # A batch's (app, ID) pairs, as two arrays. (S608: the statements that use it
@@ -286,7 +302,8 @@ class PostgresStore:
                     return None
                 now_ms = time.time_ns() // 1_000_000
                 await con.execute(sql.numbered(sql.MARK_DELETED), app_id, now_ms, False)
-                await con.execute(sql.numbered(sql.DELETE_POOLS_OF_APP), app_id)
+                for statement in sql.DELETE_WITH_APP:
+                    await con.execute(sql.numbered(statement), app_id)
                 keys = [key_of(r) for r in await con.fetch(sql.LIVE_KEYS + " FOR UPDATE")]
                 for key_id, kept in keys_without(keys, app_id):
                     if kept:
@@ -294,6 +311,62 @@ class PostgresStore:
                     else:
                         await con.execute(sql.numbered(sql.REVOKE_KEY), now_ms, key_id)
         return app_of(row)
+
+    async def set_app_tags(
+        self, app_id: str, tags: dict[str, str], *, expected: dict[str, str] | None = None
+    ) -> App | None:
+        if NUL in app_id:
+            return None
+        with _boundary("set app tags"):
+            async with self._pool.acquire() as con, con.transaction():
+                row = await con.fetchrow(_GET_APP_TO_TAG, app_id)
+                if row is None:
+                    return None
+                app = app_of(row)
+                if expected is not None and app.tags != expected:
+                    return app
+                await con.execute(_SET_APP_TAGS, orjson.dumps(tags).decode(), app_id)
+        return dataclasses.replace(app, tags=tags)
+
+    async def put_event_stream(self, stream: EventStream) -> bool:
+        return await self._put_of_app("put event stream", _PUT_EVENT_STREAM, stream_row(stream))
+
+    async def get_event_stream(self, app_id: str) -> EventStream | None:
+        row = await self._row_of_app("get event stream", _GET_EVENT_STREAM, app_id)
+        return None if row is None else stream_of(row)
+
+    async def delete_event_stream(self, app_id: str) -> EventStream | None:
+        row = await self._row_of_app("delete event stream", _DELETE_EVENT_STREAM, app_id)
+        return None if row is None else stream_of(row)
+
+    async def list_event_streams(self) -> Sequence[EventStream]:
+        with _boundary("list event streams"):
+            rows = await self._pool.fetch(sql.LIST_EVENT_STREAMS)
+        return [stream_of(row) for row in rows]
+
+    async def put_application_settings(self, settings: ApplicationSettings) -> bool:
+        return await self._put_of_app("put application settings", _PUT_SETTINGS, settings_row(settings))
+
+    async def get_application_settings(self, app_id: str) -> ApplicationSettings | None:
+        row = await self._row_of_app("get application settings", _GET_SETTINGS, app_id)
+        return None if row is None else settings_of(row)
+
+    async def _put_of_app(self, what: str, statement: str, row: Sequence[Any]) -> bool:
+        """``statement`` (a put of a row led by its app ID, written only
+        where that app exists) on ``row``; → whether it wrote."""
+        app_id = row[0]
+        if NUL in app_id:
+            return False  # no app can have it
+        with _boundary(what):
+            return _count(await self._pool.execute(statement, *row, app_id)) == 1
+
+    async def _row_of_app(self, what: str, query: str, app_id: str) -> asyncpg.Record | None:
+        """The one row ``query`` answers for ``app_id``, if any."""
+        if NUL in app_id:
+            return None  # nothing with a NUL can have been written
+        with _boundary(what):
+            row: asyncpg.Record | None = await self._pool.fetchrow(query, app_id)
+        return row
 
     async def purge_deleted_apps(self, *, max_rows: int = PURGE_CHUNK_ROWS) -> int:
         with _boundary("purge deleted apps"):

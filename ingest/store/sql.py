@@ -146,6 +146,25 @@ _MIGRATIONS: tuple[str, ...] = (
         purged {boolean} NOT NULL
     ){keyed}
     """,
+    # An app's event stream (PutEventStream) and settings
+    # (UpdateApplicationSettings): a row each at most, deleted with the app.
+    """
+    CREATE TABLE event_streams (
+        app_id {key} PRIMARY KEY,
+        destination_arn {text} NOT NULL,
+        role_arn {text} NOT NULL,
+        external_id {text},
+        last_modified {text} NOT NULL,
+        last_updated_by {text} NOT NULL
+    ){keyed}
+    """,
+    """
+    CREATE TABLE application_settings (
+        app_id {key} PRIMARY KEY,
+        document {text} NOT NULL,
+        last_modified {text} NOT NULL
+    ){keyed}
+    """,
 )
 
 
@@ -171,8 +190,41 @@ COUNT_APPS = "SELECT count(*) FROM apps"
 # DeleteApp: the tombstone, in the transaction that deletes the app row.
 MARK_DELETED = "INSERT INTO deleted_apps (app_id, deleted_ms, purged) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 DELETE_POOLS_OF_APP = "DELETE FROM identity_pools WHERE app_id = ?"
+# What else DeleteApp deletes in its transaction, each by app ID.
+DELETE_WITH_APP = (
+    DELETE_POOLS_OF_APP,
+    "DELETE FROM event_streams WHERE app_id = ?",
+    "DELETE FROM application_settings WHERE app_id = ?",
+)
 LIVE_KEYS = "SELECT " + _KEY_COLUMNS + " FROM access_keys WHERE revoked_ms IS NULL ORDER BY access_key_id"  # noqa: S608
 SET_KEY_APPS = "UPDATE access_keys SET apps = ? WHERE access_key_id = ?"
+# TagResource, UntagResource: the app read ("{lock}": PostgreSQL's FOR
+# UPDATE, so the compare and the write are one step), then its tags written.
+GET_APP_TO_TAG = GET_APP + "{lock}"
+SET_APP_TAGS = "UPDATE apps SET tags = ? WHERE id = ?"
+
+# Event streams and application settings, in the column order of
+# base.stream_row and base.settings_row. A put writes only where the app
+# exists, in the same statement; "{lock}" is PostgreSQL's FOR SHARE on the
+# app row, so a concurrent DeleteApp waits for it, or it for the DeleteApp.
+_STREAM_COLUMNS = "app_id, destination_arn, role_arn, external_id, last_modified, last_updated_by"
+PUT_EVENT_STREAM = (
+    "INSERT INTO event_streams (" + _STREAM_COLUMNS + ") "  # noqa: S608
+    "SELECT ?, ?, ?, ?, ?, ? FROM apps WHERE id = ?{lock} "
+    "ON CONFLICT (app_id) DO UPDATE SET destination_arn = excluded.destination_arn, "
+    "role_arn = excluded.role_arn, external_id = excluded.external_id, "
+    "last_modified = excluded.last_modified, last_updated_by = excluded.last_updated_by"
+)
+GET_EVENT_STREAM = "SELECT " + _STREAM_COLUMNS + " FROM event_streams WHERE app_id = ?"  # noqa: S608
+DELETE_EVENT_STREAM = "DELETE FROM event_streams WHERE app_id = ? RETURNING " + _STREAM_COLUMNS  # noqa: S608
+LIST_EVENT_STREAMS = "SELECT " + _STREAM_COLUMNS + " FROM event_streams ORDER BY app_id"  # noqa: S608
+PUT_SETTINGS = (
+    "INSERT INTO application_settings (app_id, document, last_modified) "
+    "SELECT ?, ?, ? FROM apps WHERE id = ?{lock} "
+    "ON CONFLICT (app_id) DO UPDATE SET document = excluded.document, last_modified = excluded.last_modified"
+)
+GET_SETTINGS = "SELECT app_id, document, last_modified FROM application_settings WHERE app_id = ?"
+
 # The purge (Store.purge_deleted_apps): one app a transaction, at most a chunk
 # of rows of each table, each chunk a primary-key range search; the marks,
 # which lead with the day, a day at a time.

@@ -1,6 +1,7 @@
 """The SQLite backend of the store: apps, endpoints and KPI aggregates. It
 earns its size as the whole Store protocol on one backend (apps and their
-purge, endpoints, KPIs, keys), each method a transaction on one thread.
+purge, tags, event streams and settings, endpoints, KPIs, keys), each method
+a transaction on one thread.
 
 SQLite (WAL, under the data dir) is the embedded default. Migrations are
 numbered SQL applied in order and recorded in ``schema_migrations``, so opening
@@ -22,6 +23,7 @@ day, so expiring the days before the dedupe window is one range delete.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import secrets
@@ -46,6 +48,8 @@ from ingest.store.base import (
     INT32_MIN,
     PURGE_CHUNK_ROWS,
     App,
+    ApplicationSettings,
+    EventStream,
     KpiData,
     Mark,
     app_of,
@@ -59,6 +63,10 @@ from ingest.store.base import (
     keys_without,
     pool_of,
     pool_row,
+    settings_of,
+    settings_row,
+    stream_of,
+    stream_row,
     unresolved,
 )
 
@@ -134,6 +142,10 @@ EVENT_USERS = (
 EXPIRE_MARKS = "DELETE FROM event_marks WHERE day < ?"
 # "{}" takes one "?" per app ID: the batch's apps that were deleted.
 DELETED_AMONG = "SELECT app_id FROM deleted_apps WHERE app_id IN ({})"
+# One writer at a time: no row lock to take.
+GET_APP_TO_TAG = sql.GET_APP_TO_TAG.format(lock="")
+PUT_EVENT_STREAM = sql.PUT_EVENT_STREAM.format(lock="")
+PUT_SETTINGS = sql.PUT_SETTINGS.format(lock="")
 CREATE_APP_UNDER = (
     "INSERT INTO apps (id, name, arn, tags, creation_date) "
     "SELECT ?, ?, ?, ?, ? WHERE (SELECT count(*) FROM apps) < ?"
@@ -268,7 +280,8 @@ class SqliteStore:
                 row = db.execute(sql.DELETE_APP, (app_id,)).fetchone()
                 if row is not None:
                     db.execute(sql.MARK_DELETED, (app_id, time.time_ns() // 1_000_000, False))
-                    db.execute(sql.DELETE_POOLS_OF_APP, (app_id,))
+                    for statement in sql.DELETE_WITH_APP:
+                        db.execute(statement, (app_id,))
                     keys = [key_of(r) for r in db.execute(sql.LIVE_KEYS).fetchall()]
                     now_ms = time.time_ns() // 1_000_000
                     for key_id, kept in keys_without(keys, app_id):
@@ -283,6 +296,66 @@ class SqliteStore:
             return None if row is None else app_of(row)
 
         return await self._run("delete app", delete)
+
+    async def set_app_tags(
+        self, app_id: str, tags: dict[str, str], *, expected: dict[str, str] | None = None
+    ) -> App | None:
+        def update() -> App | None:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(GET_APP_TO_TAG, (app_id,)).fetchone()
+                app = None if row is None else app_of(row)
+                if app is not None and (expected is None or app.tags == expected):
+                    db.execute(sql.SET_APP_TAGS, (orjson.dumps(tags).decode(), app_id))
+                    app = dataclasses.replace(app, tags=tags)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+            return app
+
+        return await self._run("set app tags", update)
+
+    async def put_event_stream(self, stream: EventStream) -> bool:
+        return await self._put_of_app("put event stream", PUT_EVENT_STREAM, stream_row(stream))
+
+    async def get_event_stream(self, app_id: str) -> EventStream | None:
+        row = await self._row_of_app("get event stream", sql.GET_EVENT_STREAM, app_id)
+        return None if row is None else stream_of(row)
+
+    async def delete_event_stream(self, app_id: str) -> EventStream | None:
+        row = await self._row_of_app("delete event stream", sql.DELETE_EVENT_STREAM, app_id)
+        return None if row is None else stream_of(row)
+
+    async def list_event_streams(self) -> Sequence[EventStream]:
+        def get() -> list[EventStream]:
+            return [stream_of(row) for row in self._db.execute(sql.LIST_EVENT_STREAMS).fetchall()]
+
+        return await self._run("list event streams", get)
+
+    async def put_application_settings(self, settings: ApplicationSettings) -> bool:
+        return await self._put_of_app("put application settings", PUT_SETTINGS, settings_row(settings))
+
+    async def get_application_settings(self, app_id: str) -> ApplicationSettings | None:
+        row = await self._row_of_app("get application settings", sql.GET_SETTINGS, app_id)
+        return None if row is None else settings_of(row)
+
+    async def _put_of_app(self, what: str, statement: str, row: Sequence[Any]) -> bool:
+        """``statement`` (a put of a row led by its app ID, written only
+        where that app exists) on ``row``; → whether it wrote. One statement:
+        SQLite runs one writer at a time, so the app cannot go in between."""
+        return await self._run(what, lambda: self._db.execute(statement, (*row, row[0])).rowcount == 1)
+
+    async def _row_of_app(self, what: str, query: str, app_id: str) -> Any:
+        """The one row ``query`` answers for ``app_id``, if any (every row
+        stepped through, so a RETURNING statement is done)."""
+
+        def get() -> Any:
+            rows = self._db.execute(query, (app_id,)).fetchall()
+            return rows[0] if rows else None
+
+        return await self._run(what, get)
 
     async def purge_deleted_apps(self, *, max_rows: int = PURGE_CHUNK_ROWS) -> int:
         def purge() -> int:
