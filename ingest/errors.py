@@ -228,6 +228,31 @@ class InvalidSignature(AuthError):
     )
 
 
+DeliveryReason = Literal[
+    "throttled", "unavailable", "not_found", "access_denied", "credentials", "invalid", "other"
+]
+
+
+class DeliveryError(IngestError):
+    """A whole delivery call to an event stream's destination failed: no
+    record of it is known to be delivered (after a timeout some may have
+    been). ``reason`` is a closed set, for a metric label: ``throttled``,
+    ``unavailable`` (a 5xx answer, or no answer), ``not_found`` (no such
+    stream), ``access_denied`` (IAM, KMS or the role refused us, or a token
+    was rejected), ``credentials`` (the process has none), ``invalid`` (a
+    request the service or its limits refuse), ``other``. ``retriable``:
+    whether the same call may succeed later without an operator's action.
+    ``code`` is the service's error code (or botocore's exception name)."""
+
+    def __init__(
+        self, message: str, *, reason: DeliveryReason, retriable: bool, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason: DeliveryReason = reason
+        self.retriable = retriable
+        self.code = code
+
+
 class KeyRequestError(IngestError):
     """An access key or identity pool that cannot be issued as asked (a read
     or ingest key without apps, an unknown app, a name out of bounds), or a

@@ -3,7 +3,8 @@
 # a virtualenv at .venv with the locked dependencies and `ingest` installed,
 # node (from PATH, else Debian's) with s3rver, the disk-backed S3 server the
 # embedded broker of `ingest run` keeps its log in (embedded/package-lock.json),
-# and the JavaScript clients tests/js/package-lock.json pins.
+# and what tests/js/package-lock.json pins: the JavaScript clients, and
+# kinesalite, the Kinesis the event-stream tests deliver to.
 # Safe to run again: it reinstalls only when requirements.lock or a
 # package-lock.json changed.
 set -euo pipefail
@@ -45,7 +46,9 @@ echo "setup: .venv ready ($(.venv/bin/ingest --version))"
 # node and npm from Debian when missing, then exactly the packages each lock
 # file pins: embedded/ (s3rver, which `ingest run` starts by default) and the
 # real JavaScript clients of tests/test_js_clients.py (aws-sdk-js-v3, Amplify
-# JS). Amplify needs node's built-in fetch (node 18+).
+# JS), with kinesalite for tests/aws.py (its LevelDB binding, leveldown, loads
+# the prebuilt linux-x64 binary it ships: no compiler needed). Amplify needs
+# node's built-in fetch (node 18+).
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null

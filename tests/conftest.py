@@ -30,7 +30,7 @@ from botocore.exceptions import ClientError
 
 from ingest.kafka.broker import EmbeddedBroker
 from ingest.launch import Launched, launch
-from tests import postgres
+from tests import aws, postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
@@ -337,3 +337,26 @@ hypothesis.settings.register_profile(
 hypothesis.settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "dev")
 )
+
+
+# Event streams' AWS services on loopback (tests/aws.py): one of each per
+# session (per xdist worker), each on a free 127.0.0.1 port.
+@pytest.fixture(scope="session")
+def kinesalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[aws.Kinesalite]:
+    """kinesalite (Kinesis on LevelDB), its data kept across stop() and start()."""
+    with aws.Kinesalite(tmp_path_factory.mktemp("kinesalite")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[aws.MotoServer]:
+    """moto's server mode: Firehose into its S3, and STS."""
+    with aws.MotoServer(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[str, str]:
+    """botocore with dummy keys (returned) and no way to real AWS
+    (:func:`tests.aws.offline_env`); a test sets AWS_ENDPOINT_URL_<SERVICE>."""
+    return aws.offline_env(monkeypatch, tmp_path)
