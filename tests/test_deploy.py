@@ -580,10 +580,12 @@ async def topic_partitions(bootstrap: str) -> dict[str, int]:
 
 
 def local_env(docs: list[dict[str, Any]], container: dict[str, Any], **local: str) -> dict[str, str]:
-    """The container's environment, less Secrets, pointed at this machine."""
+    """The container's environment, less Secrets, pointed at this machine,
+    running this tree's package: an editable install's path may name another
+    checkout (a shared virtualenv), whose code would not be the one tested."""
     env = {k: v for k, v in container_env(docs, container).items() if k not in SECRET_SETTINGS}
     loopback = {"INGEST_HOST": "127.0.0.1", "INGEST_PROBE_HOST": "127.0.0.1"}
-    return env | loopback | {"INGEST_STORE_URL": ""} | local
+    return env | loopback | {"INGEST_STORE_URL": "", "PYTHONPATH": str(ROOT)} | local
 
 
 def test_migration_job_migrates_the_store_and_creates_the_topics(
