@@ -29,6 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from ingest import metrics as metrics_module
 from ingest.cli import _parser
 from ingest.kafka import clients
 from ingest.kafka.broker import free_port
@@ -51,15 +52,39 @@ CUSTOM_KINDS = frozenset({"PodMonitor", "PrometheusRule"})
 SECRET_SETTINGS = frozenset(
     {"INGEST_STORE_URL", "INGEST_KAFKA_SASL_USERNAME", "INGEST_KAFKA_SASL_PASSWORD", "INGEST_AUTH_MASTER_KEY"}
 )
+# Components without the master key: only a process serving the API loads it
+# (ingest/process.py), and the streams worker, the one pod reaching the
+# internet, must not hold what decrypts every issued key's secret.
+WITHOUT_MASTER_KEY = frozenset({"stream-worker"})
+# The one component that may hold AWS credentials (its own ServiceAccount,
+# for an IRSA role) and connect out on 443.
+AWS_COMPONENT = "stream-worker"
+AWS_SERVICE_ACCOUNT = "ingest-streams"
+HTTPS_PORT = 443
 # Shutdown steps bounded by INGEST_DRAIN_TIMEOUT_S one after the other: the
 # HTTP server's graceful stop, then the publisher (edge) or the workers.
 DRAIN_STEPS = 2
 # After the last drain step: closing the producer, leaving the consumer
 # group, closing the store.
 CLOSE_MARGIN_S = 10
-# The ingest Deployments by their component label, and the command each runs.
+# The ingest Deployments by their component label, and the arguments each
+# passes to `ingest`: the first is the command.
 COMPONENT = "app.kubernetes.io/component"
-ROLES = {"edge": "edge", "endpoint-worker": "worker", "kpi-worker": "worker"}
+ROLES = {
+    "edge": ("edge",),
+    "endpoint-worker": ("worker", "endpoints"),
+    "kpi-worker": ("worker", "kpis"),
+    "stream-worker": ("worker", "streams"),
+}
+# `ingest worker streams` and its INGEST_STREAM_* settings and ingest_stream_*
+# metrics come from a branch merged apart from this one. Until it is, every
+# process refuses the ConfigMap's INGEST_STREAM_* names (and the metric names
+# are unknown), so the checks that need the code fail: strictly expected to,
+# and checked for real from the merge on, when this marker does nothing.
+STREAMS_MERGED = "INGEST_STREAM_ASSUME_ROLE" in Settings.names()
+needs_streams = pytest.mark.xfail(
+    not STREAMS_MERGED, reason="needs `ingest worker streams` (not merged yet)", strict=True
+)
 PROCESS_START_TIMEOUT_S = 30.0
 
 
@@ -212,12 +237,14 @@ def test_every_overlay_renders_and_validates_strictly(rendered: dict[str, Path])
 # Settings
 
 
+@needs_streams
 def test_configmap_holds_every_setting_but_the_secret_ones(rendered: dict[str, Path]) -> None:
     for name, path in rendered.items():
         (config,) = [c for n, c in named(load(path), "ConfigMap").items() if n.startswith("ingest-settings")]
         assert set(config["data"]) == Settings.names() - SECRET_SETTINGS, name
 
 
+@needs_streams
 def test_every_ingest_variable_is_a_setting_the_code_knows(rendered: dict[str, Path]) -> None:
     sources = [*DEPLOY.rglob("*"), ROOT / "Dockerfile", *rendered.values()]
     for path in sources:
@@ -226,6 +253,7 @@ def test_every_ingest_variable_is_a_setting_the_code_knows(rendered: dict[str, P
             assert not unknown, f"{path}: {sorted(unknown)}"
 
 
+@needs_streams
 def test_every_container_configuration_parses(rendered: dict[str, Path]) -> None:
     """What each ingest container gets is read by Settings.from_env without
     error (names known, values valid), and listens on every interface: the
@@ -244,6 +272,7 @@ def test_every_container_configuration_parses(rendered: dict[str, Path]) -> None
 # Probes, ports, shutdown
 
 
+@needs_streams
 def test_probes_and_ports_match_what_the_processes_serve(rendered: dict[str, Path]) -> None:
     for name, path in rendered.items():
         docs = load(path)
@@ -255,12 +284,13 @@ def test_probes_and_ports_match_what_the_processes_serve(rendered: dict[str, Pat
             where = (name, component)
             # The image's entrypoint is `ingest`; the arguments pick the role.
             assert "command" not in container, where
+            assert tuple(container["args"]) == ROLES[component], where
             args = _parser().parse_args(container["args"])
-            assert args.command == ROLES[component], where
+            assert args.command == ROLES[component][0], where
             # The edge: the API on INGEST_PORT and the probe listener; a
             # worker: the probe listener alone.
             expected = {"probes": settings.probe_port}
-            if ROLES[component] == "edge":
+            if ROLES[component][0] == "edge":
                 expected = {"http": settings.port} | expected
             assert {p["name"]: p["containerPort"] for p in container["ports"]} == expected, where
             assert settings.port != settings.probe_port, where
@@ -280,13 +310,14 @@ def test_probes_and_ports_match_what_the_processes_serve(rendered: dict[str, Pat
             # none routes to a worker.
             for service in services.values():
                 if service["spec"]["selector"].items() <= labels.items():
-                    assert ROLES[component] == "edge", (where, service["metadata"]["name"])
+                    assert ROLES[component][0] == "edge", (where, service["metadata"]["name"])
                     for port in service["spec"]["ports"]:
                         assert resolve_port(container, port["targetPort"]) == settings.port, where
         edge_services = [s for s in services.values() if s["spec"]["selector"].get(COMPONENT) == "edge"]
         assert edge_services, name
 
 
+@needs_streams
 def test_shutdown_fits_in_the_grace_period(rendered: dict[str, Path]) -> None:
     """Kubernetes runs preStop, then sends SIGTERM, and kills the pod when
     terminationGracePeriodSeconds (counted from the start) runs out: the
@@ -313,8 +344,8 @@ def test_every_container_is_locked_down(rendered: dict[str, Path]) -> None:
     assert image_user, "the Dockerfile's USER must be numeric for runAsNonRoot"
     for name, path in rendered.items():
         docs = load(path)
-        (account,) = named(docs, "ServiceAccount").values()
-        assert account["automountServiceAccountToken"] is False, name
+        for account in named(docs, "ServiceAccount").values():
+            assert account["automountServiceAccountToken"] is False, (name, account["metadata"]["name"])
         for where, spec in pod_specs(docs).items():
             pod = spec.get("securityContext", {})
             # No token, and no INGEST_*_SERVICE_HOST variables from Services
@@ -343,6 +374,11 @@ def test_secrets_are_referenced_never_included(rendered: dict[str, Path]) -> Non
     for name, path in rendered.items():
         docs = load(path)
         assert not [d for d in docs if d["kind"] == "Secret"], name
+        without_master_key = {
+            f"Deployment/{d['metadata']['name']}"
+            for component, d in ingest_deployments(docs).items()
+            if component in WITHOUT_MASTER_KEY
+        }
         for where, spec in pod_specs(docs).items():
             for container in spec["containers"]:
                 for var in container.get("env", []):
@@ -353,15 +389,48 @@ def test_secrets_are_referenced_never_included(rendered: dict[str, Path]) -> Non
                         assert urlsplit(var["value"]).password is None, at
                     if re.search(r"PASSWORD|SECRET|TOKEN", var["name"]):
                         assert "value" not in var, at
-                if name != "dev" and container["name"] == "ingest":
-                    refs = {
-                        v["name"]: v["valueFrom"]["secretKeyRef"]
-                        for v in container["env"]
-                        if "secretKeyRef" in v.get("valueFrom", {})
-                    }
-                    assert set(refs) == SECRET_SETTINGS, (name, where)
+                if container["name"] != "ingest":
+                    continue
+                refs = {
+                    v["name"]: v["valueFrom"]["secretKeyRef"]
+                    for v in container["env"]
+                    if "secretKeyRef" in v.get("valueFrom", {})
+                }
+                expected = SECRET_SETTINGS
+                if where in without_master_key:
+                    expected -= {"INGEST_AUTH_MASTER_KEY"}
+                    names = {v["name"] for v in container["env"]}
+                    assert "INGEST_AUTH_MASTER_KEY" not in names, (name, where)
+                if name != "dev":
+                    assert set(refs) == expected, (name, where)
                     # Production: a missing Secret keeps the pod from starting.
                     assert not [r for r in refs.values() if r.get("optional")], (name, where)
+
+
+def test_only_the_streams_worker_may_hold_aws_credentials(rendered: dict[str, Path]) -> None:
+    """AWS credentials reach one pod: the streams worker runs as its own
+    ServiceAccount, the one an IRSA role may be annotated on (the EKS webhook
+    then projects the STS token and sets AWS_ROLE_ARN, at admission); no
+    manifest sets an AWS_* variable or projects a token itself."""
+    for name, path in rendered.items():
+        docs = load(path)
+        accounts = named(docs, "ServiceAccount")
+        assert set(accounts) == {"ingest", AWS_SERVICE_ACCOUNT}, name
+        # The shared account never gets a role: every other pod would hold it.
+        annotations = accounts["ingest"]["metadata"].get("annotations", {})
+        assert not [k for k in annotations if k.startswith("eks.amazonaws.com/")], name
+        for owner in [d for d in docs if d["kind"] in ("Deployment", "Job")]:
+            template = owner["spec"]["template"]
+            spec = template["spec"]
+            where = (name, owner["metadata"]["name"])
+            streams = template["metadata"]["labels"].get(COMPONENT) == AWS_COMPONENT
+            assert (spec.get("serviceAccountName") == AWS_SERVICE_ACCOUNT) is streams, where
+            for volume in spec.get("volumes", []):
+                sources = volume.get("projected", {}).get("sources", [])
+                assert not [s for s in sources if "serviceAccountToken" in s], where
+            for container in spec.get("initContainers", []) + spec["containers"]:
+                aws = [v["name"] for v in container.get("env", []) if v["name"].startswith("AWS_")]
+                assert not aws, (where, aws)
 
 
 # Scaling
@@ -378,7 +447,7 @@ def test_workers_never_outnumber_partitions(rendered: dict[str, Path]) -> None:
             h["spec"]["scaleTargetRef"]["name"]: h for h in named(docs, "HorizontalPodAutoscaler").values()
         }
         for component, deployment in ingest_deployments(docs).items():
-            if ROLES[component] != "worker":
+            if ROLES[component][0] != "worker":
                 continue
             spec = deployment["spec"]
             surge = spec["strategy"]["rollingUpdate"]["maxSurge"]
@@ -395,6 +464,7 @@ def test_dev_runs_one_of_each_and_production_spreads_over_zones(rendered: dict[s
         "ingest-edge": 1,
         "ingest-endpoint-worker": 1,
         "ingest-kpi-worker": 1,
+        "ingest-stream-worker": 1,
         "dev-kafka": 1,
         "dev-postgres": 1,
     }
@@ -411,7 +481,7 @@ def test_dev_runs_one_of_each_and_production_spreads_over_zones(rendered: dict[s
         assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, component
         for constraint in spread:
             assert constraint["labelSelector"]["matchLabels"][COMPONENT] == component
-        if ROLES[component] == "worker":
+        if ROLES[component][0] == "worker":
             assert deployment["spec"]["replicas"] >= 3, component
     budgets = named(production, "PodDisruptionBudget")
     assert {b["spec"]["selector"]["matchLabels"][COMPONENT] for b in budgets.values()} == set(ROLES)
@@ -419,6 +489,7 @@ def test_dev_runs_one_of_each_and_production_spreads_over_zones(rendered: dict[s
     assert re.search(r":\d+\.\d+\.\d+$", edge["image"]), edge["image"]
 
 
+@needs_streams
 def test_network_policy_admits_the_http_port_and_reaches_dns_kafka_postgres(
     rendered: dict[str, Path],
 ) -> None:
@@ -447,6 +518,18 @@ def test_network_policy_admits_the_http_port_and_reaches_dns_kafka_postgres(
             if labels.get(COMPONENT) == "edge":
                 expected.append(("TCP", settings.port))
             assert sorted(admitted) == sorted(expected), where
+            # HTTPS out (AWS: Kinesis, Firehose, STS) for the streams worker
+            # alone: the policies that select a pod add up.
+            reaches_https = [
+                p
+                for selecting in policies.values()
+                if selecting["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+                for rule in selecting["spec"].get("egress", [])
+                for p in rule["ports"]
+                if p["port"] <= HTTPS_PORT <= p.get("endPort", p["port"])
+            ]
+            assert bool(reaches_https) is (labels.get(COMPONENT) == AWS_COMPONENT), where
+            assert all(p["protocol"] == "TCP" for p in reaches_https), where
         egress = [
             (p["port"], p.get("endPort", p["port"])) for r in policy["spec"]["egress"] for p in r["ports"]
         ]
@@ -462,6 +545,12 @@ def exported_metrics() -> dict[str, tuple[str, ...]]:
     registry = CollectorRegistry()
     consumer = ConsumerMetrics(registry)
     holders = [Metrics(registry), WorkerMetrics(registry, consumer), KpiWorkerMetrics(registry, consumer)]
+    # The streams worker's, once its branch is merged (which names the class
+    # StreamMetrics); until then the dashboard and the rules name metrics
+    # that do not exist yet (needs_streams).
+    streams = getattr(metrics_module, "StreamMetrics", None)
+    if streams is not None:
+        holders.append(streams(registry))
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
     found: dict[str, tuple[str, ...]] = {}
     for holder in [consumer, *holders]:
@@ -473,8 +562,12 @@ def exported_metrics() -> dict[str, tuple[str, ...]]:
     return found
 
 
-# Labels Prometheus adds to every scraped series.
-TARGET_LABELS = frozenset({"namespace", "pod", "instance", "job", "service", "container", "endpoint"})
+# Labels Prometheus adds to every scraped series, and the pod label the
+# PodMonitor copies onto them (podTargetLabels, sanitized).
+COMPONENT_TARGET_LABEL = "app_kubernetes_io_component"
+TARGET_LABELS = frozenset(
+    {"namespace", "pod", "instance", "job", "service", "container", "endpoint", COMPONENT_TARGET_LABEL}
+)
 
 
 def check_promql(expr: str, known: dict[str, tuple[str, ...]]) -> set[str]:
@@ -492,6 +585,7 @@ def check_promql(expr: str, known: dict[str, tuple[str, ...]]) -> set[str]:
     return used
 
 
+@needs_streams
 def test_monitoring_rules_alert_on_real_metrics(rendered: dict[str, Path]) -> None:
     docs = load(rendered[MONITORED])
     known = exported_metrics()
@@ -508,13 +602,24 @@ def test_monitoring_rules_alert_on_real_metrics(rendered: dict[str, Path]) -> No
         "ingest_consumer_lag_records": "",
         "ingest_endpoint_records_total": 'outcome="dead_lettered"',
         "ingest_kpi_events_total": 'outcome="dead_lettered"',
+        # parked event-stream destinations, and stream lag
+        "ingest_stream_parked_destinations": "",
+        "ingest_stream_lag_records": "",
     }
     for metric, matcher in wanted.items():
         assert [a for a in alerts.values() if metric in a["expr"] and matcher in a["expr"]], metric
-    deadletter = {"ingest_endpoint_records_total", "ingest_kpi_events_total"}
+    # The KPI and streams groups both read ingest.events: lag per component.
+    (lag,) = [a for a in alerts.values() if "ingest_consumer_lag_records" in a["expr"]]
+    assert re.search(rf"by \([^)]*\b{COMPONENT_TARGET_LABEL}\b", lag["expr"]), lag["expr"]
+    deadletter = {
+        "ingest_endpoint_records_total",
+        "ingest_kpi_events_total",
+        "ingest_stream_dead_lettered_records_total",
+    }
     assert [a for a in alerts.values() if deadletter <= set(re.findall(r"ingest_\w+", a["expr"]))]
 
 
+@needs_streams
 def test_monitoring_scrapes_every_process(rendered: dict[str, Path]) -> None:
     """A PodMonitor scrapes each edge and worker pod on its probe port (no
     Service carries that port), and nothing else."""
@@ -525,6 +630,9 @@ def test_monitoring_scrapes_every_process(rendered: dict[str, Path]) -> None:
     endpoints = monitor["spec"]["podMetricsEndpoints"]
     assert {e["port"] for e in endpoints} == {"probes"}
     assert {e["path"] for e in endpoints} == {"/metrics"}
+    # What the rules' and the dashboard's COMPONENT_TARGET_LABEL comes from.
+    assert monitor["spec"]["podTargetLabels"] == [COMPONENT], monitor["spec"]
+    assert re.sub(r"[^a-zA-Z0-9_]", "_", COMPONENT) == COMPONENT_TARGET_LABEL
 
     def selects(labels: dict[str, str]) -> bool:
         if not selector["matchLabels"].items() <= labels.items():
@@ -547,6 +655,7 @@ def test_monitoring_scrapes_every_process(rendered: dict[str, Path]) -> None:
     assert not selects(job["spec"]["template"]["metadata"]["labels"])
 
 
+@needs_streams
 def test_grafana_dashboard_shows_every_exported_metric(rendered: dict[str, Path]) -> None:
     source = json.loads((DEPLOY / "components" / "monitoring" / "grafana-dashboard.json").read_text())
     known = exported_metrics()
@@ -580,12 +689,15 @@ async def topic_partitions(bootstrap: str) -> dict[str, int]:
 
 
 def local_env(docs: list[dict[str, Any]], container: dict[str, Any], **local: str) -> dict[str, str]:
-    """The container's environment, less Secrets, pointed at this machine."""
+    """The container's environment, less Secrets, pointed at this machine,
+    running this tree's package: an editable install's path may name another
+    checkout (a shared virtualenv), whose code would not be the one tested."""
     env = {k: v for k, v in container_env(docs, container).items() if k not in SECRET_SETTINGS}
     loopback = {"INGEST_HOST": "127.0.0.1", "INGEST_PROBE_HOST": "127.0.0.1"}
-    return env | loopback | {"INGEST_STORE_URL": ""} | local
+    return env | loopback | {"INGEST_STORE_URL": "", "PYTHONPATH": str(ROOT)} | local
 
 
+@needs_streams
 def test_migration_job_migrates_the_store_and_creates_the_topics(
     rendered: dict[str, Path], broker: str, tmp_path: Path
 ) -> None:
@@ -631,10 +743,11 @@ def http_status(url: str) -> int:
         return 0
 
 
+@needs_streams
 def test_each_deployment_serves_its_probes_and_drains_within_grace(
     rendered: dict[str, Path], broker: str, tmp_path: Path
 ) -> None:
-    """The edge and both workers, started with their Deployment's arguments
+    """The edge and every worker, started with their Deployment's arguments
     and environment (on loopback, SQLite, this broker): the probe paths and
     the scrape path answer 200 on the probe listener and not on the API port
     (404 on the edge's; a worker opens none), and SIGTERM ends each with 0
@@ -681,7 +794,7 @@ def test_each_deployment_serves_its_probes_and_drains_within_grace(
             assert http_status(base + scrape) == 200, component
             # The API port serves the API alone; a worker listens on none
             # (0: the connection is refused).
-            api_only = 404 if ROLES[component] == "edge" else 0
+            api_only = 404 if ROLES[component][0] == "edge" else 0
             for path in ("/healthz", "/readyz", scrape):
                 assert http_status(f"http://127.0.0.1:{port}{path}") == api_only, (component, path)
         for process, _, _, _ in started.values():
