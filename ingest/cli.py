@@ -20,6 +20,7 @@ from ingest.settings import Settings
 
 if TYPE_CHECKING:
     from ingest.keys import AccessKey, MasterKey
+    from ingest.process import Mode
     from ingest.store.base import Store
 
 log = logging.getLogger("ingest")
@@ -78,9 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "role",
-        choices=["endpoints", "kpis"],
+        choices=["endpoints", "kpis", "streams"],
         help="endpoints: ingest.endpoints → the endpoint store; "
-        "kpis: ingest.events → deduplicated KPI aggregates",
+        "kpis: ingest.events → deduplicated KPI aggregates; "
+        "streams: ingest.events → each app's event stream (Kinesis, Firehose, Kafka)",
     )
     worker.add_argument("--host", help="probe listen address (INGEST_PROBE_HOST)")
     worker.add_argument("--port", type=int, help="probe and /metrics port (INGEST_PROBE_PORT)")
@@ -245,6 +247,14 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+# `ingest worker ROLE` → the process mode it runs.
+WORKER_MODES: dict[str, Mode] = {
+    "endpoints": "worker-endpoints",
+    "kpis": "worker-kpis",
+    "streams": "worker-streams",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -262,11 +272,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return uvloop.run(supervise(settings, status_file=args.status_file))
         if args.command in ("run", "edge", "worker"):
-            from ingest.process import Mode, serve
+            from ingest.process import serve
 
             mode: Mode = args.command
             if args.command == "worker":
-                mode = "worker-kpis" if args.role == "kpis" else "worker-endpoints"
+                mode = WORKER_MODES[args.role]
             reuse_port = getattr(args, "reuse_port", False)
             return uvloop.run(serve(settings, mode=mode, status_file=args.status_file, reuse_port=reuse_port))
         if args.command in ("keys", "identity-pools"):

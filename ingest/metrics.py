@@ -236,6 +236,76 @@ class KpiWorkerMetrics:
         )
 
 
+class StreamMetrics:
+    """The streams worker's metrics. ``destination`` is the stream's kind
+    (kinesis, firehose, kafka); ``reason`` a delivery failure's
+    (:data:`ingest.streams.aws.Reason`) or a dead letter's (too_large,
+    undecodable): closed sets, never ARNs."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # Counter: records a destination acknowledged.
+        self.delivered = Counter(
+            "ingest_stream_delivered_records",
+            "Event-stream records the destination acknowledged, by destination kind.",
+            ["destination"],
+            registry=registry,
+        )
+        # Counter: records sent again after a partial failure named them.
+        self.retried = Counter(
+            "ingest_stream_retried_records",
+            "Event-stream records sent again because the destination's answer named them as failed.",
+            ["destination"],
+            registry=registry,
+        )
+        # Counter: failed delivery calls and failed records, by reason.
+        self.failures = Counter(
+            "ingest_stream_failures",
+            "Event-stream delivery failures: whole calls and single records the destination refused, "
+            "by destination kind and reason (throttled, unavailable, not_found, access_denied, "
+            "credentials, invalid, other). Each is retried; none is dropped.",
+            ["destination", "reason"],
+            registry=registry,
+        )
+        # Counter: records sent to ingest.deadletter instead of the stream.
+        self.dead_lettered = Counter(
+            "ingest_stream_dead_lettered_records",
+            "Events dead-lettered instead of streamed, by destination kind and reason: too_large (over "
+            "the service's record limit as JSON) or undecodable.",
+            ["destination", "reason"],
+            registry=registry,
+        )
+        # Gauge: destinations parked now.
+        self.parked = Gauge(
+            "ingest_stream_parked_destinations",
+            "Stream targets that could not deliver for INGEST_STREAM_PARK_AFTER_S and wait, their apps' "
+            "events held (other targets deliver on), by destination kind.",
+            ["destination"],
+            registry=registry,
+        )
+        # Gauge: records left for the furthest-behind target of each kind.
+        self.lag = Gauge(
+            "ingest_stream_lag_records",
+            "Records of ingest.events past the furthest-behind target of each destination kind "
+            "(the fetch high watermark minus its next offset, over the worker's partitions).",
+            ["destination"],
+            registry=registry,
+        )
+        # Histogram: time of one delivery call that got an answer.
+        self.call_seconds = Histogram(
+            "ingest_stream_call_seconds",
+            "Time of one delivery call (PutRecords, PutRecordBatch, a Kafka produce) that was answered.",
+            ["destination"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        # Counter: failed reads of the stream configuration.
+        self.config_failures = Counter(
+            "ingest_stream_config_failures",
+            "Reads of the apps' event streams from the store that failed (the ones in hand are kept).",
+            registry=registry,
+        )
+
+
 class SupervisorMetrics:
     """`ingest run`'s own, beside its children's (``process`` is a role name
     of its configuration: ``edge-0`` … ``edge-N``, ``worker-endpoints``,

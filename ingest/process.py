@@ -26,7 +26,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -43,11 +43,21 @@ from ingest.kafka.broker import EmbeddedBroker
 from ingest.kafka.publish import Publisher
 from ingest.keys import KeyRing, MasterKey, bootstrap_admin
 from ingest.launch import Broker, Status, write_status
-from ingest.metrics import ConsumerMetrics, HttpMetrics, KpiWorkerMetrics, Metrics, WorkerMetrics
+from ingest.metrics import (
+    ConsumerMetrics,
+    HttpMetrics,
+    KpiWorkerMetrics,
+    Metrics,
+    StreamMetrics,
+    WorkerMetrics,
+)
 from ingest.records.codec import Codec
 from ingest.settings import Settings
 from ingest.store.backends import open_store
 from ingest.store.base import Store
+from ingest.streams.aws import AwsDelivery
+from ingest.streams.senders import FirehoseSender, KafkaSender, KinesisSender
+from ingest.streams.worker import StreamWorker
 from ingest.workers.consumer import Worker
 from ingest.workers.sinks import EndpointWorker, KpiSink
 
@@ -123,11 +133,24 @@ def http_server(
     return server.serving(host, port, drain_timeout_s, reuse_port=reuse_port)
 
 
-Mode = Literal["run", "edge", "worker-endpoints", "worker-kpis"]
+Mode = Literal["run", "edge", "worker-endpoints", "worker-kpis", "worker-streams"]
+
+
+class Role(Protocol):
+    """What a process runs a worker by (the store workers and the streams worker)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def store_condition(self) -> StoreCondition | None: ...
+    async def run(self) -> None: ...
+    def stop(self) -> None: ...
 
 
 @contextlib.asynccontextmanager
-async def running(workers: Sequence[Worker[Any]], stopping: asyncio.Event) -> AsyncIterator[None]:
+async def running(workers: Sequence[Role], stopping: asyncio.Event) -> AsyncIterator[None]:
     """The workers as owned tasks: on exit all are stopped together, so they
     drain side by side, and awaited (a worker's failure is raised then); if
     one dies early the whole process stops rather than serve without it."""
@@ -209,7 +232,53 @@ def workers_of(
     return built
 
 
-def _no_worker_has(workers: Sequence[Worker[Any]], condition: StoreCondition) -> bool:
+async def stream_worker(
+    stack: AsyncExitStack,
+    settings: Settings,
+    bootstrap: str,
+    *,
+    idempotence: bool,
+    store: Store,
+    codec: Codec,
+) -> StreamWorker:
+    """The streams worker, its AWS client and Kafka clients on ``stack``."""
+    aws = await stack.enter_async_context(
+        AwsDelivery(assume_role=settings.stream_assume_role, max_threads=settings.stream_aws_threads)
+    )
+    producer = clients.stream_producer(settings, bootstrap, idempotence=idempotence)
+    await clients.start_producer(producer)
+    stack.push_async_callback(producer.stop)
+    admin = clients.admin(settings, bootstrap, client_id="ingest-streams")
+    await admin.start()
+    stack.push_async_callback(admin.close)
+    kafka = KafkaSender(
+        producer,
+        admin,
+        partitions=settings.kafka_partitions,
+        replication_factor=settings.kafka_replication_factor,
+        timeout_s=settings.produce_timeout_s,
+    )
+    log.info(
+        "streams worker consuming %s as group %s (%s assuming each stream's role)",
+        clients.EVENTS_TOPIC,
+        clients.STREAMS_GROUP,
+        "" if settings.stream_assume_role else "not",
+    )
+    return StreamWorker(
+        clients.consumer(settings, bootstrap, group_id=clients.STREAMS_GROUP),
+        clients.deadletter_producer(settings, bootstrap, idempotence=idempotence),
+        store,
+        codec=codec,
+        senders={"kinesis": KinesisSender(aws), "firehose": FirehoseSender(aws), "kafka": kafka},
+        metrics=StreamMetrics(REGISTRY),
+        max_records=settings.worker_max_records,
+        drain_timeout_s=settings.drain_timeout_s,
+        config_refresh_s=settings.stream_config_refresh_s,
+        park_after_s=settings.stream_park_after_s,
+    )
+
+
+def _no_worker_has(workers: Sequence[Role], condition: StoreCondition) -> bool:
     return all(worker.store_condition != condition for worker in workers)
 
 
@@ -304,7 +373,7 @@ async def kafka_of(stack: AsyncExitStack, settings: Settings, mode: Mode) -> tup
                 storage=settings.embedded_storage,
                 directory=settings.data_dir / "kafka",
                 retain={
-                    clients.EVENTS_TOPIC: (clients.KPIS_GROUP,),
+                    clients.EVENTS_TOPIC: (clients.KPIS_GROUP, clients.STREAMS_GROUP),
                     clients.ENDPOINTS_TOPIC: (clients.ENDPOINTS_GROUP,),
                 },
             )
@@ -349,7 +418,15 @@ async def serve(
         log.info("store: %s", _redacted(settings.store_url) or f"SQLite at {settings.sqlite_path}")
         codec = Codec()
 
-        workers = workers_of(mode, settings, bootstrap, idempotence=idempotence, store=store, codec=codec)
+        workers: list[Role] = [
+            *workers_of(mode, settings, bootstrap, idempotence=idempotence, store=store, codec=codec)
+        ]
+        if mode in ("run", "worker-streams"):
+            streams = await stream_worker(
+                stack, settings, bootstrap, idempotence=idempotence, store=store, codec=codec
+            )
+            workers.append(streams)
+            probes.degraded.append(streams.degraded)
         if workers:
             # Entered before the publisher, so they exit after it: the workers
             # drain what the edge produced before the broker stops.

@@ -136,6 +136,24 @@ class Settings:
     # one stored mark per event of the window.
     dedupe_retention_days: int = 7
 
+    # Streams worker (event streams). How often it reads which app streams
+    # where; a record that arrived after the last read has it read again
+    # before the record is passed over, so this bounds only how soon a
+    # change to a stream is seen when no new records come.
+    stream_config_refresh_s: float = 2.0
+    # A destination that keeps failing this long is parked: its apps'
+    # events wait (nothing is dropped) while every other stream delivers on.
+    # Long enough to ride out a throttling burst, short enough that other
+    # apps' streams barely notice.
+    stream_park_after_s: float = 10.0
+    # Deliver to Kinesis and Firehose as the stream's RoleArn (STS
+    # AssumeRole with the process's own credentials), as Pinpoint did; off,
+    # the process's own credentials deliver (one account, no cross-account
+    # roles).
+    stream_assume_role: bool = True
+    # Calls to AWS in flight at once (botocore runs in a thread each).
+    stream_aws_threads: int = 8
+
     # Store. ``None`` means SQLite at ``{data_dir}/ingest.sqlite3``.
     store_url: str | None = None
 
@@ -256,6 +274,16 @@ class Settings:
             "worker_stall_timeout_s",
             "> 0 and <= 86400",
         )
+        _check(
+            self.stream_config_refresh_s,
+            0 < self.stream_config_refresh_s <= 3600,
+            "stream_config_refresh_s",
+            "> 0 and <= 3600",
+        )
+        _check(
+            self.stream_park_after_s, 0 <= self.stream_park_after_s <= 3600, "stream_park_after_s", "0-3600"
+        )
+        _check(self.stream_aws_threads, 1 <= self.stream_aws_threads <= 256, "stream_aws_threads", "1-256")
         _check(self.dedupe_retention_days, self.dedupe_retention_days >= 1, "dedupe_retention_days", ">= 1")
         _check(self.drain_timeout_s, self.drain_timeout_s > 0, "drain_timeout_s", "> 0")
         _check(self.app_cache_ttl_s, self.app_cache_ttl_s >= 0, "app_cache_ttl_s", ">= 0")

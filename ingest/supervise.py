@@ -13,8 +13,8 @@ brings the store's schema up to date, and then supervises:
   process keeps the port bound (never listening, so it takes no
   connections): port 0 names one port for all of them, and no other program
   takes it while an edge restarts.
-- ``worker-endpoints`` and ``worker-kpis``: `ingest worker endpoints` and
-  `ingest worker kpis`.
+- ``worker-endpoints``, ``worker-kpis`` and ``worker-streams``: `ingest
+  worker endpoints`, `ingest worker kpis` and `ingest worker streams`.
 
 Each child runs in a session of its own (a terminal's Ctrl-C reaches only
 this process, which then drains in order), is killed by the kernel if this
@@ -23,7 +23,8 @@ process's stderr, every line naming it.
 
 **Readiness**: this process's /readyz answers 200 once every child's
 /readyz does (each polled every READY_POLL_S) and this process is neither
-starting nor draining; it names the first child that is not ready.
+starting nor draining; it names the first child that is not ready, and
+lists under ``degraded`` what each child lists (a parked event stream).
 **Metrics**: this process's /metrics is its own registry and every child's
 /metrics, fetched when scraped, each sample labelled with the process that
 reported it (``process="run"``, ``"edge-0"``, ``"worker-kpis"`` …).
@@ -107,6 +108,7 @@ class Supervised:
         self.probes: tuple[str, int] | None = None
         self.ready = False
         self.reason = "starting"  # why it is not ready, as its /readyz said
+        self.degraded: list[str] = []  # what its /readyz said is degraded
         self.started_at = 0.0
 
     @property
@@ -167,7 +169,7 @@ class Supervised:
             try:
                 code, body = await _get(self.probes, "/readyz", max_bytes=64 * 1024)
                 self.ready = code == 200
-                self.reason = _reason(body)
+                self.reason, self.degraded = _reason(body)
             except (OSError, TimeoutError, ValueError):
                 # Not answering (starting, stuck or gone): not ready.
                 self.ready, self.reason = False, "its /readyz does not answer"
@@ -193,13 +195,16 @@ class Supervised:
         return process.returncode
 
 
-def _reason(body: bytes) -> str:
-    """The reason a /readyz answer gives (ingest.api.probes), or a stand-in."""
+def _reason(body: bytes) -> tuple[str, list[str]]:
+    """The reason a /readyz answer gives (ingest.api.probes), or a stand-in;
+    and what it lists as degraded."""
     try:
-        reason = orjson.loads(body).get("reason")
+        answer = orjson.loads(body)
+        reason, degraded = answer.get("reason"), answer.get("degraded")
     except (orjson.JSONDecodeError, AttributeError):
-        reason = None
-    return str(reason) if reason else "not ready"
+        reason, degraded = None, None
+    notes = [str(note) for note in degraded[:100]] if isinstance(degraded, list) else []
+    return (str(reason) if reason else "not ready"), notes
 
 
 async def _get(address: tuple[str, int], path: str, *, max_bytes: int) -> tuple[int, bytes]:
@@ -454,7 +459,11 @@ def children_of(settings: Settings, *, bootstrap: str, idempotence: bool, port: 
     roles: list[tuple[str, list[str]]] = [
         (f"edge-{index}", ["edge", "--reuse-port"]) for index in range(settings.edge_process_count)
     ]
-    roles += [("worker-endpoints", ["worker", "endpoints"]), ("worker-kpis", ["worker", "kpis"])]
+    roles += [
+        ("worker-endpoints", ["worker", "endpoints"]),
+        ("worker-kpis", ["worker", "kpis"]),
+        ("worker-streams", ["worker", "streams"]),
+    ]
     children = []
     for name, command in roles:
         status_path = run_dir / f"{name}.json"
@@ -495,7 +504,7 @@ async def supervise(settings: Settings, *, status_file: Path | None = None) -> i
                 write_status(status_file, status())
 
         log.info(
-            "supervising %d edge processes on http://%s and the two workers",
+            "supervising %d edge processes on http://%s and the three workers",
             settings.edge_process_count,
             api,
         )
@@ -504,12 +513,15 @@ async def supervise(settings: Settings, *, status_file: Path | None = None) -> i
         )
         probes.render = supervisor.render_metrics
         probes.explain = functools.partial(_not_ready, children)
+        probes.degraded.append(lambda: [f"{c.name}: {note}" for c in children for note in c.degraded])
         settle_gc()
         if status_file is not None:
             changed()
             stack.callback(status_file.unlink, missing_ok=True)
         checks.remove(STARTING)
-        log.info("edge listening on http://%s (the Pinpoint API, %d processes)", api, len(children) - 2)
+        log.info(
+            "edge listening on http://%s (the Pinpoint API, %d processes)", api, settings.edge_process_count
+        )
         await stopping.wait()
         log.info("draining: the edges first, then the workers, then the broker")
     if not supervisor.clean:

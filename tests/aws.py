@@ -454,6 +454,11 @@ class FaultyKinesis:
         with self._lock:
             self._state.faults.append(_Fault(status, code, message or f"injected {code}", count))
 
+    def fail_records(self, fault: RecordFault) -> None:
+        """From now on, fail the PutRecords records ``fault`` picks (see ``record_fault``)."""
+        with self._lock:
+            self._state.record_fault = fault
+
     def clear_faults(self) -> None:
         with self._lock:
             self._state.faults.clear()

@@ -33,8 +33,8 @@ from tests.samples import samples_named
 
 # With the embedded broker `ingest run` takes one edge (ingest/settings.py
 # says why); the two-edge test brings a broker of its own.
-ROLES = ("edge-0", "worker-endpoints", "worker-kpis")
-TWO_EDGES = ("edge-0", "edge-1", "worker-endpoints", "worker-kpis")
+ROLES = ("edge-0", "worker-endpoints", "worker-kpis", "worker-streams")
+TWO_EDGES = ("edge-0", "edge-1", "worker-endpoints", "worker-kpis", "worker-streams")
 # A restart: the backoff's first step (0.5 s) plus an interpreter's start-up,
 # on a CI machine running other tests beside this one.
 RESTART_WITHIN_S = 60.0
@@ -218,7 +218,7 @@ def test_sigkill_of_the_parent_leaves_no_process_behind(tmp_path: Path) -> None:
     tree = set(cpu.sample(running.process.pid).processes) - {running.process.pid}
     status = status_of(running)
     assert {child.pid for child in status.children} <= tree and status.broker is not None
-    assert status.broker.pid in tree and len(tree) >= 5, tree  # 3 children, tansu, s3rver
+    assert status.broker.pid in tree and len(tree) >= 6, tree  # 4 children, tansu, s3rver
     running.stop(signal.SIGKILL)
     eventually(lambda: {pid for pid in tree if alive(pid)}, lambda left: not left, "every child gone")
 

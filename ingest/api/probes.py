@@ -41,6 +41,10 @@ class Probes:
         # Asked when every check holds: a reason that is not fixed text (a
         # supervisor's: which child is not ready, and why it says so).
         self.explain = explain
+        # What is wrong but does not make the process unready (an event
+        # stream's destination down: its events wait, the rest flows), said
+        # in /readyz's answer under "degraded".
+        self.degraded: list[Callable[[], Sequence[str]]] = []
 
     def failing(self) -> str | None:
         """The first failing check's reason, or None when ready."""
@@ -60,9 +64,13 @@ class Probes:
 
     async def readyz(self, request: Request) -> Response:
         reason = self.failing()
-        if reason is None:
-            return json_response(200, {"status": "ready"})
-        return json_response(503, {"status": "not ready", "reason": reason})
+        answer: dict[str, object] = (
+            {"status": "ready"} if reason is None else {"status": "not ready", "reason": reason}
+        )
+        degraded = [note for notes in self.degraded for note in notes()]
+        if degraded:
+            answer["degraded"] = degraded
+        return json_response(200 if reason is None else 503, answer)
 
     async def metrics(self, request: Request) -> Response:
         if self.render is not None:

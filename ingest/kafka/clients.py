@@ -22,6 +22,7 @@ DEADLETTER_TOPIC = "ingest.deadletter"
 # Consumer groups: one per worker role, each reading its topic in full.
 ENDPOINTS_GROUP = "ingest-endpoints"
 KPIS_GROUP = "ingest-kpis"
+STREAMS_GROUP = "ingest-streams"
 # The dead-letter topic is unkeyed and low-volume: one partition keeps it in
 # the order records failed.
 DEADLETTER_PARTITIONS = 1
@@ -88,18 +89,35 @@ def deadletter_producer(settings: Settings, bootstrap: str, *, idempotence: bool
     )
 
 
+def stream_producer(settings: Settings, bootstrap: str, *, idempotence: bool) -> AIOKafkaProducer:
+    """The streams worker's producer, for streams to Kafka topics: acks=all."""
+    return AIOKafkaProducer(
+        **connection_options(settings, bootstrap),
+        acks="all",
+        enable_idempotence=idempotence,
+        compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
+        linger_ms=settings.kafka_linger_ms,
+        request_timeout_ms=settings.kafka_request_timeout_ms,
+        client_id="ingest-streams",
+    )
+
+
+def admin(settings: Settings, bootstrap: str, *, client_id: str) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**connection_options(settings, bootstrap), client_id=client_id)
+
+
 async def ensure_topics(settings: Settings, bootstrap: str) -> None:
     """Create the three topics if missing; check both main topics have the same
     partition count (one worker must own all of an endpoint's history)."""
-    admin = AIOKafkaAdminClient(**connection_options(settings, bootstrap), client_id="ingest-setup")
+    setup = admin(settings, bootstrap, client_id="ingest-setup")
     wanted = {
         EVENTS_TOPIC: settings.kafka_partitions,
         ENDPOINTS_TOPIC: settings.kafka_partitions,
         DEADLETTER_TOPIC: DEADLETTER_PARTITIONS,
     }
     try:
-        await admin.start()
-        existing = set(await admin.list_topics())
+        await setup.start()
+        existing = set(await setup.list_topics())
         missing = [
             NewTopic(name, count, settings.kafka_replication_factor)
             for name, count in wanted.items()
@@ -107,15 +125,15 @@ async def ensure_topics(settings: Settings, bootstrap: str) -> None:
         ]
         if missing:
             try:
-                await admin.create_topics(missing)
+                await setup.create_topics(missing)
             except TopicAlreadyExistsError:
                 log.info("topics were created concurrently by another process")
             log.info("created topics %s", ", ".join(t.name for t in missing))
-        described = await admin.describe_topics([EVENTS_TOPIC, ENDPOINTS_TOPIC])
+        described = await setup.describe_topics([EVENTS_TOPIC, ENDPOINTS_TOPIC])
     except KafkaError as exc:
         raise BrokerError(f"could not set up topics on {bootstrap}: {exc!r}") from exc
     finally:
-        await admin.close()
+        await setup.close()
     counts = {d["topic"]: len(d["partitions"]) for d in described}
     if counts.get(EVENTS_TOPIC) != counts.get(ENDPOINTS_TOPIC):
         raise BrokerError(

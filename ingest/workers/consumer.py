@@ -199,11 +199,7 @@ class Worker(Generic[R]):
         log.warning("%s worker drain deadline passed before the end of its partitions", self.name)
 
     async def _caught_up(self) -> bool:
-        for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            if high is None or await self._consumer.position(tp) < high:
-                return False
-        return True
+        return await caught_up(self._consumer)
 
     async def _settle(self) -> None:
         """Wait for the batch being written (and committed), if any. Its
@@ -413,17 +409,31 @@ class Worker(Generic[R]):
                 await self._dead_letter(origin, f"cannot apply: {exc!r}")
 
     async def _dead_letter(self, message: ConsumerRecord[Any, Any], reason: str) -> None:
-        headers = [
-            ("ingest-reason", reason.encode()),
-            ("ingest-origin-topic", message.topic.encode()),
-            ("ingest-origin-partition", str(message.partition).encode()),
-            ("ingest-origin-offset", str(message.offset).encode()),
-        ]
-        await self._deadletter.send_and_wait(
-            DEADLETTER_TOPIC, message.value, key=message.key, headers=headers
-        )
+        await dead_letter(self._deadletter, message, reason)
         self._metrics.records.labels("dead_lettered").inc()
-        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
+
+
+async def caught_up(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the consumer's position is at the high watermark of every
+    partition it has (as of the last fetch; Tansu's end_offsets() is wrong)."""
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None or await consumer.position(tp) < high:
+            return False
+    return True
+
+
+async def dead_letter(producer: AIOKafkaProducer, message: ConsumerRecord[Any, Any], reason: str) -> None:
+    """``message`` to ``ingest.deadletter`` as it was, with the reason and
+    its origin (topic, partition, offset) in headers."""
+    headers = [
+        ("ingest-reason", reason.encode()),
+        ("ingest-origin-topic", message.topic.encode()),
+        ("ingest-origin-partition", str(message.partition).encode()),
+        ("ingest-origin-offset", str(message.offset).encode()),
+    ]
+    await producer.send_and_wait(DEADLETTER_TOPIC, message.value, key=message.key, headers=headers)
+    log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, reason)
 
 
 class _FinishWritesOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
