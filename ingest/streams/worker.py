@@ -495,7 +495,6 @@ class StreamWorker:
                 return
         log.warning("stream worker drain deadline passed before the end of its partitions")
 
-
     async def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """Before the group takes ``partitions`` away: let the poll in hand
         finish (it commits), then forget them; whoever gets them next reads
