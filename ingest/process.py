@@ -259,10 +259,10 @@ async def stream_worker(
         timeout_s=settings.produce_timeout_s,
     )
     log.info(
-        "streams worker consuming %s as group %s (%s assuming each stream's role)",
+        "streams worker consuming %s as group %s (AWS destinations: %s)",
         clients.EVENTS_TOPIC,
         clients.STREAMS_GROUP,
-        "" if settings.stream_assume_role else "not",
+        "as each stream's role" if settings.stream_assume_role else "with this process's own credentials",
     )
     return StreamWorker(
         clients.consumer(settings, bootstrap, group_id=clients.STREAMS_GROUP),
@@ -275,6 +275,7 @@ async def stream_worker(
         drain_timeout_s=settings.drain_timeout_s,
         config_refresh_s=settings.stream_config_refresh_s,
         park_after_s=settings.stream_park_after_s,
+        allowed_accounts=settings.stream_accounts,
     )
 
 

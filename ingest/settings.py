@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,12 @@ class Settings:
     stream_assume_role: bool = True
     # Calls to AWS in flight at once (botocore runs in a thread each).
     stream_aws_threads: int = 8
+    # The AWS accounts (12-digit IDs, comma-separated) whose Kinesis and
+    # Firehose streams and IAM roles an event stream may name; empty: any.
+    # The worker's AWS identity can assume whatever roles trust it, so on a
+    # deployment shared by several teams this keeps one team's admin from
+    # pointing its app's events at a stream, or a role, of another account.
+    stream_allowed_accounts: str = ""
 
     # Store. ``None`` means SQLite at ``{data_dir}/ingest.sqlite3``.
     store_url: str | None = None
@@ -284,6 +291,12 @@ class Settings:
             self.stream_park_after_s, 0 <= self.stream_park_after_s <= 3600, "stream_park_after_s", "0-3600"
         )
         _check(self.stream_aws_threads, 1 <= self.stream_aws_threads <= 256, "stream_aws_threads", "1-256")
+        _check(
+            self.stream_allowed_accounts,
+            all(re.fullmatch(r"[0-9]{12}", a) for a in self.stream_accounts),
+            "stream_allowed_accounts",
+            "comma-separated 12-digit AWS account IDs",
+        )
         _check(self.dedupe_retention_days, self.dedupe_retention_days >= 1, "dedupe_retention_days", ">= 1")
         _check(self.drain_timeout_s, self.drain_timeout_s > 0, "drain_timeout_s", "> 0")
         _check(self.app_cache_ttl_s, self.app_cache_ttl_s >= 0, "app_cache_ttl_s", ">= 0")
@@ -349,6 +362,11 @@ class Settings:
         if self.edge_processes is not None:
             return self.edge_processes
         return 1 if self.kafka_bootstrap is None else len(os.sched_getaffinity(0))
+
+    @property
+    def stream_accounts(self) -> frozenset[str]:
+        """``stream_allowed_accounts`` as a set; empty: any account."""
+        return frozenset(a.strip() for a in self.stream_allowed_accounts.split(",") if a.strip())
 
     @property
     def sqlite_path(self) -> Path:

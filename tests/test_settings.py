@@ -51,6 +51,7 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_STREAM_PARK_AFTER_S": ("3", 3.0),
     "INGEST_STREAM_ASSUME_ROLE": ("false", False),
     "INGEST_STREAM_AWS_THREADS": ("4", 4),
+    "INGEST_STREAM_ALLOWED_ACCOUNTS": ("123456789012", "123456789012"),
     "INGEST_DEDUPE_RETENTION_DAYS": ("30", 30),
     "INGEST_STORE_URL": ("postgresql://127.0.0.1/ingest", "postgresql://127.0.0.1/ingest"),
     "INGEST_AUTH": ("off", "off"),

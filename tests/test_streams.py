@@ -27,6 +27,7 @@ from ingest.records.codec import schema_dir
 from ingest.streams.record import SCHEMA_FILE
 from tests import aws
 from tests.conftest import Pipeline, eventually, start_pipeline
+from tests.samples import metric
 
 ROLE = f"arn:aws:iam::{aws.MOTO_ACCOUNT}:role/pinpoint-events"
 ACCOUNT = aws.MOTO_ACCOUNT
@@ -158,6 +159,8 @@ def kafka_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
             if topic not in await consumer.topics():
                 return []
             partitions = sorted(consumer.partitions_for_topic(topic) or ())
+            if not partitions:  # created, its metadata not in yet
+                return []
             tps = [TopicPartition(topic, p) for p in partitions]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
@@ -288,12 +291,44 @@ def test_a_destination_down_holds_back_only_its_apps_then_delivers_everything(
         )
         assert "worker-streams" in degraded[0] and "kinesis" in degraded[0]
         assert readyz(streaming)["status"] == "ready"  # the pipeline serves on
+        # And in metrics: parked, failing as unavailable, behind.
+        assert metric(streaming, 'ingest_stream_parked_destinations{destination="kinesis"}') == 1
+        assert (
+            metric(streaming, 'ingest_stream_failures_total{destination="kinesis",reason="unavailable"}') > 0
+        )
+        eventually(
+            lambda: metric(streaming, 'ingest_stream_lag_records{destination="kinesis"}'),
+            lambda lag: lag >= len(held),
+            "the parked stream's lag",
+        )
         held |= put_events(streaming, down_app, endpoints=2, per_endpoint=20, first=40)
     finally:
         kinesalite.start()
     records = until_records(lambda: kinesis_records(kinesalite, name), held, "everything once it is back")
     check_records(records, down_app, held)
     eventually(lambda: readyz(streaming).get("degraded", []), lambda notes: not notes, "no longer degraded")
+    assert metric(streaming, 'ingest_stream_parked_destinations{destination="kinesis"}') == 0
+
+
+def test_throttled_and_unavailable_calls_back_off_and_lose_nothing(
+    streaming: Pipeline, kinesalite: aws.Kinesalite, faulty: aws.FaultyKinesis
+) -> None:
+    name = kinesalite.create_stream(shards=1)
+    app_id = new_app(streaming)
+    stream(streaming, app_id, f"arn:aws:kinesis:{aws.REGION}:{ACCOUNT}:stream/{name}")
+    throttled = 'ingest_stream_failures_total{destination="kinesis",reason="throttled"}'
+    before = metric(streaming, throttled)
+    # Whole calls refused: throttled three times, then a 503, then through.
+    faulty.fail_calls(400, "ProvisionedThroughputExceededException", count=3)
+    faulty.fail_calls(503, "ServiceUnavailableException", count=1)
+    try:
+        accepted = put_events(streaming, app_id, endpoints=2, per_endpoint=30)
+        records = until_records(lambda: kinesis_records(kinesalite, name), accepted, "every event in Kinesis")
+    finally:
+        faulty.clear_faults()
+    check_records(records, app_id, accepted)
+    assert metric(streaming, throttled) - before >= 3
+    assert len(records) == len(accepted)  # refused calls delivered nothing, so nothing twice
 
 
 def test_the_worker_sigkilled_mid_batch_loses_nothing(

@@ -156,7 +156,12 @@ class Edge:
         )
         kpis = KpiReads(store, cache)
         body_limit = settings.max_body_bytes
-        streams = EventStreams(store=store, apps=cache, max_body_bytes=body_limit)
+        streams = EventStreams(
+            store=store,
+            apps=cache,
+            max_body_bytes=body_limit,
+            allowed_accounts=settings.stream_accounts,
+        )
         tags = Tags(store=store, apps=cache, max_body_bytes=body_limit)
         app_settings = AppSettings(store=store, apps=cache, max_body_bytes=body_limit)
         self._router = Router(

@@ -29,15 +29,23 @@ ANONYMOUS = "anonymous"
 class EventStreams:
     """The three event stream operations."""
 
-    def __init__(self, *, store: Store, apps: AppCache, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        apps: AppCache,
+        max_body_bytes: int,
+        allowed_accounts: frozenset[str] = frozenset(),
+    ) -> None:
         self._store = store
         self._apps = apps
         self._max_body_bytes = max_body_bytes
+        self._allowed_accounts = allowed_accounts
 
     async def put_event_stream(self, request: Request) -> Response:
         app_id = request.params["app"]
         body = validate.json_body(await request.body(self._max_body_bytes))
-        destination_arn, role_arn, external_id = write_event_stream(body)
+        destination_arn, role_arn, external_id = write_event_stream(body, self._allowed_accounts)
         principal = request.principal
         stream = EventStream(
             app_id=app_id,
@@ -70,11 +78,14 @@ class EventStreams:
         return json_response(200, event_stream_response(stream))
 
 
-def write_event_stream(body: Any) -> tuple[str, str, str | None]:
+def write_event_stream(
+    body: Any, allowed_accounts: frozenset[str] = frozenset()
+) -> tuple[str, str, str | None]:
     """A ``WriteEventStream`` body → (DestinationStreamArn, RoleArn,
     ExternalId or None). ExternalId is no longer in Pinpoint's model, but
     older clients send it. Other members are ignored, as Pinpoint does.
-    BadRequest naming the member and, for an ARN, the accepted forms."""
+    BadRequest naming the member and, for an ARN, the accepted forms (or
+    the account ``allowed_accounts`` leaves out)."""
     if type(body) is not dict:
         raise BadRequest("Request body must be a JSON object (WriteEventStream)")
     fields: list[str] = []
@@ -88,8 +99,9 @@ def write_event_stream(body: Any) -> tuple[str, str, str | None]:
     if external_id is not None and type(external_id) is not str:
         raise BadRequest("ExternalId must be a string")
     try:
-        destinations.parse(destination_arn)
+        destination = destinations.parse(destination_arn)
         destinations.check_role(role_arn)
+        destinations.check_accounts(destination, role_arn, allowed_accounts)
         if external_id is not None:
             destinations.check_external_id(external_id)
     except DestinationError as exc:

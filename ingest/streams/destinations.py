@@ -117,3 +117,18 @@ def check_external_id(external_id: str) -> None:
     """DestinationError unless ``external_id`` is one STS AssumeRole takes."""
     if _EXTERNAL_ID.fullmatch(external_id) is None:
         raise DestinationError("ExternalId must be 2-1224 characters of letters, digits and +=,.@:/-")
+
+
+def check_accounts(destination: Destination, role_arn: str, allowed: frozenset[str]) -> None:
+    """DestinationError unless an AWS destination and its role are in the
+    ``allowed`` accounts (empty: any). A Kafka topic is the pipeline's own,
+    whatever account its ARN names."""
+    if not allowed or destination.kind == "kafka":
+        return
+    role_account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
+    for what, account in (("DestinationStreamArn", destination.account), ("RoleArn", role_account)):
+        if account not in allowed:
+            raise DestinationError(
+                f"{what} names account {account}, which this deployment does not stream to "
+                "(INGEST_STREAM_ALLOWED_ACCOUNTS)"
+            )

@@ -43,7 +43,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +58,7 @@ from ingest.records.codec import Codec
 from ingest.store.base import EventStream, Store
 from ingest.streams import record
 from ingest.streams.aws import RecordFailure
-from ingest.streams.destinations import DestinationError, Kind, parse
+from ingest.streams.destinations import DestinationError, Kind, check_accounts, parse
 from ingest.streams.senders import LIMITS, Item, Sender, Target, chunks
 from ingest.workers.consumer import POLL_TIMEOUT_MS, caught_up, dead_letter
 
@@ -95,11 +95,13 @@ class Lane:
         return self.target.destination.kind
 
 
-def target_of(stream: EventStream) -> Target | None:
+def target_of(stream: EventStream, allowed_accounts: frozenset[str] = frozenset()) -> Target | None:
     """The target a stored stream names; None if it no longer parses (a
-    stream stored by a version with other rules), which is logged."""
+    stream stored by a version with other rules) or names an account no
+    longer allowed, which is logged."""
     try:
         destination = parse(stream.destination_arn)
+        check_accounts(destination, stream.role_arn, allowed_accounts)
     except DestinationError as exc:
         log.warning("event stream of app %s is not deliverable: %s", stream.app_id, exc)
         return None
@@ -137,7 +139,8 @@ class StreamWorker:
         drain_timeout_s: float,
         config_refresh_s: float,
         park_after_s: float,
-        wall_ms: Any = None,
+        allowed_accounts: frozenset[str] = frozenset(),
+        wall_ms: Callable[[], int] | None = None,
     ) -> None:
         self._consumer = consumer
         self._deadletter = deadletter
@@ -149,6 +152,7 @@ class StreamWorker:
         self._drain_timeout_s = drain_timeout_s
         self._config_refresh_s = config_refresh_s
         self._park_after_s = park_after_s
+        self._allowed_accounts = allowed_accounts
         self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self._stopping = asyncio.Event()
         self._started = False
@@ -219,7 +223,7 @@ class StreamWorker:
             return False
         found: dict[str, Target] = {}
         for stream in streams:
-            target = target_of(stream)
+            target = target_of(stream, self._allowed_accounts)
             if target is not None:
                 found[stream.app_id] = target
         self._streams = found
