@@ -26,18 +26,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--part",
-        choices=["write", "endpoints", "kpis", "overload"],
+        choices=["write", "endpoints", "kpis", "overload", "streams"],
         default="write",
         help="write: the write path (default): the pure core, raw aiokafka, the publisher, and the edge "
         "over HTTP; endpoints: the endpoint worker per store, and freshness; kpis: the KPI worker per "
         "store, and what the store keeps per event; overload: the edge offered 4x its saturation, "
-        "429 and accepted latencies and RSS",
+        "429 and accepted latencies and RSS; streams: one streams worker to a Kafka topic and to Kinesis "
+        "(kinesalite) beside its decode+convert ceiling and the KPI worker",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement (write)")
     parser.add_argument(
         "--concurrency", type=int, default=32, help="HTTP connections for the edge run (write)"
     )
     parser.add_argument("--records", type=int, default=100_000, help="upserts or events for a worker part")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the measurements taken in turn (streams)"
+    )
     parser.add_argument("--postgres", help="also measure the worker on this PostgreSQL URL (worker parts)")
     return parser
 
@@ -59,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.kpis import bench_kpis
 
         return uvloop.run(bench_kpis(settings, records=args.records, postgres_url=args.postgres))
+    if args.part == "streams":
+        from bench.streams import bench_streams
+
+        return uvloop.run(bench_streams(settings, records=args.records, rounds=args.rounds))
     if args.part == "overload":
         from bench.overload import bench_overload
 

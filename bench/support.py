@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import orjson
@@ -28,7 +28,6 @@ from ingest.launch import Launched, launch
 from ingest.settings import Settings
 from ingest.store.backends import open_store
 from ingest.store.base import Store
-from ingest.workers.consumer import Worker
 from load.credentials import Key, from_file
 from load.sigv4 import CONTENT_TYPE, Signer, canonical_query
 
@@ -41,6 +40,15 @@ CLI_TIMEOUT_S = 60.0
 # at 5 ms that took 4 % of the worker's CPU; 20 ms errs under 1 % on a
 # drain of seconds.
 POLL_S = 0.02
+
+
+class Drains(Protocol):
+    """A worker a drain is timed on: the store workers' ``Worker`` and the
+    ``StreamWorker`` alike."""
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -108,7 +116,7 @@ async def produce(bootstrap: str, settings: Settings, records: Sequence[tuple[st
         await producer.stop()
 
 
-async def time_drain(worker: Worker[Any], done: Callable[[], float], count: int) -> tuple[float, float]:
+async def time_drain(worker: Drains, done: Callable[[], float], count: int) -> tuple[float, float]:
     """Run ``worker`` until ``done()`` (records it has finished) reaches
     ``count``, timed from its first finished record (the group join is not
     timed); → (records/s, CPU-ms of this process per 1,000 records)."""

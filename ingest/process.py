@@ -240,8 +240,12 @@ async def stream_worker(
     idempotence: bool,
     store: Store,
     codec: Codec,
+    registry: CollectorRegistry = REGISTRY,
+    group_id: str = clients.STREAMS_GROUP,
 ) -> StreamWorker:
-    """The streams worker, its AWS client and Kafka clients on ``stack``."""
+    """The streams worker, its AWS client and Kafka clients on ``stack``; its
+    metrics in ``registry``, its consumer in group ``group_id`` (a bench gives
+    each drain a registry and a group of its own)."""
     aws = await stack.enter_async_context(
         AwsDelivery(assume_role=settings.stream_assume_role, max_threads=settings.stream_aws_threads)
     )
@@ -261,16 +265,16 @@ async def stream_worker(
     log.info(
         "streams worker consuming %s as group %s (AWS destinations: %s)",
         clients.EVENTS_TOPIC,
-        clients.STREAMS_GROUP,
+        group_id,
         "as each stream's role" if settings.stream_assume_role else "with this process's own credentials",
     )
     return StreamWorker(
-        clients.consumer(settings, bootstrap, group_id=clients.STREAMS_GROUP),
+        clients.consumer(settings, bootstrap, group_id=group_id),
         clients.deadletter_producer(settings, bootstrap, idempotence=idempotence),
         store,
         codec=codec,
         senders={"kinesis": KinesisSender(aws), "firehose": FirehoseSender(aws), "kafka": kafka},
-        metrics=StreamMetrics(REGISTRY),
+        metrics=StreamMetrics(registry),
         max_records=settings.worker_max_records,
         drain_timeout_s=settings.drain_timeout_s,
         config_refresh_s=settings.stream_config_refresh_s,

@@ -148,15 +148,31 @@ async def core(*, seconds: float, work: Path) -> Profiled:
     )
 
 
-async def bench_part(part: str, *, records: int, postgres_url: str | None, work: Path) -> Profiled:
-    """``python -m bench --part PART`` from start to exit: its worker runs in it."""
+# What a worker part's process does beside the drain it is profiled for.
+BESIDE_STORE = "producing the records, the store ceiling and the Python steps alone"
+BESIDE_STREAMS = (
+    "producing the records, the decode + convert ceiling and the KPI worker's drain (one round: "
+    "both stream drains, to the Kafka topic and to kinesalite, in this one process)"
+)
+
+
+async def bench_part(
+    part: str,
+    *,
+    records: int,
+    postgres_url: str | None,
+    work: Path,
+    extra: tuple[str, ...] = (),
+    beside: str = BESIDE_STORE,
+) -> Profiled:
+    """``python -m bench --part PART`` (and ``extra`` arguments) from start
+    to exit: its worker runs in it, beside what ``beside`` says."""
     pg = ["--postgres", postgres_url] if postgres_url else []
-    argv = [sys.executable, "-m", "bench", "--part", part, "--records", str(records), *pg]
+    argv = [sys.executable, "-m", "bench", "--part", part, "--records", str(records), *pg, *extra]
     return await _profiled(
         f"`python -m bench --part {part}`",
         f"the bench's own process from start to exit, {records:,} records"
-        f"{' per store' if pg else ', SQLite only'}: the worker's drain runs in it, beside producing "
-        "the records, the store ceiling and the Python steps alone",
+        f"{' per store' if pg else ', SQLite only'}: the worker's drain runs in it, beside {beside}",
         profile.under(argv, work, part, BENCH_TIMEOUT_S),
     )
 

@@ -25,12 +25,15 @@ In order, on this machine, one thing at a time:
 6. ``--chaos`` at a quarter of saturation;
 7. ``python -m bench --part endpoints`` and ``--part kpis`` (each worker's drain
    rate per store backend beside its ceiling, and freshness);
-8. the targets (:mod:`load.targets`) from those figures, and for each one not
+8. ``python -m bench --part streams``: one streams worker to a Kafka topic and
+   to Kinesis (kinesalite) beside its decode+convert ceiling and the KPI
+   worker's drain of the same records;
+9. the targets (:mod:`load.targets`) from those figures, and for each one not
    met a py-spy profile (:mod:`load.profile`) of the process its row measures,
    during a short repeat of that measurement: the edge process(es) of
    ``ingest run`` at that load (taken in step 4, while it runs), ``ingest
    edge`` alone under the same closed loop, the pure core's loop, or the
-   worker's bench part.
+   worker's bench part (for the streams part, one round of it).
 
 The hand-written notes (profiles, history) come from ``load/benchmark-notes.md``.
 """
@@ -73,9 +76,14 @@ class Durations:
     chaos_s: float = 30.0
     endpoint_records: int = 50_000
     kpi_records: int = 100_000
+    # Kinesis on kinesalite takes about 5,000 events/s here: 50,000 is ten
+    # seconds a round, three rounds taken in turn.
+    stream_records: int = 50_000
+    stream_rounds: int = 3
     profile_s: float = 8.0
     profile_endpoint_records: int = 20_000
     profile_kpi_records: int = 40_000
+    profile_stream_records: int = 20_000
     quick: bool = False
 
 
@@ -87,9 +95,12 @@ QUICK = Durations(
     chaos_s=4.0,
     endpoint_records=20_000,
     kpi_records=20_000,
+    stream_records=20_000,
+    stream_rounds=1,
     profile_s=2.0,
     profile_endpoint_records=20_000,
     profile_kpi_records=20_000,
+    profile_stream_records=20_000,
     quick=True,
 )
 
@@ -224,7 +235,14 @@ async def _against_ingest_run(
         runs.rows.append(_load_line(resent, "50 %, 5 % of batches re-sent, 1 % invalid events"))
         # This run's targets are decided already: profile while it is up.
         verdicts = targets.evaluate(
-            write, saturation=peak, p99_ms=runs.p99_ms, endpoints={}, kpis={}, verified_runs=0, clean=True
+            write,
+            saturation=peak,
+            p99_ms=runs.p99_ms,
+            endpoints={},
+            kpis={},
+            streams={},
+            verified_runs=0,
+            clean=True,
         )
         wanted = _wanted(verdicts, profile_all)
         if targets.RUN_SATURATION in wanted:
@@ -284,6 +302,15 @@ async def _later_profiles(
     ):
         if key in wanted:
             found[key] = await repeats.bench_part(key, records=records, postgres_url=postgres_url, work=work)
+    if targets.STREAMS in wanted:
+        found[targets.STREAMS] = await repeats.bench_part(
+            targets.STREAMS,
+            records=d.profile_stream_records,
+            postgres_url=None,
+            work=work,
+            extra=("--rounds", "1"),
+            beside=repeats.BESIDE_STREAMS,
+        )
     return found
 
 
@@ -308,6 +335,9 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         pg = ["--postgres", postgres_url] if postgres_url else []
         endpoints = _bench("--part", "endpoints", "--records", str(d.endpoint_records), *pg)
         kpis = _bench("--part", "kpis", "--records", str(d.kpi_records), *pg)
+        streams = _bench(
+            "--part", "streams", "--records", str(d.stream_records), "--rounds", str(d.stream_rounds)
+        )
         verified = [r for r in runs.rows if not r.endswith("| not checked |")]
         verdicts = targets.evaluate(
             figures,
@@ -315,6 +345,7 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
             p99_ms=runs.p99_ms,
             endpoints=targets.worker_shares(endpoints),
             kpis=targets.worker_shares(kpis),
+            streams=targets.stream_shares(streams),
             verified_runs=len(verified),
             clean=all(r.endswith("| 0 / 0 |") for r in verified),
         )
@@ -412,6 +443,16 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         "## KPI worker: `python -m bench --part kpis`",
         "",
         kpis,
+        "",
+        "## Event streams: `python -m bench --part streams`",
+        "",
+        "One `ingest worker streams` (StreamWorker, assembled as the process assembles it, no role",
+        "assumed) draining records already on `ingest.events` of an embedded broker (memory engine) into",
+        "one app's stream: a Kafka topic on the same broker, then a Kinesis stream on kinesalite (Kinesis",
+        "in Node, in memory, on loopback); beside it the worker's decode + convert alone, and the KPI",
+        "worker (SQLite) draining the same records: the aim is that streaming keeps up with it.",
+        "",
+        streams,
     ]
     sections = repeats.section(verdicts, runs.profiles)
     if sections:

@@ -20,6 +20,7 @@ EDGE_ALONE = "edge"
 CORE = "core"
 ENDPOINTS = "endpoints"
 KPIS = "kpis"
+STREAMS = "streams"
 
 
 def run_open(share: float) -> str:
@@ -116,6 +117,18 @@ def worker_shares(report: str) -> dict[str, float]:
     return shares
 
 
+# The rows of ``--part streams`` the streams aim is read from, by destination.
+STREAM_ROWS = {"Kafka": "worker → Kafka", "Kinesis": "worker → Kinesis"}
+KEEPS_UP = "÷ KPI worker"
+
+
+def stream_shares(report: str) -> dict[str, float]:
+    """``÷ KPI worker`` of the streams worker per destination (``Kafka``,
+    ``Kinesis``) from ``python -m bench --part streams``'s report."""
+    rows = table(report, KEEPS_UP)
+    return {destination: cell(rows, row, KEEPS_UP) for destination, row in STREAM_ROWS.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     measure: str
@@ -165,6 +178,9 @@ EDGE_SHARE_AIM = 0.30
 EDGE_PER_CPU_AIM = 0.80
 CORE_OVER_FASTAVRO_AIM = 6.0
 WORKER_AIMS = {"SQLite": 0.60, "PostgreSQL": 0.80}
+# The event streams issue: one streams worker keeps up with the KPI worker
+# on the same records, to each kind of destination.
+STREAMS_AIM = 1.0
 # The load harness issue's aims, kept beside issue 14's.
 HARNESS_EDGE_SHARE_AIM = 0.5
 HARNESS_P99_AIM_MS = 50.0
@@ -177,13 +193,15 @@ def evaluate(
     p99_ms: dict[float, float],
     endpoints: dict[str, float],
     kpis: dict[str, float],
+    streams: dict[str, float],
     verified_runs: int,
     clean: bool,
 ) -> list[Target]:
     """Every target beside its figure from this run. ``saturation`` is
     ``ingest run``'s closed-loop events/s (the default edge processes);
     ``p99_ms`` the open-loop p99 at each share of it; ``endpoints`` and
-    ``kpis`` each worker's ``worker ÷ ceiling`` per store."""
+    ``kpis`` each worker's ``worker ÷ ceiling`` per store; ``streams`` the
+    streams worker's events/s ÷ the KPI worker's per destination."""
     run_share = saturation / write.produce_ceiling
     targets = [
         _check(
@@ -244,6 +262,17 @@ def evaluate(
                     profile,
                 )
             )
+    for destination in STREAM_ROWS:
+        targets.append(
+            _check(
+                f"streams worker → {destination} ÷ the KPI worker, same records (keeps up)",
+                f"≥ {STREAMS_AIM:.2f}",
+                streams.get(destination),
+                _at_least(STREAMS_AIM),
+                _ratio,
+                STREAMS,
+            )
+        )
     half = p99_ms.get(0.5)
     targets += [
         _check(

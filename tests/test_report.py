@@ -52,6 +52,17 @@ KPIS_SQLITE_ONLY = """\
 | SQLite | 180,832 | 58,876 | 0.33 | 16 | 82 B, 16 B |
 """
 
+STREAMS = """Machine: 2 cores; 50,000 events of 2,500 endpoints over two days.
+
+| measurement | events/s | ÷ ceiling | ÷ KPI worker | CPU-µs per event, this process \
+| broker CPU-µs per event | kinesalite CPU-µs per event |
+|---|---:|---:|---:|---:|---:|---:|
+| ceiling: decode + convert (Codec.decode_event + record.encode), no I/O | 48,302 | 1.00 | 0.74 | 11.0 |  |  |
+| worker → Kafka: a topic on the same broker | 13,381 | 0.28 | 0.21 | 29.7 | 16.0 |  |
+| worker → Kinesis: kinesalite, PutRecords | 4,847 | 0.10 | 0.07 | 28.4 | 6.0 | 102.0 |
+| KPI worker: Kafka → SQLite, the same records | 65,210 | 1.35 | 1.00 | 14.5 | 2.0 |  |
+"""
+
 
 # --- reading the benches' reports --------------------------------------------
 
@@ -74,11 +85,18 @@ def test_a_worker_report_gives_worker_over_ceiling_per_store() -> None:
     assert targets.worker_shares(KPIS_SQLITE_ONLY) == {"SQLite": 0.33}
 
 
+def test_the_streams_report_gives_each_destination_over_the_kpi_worker() -> None:
+    # The ceiling and KPI rows have the column too; only the worker's rows count.
+    assert targets.stream_shares(STREAMS) == {"Kafka": 0.21, "Kinesis": 0.07}
+
+
 def test_a_report_without_the_row_says_which() -> None:
     with pytest.raises(targets.ReportError, match="produce ceiling"):
         WritePath.parse(WRITE.replace("produce ceiling", "produced"))
     with pytest.raises(targets.ReportError, match="worker ÷ ceiling"):
         targets.worker_shares("no table here")
+    with pytest.raises(targets.ReportError, match="worker → Kinesis"):
+        targets.stream_shares(STREAMS.replace("worker → Kinesis", "worker to Kinesis"))
 
 
 # --- met / not met -------------------------------------------------------------
@@ -90,6 +108,7 @@ def _verdicts(**overrides: object) -> dict[str, targets.Target]:
         "p99_ms": {0.25: 19.0, 0.5: 50.0, 0.75: 140.0},
         "endpoints": {"SQLite": 0.91, "PostgreSQL": 0.79},
         "kpis": {"SQLite": 0.33},
+        "streams": {"Kafka": 1.0, "Kinesis": 0.07},
         "verified_runs": 6,
         "clean": True,
     } | overrides
@@ -118,6 +137,18 @@ def test_each_target_is_decided_from_the_run_s_figures() -> None:
     assert by["KPI worker ÷ its store ceiling, SQLite"].verdict == "not met"
     pg = by["KPI worker ÷ its store ceiling, PostgreSQL"]
     assert (pg.verdict, pg.profile) == ("not measured", None)
+    # Keeping up with the KPI worker: a ratio of 1.00 is met.
+    kafka = by["streams worker → Kafka ÷ the KPI worker, same records (keeps up)"]
+    assert (kafka.target, kafka.measured, kafka.verdict, kafka.profile) == (
+        "≥ 1.00",
+        "1.00",
+        "met",
+        targets.STREAMS,
+    )
+    kinesis = by["streams worker → Kinesis ÷ the KPI worker, same records (keeps up)"]
+    assert (kinesis.measured, kinesis.verdict, kinesis.profile) == ("0.07", "not met", targets.STREAMS)
+    unmeasured = _verdicts(streams={})[kinesis.measure]
+    assert (unmeasured.verdict, unmeasured.profile) == ("not measured", None)
     # The load harness issue's rows stay beside issue 14's.
     assert by[
         "edge (`ingest run`, harness) ≥ 50 % of the encode+produce ceiling (load harness issue)"
