@@ -96,6 +96,9 @@ def stream_producer(settings: Settings, bootstrap: str, *, idempotence: bool) ->
         acks="all",
         enable_idempotence=idempotence,
         compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
+        # The worker builds its own batches (senders.KafkaSender): one
+        # batch takes a call's records of a partition, up to a request's size.
+        max_batch_size=1_000_000,
         linger_ms=settings.kafka_linger_ms,
         request_timeout_ms=settings.kafka_request_timeout_ms,
         client_id="ingest-streams",

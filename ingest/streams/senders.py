@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from ingest.errors import DeliveryError
+from ingest.kafka.publish import key_hash
 from ingest.streams.aws import (
     FIREHOSE_MAX_RECORD_BYTES,
     FIREHOSE_MAX_RECORDS,
@@ -176,8 +177,8 @@ class KafkaSender:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._ensure(topic)
-                acks = [await self._producer.send(topic, item.data, key=item.key) for item in items]
-                await asyncio.gather(*acks)
+                count = len(await self._producer.partitions_for(topic))
+                await asyncio.gather(*[await ack for ack in self._batches(topic, count, items)])
         except TimeoutError as exc:
             raise DeliveryError(
                 f"Kafka topic {topic}: no acknowledgement in {self._timeout_s:.0f} s",
@@ -189,6 +190,28 @@ class KafkaSender:
                 f"Kafka topic {topic}: {type(exc).__name__}", reason="unavailable", retriable=True
             ) from exc
         return [None] * len(items)
+
+    def _batches(self, topic: str, count: int, items: Sequence[Item]) -> list[Awaitable[Any]]:
+        """Hand ``items`` to the producer as record batches, one open batch a
+        partition (aiokafka's per-record ``send()`` costs 15-25 µs of CPU, a
+        batch append about 2), each item on the partition its key hashes to
+        as aiokafka's default partitioner would put it; → an awaitable per
+        batch, each giving the batch's acknowledgement. A key's records keep
+        their order: one partition, appended and handed over in order."""
+        producer = self._producer
+        open_batches: dict[int, Any] = {}
+        handed: list[Awaitable[Any]] = []
+        for item in items:
+            partition = (key_hash(item.key) & 0x7FFFFFFF) % count
+            batch = open_batches.get(partition)
+            if batch is None:
+                batch = open_batches[partition] = producer.create_batch()
+            if batch.append(timestamp=None, key=item.key, value=item.data) is None:
+                handed.append(producer.send_batch(batch, topic, partition=partition))
+                batch = open_batches[partition] = producer.create_batch()
+                batch.append(timestamp=None, key=item.key, value=item.data)
+        handed += [producer.send_batch(b, topic, partition=p) for p, b in open_batches.items()]
+        return handed
 
     async def _ensure(self, topic: str) -> None:
         if topic in self._known:

@@ -164,9 +164,9 @@ class StreamWorker:
         self._lanes: dict[Target, Lane] = {}
         # Per partition, the offset last committed.
         self._committed: dict[TopicPartition, int] = {}
-        # Set while no poll's records are being handled (a rebalance waits for it).
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # The poll being delivered and committed while the next is fetched
+        # and converted: at most one, so at most two polls are in memory.
+        self._delivering: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -190,9 +190,12 @@ class StreamWorker:
             await self._first_config()
             self._consumer.subscribe([EVENTS_TOPIC], listener=_CommitOnRevoke(self))
             self._started = True
-            while not self._stopping.is_set():
-                await self._poll_once()
-            await self._drain()
+            try:
+                while not self._stopping.is_set():
+                    await self._poll_once()
+                await self._drain()
+            finally:
+                await self._settle()
         finally:
             for lane in self._lanes.values():
                 await _cancel(lane.prober)
@@ -248,21 +251,42 @@ class StreamWorker:
     # --- the loop ------------------------------------------------------------------
 
     async def _poll_once(self) -> int:
+        """Fetch and convert a poll while the previous one is delivered, then
+        hand it over: polls are delivered one after the other, in order, each
+        committed after its delivery."""
+        if any(lane.parked and lane.recovered for lane in self._lanes.values()):
+            await self._settle()  # a read-back starts from a settled position
         self._rewind_recovered()
         batch = await self._consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self._max_records)
         if not batch:
+            await self._settle()
             if time.monotonic() - self._config_at >= self._config_refresh_s:
                 await self._refresh()
             self._report_lag()
             return 0
-        self._idle.clear()
-        try:
-            await self._handle(batch)
-        finally:
-            self._idle.set()
+        prepared = await self._prepare(batch)
+        await self._settle()
+        self._delivering = asyncio.create_task(self._deliver_poll(*prepared))
         return sum(len(messages) for messages in batch.values())
 
-    async def _handle(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+    async def _settle(self) -> None:
+        """Wait for the poll being delivered (and committed), if any; its
+        failure is raised here, so the worker stops on it."""
+        delivering, self._delivering = self._delivering, None
+        if delivering is None:
+            return
+        try:
+            await asyncio.shield(delivering)
+        except asyncio.CancelledError:
+            if not delivering.done():
+                await asyncio.wait([delivering])
+            raise
+
+    async def _prepare(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> tuple[dict[Lane, list[Item]], dict[TopicPartition, int]]:
+        """The poll's records of each flowing lane, converted, and the end of
+        the poll on each partition."""
         newest_ms = max(messages[-1].timestamp for messages in batch.values())
         await self._config_for(newest_ms)
         ends = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
@@ -284,15 +308,26 @@ class StreamWorker:
                 item = await self._convert(message, lane.kind)
                 if item is not None:
                     work.setdefault(lane, []).append(item)
+        return work, ends
+
+    async def _deliver_poll(self, work: dict[Lane, list[Item]], ends: dict[TopicPartition, int]) -> None:
+        """Deliver a prepared poll, lanes side by side, then move each
+        flowing lane past it and commit."""
+        for lane, items in list(work.items()):
+            if lane.parked:  # parked while this poll was prepared: hold its records
+                for item in items:
+                    lane.next.setdefault(TopicPartition(EVENTS_TOPIC, item.partition), item.offset)
+                del work[lane]
         if work:
             async with asyncio.TaskGroup() as group:
                 for lane, items in work.items():
                     group.create_task(self._deliver(lane, items, ends))
+        assigned = self._consumer.assignment()
         for lane in self._lanes.values():
             if not lane.parked:
                 # Never back: after a read-back, a flowing lane is past it.
                 for tp, end in ends.items():
-                    if lane.next.get(tp, -1) < end:
+                    if tp in assigned and lane.next.get(tp, -1) < end:
                         lane.next[tp] = end
         await self._commit(ends)
 
@@ -503,7 +538,9 @@ class StreamWorker:
         """Before the group takes ``partitions`` away: let the poll in hand
         finish (it commits), then forget them; whoever gets them next reads
         from the commit."""
-        await self._idle.wait()
+        delivering = self._delivering
+        if delivering is not None and not delivering.done():
+            await asyncio.wait([delivering])
         gone = set(partitions)
         for lane in self._lanes.values():
             for tp in gone:
