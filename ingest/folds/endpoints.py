@@ -81,6 +81,22 @@ class EndpointState(NamedTuple):
         return None if user is None else user.get("UserId")
 
 
+def endpoint_response(state: EndpointState) -> dict[str, Any]:
+    """Pinpoint's EndpointResponse of a live endpoint: its document and the
+    server-set members. GetEndpoint and the deletes answer it; event streams
+    write it as a record's ``endpoint``. Shares the document's nested
+    mappings (``Attributes``, ``Demographic``, ``User``, …): do not mutate it."""
+    return {
+        **state.document,
+        "ApplicationId": state.app_id,
+        "Id": state.endpoint_id,
+        "CohortId": cohort_id(state.endpoint_id),
+        "CreationDate": state.creation_date,
+        "EffectiveDate": state.effective_date,
+        "RequestId": state.request_id,
+    }
+
+
 def cohort_id(endpoint_id: str) -> str:
     digest = hashlib.blake2b(endpoint_id.encode(), digest_size=8).digest()
     return str(int.from_bytes(digest, "big") % COHORTS)
