@@ -366,6 +366,32 @@ async def test_document_round_trips_exactly(store: Store) -> None:
     assert [repr(v) for v in state.document["Metrics"].values()] == [repr(v) for v in metrics.values()]
 
 
+async def test_get_endpoints_answers_the_live_ones_among_its_keys(store: Store) -> None:
+    """Across apps, past a query's chunk (1000 keys on each backend), with
+    repeats, unknown, deleted and NUL keys among them: each live endpoint
+    as get_endpoint reads it, the rest left out."""
+    many = [upsert(f"ep-{i:04d}", address=f"a{i}") for i in range(2500)]
+    others = [upsert("ep-0001", app_id="app-b", user_id="u1"), upsert("gone", app_id="app-b")]
+    await store.apply_endpoint_batch(offsets([*many, *others]))
+    await store.apply_endpoint_batch(offsets([delete("gone", app_id="app-b")], start=len(many) + 2))
+    live = [("app-a", f"ep-{i:04d}") for i in range(0, 2500, 2)] + [("app-b", "ep-0001")]
+    keys = [
+        *live,
+        *live[:10],
+        ("app-b", "gone"),
+        ("app-b", "ep-0002"),
+        ("app-c", "ep-0001"),
+        ("app-a", "e\x00p"),
+    ]
+
+    found = await store.get_endpoints(keys)
+    assert found == {key: await store.get_endpoint(*key) for key in live}
+    assert found[("app-b", "ep-0001")].user_id == "u1"
+    assert found[("app-a", "ep-2498")].document["Address"] == "a2498"
+    assert await store.get_endpoints([]) == {}
+    assert await store.get_endpoints([("app-b", "gone"), ("nul\x00", "x")]) == {}
+
+
 async def test_nul_in_an_id(store: Store) -> None:
     """SQLite stores NUL in an ID; PostgreSQL text cannot, so the write is a
     non-retriable error (the worker dead-letters it). Reads agree."""
@@ -398,11 +424,12 @@ USER_INDEX = "INDEX endpoints_by_user (app_id=? AND user_id=?)"
     [
         (sql.GET_ENDPOINT, PRIMARY_KEY),
         (store_module.LOAD_ENDPOINTS.format("?, ?, ?"), PRIMARY_KEY),
+        (store_module.LIVE_ENDPOINTS.format("?, ?, ?"), PRIMARY_KEY),
         (store_module.USER_ENDPOINTS, f"SEARCH endpoints USING {USER_INDEX}"),
         (store_module.USER_MEMBERS, f"SEARCH endpoints USING {USER_INDEX}"),
         (store_module.COUNT_USERS.format("?, ?, ?"), f"SEARCH endpoints USING COVERING {USER_INDEX}"),
     ],
-    ids=["get", "load-batch", "user-endpoints", "user-members", "count-users"],
+    ids=["get", "load-batch", "get-endpoints", "user-endpoints", "user-members", "count-users"],
 )
 def test_every_endpoint_query_searches_an_index(query: str, search: str) -> None:
     """No endpoint query reads the table or a whole app: each is an index

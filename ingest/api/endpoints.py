@@ -1,5 +1,6 @@
-"""Pinpoint's endpoint reads: GetEndpoint and GetUserEndpoints, and the
-EndpointResponse shape every endpoint answer uses.
+"""Pinpoint's endpoint reads: GetEndpoint and GetUserEndpoints, answered in
+the EndpointResponse shape (:func:`ingest.folds.endpoints.endpoint_response`)
+every endpoint answer uses.
 
 Reads are eventually consistent: a write is readable once the endpoint worker
 applied it (README states the measured delay). An endpoint or user ID longer
@@ -9,12 +10,10 @@ is asked.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ingest.api.apps import AppCache
 from ingest.api.http import Request, Response, json_response
 from ingest.errors import NotFound
-from ingest.folds.endpoints import EndpointState, cohort_id
+from ingest.folds.endpoints import EndpointState, endpoint_response
 from ingest.records import validate
 from ingest.store.base import Store
 
@@ -46,20 +45,8 @@ class EndpointReads:
         return list(states)
 
     async def get_endpoint(self, request: Request) -> Response:
-        return json_response(200, response(await self.endpoint(request)))
+        return json_response(200, endpoint_response(await self.endpoint(request)))
 
     async def get_user_endpoints(self, request: Request) -> Response:
-        return json_response(200, {"Item": [response(s) for s in await self.user_endpoints(request)]})
-
-
-def response(state: EndpointState) -> dict[str, Any]:
-    """Pinpoint's EndpointResponse for a live endpoint."""
-    return {
-        **state.document,
-        "ApplicationId": state.app_id,
-        "Id": state.endpoint_id,
-        "CohortId": cohort_id(state.endpoint_id),
-        "CreationDate": state.creation_date,
-        "EffectiveDate": state.effective_date,
-        "RequestId": state.request_id,
-    }
+        states = await self.user_endpoints(request)
+        return json_response(200, {"Item": [endpoint_response(s) for s in states]})

@@ -14,11 +14,11 @@ import time
 from collections.abc import Sequence
 
 from ingest.api.apps import AppCache
-from ingest.api.endpoints import EndpointReads, response
+from ingest.api.endpoints import EndpointReads
 from ingest.api.http import Request, Response, json_response
 from ingest.api.limits import TokenBuckets
 from ingest.errors import InternalServerError, TooManyRequests
-from ingest.folds.endpoints import EndpointState
+from ingest.folds.endpoints import EndpointState, endpoint_response
 from ingest.kafka.clients import ENDPOINTS_TOPIC
 from ingest.kafka.publish import Publisher
 from ingest.metrics import Metrics
@@ -108,12 +108,12 @@ class Writes:
     async def delete_endpoint(self, request: Request) -> Response:
         state = await self._reads.endpoint(request)
         await self._delete([state], request)
-        return json_response(202, response(state))
+        return json_response(202, endpoint_response(state))
 
     async def delete_user_endpoints(self, request: Request) -> Response:
         states = await self._reads.user_endpoints(request)
         await self._delete(states, request)
-        return json_response(202, {"Item": [response(s) for s in states]})
+        return json_response(202, {"Item": [endpoint_response(s) for s in states]})
 
     async def _write_endpoints(self, upserts: list[EndpointUpsert], request: Request) -> Response:
         encode = self._codec.encode_endpoint

@@ -81,6 +81,22 @@ class EndpointState(NamedTuple):
         return None if user is None else user.get("UserId")
 
 
+def endpoint_response(state: EndpointState) -> dict[str, Any]:
+    """Pinpoint's EndpointResponse of a live endpoint: its document and the
+    server-set members. GetEndpoint and the deletes answer it; event streams
+    write it as a record's ``endpoint``. Shares the document's nested
+    mappings (``Attributes``, ``Demographic``, ``User``, …): do not mutate it."""
+    return {
+        **state.document,
+        "ApplicationId": state.app_id,
+        "Id": state.endpoint_id,
+        "CohortId": cohort_id(state.endpoint_id),
+        "CreationDate": state.creation_date,
+        "EffectiveDate": state.effective_date,
+        "RequestId": state.request_id,
+    }
+
+
 def cohort_id(endpoint_id: str) -> str:
     digest = hashlib.blake2b(endpoint_id.encode(), digest_size=8).digest()
     return str(int.from_bytes(digest, "big") % COHORTS)
@@ -102,8 +118,11 @@ def _iso_second(seconds: int) -> str:
 _new = tuple.__new__  # builds a NamedTuple without the Python frame of its __new__
 
 
-def _merge_members(old: Any, new: Demographic | Location, members: tuple[str, ...]) -> dict[str, Any]:
-    """``old`` with each member ``new`` carries (not None) overwritten."""
+def merge_members(old: Any, new: Demographic | Location, members: tuple[str, ...]) -> dict[str, Any]:
+    """``old`` (a stored Demographic or Location, or None) as a new dict with
+    each member ``new`` carries (not None) overwritten: what an upsert does,
+    and what an event's endpoint context does to its stored endpoint in an
+    event stream's record."""
     merged = dict(old) if old else {}
     for member, value in zip(members, new, strict=True):
         if value is not None:
@@ -172,9 +191,9 @@ def apply(state: EndpointState | None, upsert: EndpointUpsert, offset: int) -> t
     if metrics is not None:
         doc["Metrics"] = _merge_numbers(doc.get("Metrics"), metrics)
     if demographic is not None:
-        doc["Demographic"] = _merge_members(doc.get("Demographic"), demographic, DEMOGRAPHIC_MEMBERS)
+        doc["Demographic"] = merge_members(doc.get("Demographic"), demographic, DEMOGRAPHIC_MEMBERS)
     if location is not None:
-        doc["Location"] = _merge_members(doc.get("Location"), location, LOCATION_MEMBERS)
+        doc["Location"] = merge_members(doc.get("Location"), location, LOCATION_MEMBERS)
     if user_id is not None or user_attributes is not None:
         user = dict(doc.get("User") or {})
         if user_id is not None:

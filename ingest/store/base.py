@@ -138,6 +138,16 @@ class Store(Protocol):
         ...
 
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None: ...
+    async def get_endpoints(self, keys: Sequence[Key]) -> dict[Key, EndpointState]:
+        """The live endpoints among ``keys`` ((app ID, endpoint ID) pairs,
+        repeats allowed), by key; a deleted or unknown one is left out.
+
+        Meant for a batch's endpoints (the streams worker's: a few thousand
+        keys at most). A read: no lock is taken, and each backend looks keys
+        up a bounded chunk a query (1000 of them), so one call's endpoints
+        may come from writes a moment apart, never from half a write."""
+        ...
+
     async def user_endpoints(self, app_id: str, user_id: str) -> Sequence[EndpointState]: ...
     async def apply_endpoint_batch(self, records: Sequence[tuple[EndpointRecord, int]]) -> BatchOutcome: ...
 

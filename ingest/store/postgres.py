@@ -169,6 +169,10 @@ _PAIRS = "(SELECT * FROM unnest($1::text[], $2::text[]))"
 LOAD_BATCH = (
     f"{sql.SELECT_ENDPOINTS} WHERE (app_id, endpoint_id) IN {_PAIRS} ORDER BY app_id, endpoint_id FOR UPDATE"
 )
+# get_endpoints: the live endpoints among a chunk of pairs. A read, so no
+# lock; _GET_KEYS_PER_QUERY pairs a query bounds each answer (a few MB of rows).
+_LIVE_ENDPOINTS = f"{sql.SELECT_ENDPOINTS} WHERE (app_id, endpoint_id) IN {_PAIRS} AND NOT deleted"
+_GET_KEYS_PER_QUERY = 1000
 _COUNT_USERS = (
     "SELECT app_id, user_id, count(*) AS count FROM endpoints "  # noqa: S608
     f"WHERE (app_id, user_id) IN {_PAIRS} GROUP BY app_id, user_id"
@@ -419,6 +423,22 @@ class PostgresStore:
         with _boundary("get endpoint"):
             row = await self._pool.fetchrow(_GET_ENDPOINT, app_id, endpoint_id)
         return None if row is None else endpoint_state(row)
+
+    async def get_endpoints(self, keys: Sequence[Key]) -> dict[Key, EndpointState]:
+        # A key with a NUL finds nothing (nothing with one can have been
+        # written) and cannot be sent as text: it is not looked up.
+        wanted = [key for key in dict.fromkeys(keys) if NUL not in key[0] and NUL not in key[1]]
+        found: dict[Key, EndpointState] = {}
+        if not wanted:
+            return found
+        with _boundary("get endpoints"):
+            async with self._pool.acquire() as con:
+                for start in range(0, len(wanted), _GET_KEYS_PER_QUERY):
+                    chunk = wanted[start : start + _GET_KEYS_PER_QUERY]
+                    for row in await con.fetch(_LIVE_ENDPOINTS, *columns(chunk, 2)):
+                        state = endpoint_state(row)
+                        found[(state.app_id, state.endpoint_id)] = state
+        return found
 
     async def user_endpoints(self, app_id: str, user_id: str) -> Sequence[EndpointState]:
         if NUL in app_id or NUL in user_id:

@@ -106,6 +106,8 @@ USER_ENDPOINTS = sql.USER_ENDPOINTS.format(index=_BY_USER)
 USER_MEMBERS = sql.SELECT_ENDPOINTS + _BY_USER + " WHERE app_id = ? AND user_id = ?"
 # "{}" takes one "?" per ID: one app's IDs at a time.
 LOAD_ENDPOINTS = sql.SELECT_ENDPOINTS + " WHERE app_id = ? AND endpoint_id IN ({})"
+# The same, the live ones only: get_endpoints, a read.
+LIVE_ENDPOINTS = LOAD_ENDPOINTS + " AND NOT deleted"
 COUNT_USERS = (
     "SELECT app_id, user_id, count(*) FROM endpoints INDEXED BY endpoints_by_user "
     "WHERE app_id = ? AND user_id IN ({}) GROUP BY app_id, user_id"
@@ -424,6 +426,19 @@ class SqliteStore:
 
         return await self._run("get endpoint", get)
 
+    async def get_endpoints(self, keys: Sequence[Key]) -> dict[Key, EndpointState]:
+        return await self._run("get endpoints", lambda: self._load(LIVE_ENDPOINTS, dict.fromkeys(keys)))
+
+    def _load(self, query: str, keys: Iterable[Key]) -> dict[Key, EndpointState]:
+        """The endpoints ``query`` (LOAD_ENDPOINTS or LIVE_ENDPOINTS) finds
+        among ``keys`` (no repeats), by key: a query per chunk of an app's IDs."""
+        found: dict[Key, EndpointState] = {}
+        for values, marks in by_app(keys):
+            for row in self._db.execute(query.format(marks), values):
+                state = endpoint_state(row)
+                found[(state.app_id, state.endpoint_id)] = state
+        return found
+
     async def user_endpoints(self, app_id: str, user_id: str) -> Sequence[EndpointState]:
         def get() -> list[EndpointState]:
             rows = self._db.execute(USER_ENDPOINTS, (app_id, user_id)).fetchall()
@@ -443,11 +458,7 @@ class SqliteStore:
                 kept = [(r, offset) for r, offset in records if r.app_id not in dead]
                 outcome.of_deleted_apps = len(records) - len(kept)
                 records = kept
-            current: dict[Key, EndpointState] = {}
-            for values, marks in by_app({(r.app_id, r.endpoint_id) for r, _ in records}):
-                for row in db.execute(LOAD_ENDPOINTS.format(marks), values):
-                    state = endpoint_state(row)
-                    current[(state.app_id, state.endpoint_id)] = state
+            current = self._load(LOAD_ENDPOINTS, {(r.app_id, r.endpoint_id) for r, _ in records})
             crowded = self._crowded(current, endpoints.joining(current, records))
             changed = endpoints.fold(current, records, outcome, crowded)
             db.executemany(PUT_ENDPOINT, [endpoint_row(s) for s in changed.values()])

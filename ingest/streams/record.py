@@ -13,15 +13,25 @@ journey examples show ``"sdk": {}``, ``"platform": {}``, ``"session": {}``),
 and ``attributes`` and ``metrics``. So ``record["session"].get("session_id")``
 works on every record, as it does on Pinpoint's.
 
-Two keys are ours: ``endpoint`` (what the batch's Endpoint said, in
-Pinpoint's endpoint JSON) and ``ingest`` (the client's event ID and the
+Two keys are ours: ``endpoint`` (the event's endpoint in Pinpoint's
+EndpointResponse JSON, below) and ``ingest`` (the client's event ID and the
 PutEvents request ID): a record may be delivered more than once, and a
 client resends the same event ID on every retry, so consumers deduplicate on
 ``(application.app_id, client.client_id, ingest.event_id)``. Consumers that ignore unknown keys are
 unaffected.
 
-The record shares the event's ``attributes`` and ``metrics`` dicts rather
-than copying them (this runs once per event delivered): do not mutate it.
+The device, ``application.version_name`` and ``endpoint`` come from the
+endpoint as the store held it when the streams worker read the event (Pinpoint
+filled them from its stored endpoint: Amplify JS sends ``"Endpoint": {}`` with
+its events and describes the device with UpdateEndpoint), overlaid with what
+the event's batch Endpoint said, member by member (``ChannelType``, each
+``Demographic`` and ``Location`` member, ``User.UserId``): the device sent
+that with this very event. Without a stored endpoint they come from the batch
+Endpoint alone.
+
+The record shares the event's ``attributes`` and ``metrics`` dicts, and the
+stored endpoint's nested mappings, rather than copying them (this runs once
+per event delivered): do not mutate it.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from ingest.folds.endpoints import EndpointState, endpoint_response, merge_members
 from ingest.records.validate import parse_timestamp
 from ingest.records.values import (
     DEMOGRAPHIC_MEMBERS,
@@ -58,15 +69,31 @@ _LANGUAGE_COUNTRY = re.compile(r"([A-Za-z]{2,3})[_-]([A-Za-z]{2})")
 V = TypeVar("V")
 
 
-def stream_record(event: Event) -> dict[str, Any]:
+def stream_record(event: Event, endpoint: EndpointState | None = None) -> dict[str, Any]:
     """The event as Pinpoint's app-event JSON, plus ``endpoint`` and ``ingest``.
 
-    Never raises for an Event the validator produces (a property test holds
-    it to that, and to ``schemas/event-stream.schema.json``). A session
-    timestamp that does not parse as ISO 8601 is left out, not fatal.
+    ``endpoint`` is the event's endpoint as stored (``Store.get_endpoints``),
+    or None when the store has none: then the record is made of the event
+    alone. One of another app or endpoint ID than the event's, or a deleted
+    one, is ignored (the record is as without one) rather than refused: it
+    is the caller's slip, which must never put another device in a record,
+    and raising would stall the stream on it.
+
+    Never raises for an Event the validator produces with any stored
+    endpoint the fold produces (a property test holds it to that, and to
+    ``schemas/event-stream.schema.json``). A session timestamp that does not
+    parse as ISO 8601 is left out, not fatal.
     """
-    context = event.endpoint
-    demographic = None if context is None else context.demographic
+    if (
+        endpoint is None
+        or endpoint.endpoint_id != event.endpoint_id
+        or endpoint.app_id != event.app_id
+        or endpoint.deleted
+    ):
+        described = _endpoint(event.endpoint_id, event.endpoint)
+    else:
+        described = _overlaid(endpoint, event.endpoint)
+    demographic: Mapping[str, Any] | None = described.get("Demographic")
 
     sdk: dict[str, str] = {}
     if event.sdk_name is not None:
@@ -79,8 +106,8 @@ def stream_record(event: Event) -> dict[str, Any]:
     application["sdk"] = sdk
     if event.app_title is not None:
         application["title"] = event.app_title
-    if demographic is not None and demographic.app_version is not None:
-        application["version_name"] = demographic.app_version
+    if demographic and (app_version := demographic.get("AppVersion")) is not None:
+        application["version_name"] = app_version
     if event.app_version_code is not None:
         application["version_code"] = event.app_version_code
 
@@ -106,18 +133,19 @@ def stream_record(event: Event) -> dict[str, Any]:
         "session": session,
         "attributes": _dict(event.attributes),
         "metrics": _dict(event.metrics),
-        "endpoint": _endpoint(event.endpoint_id, context),
+        "endpoint": described,
         "ingest": {"event_id": event.event_id, "request_id": event.request_id},
     }
 
 
-def encode(event: Event) -> bytes:
+def encode(event: Event, endpoint: EndpointState | None = None) -> bytes:
     """:func:`stream_record` as compact JSON in UTF-8, without a trailing
     newline (a Firehose record gets its newline delimiter where it is sent).
 
-    Never raises for an Event the validator produces. (A NaN or infinity,
-    which validation refuses, orjson would write as ``null``.)"""
-    return orjson.dumps(stream_record(event))
+    Never raises for an Event the validator produces, with any stored
+    endpoint the fold produces. (A NaN or infinity, which validation
+    refuses, orjson would write as ``null``.)"""
+    return orjson.dumps(stream_record(event, endpoint))
 
 
 def _dict(mapping: Mapping[str, V] | None) -> dict[str, V]:
@@ -128,21 +156,22 @@ def _dict(mapping: Mapping[str, V] | None) -> dict[str, V]:
     return mapping if type(mapping) is dict else dict(mapping)
 
 
-def _device(demographic: Demographic | None) -> dict[str, Any]:
+def _device(demographic: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``device`` of the record's endpoint's Demographic (Pinpoint's members)."""
     platform: dict[str, str] = {}
-    if demographic is None:
+    if not demographic:
         return {"platform": platform}
     device: dict[str, Any] = {}
-    if demographic.locale is not None:
-        device["locale"] = _locale(demographic.locale)
-    if demographic.make is not None:
-        device["make"] = demographic.make
-    if demographic.model is not None:
-        device["model"] = demographic.model
-    if demographic.platform is not None:
-        platform["name"] = demographic.platform
-    if demographic.platform_version is not None:
-        platform["version"] = demographic.platform_version
+    if (locale := demographic.get("Locale")) is not None:
+        device["locale"] = _locale(locale)
+    if (make := demographic.get("Make")) is not None:
+        device["make"] = make
+    if (model := demographic.get("Model")) is not None:
+        device["model"] = model
+    if (name := demographic.get("Platform")) is not None:
+        platform["name"] = name
+    if (version := demographic.get("PlatformVersion")) is not None:
+        platform["version"] = version
     device["platform"] = platform
     return device
 
@@ -170,6 +199,27 @@ def _endpoint(endpoint_id: str, context: EndpointContext | None) -> dict[str, An
         endpoint["Location"] = _members(context.location, LOCATION_MEMBERS)
     if context.user_id is not None:
         endpoint["User"] = {"UserId": context.user_id}
+    return endpoint
+
+
+def _overlaid(stored: EndpointState, context: EndpointContext | None) -> dict[str, Any]:
+    """The stored endpoint's EndpointResponse with each member the event's
+    context sent written over it: the context is what the device said with
+    this very event. Nested mappings the context changes are copied, never
+    changed in place (they are the stored state's)."""
+    endpoint = endpoint_response(stored)
+    if context is None:  # the batch's Endpoint was refused: nothing to overlay
+        return endpoint
+    if context.channel_type is not None:
+        endpoint["ChannelType"] = context.channel_type
+    if context.demographic is not None:
+        endpoint["Demographic"] = merge_members(
+            endpoint.get("Demographic"), context.demographic, DEMOGRAPHIC_MEMBERS
+        )
+    if context.location is not None:
+        endpoint["Location"] = merge_members(endpoint.get("Location"), context.location, LOCATION_MEMBERS)
+    if context.user_id is not None:
+        endpoint["User"] = {**(endpoint.get("User") or {}), "UserId": context.user_id}
     return endpoint
 
 
