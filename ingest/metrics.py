@@ -298,10 +298,11 @@ class StreamMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=registry,
         )
-        # Counter: failed reads of the stream configuration.
+        # Counter: failed store reads (the configuration, a batch's stored endpoints).
         self.config_failures = Counter(
             "ingest_stream_config_failures",
-            "Reads of the apps' event streams from the store that failed (the ones in hand are kept).",
+            "Store reads of the streams worker that failed: the apps' event streams (the ones in hand "
+            "are kept) or a batch's stored endpoints (its records streamed without them).",
             registry=registry,
         )
 

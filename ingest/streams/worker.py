@@ -52,6 +52,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import TopicPartition
 
 from ingest.errors import DecodeError, DeliveryError, StoreError
+from ingest.folds.endpoints import EndpointState
 from ingest.kafka.clients import EVENTS_TOPIC, start_producer
 from ingest.metrics import StreamMetrics
 from ingest.records.codec import Codec
@@ -60,7 +61,7 @@ from ingest.streams import record
 from ingest.streams.aws import RecordFailure
 from ingest.streams.destinations import DestinationError, Kind, check_accounts, parse
 from ingest.streams.senders import LIMITS, Item, Sender, Target, chunks
-from ingest.workers.consumer import POLL_TIMEOUT_MS, caught_up, dead_letter
+from ingest.workers.consumer import POLL_TIMEOUT_MS, caught_up, dead_letter, settle
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,20 @@ def app_of_key(key: bytes | None) -> str | None:
         return None
     app, sep, _ = key.partition(b":")
     return app.decode("utf-8", "replace") if sep else None
+
+
+def endpoint_key(key: bytes | None) -> tuple[str, str] | None:
+    """(app ID, endpoint ID) of a record key ``"{app_id}:{endpoint_id}"``
+    (app IDs have no colon; endpoint IDs may)."""
+    if not key:
+        return None
+    app, sep, endpoint = key.partition(b":")
+    if not sep:
+        return None
+    try:
+        return app.decode(), endpoint.decode()
+    except UnicodeDecodeError:
+        return None
 
 
 class StreamWorker:
@@ -273,14 +288,7 @@ class StreamWorker:
         """Wait for the poll being delivered (and committed), if any; its
         failure is raised here, so the worker stops on it."""
         delivering, self._delivering = self._delivering, None
-        if delivering is None:
-            return
-        try:
-            await asyncio.shield(delivering)
-        except asyncio.CancelledError:
-            if not delivering.done():
-                await asyncio.wait([delivering])
-            raise
+        await settle(delivering)
 
     async def _prepare(
         self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
@@ -290,8 +298,7 @@ class StreamWorker:
         newest_ms = max(messages[-1].timestamp for messages in batch.values())
         await self._config_for(newest_ms)
         ends = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
-        work: dict[Lane, list[Item]] = {}
-        handled = 0
+        chosen: list[tuple[Lane, ConsumerRecord[Any, Any]]] = []
         for tp, messages in batch.items():
             for message in messages:
                 lane = self._lane_of(message)
@@ -300,15 +307,35 @@ class StreamWorker:
                 if lane.parked:
                     lane.next.setdefault(tp, message.offset)
                     continue
-                if message.offset < lane.next.get(tp, -1):
-                    continue  # handled before a rewind
-                handled += 1
-                if handled % CONVERT_SLICE == 0:
-                    await asyncio.sleep(0)
-                item = await self._convert(message, lane.kind)
-                if item is not None:
-                    work.setdefault(lane, []).append(item)
+                if message.offset >= lane.next.get(tp, -1):  # else handled before a read-back
+                    chosen.append((lane, message))
+        stored = await self._stored_endpoints(message for _, message in chosen)
+        work: dict[Lane, list[Item]] = {}
+        for handled, (lane, message) in enumerate(chosen, 1):
+            if handled % CONVERT_SLICE == 0:
+                await asyncio.sleep(0)
+            item = await self._convert(message, lane.kind, stored)
+            if item is not None:
+                work.setdefault(lane, []).append(item)
         return work, ends
+
+    async def _stored_endpoints(
+        self, messages: Iterable[ConsumerRecord[Any, Any]]
+    ) -> Mapping[tuple[str, str], EndpointState]:
+        """The stored endpoints of the records' keys, one store read a poll:
+        a record's ``endpoint``, device and app version come from them, as
+        Pinpoint's did. With the store unavailable the records go without
+        (what the event's own context says), counted and logged: a stream
+        does not wait on the endpoint store."""
+        keys = {key for key in map(endpoint_key, (m.key for m in messages)) if key is not None}
+        if not keys:
+            return {}
+        try:
+            return await self._store.get_endpoints(sorted(keys))
+        except StoreError as exc:
+            self._metrics.config_failures.inc()
+            log.warning("could not read the batch's stored endpoints (%s); streaming without them", exc)
+            return {}
 
     async def _deliver_poll(self, work: dict[Lane, list[Item]], ends: dict[TopicPartition, int]) -> None:
         """Deliver a prepared poll, lanes side by side, then move each
@@ -341,7 +368,12 @@ class StreamWorker:
             lane = self._lanes[target] = Lane(target)
         return lane
 
-    async def _convert(self, message: ConsumerRecord[Any, Any], kind: Kind) -> Item | None:
+    async def _convert(
+        self,
+        message: ConsumerRecord[Any, Any],
+        kind: Kind,
+        stored: Mapping[tuple[str, str], EndpointState],
+    ) -> Item | None:
         """The record as the stream's JSON; None (dead-lettered) when it does
         not decode or is too large for the service."""
         try:
@@ -349,7 +381,8 @@ class StreamWorker:
         except DecodeError as exc:
             await self._dead_letter(message, kind, "undecodable", f"stream: {exc}")
             return None
-        item = Item(message.partition, message.offset, message.key, event.endpoint_id, record.encode(event))
+        data = record.encode(event, stored.get((event.app_id, event.endpoint_id)))
+        item = Item(message.partition, message.offset, message.key, event.endpoint_id, data)
         limit = LIMITS[kind].max_record_bytes
         if item.size(kind) > limit:
             await self._dead_letter(

@@ -205,16 +205,7 @@ class Worker(Generic[R]):
         """Wait for the batch being written (and committed), if any. Its
         failure is raised here, so the worker stops on it."""
         writing, self._writing = self._writing, None
-        if writing is None:
-            return
-        try:
-            await asyncio.shield(writing)
-        except asyncio.CancelledError:
-            # Cancelled while waiting: the write runs on in the store's own
-            # thread or connection; let it finish (and commit) before leaving.
-            if not writing.done():
-                await asyncio.wait([writing])
-            raise
+        await settle(writing)
 
     async def _poll_once(self) -> int:
         """Fetch and decode a batch while the previous one is written, then
@@ -411,6 +402,21 @@ class Worker(Generic[R]):
     async def _dead_letter(self, message: ConsumerRecord[Any, Any], reason: str) -> None:
         await dead_letter(self._deadletter, message, reason)
         self._metrics.records.labels("dead_lettered").inc()
+
+
+async def settle(task: asyncio.Task[None] | None) -> None:
+    """Wait for ``task`` (a batch being written or delivered, then
+    committed), raising its failure. Cancelled while waiting, it lets the
+    task finish first: the write runs on in the store's own thread or
+    connection, and must commit before the worker leaves."""
+    if task is None:
+        return
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait([task])
+        raise
 
 
 async def caught_up(consumer: AIOKafkaConsumer) -> bool:
