@@ -25,6 +25,7 @@ from ingest.settings import Settings
 from ingest.store.backends import open_store
 from ingest.store.base import App, EventStream, Store
 from ingest.streams import record
+from ingest.streams import worker as worker_module
 from ingest.streams.aws import RecordFailure
 from ingest.streams.destinations import parse
 from ingest.streams.senders import Item, Target
@@ -86,6 +87,13 @@ def event(app_id: str, endpoint: int, number: int, *, attributes: dict[str, str]
         timestamp_ms=ms,
         attributes=attributes,
     )
+
+
+@pytest.fixture(autouse=True)
+def quick_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parked lane's probe at most every 0.5 s (30 s in production), so
+    a test's recovery is seen in a bounded time however long it was down."""
+    monkeypatch.setattr(worker_module, "BACKOFF_MAX_S", 0.5)
 
 
 @pytest.fixture
@@ -309,3 +317,21 @@ async def test_a_stream_added_while_running_gets_the_events_that_follow(broker: 
     await until(lambda: len(sender.names("stream.new")) == 20, "the new stream's events")
     await running.stop()
     assert parse("arn:aws:kafka:us-east-1:123456789012:topic/c/0000-1111/stream.new").kind == "kafka"
+
+
+async def test_a_parked_stream_deleted_is_let_go(broker: str, store: Store) -> None:
+    await clients.ensure_topics(Settings(), broker)
+    await stream_to(store, "a" * 32, KINESIS.format("gone"))
+    sender = Faulty(down=True)
+    running = Running(broker, store, sender)
+    await produce(broker, [event("a" * 32, 0, n) for n in range(10)])
+    await until(lambda: bool(running.worker.degraded()), "the stream parked")
+    assert await store.delete_event_stream("a" * 32) is not None
+    await until(lambda: not running.worker.degraded(), "the deleted stream no longer held")
+    sent = len(sender.sent)
+    sender.down = False
+    await produce(broker, [event("a" * 32, 0, n) for n in range(10, 20)])
+    await running.stop()
+    # Nothing more went to the deleted stream: no probe, no read-back.
+    assert len(sender.sent) == sent
+    assert sender.names("gone") == []

@@ -452,7 +452,11 @@ class StreamWorker:
     def _park(
         self, lane: Lane, probe: list[Item], undelivered: list[Item], ends: Mapping[TopicPartition, int]
     ) -> None:
-        """Hold the lane at its first undelivered record of each partition."""
+        """Hold the lane at its first undelivered record of each partition.
+        A lane no stream names any more (dropped while this poll was
+        delivered) is not held: its streams were deleted or re-pointed."""
+        if self._lanes.get(lane.target) is not lane:
+            return
         first: dict[int, int] = {}
         for item in undelivered:
             first.setdefault(item.partition, item.offset)
@@ -500,7 +504,8 @@ class StreamWorker:
         """Before a poll: every recovered lane flows again, the consumer sought
         back to where it has records left (others skip what they handled)."""
         for lane in self._lanes.values():
-            if lane.parked and not lane.recovered and (lane.prober is None or lane.prober.done()):
+            idle_probe = lane.prober is None or lane.prober.done()
+            if lane.parked and not lane.recovered and idle_probe and not self._stopping.is_set():
                 # A probe that failed (logged): the lane must not wait forever.
                 self._start_probe(lane)
             if not (lane.parked and lane.recovered):
