@@ -335,3 +335,15 @@ async def test_a_parked_stream_deleted_is_let_go(broker: str, store: Store) -> N
     # Nothing more went to the deleted stream: no probe, no read-back.
     assert len(sender.sent) == sent
     assert sender.names("gone") == []
+
+
+def test_a_parked_lane_holds_the_earliest_record_whatever_order_polls_are_held_in() -> None:
+    """Polls are prepared ahead of their delivery: a later poll's records can
+    be held before an earlier poll's. The lane must keep the earliest (a
+    record held out of order was lost to the read-back once)."""
+    lane = worker_module.Lane(Target(parse(KINESIS.format("s")), ROLE, None))
+    tp = TopicPartition(clients.EVENTS_TOPIC, 3)
+    lane.hold(tp, 51)  # the later poll, prepared while the lane was parked
+    lane.hold(tp, 1)  # the earlier one, prepared while it flowed, delivered after it parked
+    lane.hold(tp, 20)
+    assert lane.next[tp] == 1

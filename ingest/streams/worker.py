@@ -95,6 +95,15 @@ class Lane:
     def kind(self) -> Kind:
         return self.target.destination.kind
 
+    def hold(self, tp: TopicPartition, offset: int) -> None:
+        """Parked: the record at ``offset`` is not handled, so the lane's
+        ``next`` on ``tp`` goes no further than it. Polls are prepared
+        ahead of their delivery, so records may be held out of order:
+        only ever lowering ``next`` keeps the earliest."""
+        held = self.next.get(tp)
+        if held is None or offset < held:
+            self.next[tp] = offset
+
 
 def target_of(stream: EventStream, allowed_accounts: frozenset[str] = frozenset()) -> Target | None:
     """The target a stored stream names; None if it no longer parses (a
@@ -305,7 +314,7 @@ class StreamWorker:
                 if lane is None:
                     continue
                 if lane.parked:
-                    lane.next.setdefault(tp, message.offset)
+                    lane.hold(tp, message.offset)
                     continue
                 if message.offset >= lane.next.get(tp, -1):  # else handled before a read-back
                     chosen.append((lane, message))
@@ -343,7 +352,7 @@ class StreamWorker:
         for lane, items in list(work.items()):
             if lane.parked:  # parked while this poll was prepared: hold its records
                 for item in items:
-                    lane.next.setdefault(TopicPartition(EVENTS_TOPIC, item.partition), item.offset)
+                    lane.hold(TopicPartition(EVENTS_TOPIC, item.partition), item.offset)
                 del work[lane]
         if work:
             async with asyncio.TaskGroup() as group:
@@ -491,13 +500,17 @@ class StreamWorker:
                 return
             lane.probe = await self._send(lane, lane.probe, patience_s=0)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
-        # What the probe delivered is a prefix of each partition's records
-        # the lane holds: the read-back starts after it (a partition taken
-        # away meanwhile is not the lane's to move).
+        # The read-back starts after what the probe delivered, where that
+        # was the first of the partition's records the lane holds (not if
+        # something earlier was held since, nor in a partition taken away).
+        delivered: dict[int, tuple[int, int]] = {}
         for item in sent:
-            tp = TopicPartition(EVENTS_TOPIC, item.partition)
-            if tp in lane.next:
-                lane.next[tp] = max(lane.next[tp], item.offset + 1)
+            first, _ = delivered.get(item.partition, (item.offset, item.offset))
+            delivered[item.partition] = (first, item.offset)
+        for partition, (first, last) in delivered.items():
+            tp = TopicPartition(EVENTS_TOPIC, partition)
+            if lane.next.get(tp) == first:
+                lane.next[tp] = last + 1
         lane.recovered = True
 
     def _rewind_recovered(self) -> None:
