@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from ingest.errors import DeliveryError
+from ingest.errors import DeliveryError, StoreError
 from ingest.kafka import clients
 from ingest.metrics import StreamMetrics
 from ingest.records.codec import Codec
@@ -347,3 +347,38 @@ def test_a_parked_lane_holds_the_earliest_record_whatever_order_polls_are_held_i
     lane.hold(tp, 1)  # the earlier one, prepared while it flowed, delivered after it parked
     lane.hold(tp, 20)
     assert lane.next[tp] == 1
+
+
+class Unreadable:
+    """The store, but reads of the stream configuration fail while ``down``
+    (the only fake: a fault)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.down = False
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def list_event_streams(self) -> Sequence[EventStream]:
+        if self.down:
+            raise StoreError("the test made the store unreadable", retriable=True)
+        return await self._store.list_event_streams()
+
+
+async def test_records_newer_than_the_configuration_wait_for_it_to_be_read(broker: str, store: Store) -> None:
+    """A stream added while the store cannot be read: the worker holds the
+    records that arrived since its last read rather than pass them over."""
+    await clients.ensure_topics(Settings(), broker)
+    flaky = Unreadable(store)
+    sender = Faulty()
+    running = Running(broker, flaky, sender)  # type: ignore[arg-type]
+    await until(lambda: running.worker.ready, "the worker ready")
+    flaky.down = True
+    await stream_to(store, "a" * 32, KINESIS.format("added"))
+    await produce(broker, [event("a" * 32, 0, n) for n in range(30)])
+    await until(lambda: not running.worker.ready, "not ready while the configuration cannot be read")
+    assert sender.sent == []
+    flaky.down = False
+    await until(lambda: len(sender.names("added")) == 30, "every record once the configuration is read")
+    await running.stop()

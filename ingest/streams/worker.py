@@ -191,6 +191,9 @@ class StreamWorker:
         # The poll being delivered and committed while the next is fetched
         # and converted: at most one, so at most two polls are in memory.
         self._delivering: asyncio.Task[None] | None = None
+        # Set when a poll was left undelivered at stop: nothing more is
+        # delivered or committed.
+        self._halted = False
 
     @property
     def ready(self) -> bool:
@@ -212,6 +215,8 @@ class StreamWorker:
         await start_producer(self._deadletter)
         try:
             await self._first_config()
+            if not self._config_ok:
+                return  # stopped before the configuration could be read: consume nothing
             self._consumer.subscribe([EVENTS_TOPIC], listener=_CommitOnRevoke(self))
             self._started = True
             try:
@@ -265,12 +270,26 @@ class StreamWorker:
             log.info("event stream target %s is no longer used", target.destination.arn)
         return True
 
-    async def _config_for(self, newest_ms: int) -> None:
-        """Read the configuration again when it is due, or older than the
-        newest record in hand (that record's app may have just added a stream)."""
+    async def _config_for(self, newest_ms: int) -> bool:
+        """Read the configuration again when it is due, or when it is older
+        than the newest record in hand (that record's app may have just
+        added a stream). Older, it must be read before the poll goes on: with
+        the store unavailable, this retries with backoff until it is read
+        (→ True) or the worker stops (→ False: the poll must not be
+        delivered or committed, or a stream added meanwhile would miss it)."""
         stale = self._config_wall_ms is None or newest_ms + CLOCK_SKEW_MS > self._config_wall_ms
-        if stale or time.monotonic() - self._config_at >= self._config_refresh_s:
-            await self._refresh()
+        if not stale:
+            if time.monotonic() - self._config_at >= self._config_refresh_s:
+                await self._refresh()
+            return True
+        backoff = BACKOFF_FIRST_S
+        while not await self._refresh():
+            if self._stopping.is_set():
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+        return True
 
     # --- the loop ------------------------------------------------------------------
 
@@ -278,6 +297,8 @@ class StreamWorker:
         """Fetch and convert a poll while the previous one is delivered, then
         hand it over: polls are delivered one after the other, in order, each
         committed after its delivery."""
+        if self._halted:
+            return 0
         if any(lane.parked and lane.recovered for lane in self._lanes.values()):
             await self._settle()  # a read-back starts from a settled position
         self._rewind_recovered()
@@ -290,6 +311,12 @@ class StreamWorker:
             return 0
         prepared = await self._prepare(batch)
         await self._settle()
+        if prepared is None:
+            # Not delivered, so nothing after it may be committed: this
+            # worker is done, and the next start reads from the last commit.
+            self._halted = True
+            log.warning("stream worker stopping without the stream configuration; the next start goes on")
+            return 0
         self._delivering = asyncio.create_task(self._deliver_poll(*prepared))
         return sum(len(messages) for messages in batch.values())
 
@@ -301,11 +328,13 @@ class StreamWorker:
 
     async def _prepare(
         self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
-    ) -> tuple[dict[Lane, list[Item]], dict[TopicPartition, int]]:
+    ) -> tuple[dict[Lane, list[Item]], dict[TopicPartition, int]] | None:
         """The poll's records of each flowing lane, converted, and the end of
-        the poll on each partition."""
+        the poll on each partition; None when the worker stopped before it
+        could read the configuration the poll needs (see :meth:`_config_for`)."""
         newest_ms = max(messages[-1].timestamp for messages in batch.values())
-        await self._config_for(newest_ms)
+        if not await self._config_for(newest_ms):
+            return None
         ends = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
         chosen: list[tuple[Lane, ConsumerRecord[Any, Any]]] = []
         for tp, messages in batch.items():
@@ -578,7 +607,7 @@ class StreamWorker:
         assigned partition, or the deadline passes (a parked lane's records
         stay behind the commit, for the next start)."""
         deadline = time.monotonic() + self._drain_timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._halted:
             got = await self._poll_once()
             if got == 0 and await caught_up(self._consumer):
                 log.info("stream worker drained to the end of its partitions")
