@@ -564,6 +564,10 @@ def test_parse_timestamp_reads_offsets_and_takes_naive_as_utc(text: str) -> None
         "2024-02-30T00:00:00Z",
         "2024-01-01T00:00:00+25:00",
         "1704067200000",
+        # Valid local times whose instant is outside years 1-9999 UTC: no
+        # record may carry one (the workers could not read it back).
+        "0001-01-01T00:00:00+23:59",
+        "9999-12-31T23:59:59-23:59",
     ],
 )
 def test_parse_timestamp_garbage_is_none(text: str) -> None:

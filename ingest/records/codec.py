@@ -28,6 +28,8 @@ from fastavro.schema import to_parsing_canonical_form
 
 from ingest.errors import DecodeError
 from ingest.records.avro import AvroDecodeError, Decoder, compile_decoder, compile_encoder
+from ingest.records.values import MAX_MS as MAX_MS  # the codec refuses times outside these
+from ingest.records.values import MIN_MS as MIN_MS
 from ingest.records.values import (
     Demographic,
     EndpointContext,
@@ -44,10 +46,6 @@ EVENT_SCHEMA = "ingest.v1.Event"
 ENDPOINT_SCHEMA = "ingest.v1.EndpointUpsert"
 DELETE_SCHEMA = "ingest.v1.EndpointDelete"
 
-# Epoch milliseconds of 0001-01-01 and 9999-12-31T23:59:59.999: what Python's
-# datetime (and an ISO 8601 EffectiveDate) can express.
-MIN_MS = -62135596800000
-MAX_MS = 253402300799999
 
 # The members mostly one object from one record to the next, encoded once per
 # object: a request's IDs and arrival time (one object in all its records),

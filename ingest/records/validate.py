@@ -33,6 +33,8 @@ from ingest.errors import BadRequest
 from ingest.records.values import (
     DEMOGRAPHIC_MEMBERS,
     LOCATION_MEMBERS,
+    MAX_MS,
+    MIN_MS,
     Demographic,
     EndpointBatch,
     EndpointContext,
@@ -111,7 +113,10 @@ def _reject(reason: RejectReason, message: str) -> NoReturn:
 
 
 def parse_timestamp(value: str) -> int | None:
-    """ISO 8601 → epoch milliseconds UTC; no offset means UTC; None if unparseable."""
+    """ISO 8601 → epoch milliseconds UTC; no offset means UTC; None if
+    unparseable, or if the instant is outside years 1-9999 UTC (an offset
+    can move a valid local time there, ``0001-01-01T00:00:00+23:59``, and
+    no record may carry it: the workers could not read it back)."""
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -124,7 +129,8 @@ def parse_timestamp(value: str) -> int | None:
         return None
     # The floor of the timedelta in milliseconds, without dividing one
     # timedelta by another (a third cheaper; microseconds are never negative).
-    return (since.days * 86_400 + since.seconds) * 1000 + since.microseconds // 1000
+    millis = (since.days * 86_400 + since.seconds) * 1000 + since.microseconds // 1000
+    return millis if MIN_MS <= millis <= MAX_MS else None
 
 
 def json_body(raw: bytes) -> Any:

@@ -15,6 +15,12 @@ from typing import Literal, NamedTuple, get_args
 
 Source = Literal["PUT_EVENTS", "UPDATE_ENDPOINT", "UPDATE_ENDPOINTS_BATCH"]
 
+# Epoch milliseconds of 0001-01-01 and 9999-12-31T23:59:59.999 UTC: what
+# Python's datetime (and an ISO 8601 EffectiveDate) can express, and so the
+# times a record may carry (validation refuses others; decoding too).
+MIN_MS = -62135596800000
+MAX_MS = 253402300799999
+
 # Why an item was answered 400: a closed set, so it can label a metric.
 RejectReason = Literal[
     "missing_field",

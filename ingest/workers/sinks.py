@@ -26,13 +26,11 @@ from ingest.records.codec import (
     EVENT_SCHEMA,
     HEADER_BYTES,
     MARKER,
-    MAX_MS,
-    MIN_MS,
     RECORD_TYPES,
     Codec,
     fingerprint,
 )
-from ingest.records.values import Event
+from ingest.records.values import MAX_MS, MIN_MS, Event
 from ingest.store.base import PURGE_CHUNK_ROWS, Store
 from ingest.workers.consumer import STALL_TIMEOUT_S, Worker
 
