@@ -2,7 +2,11 @@
 event stream and application settings records, and the pure steps both
 backends run around their SQL (choosing the events to mark, resolving users,
 the KPI effects, the rows of each record). The SQL they share is in
-:mod:`ingest.store.sql`."""
+:mod:`ingest.store.sql`.
+
+It earns its size (about 400 lines): the protocol is the one place each
+operation's contract (transactions, idempotency, what a failure means) is
+written, for both backends to keep."""
 
 from __future__ import annotations
 
