@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -62,6 +63,7 @@ from ingest.streams.aws import RecordFailure
 from ingest.streams.destinations import DestinationError, Kind, check_accounts, parse
 from ingest.streams.senders import LIMITS, Item, Sender, Target, chunks
 from ingest.workers.consumer import POLL_TIMEOUT_MS, caught_up, dead_letter, settle
+from ingest.workers.sinks import wall_clock_ms
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +110,21 @@ class Lane:
 def target_of(stream: EventStream, allowed_accounts: frozenset[str] = frozenset()) -> Target | None:
     """The target a stored stream names; None if it no longer parses (a
     stream stored by a version with other rules) or names an account no
-    longer allowed, which is logged."""
+    longer allowed, which is logged (once)."""
+    return _target(stream.destination_arn, stream.role_arn, stream.external_id, allowed_accounts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _target(arn: str, role_arn: str, external_id: str | None, allowed: frozenset[str]) -> Target | None:
+    """:func:`target_of`, remembered: the configuration is read again for
+    nearly every poll, and its streams rarely change."""
     try:
-        destination = parse(stream.destination_arn)
-        check_accounts(destination, stream.role_arn, allowed_accounts)
+        destination = parse(arn)
+        check_accounts(destination, role_arn, allowed)
     except DestinationError as exc:
-        log.warning("event stream of app %s is not deliverable: %s", stream.app_id, exc)
+        log.warning("event stream to %s is not deliverable: %s", arn[:300], exc)
         return None
-    return Target(destination, stream.role_arn, stream.external_id)
+    return Target(destination, role_arn, external_id)
 
 
 def app_of_key(key: bytes | None) -> str | None:
@@ -164,7 +173,6 @@ class StreamWorker:
         config_refresh_s: float,
         park_after_s: float,
         allowed_accounts: frozenset[str] = frozenset(),
-        wall_ms: Callable[[], int] | None = None,
     ) -> None:
         self._consumer = consumer
         self._deadletter = deadletter
@@ -177,7 +185,6 @@ class StreamWorker:
         self._config_refresh_s = config_refresh_s
         self._park_after_s = park_after_s
         self._allowed_accounts = allowed_accounts
-        self._wall_ms = wall_ms or (lambda: time.time_ns() // 1_000_000)
         self._stopping = asyncio.Event()
         self._started = False
         # app ID → its target, as last read; when (wall ms, monotonic s).
@@ -214,8 +221,7 @@ class StreamWorker:
         await self._consumer.start()
         await start_producer(self._deadletter)
         try:
-            await self._first_config()
-            if not self._config_ok:
+            if not await self._read_config():
                 return  # stopped before the configuration could be read: consume nothing
             self._consumer.subscribe([EVENTS_TOPIC], listener=_CommitOnRevoke(self))
             self._started = True
@@ -233,19 +239,26 @@ class StreamWorker:
 
     # --- configuration ------------------------------------------------------------
 
-    async def _first_config(self) -> None:
+    async def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds``, or less if the worker is stopped; → whether it is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    async def _read_config(self) -> bool:
+        """Read the configuration, again with capped backoff while the store
+        is unavailable; → True once read, False if the worker stops first."""
         backoff = BACKOFF_FIRST_S
-        while not self._stopping.is_set():
-            if await self._refresh():
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), backoff)
+        while not await self._refresh():
+            if await self._pause(backoff):
+                return False
             backoff = min(backoff * 2, BACKOFF_MAX_S)
+        return True
 
     async def _refresh(self) -> bool:
         """Read every app's stream; → whether it was read (a failure keeps
         the configuration in hand, and is logged and counted)."""
-        wall_ms = self._wall_ms()
+        wall_ms = wall_clock_ms()
         try:
             streams = await self._store.list_event_streams()
         except StoreError as exc:
@@ -278,17 +291,10 @@ class StreamWorker:
         (→ True) or the worker stops (→ False: the poll must not be
         delivered or committed, or a stream added meanwhile would miss it)."""
         stale = self._config_wall_ms is None or newest_ms + CLOCK_SKEW_MS > self._config_wall_ms
-        if not stale:
-            if time.monotonic() - self._config_at >= self._config_refresh_s:
-                await self._refresh()
-            return True
-        backoff = BACKOFF_FIRST_S
-        while not await self._refresh():
-            if self._stopping.is_set():
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+        if stale:
+            return await self._read_config()
+        if time.monotonic() - self._config_at >= self._config_refresh_s:
+            await self._refresh()
         return True
 
     # --- the loop ------------------------------------------------------------------
@@ -482,9 +488,8 @@ class StreamWorker:
                 first = next(f for f in failures if f is not None)
                 lane.reason = f"{first.reason}: {len(failed)} of {len(pending)} records failed ({first.code})"
                 pending = failed
-            if self._stopping.is_set() or time.monotonic() + backoff > deadline:
+            if time.monotonic() + backoff > deadline or await self._pause(backoff):
                 return pending
-            await asyncio.sleep(backoff)  # capped exponential backoff between attempts
             backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def _park(
@@ -523,9 +528,7 @@ class StreamWorker:
         backoff = BACKOFF_FIRST_S * 10
         sent = list(lane.probe)
         while lane.probe:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), backoff)
-            if self._stopping.is_set():
+            if await self._pause(backoff):
                 return
             lane.probe = await self._send(lane, lane.probe, patience_s=0)
             backoff = min(backoff * 2, BACKOFF_MAX_S)
@@ -599,7 +602,7 @@ class StreamWorker:
                 if high is not None:
                     behind += max(0, high - lane.next.get(tp, high))
             worst[lane.kind] = max(worst.get(lane.kind, 0), behind)
-        for kind in ("kinesis", "firehose", "kafka"):
+        for kind in get_args(Kind):
             self._metrics.lag.labels(kind).set(worst.get(kind, 0))
 
     async def _drain(self) -> None:
