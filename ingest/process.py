@@ -249,7 +249,7 @@ async def stream_worker(
     aws = await stack.enter_async_context(
         AwsDelivery(assume_role=settings.stream_assume_role, max_threads=settings.stream_aws_threads)
     )
-    producer = clients.stream_producer(settings, bootstrap, idempotence=idempotence)
+    producer = clients.producer(settings, bootstrap, idempotence=idempotence, client_id="ingest-streams")
     await clients.start_producer(producer)
     stack.push_async_callback(producer.stop)
     admin = clients.admin(settings, bootstrap, client_id="ingest-streams")

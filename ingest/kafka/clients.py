@@ -48,8 +48,12 @@ def connection_options(settings: Settings, bootstrap: str) -> dict[str, Any]:
     return options
 
 
-def producer(settings: Settings, bootstrap: str, *, idempotence: bool) -> AIOKafkaProducer:
-    """The edge's producer: acks=all, large batches, bounded retry time."""
+def producer(
+    settings: Settings, bootstrap: str, *, idempotence: bool, client_id: str = "ingest-edge"
+) -> AIOKafkaProducer:
+    """A producer of record batches its owner builds (the edge's Publisher,
+    the streams worker's KafkaSender): acks=all, batches up to
+    INGEST_KAFKA_MAX_BATCH_BYTES, bounded retry time."""
     return AIOKafkaProducer(
         **connection_options(settings, bootstrap),
         acks="all",
@@ -58,7 +62,7 @@ def producer(settings: Settings, bootstrap: str, *, idempotence: bool) -> AIOKaf
         max_batch_size=settings.kafka_max_batch_bytes,
         linger_ms=settings.kafka_linger_ms,
         request_timeout_ms=settings.kafka_request_timeout_ms,
-        client_id="ingest-edge",
+        client_id=client_id,
     )
 
 
@@ -86,22 +90,6 @@ def deadletter_producer(settings: Settings, bootstrap: str, *, idempotence: bool
         enable_idempotence=idempotence,
         request_timeout_ms=settings.kafka_request_timeout_ms,
         client_id="ingest-deadletter",
-    )
-
-
-def stream_producer(settings: Settings, bootstrap: str, *, idempotence: bool) -> AIOKafkaProducer:
-    """The streams worker's producer, for streams to Kafka topics: acks=all."""
-    return AIOKafkaProducer(
-        **connection_options(settings, bootstrap),
-        acks="all",
-        enable_idempotence=idempotence,
-        compression_type=None if settings.kafka_compression == "none" else settings.kafka_compression,
-        # The worker builds its own batches (senders.KafkaSender): one
-        # batch takes a call's records of a partition, up to a request's size.
-        max_batch_size=1_000_000,
-        linger_ms=settings.kafka_linger_ms,
-        request_timeout_ms=settings.kafka_request_timeout_ms,
-        client_id="ingest-streams",
     )
 
 
