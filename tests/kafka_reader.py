@@ -36,15 +36,20 @@ def decode(value: bytes, schemas: dict[bytes, Any]) -> dict[str, Any]:
     return datum
 
 
-async def _read_all(bootstrap: str, topic: str, timeout_s: float) -> list[tuple[bytes, dict[str, Any]]]:
+async def _read_raw(bootstrap: str, topic: str, timeout_s: float, *, missing_ok: bool) -> list[Any]:
     """Every record on ``topic`` up to the high watermark seen on fetch (Tansu's
-    ListOffsets(latest) is wrong, so end offsets come from fetch responses)."""
+    ListOffsets(latest) is wrong, so end offsets come from fetch responses).
+    ``missing_ok``: a topic not there yet (or whose partitions the broker
+    does not list yet) has no records, rather than failing."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    schemas = schemas_by_header()
-    out: list[tuple[bytes, dict[str, Any]]] = []
+    out: list[Any] = []
     try:
+        if missing_ok and topic not in await consumer.topics():
+            return out
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if missing_ok and not partitions:
+            return out
         assert partitions, f"{topic} has no partitions"
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -55,7 +60,7 @@ async def _read_all(bootstrap: str, topic: str, timeout_s: float) -> list[tuple[
             batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
             got = sum(len(records) for records in batch.values())
             for records in batch.values():
-                out.extend((r.key, decode(r.value, schemas)) for r in records)
+                out.extend(records)
             caught_up = True
             for tp in partitions:
                 high = consumer.highwater(tp)
@@ -67,7 +72,15 @@ async def _read_all(bootstrap: str, topic: str, timeout_s: float) -> list[tuple[
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[tuple[bytes, dict[str, Any]]]:
-    return asyncio.run(_read_all(bootstrap, topic, timeout_s))
+    """Every record on ``topic``, each (key, its Avro datum)."""
+    schemas = schemas_by_header()
+    records = asyncio.run(_read_raw(bootstrap, topic, timeout_s, missing_ok=False))
+    return [(r.key, decode(r.value, schemas)) for r in records]
+
+
+def read_raw(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[Any]:
+    """Every record on ``topic`` as aiokafka gives it; none if the topic is not there yet."""
+    return asyncio.run(_read_raw(bootstrap, topic, timeout_s, missing_ok=True))
 
 
 async def read_partition(

@@ -10,7 +10,6 @@ failed; a worker SIGKILLed mid-batch loses nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -21,12 +20,12 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ingest.records.codec import schema_dir
 from ingest.streams.record import SCHEMA_FILE
 from tests import aws
 from tests.conftest import Pipeline, endpoint_or_none, eventually, start_pipeline
+from tests.kafka_reader import read_raw
 from tests.samples import metric
 
 ROLE = f"arn:aws:iam::{aws.MOTO_ACCOUNT}:role/pinpoint-events"
@@ -159,37 +158,13 @@ def kinesis_records(kinesalite: aws.Kinesalite, name: str) -> list[dict[str, Any
 
 
 def kafka_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            # Asked of the broker (the topic appears with the stream's first record).
-            if topic not in await consumer.topics():
-                return []
-            partitions = sorted(consumer.partitions_for_topic(topic) or ())
-            if not partitions:  # created, its metadata not in yet
-                return []
-            tps = [TopicPartition(topic, p) for p in partitions]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            out: list[dict[str, Any]] = []
-            for _ in range(20):
-                batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
-                for messages in batch.values():
-                    for message in messages:
-                        one = orjson.loads(message.value)
-                        assert (
-                            message.key
-                            == f"{one['application']['app_id']}:{one['client']['client_id']}".encode()
-                        )
-                        out.append(one)
-                if not batch:
-                    break
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
+    """The stream's JSON records on ``topic``, each keyed ``app:endpoint``."""
+    out = []
+    for message in read_raw(bootstrap, topic):
+        one = orjson.loads(message.value)
+        assert message.key == f"{one['application']['app_id']}:{one['client']['client_id']}".encode()
+        out.append(one)
+    return out
 
 
 def firehose_records(moto: aws.MotoServer, bucket: str) -> list[dict[str, Any]]:
