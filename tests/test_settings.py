@@ -118,3 +118,19 @@ def test_a_field_type_without_a_parser_fails_when_settings_is_defined(hint: obje
 
 def test_the_master_key_is_not_in_the_repr() -> None:
     assert "A" * 43 not in repr(Settings(auth_master_key="A" * 43))
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "expected"),
+    [
+        ("INGEST_STREAM_CONFIG_REFRESH_S", "0", "> 0 and <= 3600"),
+        ("INGEST_STREAM_CONFIG_REFRESH_S", "86400", "> 0 and <= 3600"),
+        ("INGEST_STREAM_PARK_AFTER_S", "-1", "0-3600"),
+        ("INGEST_STREAM_AWS_THREADS", "0", "1-256"),
+        ("INGEST_STREAM_AWS_THREADS", "100000", "1-256"),
+        ("INGEST_STREAM_ALLOWED_ACCOUNTS", "123456789012,me", "comma-separated 12-digit AWS account IDs"),
+    ],
+)
+def test_a_stream_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(f"{var}=") + ".*" + re.escape(f"expected {expected}")):
+        Settings.from_env({var: raw})
