@@ -51,11 +51,11 @@ from ingest.api.sigv4 import Verifier
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
 from ingest.kafka.publish import Publisher
-from ingest.keys import Principal
 from ingest.metrics import Metrics
 from ingest.records import validate
 from ingest.records.codec import Codec
 from ingest.records.values import Event, Invalid, OutRecord
+from ingest.scopes import Principal
 from ingest.settings import Settings
 from load.sigv4 import Signer
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ingest.store.base import Store
 
 log = logging.getLogger("ingest")
-# ingest.keys.Scope's values, without importing it (and cryptography) for `ingest run`.
+# ingest.scopes.Scope's values, without importing it (and cryptography) for `ingest run`.
 SCOPE_CHOICES = ("admin", "read", "ingest")
 
 

@@ -10,7 +10,7 @@ master key comes from ``INGEST_AUTH_MASTER_KEY`` or ``{data_dir}/master.key``
 
 :class:`KeyRing` is an edge's view of the keys and identity pools, reloaded
 from the store every ``auth_refresh_s`` by a task it owns; a lookup is a dict
-read. :meth:`Principal.may` is the scope table.
+read. The scope table is :mod:`ingest.scopes`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, Self, get_args
+from typing import Protocol, Self
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -39,26 +39,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ingest.errors import KeyRequestError, SecretUnreadable, SettingsError, StoreError
+from ingest.scopes import SCOPES, Principal, Scope
 from ingest.settings import MASTER_KEY_BYTES, Settings
 
 log = logging.getLogger(__name__)
-
-Scope = Literal["admin", "read", "ingest"]
-SCOPES: tuple[Scope, ...] = get_args(Scope)
-
-# Operations without an app in their path: only an admin key for every app
-# may create apps; GetApps is also a read key's, listing only its apps.
-_ACCOUNT_OPERATIONS = frozenset({"CreateApp", "GetApps"})
-_KPI_READS = ("GetApplicationDateRangeKpi", "GetCampaignDateRangeKpi", "GetJourneyDateRangeKpi")
-_READS = frozenset({"GetApps", "GetApp", "GetEndpoint", "GetUserEndpoints", *_KPI_READS})
-_READS |= {"ListTagsForResource", "GetApplicationSettings"}  # not GetEventStream: a stream names a role
-# What a shipped app binary may hold: writes of its own app's data.
-_INGESTS = frozenset({"PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch"})
-_ADMINS = _READS | _INGESTS | {"CreateApp", "DeleteApp", "DeleteEndpoint", "DeleteUserEndpoints"}
-_ADMINS |= {"TagResource", "UntagResource", "UpdateApplicationSettings"}
-_ADMINS |= {"PutEventStream", "GetEventStream", "DeleteEventStream"}
-OPERATIONS: dict[Scope, frozenset[str]] = {"admin": _ADMINS, "read": _READS, "ingest": _INGESTS}
-"""Every API operation each scope may call (on its apps)."""
 
 # AWS's own shapes: "AKIA" + 16 base32 characters; a 40-character secret.
 ACCESS_KEY_PREFIX = "AKIA"
@@ -109,34 +93,6 @@ class IdentityPool:
     """``REGION:UUID``, as Cognito's."""
     app_id: str
     created_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who a verified request is."""
-
-    access_key_id: str
-    scope: Scope
-    apps: frozenset[str]
-    """Empty: every app."""
-    temporary: bool
-    """Cognito-style temporary credentials rather than a key we issued."""
-
-    def may(self, operation: str, app_id: str | None) -> bool:
-        """Whether this principal may call ``operation`` (the route table's
-        name) on ``app_id`` (``None`` for the operations without an app).
-
-        admin: everything; bound to apps, only those apps and neither
-        CreateApp nor GetApps. read: its apps' GET operations but
-        GetEventStream, and GetApps (filtered by the caller to ``apps``).
-        ingest: PutEvents, UpdateEndpoint(s) of its apps. Nothing else is allowed."""
-        if operation not in OPERATIONS[self.scope]:
-            return False
-        if not self.apps:
-            return True
-        if operation in _ACCOUNT_OPERATIONS:
-            return operation == "GetApps" and self.scope == "read"
-        return app_id is not None and app_id in self.apps
 
 
 def principal_of(key: AccessKey) -> Principal:

@@ -27,11 +27,11 @@ from ingest.keys import (
     AccessKey,
     KeyRing,
     MasterKey,
-    Principal,
     bootstrap_admin,
     issue_key,
     new_identity_pool,
 )
+from ingest.scopes import Principal
 from ingest.settings import Settings
 from ingest.store.base import App, Store
 from ingest.store.sqlite import SqliteStore

@@ -7,7 +7,7 @@ Cognito-style temporary credentials (``X-Amz-Security-Token``) with the
 secret its session token derives (:mod:`ingest.api.identity`). Either way
 the signature is checked by :class:`ingest.api.sigv4.Verifier`, and the
 principal it yields must be allowed the operation on the request's app
-(:meth:`ingest.keys.Principal.may`), else 403 ``AccessDeniedException``, the
+(:meth:`ingest.scopes.Principal.may`), else 403 ``AccessDeniedException``, the
 error AWS services answer for an authenticated call that IAM denies.
 """
 
@@ -20,8 +20,9 @@ from ingest.api.http import Request
 from ingest.api.identity import Identities
 from ingest.api.sigv4 import Verifier
 from ingest.errors import AccessDenied, AuthError
-from ingest.keys import KeyRing, Principal
+from ingest.keys import KeyRing
 from ingest.metrics import Metrics
+from ingest.scopes import Principal
 
 log = logging.getLogger(__name__)
 

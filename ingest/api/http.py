@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, unquote_to_bytes
 import orjson
 
 from ingest.errors import ApiError, BadRequest, PayloadTooLarge, TooManyRequests
-from ingest.keys import Principal
+from ingest.scopes import Principal
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
