@@ -10,6 +10,7 @@ import sqlite3
 
 import pytest
 
+from ingest.records.values import Event
 from ingest.store import sql
 from ingest.store import sqlite as store_module
 from ingest.store.base import Segment, Store
@@ -179,3 +180,61 @@ def test_a_page_is_a_range_walk_without_a_sort(query: str) -> None:
     plan = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + query, ["x"] * query.count("?"))]
     assert not any("TEMP B-TREE" in step for step in plan), plan
     assert "PRIMARY KEY (app_id=? AND " in plan[0] and "endpoint_id>?" in plan[0], plan
+
+
+# The last event of each endpoint (Behavior.Recency).
+
+DAY_MS = 86_400_000
+
+
+def event(event_id: str, endpoint_id: str, at_ms: int, *, received_ms: int, app_id: str = "app-a") -> Event:
+    return Event(
+        app_id=app_id,
+        endpoint_id=endpoint_id,
+        event_id=event_id,
+        request_id="req",
+        received_at_ms=received_ms,
+        event_type="t",
+        timestamp="-",
+        timestamp_ms=at_ms,
+    )
+
+
+async def last_events(store: Store, app_id: str) -> dict[str, int]:
+    statement = "SELECT endpoint_id, last_event_ms FROM endpoint_activity WHERE app_id = ?"
+    if isinstance(store, store_module.SqliteStore):
+        return dict(store._db.execute(statement, (app_id,)).fetchall())
+    rows = await store._pool.fetch(sql.numbered(statement), app_id)  # type: ignore[attr-defined]
+    return {row[0]: row[1] for row in rows}
+
+
+async def test_the_last_event_of_each_endpoint_is_kept(store: Store) -> None:
+    await store.create_app(app("app-a"))
+    await store.create_app(app("gone"))
+    now = T0_MS
+    window = {"oldest_day": now // DAY_MS - 7, "newest_day": now // DAY_MS + 1}
+    batch = [
+        event("a1", "e1", now - 5000, received_ms=now),
+        event("a2", "e1", now - 9000, received_ms=now),
+        # A clock an hour ahead: counted as its arrival.
+        event("b1", "e2", now + 3_600_000, received_ms=now),
+        # Older than the dedupe window: not aggregated, but it happened.
+        event("c1", "e3", now - 20 * DAY_MS, received_ms=now),
+        event("d1", "e1", now, received_ms=now, app_id="gone"),
+    ]
+    await store.delete_app("gone")
+    outcome = await store.apply_event_batch(batch, **window)
+    assert outcome.too_old == 1
+    expected = {"e1": now - 5000, "e2": now, "e3": now - 20 * DAY_MS}
+    assert await last_events(store, "app-a") == expected
+    assert await last_events(store, "gone") == {}
+    # Redelivered, and an older event later: nothing moves back.
+    await store.apply_event_batch(batch, **window)
+    await store.apply_event_batch([event("a0", "e1", now - 60_000, received_ms=now + 1)], **window)
+    assert await last_events(store, "app-a") == expected
+    await store.apply_event_batch([event("a3", "e1", now + 10, received_ms=now + 20)], **window)
+    assert (await last_events(store, "app-a"))["e1"] == now + 10
+    await store.delete_app("app-a")
+    while await store.purge_deleted_apps(max_rows=2):
+        pass
+    assert await last_events(store, "app-a") == {}

@@ -591,21 +591,23 @@ class PostgresStore:
         nothing of the batch is written (a partition it created included)."""
         outcome = EventOutcome()
         fresh = fresh_events(events, oldest_day, newest_day, outcome)
-        if not fresh:
+        last = kpis.last_events(events)
+        if not last:
             return outcome
         marks = sorted(fresh)
         with _boundary("apply event batch"):
             async with self._pool.acquire() as con, con.transaction():
-                if dead := await _deleted_among(con, {app_id for _, app_id, _, _ in marks}):
+                if dead := await _deleted_among(con, {app_id for app_id, _ in last}):
                     outcome.of_deleted_apps = sum(1 for mark in marks if mark[1] in dead)
                     marks = [mark for mark in marks if mark[1] not in dead]
                     fresh = {mark: fresh[mark] for mark in marks}
-                    if not marks:
-                        return outcome
-                await con.execute(_LOCK_MARKS)
-                await _ensure_partitions(con, sorted({day for day, *_ in marks}))
-                rows = await con.fetch(_MARK_EVENTS, *columns(marks, 4))
-                new = [fresh[(row[0], row[1], row[2], row[3])] for row in rows]
+                    last = {key: at for key, at in last.items() if key[0] not in dead}
+                new: list[Event] = []
+                if marks:
+                    await con.execute(_LOCK_MARKS)
+                    await _ensure_partitions(con, sorted({day for day, *_ in marks}))
+                    rows = await con.fetch(_MARK_EVENTS, *columns(marks, 4))
+                    new = [fresh[(row[0], row[1], row[2], row[3])] for row in rows]
                 stored: dict[Key, str | None] = {}
                 if lookup := unresolved(new):
                     for row in await con.fetch(_EVENT_USERS, *columns(lookup, 2)):
@@ -619,6 +621,10 @@ class PostgresStore:
                 if effects.first_days:
                     firsts = [(*key, day) for key, day in sorted(effects.first_days.items())]
                     await con.execute(_KEEP_FIRST_DAYS, *columns(firsts, 3))
+                if last:
+                    await con.execute(
+                        _KEEP_LAST_EVENTS, *columns(sorted((*k, at) for k, at in last.items()), 3)
+                    )
         outcome.aggregated = len(new)
         outcome.duplicates += len(fresh) - len(new)
         return outcome

@@ -624,14 +624,16 @@ class SqliteStore:
     def _apply_events(self, events: Sequence[Event], oldest_day: int, newest_day: int) -> EventOutcome:
         outcome = EventOutcome()
         fresh = fresh_events(events, oldest_day, newest_day, outcome)
-        if not fresh:
+        last = kpis.last_events(events)
+        if not last:
             return outcome
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            if dead := self._deleted_among(app_id for _, app_id, _, _ in fresh):
+            if dead := self._deleted_among(app_id for app_id, _ in last):
                 outcome.of_deleted_apps = sum(1 for mark in fresh if mark[1] in dead)
                 fresh = {mark: event for mark, event in fresh.items() if mark[1] not in dead}
+                last = {key: at for key, at in last.items() if key[0] not in dead}
             marks = sorted(fresh)
             marked: set[Mark] = set()
             for start in range(0, len(marks), _MARKS_PER_QUERY):
@@ -649,6 +651,7 @@ class SqliteStore:
             write_rows(db, ADD_MEMBER, sorted(effects.members))
             write_rows(db, ADD_SUM, [(*key, total) for key, total in sorted(effects.sums.items())])
             write_rows(db, KEEP_FIRST_DAY, [(*key, day) for key, day in sorted(effects.first_days.items())])
+            write_rows(db, KEEP_LAST_EVENT, [(*key, at) for key, at in sorted(last.items())])
             db.execute("COMMIT")
         except BaseException:
             _rollback(db)
