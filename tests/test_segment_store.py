@@ -166,8 +166,8 @@ async def count_rows(store: Store, app_id: str) -> dict[str, int]:
 @pytest.mark.parametrize(
     "query",
     [
-        sql.APP_ENDPOINTS_PAGE.format(where=""),
-        sql.MEMBER_ENDPOINTS_PAGE.format(where=""),
+        sql.APP_ENDPOINTS_PAGE.format(join="", where=""),
+        sql.MEMBER_ENDPOINTS_PAGE,
     ],
     ids=["app", "members"],
 )

@@ -700,6 +700,8 @@ async def _migrate(con: asyncpg.Connection) -> None:
     for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
         await con.execute(migration)
         await con.execute(sql.numbered(sql.RECORD_MIGRATION), version)
+    # Functions are code, not data: replaced at every open (under the lock).
+    await con.execute(query.POSTGRES_FUNCTIONS)
 
 
 async def _deleted_among(con: asyncpg.Connection, app_ids: set[str]) -> set[str]:

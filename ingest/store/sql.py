@@ -439,9 +439,10 @@ ADD_SEGMENT_MEMBERS = (
 
 # Pages of segment_endpoints: each one range walk of a primary key from the
 # last endpoint ID of the page before, never a sort ("{where}": the compiled
-# definition, ingest.segments.query, " AND …" or empty).
+# definition, ingest.segments.query, " AND …" or empty; "{join}" what it
+# joins to each endpoint, or empty).
 APP_ENDPOINTS_PAGE = (
-    "SELECT " + _ENDPOINT_COLUMNS + " FROM endpoints AS e "  # noqa: S608
+    "SELECT " + _ENDPOINT_COLUMNS + " FROM endpoints AS e{join} "  # noqa: S608
     "WHERE e.app_id = ? AND e.endpoint_id > ? AND NOT e.deleted{where} ORDER BY e.endpoint_id LIMIT ?"
 )
 MEMBER_ENDPOINTS_PAGE = (
@@ -449,7 +450,7 @@ MEMBER_ENDPOINTS_PAGE = (
     "e.creation_date, e.effective_date, e.request_id, e.document "
     "FROM segment_members AS m JOIN endpoints AS e ON e.app_id = m.app_id AND e.endpoint_id = m.endpoint_id "
     "WHERE m.app_id = ? AND m.segment_id = ? AND m.endpoint_id > ? AND m.since_version <= ? "
-    "AND NOT e.deleted{where} ORDER BY m.endpoint_id LIMIT ?"
+    "AND NOT e.deleted ORDER BY m.endpoint_id LIMIT ?"
 )
 
 # The last event of each endpoint: the later time kept.

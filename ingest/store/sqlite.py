@@ -235,6 +235,7 @@ class SqliteStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA busy_timeout=5000")
+                query.register(db)
                 _migrate(db)
                 _keep_identity(db, path)
             except BaseException:
