@@ -283,3 +283,37 @@ async def test_the_store_selects_what_the_pure_evaluator_does(one_store: Store, 
     assert await members(store, app_id, "seg") == expected
     imported_v1 = [e.id for e in endpoints if e.id in first]
     assert await members(store, app_id, "imp", 1) == imported_v1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_each_criterion_selects_in_the_store_what_the_module_says(backend: str) -> None:
+    """test_segment_definitions' cases (the boundaries among them: the start
+    of a Recency window, an instant equal to BEFORE's, a metric equal to
+    GREATER_THAN_OR_EQUAL's), on each store, endpoints written by the folds."""
+    from tests.test_segment_definitions import CASES, FULL, NOW
+
+    document = FULL.document
+    full = upsert(
+        "full",
+        app_id="cases",
+        address="a",
+        channel_type=document["ChannelType"],
+        demographic=Demographic(platform="iOS"),
+        location=Location(country="DE", latitude=52.5, longitude=13.4),
+        attributes=document["Attributes"],
+        user_attributes=document["User"]["UserAttributes"],
+        metrics=document["Metrics"],
+    )
+    async with fresh_store(backend) as store:
+        await store.create_app(app("cases"))
+        await store.apply_endpoint_batch(offsets([full, upsert("plain", app_id="cases", address="b")]))
+        assert FULL.last_event_ms is not None
+        last = Event("cases", "full", "ev", "req", NOW, "t", "-", FULL.last_event_ms)
+        await store.apply_event_batch([last], oldest_day=0, newest_day=NOW // DAY_MS + 1)
+        for index, (body, selected) in enumerate(CASES):
+            shown = definitions.write_segment(body).shown
+            assert await store.create_segment(segment("cases", f"s{index}", shown))
+            found = await store.segment_endpoints(
+                "cases", f"s{index}", None, after=None, limit=10, now_ms=NOW
+            )
+            assert {e.endpoint_id for e in found} == selected, body
