@@ -238,3 +238,52 @@ async def test_the_last_event_of_each_endpoint_is_kept(store: Store) -> None:
     while await store.purge_deleted_apps(max_rows=2):
         pass
     assert await last_events(store, "app-a") == {}
+
+
+async def test_a_postgres_segment_page_joins_nothing_and_sorts_nothing() -> None:
+    """Recency and an IMPORT source are a primary-key lookup a row (a
+    scalar subquery), never a join: PostgreSQL makes a top-level EXISTS a
+    semi-join whose inner side, not bounded by ``after``, it reads from the
+    app's first row on every page. And the walk is the primary key's order."""
+    from ingest.segments import definitions, query
+    from tests.test_store import fresh_store
+
+    async with fresh_store("postgres") as store:
+        await store.create_app(app("app-a"))
+        await store.apply_endpoint_batch(offsets([upsert(f"e{i:05d}", address="x") for i in range(3000)]))
+        events = [event(f"v{i}", f"e{i:05d}", T0_MS, received_ms=T0_MS) for i in range(0, 3000, 2)]
+        await store.apply_event_batch(events, oldest_day=0, newest_day=T0_MS // DAY_MS + 1)
+        await store.create_segment(segment("imp"))
+        await store.add_segment_members("app-a", "imp", 1, [f"e{i:05d}" for i in range(0, 3000, 3)])
+        body = {
+            "SegmentGroups": {
+                "Groups": [
+                    {
+                        "SourceSegments": [{"Id": "imp"}],
+                        "Dimensions": [
+                            {"Behavior": {"Recency": {"Duration": "DAY_7", "RecencyType": "ACTIVE"}}}
+                        ],
+                    }
+                ]
+            }
+        }
+        shown = definitions.write_segment(body).shown
+        dimensional = dataclasses.replace(segment("dim", kind="DIMENSIONAL"), document=shown)
+        assert await store.create_segment(dimensional)
+        async with store._pool.acquire() as con:  # type: ignore[attr-defined]
+            await con.execute("ANALYZE")
+            found = await query.page(
+                store.get_segment, "postgres", "app-a", "dim", None, ("e01000", 100, T0_MS)
+            )
+            assert found is not None
+            plan = "\n".join(
+                row[0] for row in await con.fetch("EXPLAIN " + sql.numbered.__wrapped__(found[0]), *found[1])
+            )
+        assert not any(node in plan for node in ("Join", "Nested Loop", "Sort", "Hash")), plan
+        # The walk drives the plan: the first table read is the endpoints,
+        # from ``after`` on.
+        scans = [line.strip() for line in plan.splitlines() if "Scan" in line or "Index Cond" in line]
+        assert scans[0].startswith("->  Index Scan using endpoints_pkey on endpoints e"), plan
+        assert "endpoint_id > 'e01000'" in scans[1], plan
+        page = await store.segment_endpoints("app-a", "dim", None, after="e01000", limit=100, now_ms=T0_MS)
+        assert [e.endpoint_id for e in page][:3] == ["e01002", "e01008", "e01014"]

@@ -12,7 +12,10 @@ as they do in Python.
 The condition is evaluated row by row along the walk (a page is one range
 walk of the primary key from the last endpoint ID of the page before):
 Recency is a primary-key search of ``endpoint_activity``, an IMPORT source
-one of ``segment_members``, and a PostgreSQL document is parsed once a row
+one of ``segment_members``, each a scalar subquery, which neither backend
+turns into a join (PostgreSQL makes a top-level EXISTS a semi-join, whose
+inner side, unbounded by ``after``, would be read from the app's first row
+on every page), and a PostgreSQL document is parsed once a row
 (a ``jsonb`` of its text, in which an escaped NUL, which ``jsonb`` cannot
 hold, reads as U+FFFD).
 """
@@ -244,9 +247,9 @@ def _dimensions(b: _Builder, dims: Dimensions) -> str:
     if dims.recency is not None:
         b.count()
         active = (
-            "EXISTS (SELECT 1 FROM endpoint_activity AS act WHERE act.app_id = e.app_id "  # noqa: S608
-            f"AND act.endpoint_id = e.endpoint_id AND act.last_event_ms >= "
-            f"{b.bind(b.now_ms - dims.recency.duration_ms, 'bigint')})"
+            "COALESCE((SELECT act.last_event_ms FROM endpoint_activity AS act "  # noqa: S608
+            "WHERE act.app_id = e.app_id AND act.endpoint_id = e.endpoint_id) >= "
+            f"{b.bind(b.now_ms - dims.recency.duration_ms, 'bigint')}, 1 = 0)"
         )
         parts.append(active if dims.recency.active else f"(NOT {active})")
     for name, a in dims.attributes:
@@ -276,9 +279,9 @@ def _source(b: _Builder, source: SourceSegment, depth: int) -> str:
         return _FALSE
     if segment.segment_type == "IMPORT":
         return (
-            "EXISTS (SELECT 1 FROM segment_members AS member WHERE member.app_id = e.app_id "  # noqa: S608
-            f"AND member.segment_id = {b.bind(segment.id, 'text')} AND member.endpoint_id = e.endpoint_id "
-            f"AND member.since_version <= {b.bind(segment.version, 'integer')})"
+            "COALESCE((SELECT member.since_version FROM segment_members AS member "  # noqa: S608
+            f"WHERE member.app_id = e.app_id AND member.segment_id = {b.bind(segment.id, 'text')} "
+            f"AND member.endpoint_id = e.endpoint_id) <= {b.bind(segment.version, 'integer')}, 1 = 0)"
         )
     return _definition(b, definitions.definition(segment.document), depth + 1)
 
