@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ingest.errors import BadRequest
-from ingest.segments import definitions, evaluate
+from ingest.segments import definitions, evaluate, values
 from ingest.segments.evaluate import Endpoint
 
 SET = {"Values": ["x"]}
@@ -172,7 +172,7 @@ def test_the_shown_form_fills_in_defaults_and_reads_back_the_same() -> None:
     parsed = definitions.write_segment(body)
     shown = parsed.shown["Dimensions"]
     assert shown["Demographic"]["Platform"] == {"DimensionType": "INCLUSIVE", "Values": ["x"]}
-    assert shown["Location"]["GPSPoint"]["RangeInKilometers"] == definitions.DEFAULT_RANGE_KM
+    assert shown["Location"]["GPSPoint"]["RangeInKilometers"] == values.DEFAULT_RANGE_KM
     assert shown["Attributes"]["plan"]["AttributeType"] == "INCLUSIVE"
     assert definitions.definition(parsed.shown) == parsed.definition
     grouped = definitions.write_segment(group(SourceSegments=[{"Id": "s"}]))
@@ -199,7 +199,7 @@ def test_the_shown_form_fills_in_defaults_and_reads_back_the_same() -> None:
     ],
 )
 def test_an_instant_is_iso_instant_or_nothing(text: str, micros: int | None) -> None:
-    assert definitions.instant_us(text) == micros
+    assert values.instant_us(text) == micros
 
 
 # The semantics, case by case (the property test compares the store with

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from ingest.folds.endpoints import EndpointState
 from ingest.records.values import Demographic, Event, Location
-from ingest.segments import definitions, evaluate
+from ingest.segments import definitions, evaluate, values
 from ingest.segments.evaluate import Endpoint, Source
 from ingest.store.base import Segment, Store
 from tests.test_store import BACKENDS, app, fresh_store, offsets, upsert
@@ -104,13 +104,13 @@ def set_dimension(values: tuple[str, ...]) -> st.SearchStrategy[dict[str, Any]]:
 
 
 @st.composite
-def attribute_dimension(draw: st.DrawFn, values: tuple[str, ...]) -> dict[str, Any]:
-    kind = draw(st.sampled_from(sorted(definitions.ATTRIBUTE_TYPES)))
-    if kind in definitions.DATE_TYPES:
+def attribute_dimension(draw: st.DrawFn, choices: tuple[str, ...]) -> dict[str, Any]:
+    kind = draw(st.sampled_from(sorted(values.ATTRIBUTE_TYPES)))
+    if kind in values.DATE_TYPES:
         count = 2 if kind in ("BETWEEN", "NOT_BETWEEN") else 1
         chosen = sorted(draw(st.lists(st.sampled_from(INSTANTS), min_size=count, max_size=count)))
         return {"AttributeType": kind, "Values": chosen}
-    pool = tuple(v[:3] for v in values) + values if kind == "CONTAINS" else values
+    pool = tuple(v[:3] for v in choices) + choices if kind == "CONTAINS" else choices
     return {"AttributeType": kind, "Values": draw(st.lists(st.sampled_from(pool), min_size=1, max_size=2))}
 
 
@@ -124,12 +124,12 @@ GPS = st.fixed_dictionaries(
 )
 RECENCY = st.fixed_dictionaries(
     {
-        "Duration": st.sampled_from(sorted(definitions.DURATIONS_MS)),
+        "Duration": st.sampled_from(sorted(values.DURATIONS_MS)),
         "RecencyType": st.sampled_from(("ACTIVE", "INACTIVE")),
     }
 )
 METRIC = st.fixed_dictionaries(
-    {"ComparisonOperator": st.sampled_from(sorted(definitions.OPERATORS)), "Value": st.sampled_from(METRICS)}
+    {"ComparisonOperator": st.sampled_from(sorted(values.OPERATORS)), "Value": st.sampled_from(METRICS)}
 )
 # Each criterion a SegmentDimensions object can hold: (its path, its value).
 CRITERIA: dict[str, tuple[tuple[str, ...], st.SearchStrategy[Any]]] = {

@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from ingest.records.values import Event
-from ingest.store import sql
+from ingest.store import segment_sql, sql
 from ingest.store import sqlite as store_module
 from ingest.store.base import Segment, Store
 from tests.test_store import T0_MS, app, delete, offsets, store, upsert
@@ -166,8 +166,8 @@ async def count_rows(store: Store, app_id: str) -> dict[str, int]:
 @pytest.mark.parametrize(
     "query",
     [
-        sql.APP_ENDPOINTS_PAGE.format(join="", where=""),
-        sql.MEMBER_ENDPOINTS_PAGE,
+        segment_sql.APP_ENDPOINTS_PAGE.format(join="", where=""),
+        segment_sql.MEMBER_ENDPOINTS_PAGE,
     ],
     ids=["app", "members"],
 )
@@ -245,7 +245,8 @@ async def test_a_postgres_segment_page_joins_nothing_and_sorts_nothing() -> None
     scalar subquery), never a join: PostgreSQL makes a top-level EXISTS a
     semi-join whose inner side, not bounded by ``after``, it reads from the
     app's first row on every page. And the walk is the primary key's order."""
-    from ingest.segments import definitions, query
+    from ingest.segments import definitions
+    from ingest.store import segment_query as query
     from tests.test_store import fresh_store
 
     async with fresh_store("postgres") as store:

@@ -2,7 +2,8 @@
 error turned into Pinpoint's answer. The operations live one module per
 Pinpoint resource beside this one (``apps``, ``writes``, ``endpoints``,
 ``kpis``, ``eventstreams``, ``tags``, ``appsettings``, ``segments``); a new
-resource is one more module and its rows in the table.
+resource is one more module and its rows in the table, which is why this
+one earns its size (over 400 lines): a row for every Pinpoint operation.
 
 Whole requests fail only when unusable (400), too large (413), for an unknown
 app (404) or under overload (429) — never with 502/503/504, which Amplify JS

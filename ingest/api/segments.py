@@ -38,8 +38,10 @@ from ingest.api.http import Request, Response, iso_now, json_response
 from ingest.errors import BadRequest, InternalServerError, NotFound
 from ingest.folds.endpoints import iso_ms
 from ingest.records import validate
-from ingest.segments import definitions, query
-from ingest.segments.definitions import WriteSegment
+from ingest.segments import definitions
+from ingest.segments.values import Definition, WriteSegment
+from ingest.store import segment_query as query
+from ingest.store import segment_sources as sources
 from ingest.store.base import App, Segment, Store
 
 # Segments an app may hold (ours: Pinpoint publishes no such quota for the
@@ -64,11 +66,11 @@ class Segments:
     async def _body(self, request: Request) -> WriteSegment:
         return definitions.write_segment(validate.json_body(await request.body(self._max_body_bytes)))
 
-    async def _check(self, app_id: str, parsed: definitions.Definition | None, own: Segment | None) -> None:
+    async def _check(self, app_id: str, parsed: Definition | None, own: Segment | None) -> None:
         """400 for sources that do not exist, or a definition past the bounds."""
-        sources = await query.load_sources(self._store.get_segment, app_id, parsed, own=own)
-        query.check_sources(parsed, sources)
-        query.compile_definition(parsed, sources, "sqlite", 0)
+        found = await sources.load(self._store.get_segment, app_id, parsed, own=own)
+        sources.check(parsed, found)
+        query.compile_definition(parsed, found, "sqlite", 0)
 
     async def create_segment(self, request: Request) -> Response:
         app = await self._apps.require(request.params["app"])
