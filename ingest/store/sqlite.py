@@ -1,7 +1,7 @@
 """The SQLite backend of the store: apps, endpoints and KPI aggregates. It
 earns its size as the whole Store protocol on one backend (apps and their
-purge, tags, event streams and settings, endpoints, KPIs, keys), each method
-a transaction on one thread.
+purge, tags, event streams and settings, endpoints, KPIs, segments, keys),
+each method a transaction on one thread.
 
 SQLite (WAL, under the data dir) is the embedded default. Migrations are
 numbered SQL applied in order and recorded in ``schema_migrations``, so opening
