@@ -288,3 +288,23 @@ async def test_a_postgres_segment_page_joins_nothing_and_sorts_nothing() -> None
         assert "endpoint_id > 'e01000'" in scans[1], plan
         page = await store.segment_endpoints("app-a", "dim", None, after="e01000", limit=100, now_ms=T0_MS)
         assert [e.endpoint_id for e in page][:3] == ["e01002", "e01008", "e01014"]
+
+
+async def test_a_nul_in_an_endpoint_value_does_not_break_a_segment_page(store: Store) -> None:
+    """PostgreSQL's jsonb cannot hold an escaped NUL: the page reads it as
+    U+FFFD rather than failing for the whole app."""
+    from ingest.segments import definitions
+
+    await store.create_app(app("app-a"))
+    nul = upsert("e1", address="x", attributes={"plan": ["a\x00b"]})
+    await store.apply_endpoint_batch(offsets([nul, upsert("e2", address="y", attributes={"plan": ["pro"]})]))
+    for segment_id, kind, values, expected in (
+        ("s1", "INCLUSIVE", ["pro"], ["e2"]),
+        ("s2", "CONTAINS", ["a"], ["e1"]),
+    ):
+        body = {"Dimensions": {"Attributes": {"plan": {"AttributeType": kind, "Values": values}}}}
+        document = definitions.write_segment(body).shown
+        assert await store.create_segment(
+            dataclasses.replace(segment(segment_id, kind="DIMENSIONAL"), document=document)
+        )
+        assert await ids_of(store, segment_id) == expected
