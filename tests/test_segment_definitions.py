@@ -47,6 +47,14 @@ INVALID: list[tuple[Any, str]] = [
     ),
     (dims(Demographic={"Model": {"Values": ["x" * 101]}}), "Dimensions.Demographic.Model.Values[0] is 101"),
     (
+        dims(Demographic={"Model": {"Values": ["a\x00"]}}),
+        "Dimensions.Demographic.Model.Values[0] must not hold a NUL",
+    ),
+    (
+        dims(Attributes={"a\x00": SET}),
+        "Dimensions.Attributes key 'a\\x00' must be 1-50 characters, none of them NUL",
+    ),
+    (
         dims(Demographic={"Channel": {**SET, "DimensionType": "MAYBE"}}),
         "Dimensions.Demographic.Channel.DimensionType must be one of EXCLUSIVE, INCLUSIVE",
     ),

@@ -101,6 +101,11 @@ from ingest.segments.values import (
 )
 
 
+# No text of a definition holds one: PostgreSQL's text cannot, so the
+# store could never compare it (an endpoint's own NUL reads as U+FFFD there).
+NUL = "\x00"
+
+
 def _fail(message: str) -> NoReturn:
     raise BadRequest(message)
 
@@ -124,6 +129,8 @@ def _string(value: Any, where: str, bound: int) -> str:
         _fail(f"{where} must be a string")
     if len(value) > bound:
         _fail(f"{where} is {len(value)} characters; at most {bound}")
+    if NUL in value:
+        _fail(f"{where} must not hold a NUL character")
     return value
 
 
@@ -185,8 +192,8 @@ def _keyed(value: Any, where: str, parse: Any) -> tuple[tuple[str, Any], ...]:
         _fail(f"{where} names {len(obj)} keys; at most {MAX_KEYS}")
     out = []
     for key, item in sorted(obj.items()):
-        if not 0 < len(key) <= MAX_KEY_CHARS:
-            _fail(f"{where} key {key[:64]!r} must be 1-{MAX_KEY_CHARS} characters")
+        if not 0 < len(key) <= MAX_KEY_CHARS or NUL in key:
+            _fail(f"{where} key {key[:64]!r} must be 1-{MAX_KEY_CHARS} characters, none of them NUL")
         out.append((key, parse(item, f"{where}.{key}")))
     return tuple(out)
 
