@@ -100,7 +100,6 @@ from ingest.segments.values import (
     instant_us,
 )
 
-
 # No text of a definition holds one: PostgreSQL's text cannot, so the
 # store could never compare it (an endpoint's own NUL reads as U+FFFD there).
 NUL = "\x00"
