@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+from typing import Any
 
 import pytest
 
@@ -308,3 +309,31 @@ async def test_a_nul_in_an_endpoint_value_does_not_break_a_segment_page(store: S
             dataclasses.replace(segment(segment_id, kind="DIMENSIONAL"), document=document)
         )
         assert await ids_of(store, segment_id) == expected
+
+
+class _NoMath(sqlite3.Connection):
+    """A connection whose SQLite has no math functions (built without
+    SQLITE_ENABLE_MATH_FUNCTIONS, as some distributions ship it)."""
+
+    def execute(self, statement: str, *args: Any) -> sqlite3.Cursor:
+        if statement.startswith("SELECT sin(") and not getattr(self, "registered", False):
+            self.registered = True
+            raise sqlite3.OperationalError("no such function: sin")
+        return super().execute(statement, *args)
+
+
+def test_sqlite_without_math_functions_gets_libms_registered() -> None:
+    import math
+
+    from ingest.store import segment_query
+
+    db = sqlite3.connect(":memory:", factory=_NoMath)
+    segment_query.register(db)
+    assert getattr(db, "registered", False), "the probe found no sin()"
+    assert db.execute("SELECT sin(0.5), cos(0.5)").fetchone() == (math.sin(0.5), math.cos(0.5))
+    assert db.execute(
+        "SELECT ingest_instant_us('1970-01-01T00:00:01Z'), ingest_instant_us(7)"
+    ).fetchone() == (
+        1_000_000,
+        None,
+    )
