@@ -329,13 +329,14 @@ async def page(
     app_id: str,
     segment_id: str | None,
     version: int | None,
-    page: tuple[str, int, int],
+    cursor: tuple[str, int, int],
 ) -> tuple[str, tuple[Any, ...]] | None:
     """The statement (``?`` placeholders) and parameters of one page of
-    ``Store.segment_endpoints``; ``page`` is (after, limit, now ms). None:
-    no such segment (version). BadRequest: a definition whose sources have
-    changed since it was stored so that it is now beyond the bounds."""
-    after, limit, now_ms = page
+    ``Store.segment_endpoints``; ``cursor`` is (after, limit, now ms). None:
+    no such segment (version). A non-retriable StoreError: a definition
+    whose sources have changed since it was stored so that it is now beyond
+    the bounds (nested too deep, or naming each other)."""
+    after, limit, now_ms = cursor
     if segment_id is None:
         return segment_sql.APP_ENDPOINTS_PAGE.format(join="", where=""), (app_id, after, limit)
     segment = await get(app_id, segment_id, version)
