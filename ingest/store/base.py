@@ -221,7 +221,10 @@ class Store(Protocol):
         segment version (the latest when None; none for no such segment),
         evaluated in the database at ``now_ms`` (for Recency). A page is one
         range walk of a primary key from ``after``: an export of 1M
-        endpoints is a sequence of these pages, none sorting the app."""
+        endpoints is a sequence of these pages, none sorting the app. A
+        segment whose source segments changed since so that they now nest
+        too deep (or name each other) is a non-retriable StoreError; a
+        source that no longer exists selects no endpoint."""
         ...
 
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None: ...
