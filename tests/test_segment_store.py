@@ -337,3 +337,16 @@ def test_sqlite_without_math_functions_gets_libms_registered() -> None:
         1_000_000,
         None,
     )
+
+
+async def test_sources_that_came_to_name_each_other_fail_the_page_not_loop(store: Store) -> None:
+    from ingest.errors import StoreError
+
+    await store.create_app(app("app-a"))
+    for segment_id, source in (("a", "b"), ("b", "a")):
+        document = {"SegmentGroups": {"Groups": [{"SourceSegments": [{"Id": source}]}], "Include": "ALL"}}
+        dimensional = dataclasses.replace(segment(segment_id, kind="DIMENSIONAL"), document=document)
+        assert await store.create_segment(dimensional)
+    with pytest.raises(StoreError) as caught:
+        await store.segment_endpoints("app-a", "a", None, after=None, limit=10, now_ms=T0_MS)
+    assert not caught.value.retriable and "nest deeper than" in str(caught.value)
