@@ -148,6 +148,7 @@ OPERATIONS = (
     "DeleteEndpoint GetUserEndpoints DeleteUserEndpoints GetApplicationDateRangeKpi "
     "GetCampaignDateRangeKpi GetJourneyDateRangeKpi PutEventStream GetEventStream DeleteEventStream "
     "TagResource UntagResource ListTagsForResource GetApplicationSettings UpdateApplicationSettings"
+    " CreateSegment GetSegments GetSegment UpdateSegment DeleteSegment GetSegmentVersions GetSegmentVersion"
 ).split()
 READS = {
     "GetApps",
@@ -159,6 +160,10 @@ READS = {
     "GetJourneyDateRangeKpi",
     "ListTagsForResource",
     "GetApplicationSettings",
+    "GetSegment",
+    "GetSegments",
+    "GetSegmentVersion",
+    "GetSegmentVersions",
 }
 INGESTS = {"PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch"}
 ACCOUNT = {"CreateApp", "GetApps"}

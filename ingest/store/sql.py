@@ -165,6 +165,50 @@ _MIGRATIONS: tuple[str, ...] = (
         last_modified {text} NOT NULL
     ){keyed}
     """,
+    # Segments (ingest.segments): a head a segment (its latest version and
+    # creation date; deleted with the app, in DeleteApp's transaction), its
+    # versions, and an IMPORT segment's static members, each a member from
+    # ``since_version`` on (versions and members purged with the app).
+    """
+    CREATE TABLE segments (
+        app_id {key} NOT NULL,
+        segment_id {key} NOT NULL,
+        latest {int32} NOT NULL,
+        creation_date {text} NOT NULL,
+        PRIMARY KEY (app_id, segment_id)
+    ){keyed}
+    """,
+    """
+    CREATE TABLE segment_versions (
+        app_id {key} NOT NULL,
+        segment_id {key} NOT NULL,
+        version {int32} NOT NULL,
+        name {text} NOT NULL,
+        segment_type {key} NOT NULL,
+        document {text} NOT NULL,
+        last_modified_date {text} NOT NULL,
+        PRIMARY KEY (app_id, segment_id, version)
+    ){keyed}
+    """,
+    """
+    CREATE TABLE segment_members (
+        app_id {key} NOT NULL,
+        segment_id {key} NOT NULL,
+        endpoint_id {key} NOT NULL,
+        since_version {int32} NOT NULL,
+        PRIMARY KEY (app_id, segment_id, endpoint_id)
+    ){keyed}
+    """,
+    # The time of each endpoint's last event (Behavior.Recency), written by
+    # the KPI worker with its batch's aggregates; purged with the app.
+    """
+    CREATE TABLE endpoint_activity (
+        app_id {key} NOT NULL,
+        endpoint_id {key} NOT NULL,
+        last_event_ms {int64} NOT NULL,
+        PRIMARY KEY (app_id, endpoint_id)
+    ){keyed}
+    """,
 )
 
 
@@ -195,6 +239,9 @@ DELETE_WITH_APP = (
     DELETE_POOLS_OF_APP,
     "DELETE FROM event_streams WHERE app_id = ?",
     "DELETE FROM application_settings WHERE app_id = ?",
+    # A few hundred rows at most (the segments-per-app bound): their versions
+    # and members, unbounded, go with the purge.
+    "DELETE FROM segments WHERE app_id = ?",
 )
 LIVE_KEYS = "SELECT " + _KEY_COLUMNS + " FROM access_keys WHERE revoked_ms IS NULL ORDER BY access_key_id"  # noqa: S608
 SET_KEY_APPS = "UPDATE access_keys SET apps = ? WHERE access_key_id = ?"
@@ -246,7 +293,27 @@ PURGE_KPI_FIRST_DAYS = (
     "DELETE FROM kpi_first_days WHERE (app_id, endpoint_id) IN "
     "(SELECT app_id, endpoint_id FROM kpi_first_days WHERE app_id = ? LIMIT ?)"
 )
-PURGE_TABLES = (PURGE_ENDPOINTS, PURGE_KPI_MEMBERS, PURGE_KPI_SUMS, PURGE_KPI_FIRST_DAYS)
+PURGE_SEGMENT_VERSIONS = (
+    "DELETE FROM segment_versions WHERE (app_id, segment_id, version) IN "
+    "(SELECT app_id, segment_id, version FROM segment_versions WHERE app_id = ? LIMIT ?)"
+)
+PURGE_SEGMENT_MEMBERS = (
+    "DELETE FROM segment_members WHERE (app_id, segment_id, endpoint_id) IN "
+    "(SELECT app_id, segment_id, endpoint_id FROM segment_members WHERE app_id = ? LIMIT ?)"
+)
+PURGE_ENDPOINT_ACTIVITY = (
+    "DELETE FROM endpoint_activity WHERE (app_id, endpoint_id) IN "
+    "(SELECT app_id, endpoint_id FROM endpoint_activity WHERE app_id = ? LIMIT ?)"
+)
+PURGE_TABLES = (
+    PURGE_ENDPOINTS,
+    PURGE_KPI_MEMBERS,
+    PURGE_KPI_SUMS,
+    PURGE_KPI_FIRST_DAYS,
+    PURGE_SEGMENT_VERSIONS,
+    PURGE_SEGMENT_MEMBERS,
+    PURGE_ENDPOINT_ACTIVITY,
+)
 # The next day holding marks: an index search each, visiting only days that have some.
 NEXT_MARK_DAY = "SELECT min(day) FROM event_marks WHERE day > ?"
 PURGE_MARKS = (
@@ -300,6 +367,12 @@ ADD_SUMS = (
 KEEP_FIRST_DAYS = (
     "INSERT INTO kpi_first_days AS f (app_id, endpoint_id, day) {rows} "
     "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET day = excluded.day WHERE excluded.day < f.day"
+)
+# The last event of each endpoint (ingest.folds.activity): the later time kept.
+KEEP_LAST_EVENTS = (
+    "INSERT INTO endpoint_activity AS a (app_id, endpoint_id, last_event_ms) {rows} "
+    "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET last_event_ms = excluded.last_event_ms "
+    "WHERE excluded.last_event_ms > a.last_event_ms"
 )
 
 # KPI reads: each one search of a primary key or index range
