@@ -147,7 +147,10 @@ OPERATIONS = (
     "CreateApp GetApps GetApp DeleteApp PutEvents UpdateEndpoint UpdateEndpointsBatch GetEndpoint "
     "DeleteEndpoint GetUserEndpoints DeleteUserEndpoints GetApplicationDateRangeKpi "
     "GetCampaignDateRangeKpi GetJourneyDateRangeKpi PutEventStream GetEventStream DeleteEventStream "
-    "TagResource UntagResource ListTagsForResource GetApplicationSettings UpdateApplicationSettings"
+    "TagResource UntagResource ListTagsForResource GetApplicationSettings UpdateApplicationSettings "
+    # Import and export jobs.
+    "CreateImportJob GetImportJob GetImportJobs GetSegmentImportJobs "
+    "CreateExportJob GetExportJob GetExportJobs GetSegmentExportJobs"
 ).split()
 READS = {
     "GetApps",
@@ -159,6 +162,13 @@ READS = {
     "GetJourneyDateRangeKpi",
     "ListTagsForResource",
     "GetApplicationSettings",
+    # Import and export jobs.
+    "GetImportJob",
+    "GetImportJobs",
+    "GetSegmentImportJobs",
+    "GetExportJob",
+    "GetExportJobs",
+    "GetSegmentExportJobs",
 }
 INGESTS = {"PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch"}
 ACCOUNT = {"CreateApp", "GetApps"}

@@ -36,6 +36,7 @@ from ingest.api.http import (
     send_response,
 )
 from ingest.api.identity import Identities
+from ingest.api.jobs import Jobs
 from ingest.api.kpis import KpiReads
 from ingest.api.limits import ClientAddress, TokenBuckets
 from ingest.api.probes import Check
@@ -89,6 +90,15 @@ ADMITTED = frozenset(
         "GetApplicationSettings",
         "UpdateApplicationSettings",
         "CognitoIdentity",
+        # Import and export jobs (ingest.api.jobs).
+        "CreateImportJob",
+        "GetImportJob",
+        "GetImportJobs",
+        "GetSegmentImportJobs",
+        "CreateExportJob",
+        "GetExportJob",
+        "GetExportJobs",
+        "GetSegmentExportJobs",
     )
 )
 # Every Pinpoint operation is signed and verified; the Cognito-style
@@ -164,6 +174,7 @@ class Edge:
         )
         tags = Tags(store=store, apps=cache, max_body_bytes=body_limit)
         app_settings = AppSettings(store=store, apps=cache, max_body_bytes=body_limit)
+        jobs = Jobs(store=store, apps=cache, settings=settings)
         self._router = Router(
             [
                 # Cognito Identity's JSON 1.1 protocol posts to the root.
@@ -231,6 +242,31 @@ class Edge:
                 Route(
                     "/v1/apps/{app}/journeys/{journey}/kpis/daterange/{kpi}",
                     {"GET": ("GetJourneyDateRangeKpi", kpis.get_journey_kpi)},
+                ),
+                # Import and export jobs.
+                Route(
+                    "/v1/apps/{app}/jobs/import",
+                    {
+                        "POST": ("CreateImportJob", jobs.create_import_job),
+                        "GET": ("GetImportJobs", jobs.get_import_jobs),
+                    },
+                ),
+                Route("/v1/apps/{app}/jobs/import/{job}", {"GET": ("GetImportJob", jobs.get_import_job)}),
+                Route(
+                    "/v1/apps/{app}/segments/{segment}/jobs/import",
+                    {"GET": ("GetSegmentImportJobs", jobs.get_segment_import_jobs)},
+                ),
+                Route(
+                    "/v1/apps/{app}/jobs/export",
+                    {
+                        "POST": ("CreateExportJob", jobs.create_export_job),
+                        "GET": ("GetExportJobs", jobs.get_export_jobs),
+                    },
+                ),
+                Route("/v1/apps/{app}/jobs/export/{job}", {"GET": ("GetExportJob", jobs.get_export_job)}),
+                Route(
+                    "/v1/apps/{app}/segments/{segment}/jobs/export",
+                    {"GET": ("GetSegmentExportJobs", jobs.get_segment_export_jobs)},
                 ),
             ]
         )
