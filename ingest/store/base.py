@@ -122,6 +122,26 @@ class Job:
 MAX_JOB_FAILURES = 100
 
 
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One version of a segment (:mod:`ingest.segments`)."""
+
+    app_id: str
+    id: str
+    version: int
+    """1 on create; each UpdateSegment, or import into it, adds 1."""
+    name: str
+    segment_type: str
+    """"DIMENSIONAL" | "IMPORT"."""
+    document: dict[str, Any]
+    """This version's definition members as the API shows them: Dimensions
+    or SegmentGroups, ImportDefinition, tags."""
+    creation_date: str
+    """ISO 8601 ms UTC, of version 1."""
+    last_modified_date: str
+    """ISO 8601 ms UTC, of this version."""
+
+
 class Store(Protocol):
     """What the edge and the workers need from the store. Every method raises
     StoreError (``retriable`` when the store is unavailable) and nothing else."""
@@ -137,7 +157,8 @@ class Store(Protocol):
     async def delete_app(self, app_id: str) -> App | None:
         """In one transaction: delete the app row, leave its tombstone in
         ``deleted_apps`` (to purge; the workers drop its records from then
-        on), delete its identity pools, event stream and settings, and take
+        on), delete its identity pools, event stream, settings and segments
+        (their versions and members go with the purge), and take
         it out of the keys bound to
         it: a key bound to it alone is revoked (a bound key is never widened
         to every app). → the app, or None if there is none."""
@@ -187,6 +208,67 @@ class Store(Protocol):
         app not yet purged; an app with nothing left is marked purged. → the
         rows deleted plus the apps marked purged: 0 when nothing is left.
         Interrupted anywhere, the next call goes on where it stopped."""
+        ...
+
+    # Segments (ingest.segments): a head row a segment (its latest version),
+    # a row a version, and the static members of IMPORT segments.
+    async def create_segment(self, segment: Segment, *, max_segments: int | None = None) -> bool:
+        """Store a new segment at ``segment.version`` (1). → False, nothing
+        written, when the app does not exist or already has ``max_segments``
+        segments; the check and the write are one serialised step."""
+        ...
+
+    async def put_segment_version(self, segment: Segment) -> Segment | None:
+        """Store ``segment`` as the new latest version, only if the latest
+        stored is ``segment.version - 1`` (a compare-and-set): → the segment
+        with the stored creation date, or None (the caller re-reads and retries,
+        or the segment is gone)."""
+        ...
+
+    async def get_segment(self, app_id: str, segment_id: str, version: int | None = None) -> Segment | None:
+        """That version (the latest when None), or None."""
+        ...
+
+    async def list_segments(self, app_id: str, *, after: str | None, limit: int) -> Sequence[Segment]:
+        """The app's segments at their latest version, by ID, after ``after``."""
+        ...
+
+    async def list_segment_versions(
+        self, app_id: str, segment_id: str, *, after: int, limit: int
+    ) -> Sequence[Segment]:
+        """The segment's versions above ``after``, oldest first."""
+        ...
+
+    async def delete_segment(self, app_id: str, segment_id: str) -> Segment | None:
+        """Delete the segment, its versions and its members in one
+        transaction; → its latest version, or None if there is none."""
+        ...
+
+    async def add_segment_members(
+        self, app_id: str, segment_id: str, version: int, endpoint_ids: Sequence[str]
+    ) -> None:
+        """Make ``endpoint_ids`` static members of the segment from
+        ``version`` on (a member added at version v is one of every version
+        ≥ v; adding it again keeps the lowest). Idempotent; nothing is
+        written if the segment does not exist."""
+        ...
+
+    async def segment_endpoints(
+        self,
+        app_id: str,
+        segment_id: str | None,
+        version: int | None,
+        *,
+        after: str | None,
+        limit: int,
+        now_ms: int,
+    ) -> Sequence[EndpointState]:
+        """Live endpoints by endpoint ID, above ``after``, at most ``limit``:
+        all the app's when ``segment_id`` is None, else the members of that
+        segment version (the latest when None; none for no such segment),
+        evaluated in the database at ``now_ms`` (for Recency). A page is one
+        range walk of a primary key from ``after``: an export of 1M
+        endpoints is a sequence of these pages, none sorting the app."""
         ...
 
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None: ...
@@ -425,6 +507,35 @@ def settings_of(row: Sequence[Any]) -> ApplicationSettings:
     """The inverse of :func:`settings_row` (any backend's row, in table order)."""
     app_id, document, last_modified = row
     return ApplicationSettings(app_id=app_id, document=orjson.loads(document), last_modified=last_modified)
+
+
+def segment_of(row: Sequence[Any]) -> Segment:
+    """A segment from the columns every backend reads, in the order of
+    ``sql.SEGMENT_COLUMNS``."""
+    app_id, segment_id, version, name, segment_type, document, created, modified = row
+    return Segment(
+        app_id=app_id,
+        id=segment_id,
+        version=version,
+        name=name,
+        segment_type=segment_type,
+        document=orjson.loads(document),
+        creation_date=created,
+        last_modified_date=modified,
+    )
+
+
+def segment_version_row(segment: Segment) -> tuple[Any, ...]:
+    """A segment version as ``segment_versions`` stores it, in table order."""
+    return (
+        segment.app_id,
+        segment.id,
+        segment.version,
+        segment.name,
+        segment.segment_type,
+        orjson.dumps(segment.document).decode(),
+        segment.last_modified_date,
+    )
 
 
 def endpoint_row(state: EndpointState) -> tuple[Any, ...]:

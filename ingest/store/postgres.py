@@ -80,6 +80,7 @@ from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, 
 from ingest.folds.kpis import EventOutcome
 from ingest.keys import AccessKey, IdentityPool
 from ingest.records.values import Event
+from ingest.segments import query
 from ingest.store import sql
 from ingest.store.base import (
     INT32_MIN,
@@ -90,6 +91,7 @@ from ingest.store.base import (
     Job,
     JobType,
     KpiData,
+    Segment,
     app_of,
     app_row,
     endpoint_row,
@@ -103,6 +105,8 @@ from ingest.store.base import (
     keys_without,
     pool_of,
     pool_row,
+    segment_of,
+    segment_version_row,
     settings_of,
     settings_row,
     stream_of,
@@ -243,6 +247,14 @@ _KPI_MONTHLY_STEPS = (
     "SELECT at, '', (sum(sum(delta)) OVER (ORDER BY at))::integer FROM steps GROUP BY at ORDER BY at"
 )
 
+# Segments (see sql): creates in one app take turns on its row; a new
+# version or new members hold the segment's head.
+_APP_OF_SEGMENT = sql.numbered(sql.APP_OF_SEGMENT.format(lock=" FOR UPDATE"))
+_SEGMENT_EXISTS = sql.numbered(sql.SEGMENT_EXISTS.format(lock=" FOR SHARE"))
+_GET_SEGMENT = sql.numbered(sql.GET_SEGMENT).replace("COALESCE($1,", "COALESCE($1::integer,")
+_ADD_SEGMENT_MEMBERS = sql.ADD_SEGMENT_MEMBERS.format(rows=unnest("text", "text", "text", "integer"))
+_KEEP_LAST_EVENTS = sql.KEEP_LAST_EVENTS.format(rows=unnest("text", "text", "bigint"))
+
 # What asyncpg and the socket under it raise; everything else is a bug here.
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 # Server errors that mean "not now" rather than "never": connection loss
@@ -370,6 +382,111 @@ class PostgresStore:
         row = await self._row_of_app("get application settings", _GET_SETTINGS, app_id)
         return None if row is None else settings_of(row)
 
+    async def create_segment(self, segment: Segment, *, max_segments: int | None = None) -> bool:
+        if NUL in segment.app_id:
+            return False
+        with _boundary("create segment"):
+            async with self._pool.acquire() as con, con.transaction():
+                if await con.fetchval(_APP_OF_SEGMENT, segment.app_id) is None:
+                    return False
+                if max_segments is not None:
+                    count = await con.fetchval(sql.numbered(sql.COUNT_SEGMENTS), segment.app_id)
+                    if count >= max_segments:
+                        return False
+                head = (segment.app_id, segment.id, segment.version, segment.creation_date)
+                await con.execute(sql.numbered(sql.INSERT_SEGMENT), *head)
+                await con.execute(sql.numbered(sql.INSERT_SEGMENT_VERSION), *segment_version_row(segment))
+        return True
+
+    async def put_segment_version(self, segment: Segment) -> Segment | None:
+        if NUL in segment.app_id or NUL in segment.id:
+            return None
+        with _boundary("put segment version"):
+            async with self._pool.acquire() as con, con.transaction():
+                head = (segment.version, segment.app_id, segment.id, segment.version - 1)
+                created = await con.fetchval(sql.numbered(sql.ADVANCE_SEGMENT), *head)
+                if created is None:
+                    return None
+                await con.execute(sql.numbered(sql.INSERT_SEGMENT_VERSION), *segment_version_row(segment))
+        return dataclasses.replace(segment, creation_date=created)
+
+    async def get_segment(self, app_id: str, segment_id: str, version: int | None = None) -> Segment | None:
+        if NUL in app_id or NUL in segment_id:
+            return None
+        with _boundary("get segment"):
+            row = await self._pool.fetchrow(_GET_SEGMENT, version, app_id, segment_id)
+        return None if row is None else segment_of(row)
+
+    async def list_segments(self, app_id: str, *, after: str | None, limit: int) -> Sequence[Segment]:
+        if NUL in app_id:
+            return []
+        after = (after or "").partition(NUL)[0]
+        with _boundary("list segments"):
+            rows = await self._pool.fetch(sql.numbered(sql.LIST_SEGMENTS), app_id, after, limit)
+        return [segment_of(row) for row in rows]
+
+    async def list_segment_versions(
+        self, app_id: str, segment_id: str, *, after: int, limit: int
+    ) -> Sequence[Segment]:
+        if NUL in app_id or NUL in segment_id:
+            return []
+        with _boundary("list segment versions"):
+            rows = await self._pool.fetch(
+                sql.numbered(sql.LIST_SEGMENT_VERSIONS), app_id, segment_id, after, limit
+            )
+        return [segment_of(row) for row in rows]
+
+    async def delete_segment(self, app_id: str, segment_id: str) -> Segment | None:
+        if NUL in app_id or NUL in segment_id:
+            return None
+        with _boundary("delete segment"):
+            async with self._pool.acquire() as con, con.transaction():
+                row = await con.fetchrow(_GET_SEGMENT + " FOR UPDATE OF s", None, app_id, segment_id)
+                if row is None:
+                    return None
+                for statement in sql.DELETE_SEGMENT_ROWS:
+                    await con.execute(sql.numbered(statement), app_id, segment_id)
+        return segment_of(row)
+
+    async def add_segment_members(
+        self, app_id: str, segment_id: str, version: int, endpoint_ids: Sequence[str]
+    ) -> None:
+        ids = sorted({e for e in endpoint_ids if NUL not in e})
+        if NUL in app_id or NUL in segment_id or not ids:
+            return
+        with _boundary("add segment members"):
+            async with self._pool.acquire() as con, con.transaction():
+                if await con.fetchval(_SEGMENT_EXISTS, app_id, segment_id) is None:
+                    return
+                width = len(ids)
+                await con.execute(
+                    _ADD_SEGMENT_MEMBERS, [app_id] * width, [segment_id] * width, ids, [version] * width
+                )
+
+    async def segment_endpoints(
+        self,
+        app_id: str,
+        segment_id: str | None,
+        version: int | None,
+        *,
+        after: str | None,
+        limit: int,
+        now_ms: int,
+    ) -> Sequence[EndpointState]:
+        if NUL in app_id or (segment_id is not None and NUL in segment_id):
+            return []
+        start = (after or "").partition(NUL)[0]
+        found = await query.page(
+            self.get_segment, "postgres", app_id, segment_id, version, (start, limit, now_ms)
+        )
+        if found is None:
+            return []
+        # Not sql.numbered: its cache would keep every definition's text.
+        statement, params = sql.numbered.__wrapped__(found[0]), found[1]
+        with _boundary("segment endpoints"):
+            rows = await self._pool.fetch(statement, *params)
+        return [endpoint_state(row) for row in rows]
+
     async def _put_of_app(self, what: str, statement: str, row: Sequence[Any]) -> bool:
         """``statement`` (a put of a row led by its app ID, written only
         where that app exists) on ``row``; → whether it wrote."""
@@ -489,21 +606,23 @@ class PostgresStore:
         nothing of the batch is written (a partition it created included)."""
         outcome = EventOutcome()
         fresh = fresh_events(events, oldest_day, newest_day, outcome)
-        if not fresh:
+        last = kpis.last_events(events)
+        if not last:
             return outcome
         marks = sorted(fresh)
         with _boundary("apply event batch"):
             async with self._pool.acquire() as con, con.transaction():
-                if dead := await _deleted_among(con, {app_id for _, app_id, _, _ in marks}):
+                if dead := await _deleted_among(con, {app_id for app_id, _ in last}):
                     outcome.of_deleted_apps = sum(1 for mark in marks if mark[1] in dead)
                     marks = [mark for mark in marks if mark[1] not in dead]
                     fresh = {mark: fresh[mark] for mark in marks}
-                    if not marks:
-                        return outcome
-                await con.execute(_LOCK_MARKS)
-                await _ensure_partitions(con, sorted({day for day, *_ in marks}))
-                rows = await con.fetch(_MARK_EVENTS, *columns(marks, 4))
-                new = [fresh[(row[0], row[1], row[2], row[3])] for row in rows]
+                    last = {key: at for key, at in last.items() if key[0] not in dead}
+                new: list[Event] = []
+                if marks:
+                    await con.execute(_LOCK_MARKS)
+                    await _ensure_partitions(con, sorted({day for day, *_ in marks}))
+                    rows = await con.fetch(_MARK_EVENTS, *columns(marks, 4))
+                    new = [fresh[(row[0], row[1], row[2], row[3])] for row in rows]
                 stored: dict[Key, str | None] = {}
                 if lookup := unresolved(new):
                     for row in await con.fetch(_EVENT_USERS, *columns(lookup, 2)):
@@ -517,6 +636,10 @@ class PostgresStore:
                 if effects.first_days:
                     firsts = [(*key, day) for key, day in sorted(effects.first_days.items())]
                     await con.execute(_KEEP_FIRST_DAYS, *columns(firsts, 3))
+                if last:
+                    await con.execute(
+                        _KEEP_LAST_EVENTS, *columns(sorted((*k, at) for k, at in last.items()), 3)
+                    )
         outcome.aggregated = len(new)
         outcome.duplicates += len(fresh) - len(new)
         return outcome
@@ -641,6 +764,8 @@ async def _migrate(con: asyncpg.Connection) -> None:
     for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
         await con.execute(migration)
         await con.execute(sql.numbered(sql.RECORD_MIGRATION), version)
+    # Functions are code, not data: replaced at every open (under the lock).
+    await con.execute(query.POSTGRES_FUNCTIONS)
 
 
 async def _deleted_among(con: asyncpg.Connection, app_ids: set[str]) -> set[str]:

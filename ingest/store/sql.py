@@ -165,6 +165,50 @@ _MIGRATIONS: tuple[str, ...] = (
         last_modified {text} NOT NULL
     ){keyed}
     """,
+    # Segments (ingest.segments): a head a segment (its latest version and
+    # creation date; deleted with the app, in DeleteApp's transaction), its
+    # versions, and an IMPORT segment's static members, each a member from
+    # ``since_version`` on (versions and members purged with the app).
+    """
+    CREATE TABLE segments (
+        app_id {key} NOT NULL,
+        segment_id {key} NOT NULL,
+        latest {int32} NOT NULL,
+        creation_date {text} NOT NULL,
+        PRIMARY KEY (app_id, segment_id)
+    ){keyed}
+    """,
+    """
+    CREATE TABLE segment_versions (
+        app_id {key} NOT NULL,
+        segment_id {key} NOT NULL,
+        version {int32} NOT NULL,
+        name {text} NOT NULL,
+        segment_type {key} NOT NULL,
+        document {text} NOT NULL,
+        last_modified_date {text} NOT NULL,
+        PRIMARY KEY (app_id, segment_id, version)
+    ){keyed}
+    """,
+    """
+    CREATE TABLE segment_members (
+        app_id {key} NOT NULL,
+        segment_id {key} NOT NULL,
+        endpoint_id {key} NOT NULL,
+        since_version {int32} NOT NULL,
+        PRIMARY KEY (app_id, segment_id, endpoint_id)
+    ){keyed}
+    """,
+    # The time of each endpoint's last event (Behavior.Recency), written by
+    # the KPI worker with its batch's aggregates; purged with the app.
+    """
+    CREATE TABLE endpoint_activity (
+        app_id {key} NOT NULL,
+        endpoint_id {key} NOT NULL,
+        last_event_ms {int64} NOT NULL,
+        PRIMARY KEY (app_id, endpoint_id)
+    ){keyed}
+    """,
     # Import and export jobs (ingest.jobs), deleted with their app. JSON
     # columns: the request, the first failures, an import's object list and
     # the cursor. ``lease_expires_ms`` 0: nobody holds the job. The active
@@ -225,6 +269,9 @@ DELETE_WITH_APP = (
     DELETE_POOLS_OF_APP,
     "DELETE FROM event_streams WHERE app_id = ?",
     "DELETE FROM application_settings WHERE app_id = ?",
+    # A few hundred rows at most (the segments-per-app bound): their versions
+    # and members, unbounded, go with the purge.
+    "DELETE FROM segments WHERE app_id = ?",
     "DELETE FROM jobs WHERE app_id = ?",
 )
 LIVE_KEYS = "SELECT " + _KEY_COLUMNS + " FROM access_keys WHERE revoked_ms IS NULL ORDER BY access_key_id"  # noqa: S608
@@ -277,7 +324,27 @@ PURGE_KPI_FIRST_DAYS = (
     "DELETE FROM kpi_first_days WHERE (app_id, endpoint_id) IN "
     "(SELECT app_id, endpoint_id FROM kpi_first_days WHERE app_id = ? LIMIT ?)"
 )
-PURGE_TABLES = (PURGE_ENDPOINTS, PURGE_KPI_MEMBERS, PURGE_KPI_SUMS, PURGE_KPI_FIRST_DAYS)
+PURGE_SEGMENT_VERSIONS = (
+    "DELETE FROM segment_versions WHERE (app_id, segment_id, version) IN "
+    "(SELECT app_id, segment_id, version FROM segment_versions WHERE app_id = ? LIMIT ?)"
+)
+PURGE_SEGMENT_MEMBERS = (
+    "DELETE FROM segment_members WHERE (app_id, segment_id, endpoint_id) IN "
+    "(SELECT app_id, segment_id, endpoint_id FROM segment_members WHERE app_id = ? LIMIT ?)"
+)
+PURGE_ENDPOINT_ACTIVITY = (
+    "DELETE FROM endpoint_activity WHERE (app_id, endpoint_id) IN "
+    "(SELECT app_id, endpoint_id FROM endpoint_activity WHERE app_id = ? LIMIT ?)"
+)
+PURGE_TABLES = (
+    PURGE_ENDPOINTS,
+    PURGE_KPI_MEMBERS,
+    PURGE_KPI_SUMS,
+    PURGE_KPI_FIRST_DAYS,
+    PURGE_SEGMENT_VERSIONS,
+    PURGE_SEGMENT_MEMBERS,
+    PURGE_ENDPOINT_ACTIVITY,
+)
 # The next day holding marks: an index search each, visiting only days that have some.
 NEXT_MARK_DAY = "SELECT min(day) FROM event_marks WHERE day > ?"
 PURGE_MARKS = (
@@ -352,6 +419,77 @@ KPI_NEW_ENDPOINTS = (
     "WHERE app_id = ? AND day BETWEEN ? AND ? GROUP BY day ORDER BY day"
 )
 
+# Segments, read in the order of base.segment_of: the head joined to one
+# version (the latest when the bound version is NULL).
+SEGMENT_COLUMNS = (
+    "s.app_id, s.segment_id, v.version, v.name, v.segment_type, v.document, "
+    "s.creation_date, v.last_modified_date"
+)
+_SEGMENT_VERSIONS = (
+    "SELECT " + SEGMENT_COLUMNS + " FROM segments AS s JOIN segment_versions AS v "  # noqa: S608
+    "ON v.app_id = s.app_id AND v.segment_id = s.segment_id"
+)
+GET_SEGMENT = (
+    _SEGMENT_VERSIONS + " AND v.version = COALESCE(?, s.latest) WHERE s.app_id = ? AND s.segment_id = ?"
+)
+LIST_SEGMENTS = (
+    _SEGMENT_VERSIONS + " AND v.version = s.latest WHERE s.app_id = ? AND s.segment_id > ? "
+    "ORDER BY s.segment_id LIMIT ?"
+)
+LIST_SEGMENT_VERSIONS = (
+    _SEGMENT_VERSIONS + " WHERE s.app_id = ? AND s.segment_id = ? AND v.version > ? "
+    "ORDER BY v.version LIMIT ?"
+)
+# Creating one: the app row ("{lock}": PostgreSQL's FOR UPDATE, so creates
+# in one app take turns and the count holds), the count, the head, version 1.
+APP_OF_SEGMENT = "SELECT id FROM apps WHERE id = ?{lock}"
+COUNT_SEGMENTS = "SELECT count(*) FROM segments WHERE app_id = ?"
+INSERT_SEGMENT = "INSERT INTO segments (app_id, segment_id, latest, creation_date) VALUES (?, ?, ?, ?)"
+INSERT_SEGMENT_VERSION = (
+    "INSERT INTO segment_versions "
+    "(app_id, segment_id, version, name, segment_type, document, last_modified_date) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# A new version: the head moves only from the version before (compare-and-set).
+ADVANCE_SEGMENT = (
+    "UPDATE segments SET latest = ? WHERE app_id = ? AND segment_id = ? AND latest = ? "
+    "RETURNING creation_date"
+)
+DELETE_SEGMENT_ROWS = (
+    "DELETE FROM segment_versions WHERE app_id = ? AND segment_id = ?",
+    "DELETE FROM segment_members WHERE app_id = ? AND segment_id = ?",
+    "DELETE FROM segments WHERE app_id = ? AND segment_id = ?",
+)
+SEGMENT_EXISTS = "SELECT latest FROM segments WHERE app_id = ? AND segment_id = ?{lock}"
+# Static members: a member added again keeps its earliest version.
+ADD_SEGMENT_MEMBERS = (
+    "INSERT INTO segment_members AS m (app_id, segment_id, endpoint_id, since_version) {rows} "
+    "ON CONFLICT (app_id, segment_id, endpoint_id) DO UPDATE SET since_version = excluded.since_version "
+    "WHERE excluded.since_version < m.since_version"
+)
+
+# Pages of segment_endpoints: each one range walk of a primary key from the
+# last endpoint ID of the page before, never a sort ("{where}": the compiled
+# definition, ingest.segments.query, " AND …" or empty; "{join}" what it
+# joins to each endpoint, or empty).
+APP_ENDPOINTS_PAGE = (
+    "SELECT " + _ENDPOINT_COLUMNS + " FROM endpoints AS e{join} "  # noqa: S608
+    "WHERE e.app_id = ? AND e.endpoint_id > ? AND NOT e.deleted{where} ORDER BY e.endpoint_id LIMIT ?"
+)
+MEMBER_ENDPOINTS_PAGE = (
+    "SELECT e.app_id, e.endpoint_id, e.user_id, e.deleted, e.effective_ms, e.kafka_offset, "
+    "e.creation_date, e.effective_date, e.request_id, e.document "
+    "FROM segment_members AS m JOIN endpoints AS e ON e.app_id = m.app_id AND e.endpoint_id = m.endpoint_id "
+    "WHERE m.app_id = ? AND m.segment_id = ? AND m.endpoint_id > ? AND m.since_version <= ? "
+    "AND NOT e.deleted ORDER BY m.endpoint_id LIMIT ?"
+)
+
+# The last event of each endpoint: the later time kept.
+KEEP_LAST_EVENTS = (
+    "INSERT INTO endpoint_activity AS a (app_id, endpoint_id, last_event_ms) {rows} "
+    "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET last_event_ms = excluded.last_event_ms "
+    "WHERE excluded.last_event_ms > a.last_event_ms"
+)
 # Jobs, in the column order of base.job_row. A create writes only where the
 # app exists, as PUT_EVENT_STREAM does ("{lock}" likewise).
 _JOB_COLUMNS = (
