@@ -10,6 +10,7 @@ resumes with exact counts; each fault ends as it should, saying why."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import http.client
 import http.server
@@ -29,6 +30,7 @@ from botocore.exceptions import ClientError
 
 from ingest.kafka.broker import free_port
 from ingest.kafka.publish import key_hash
+from ingest.store.sqlite import SqliteStore
 from tests import aws
 from tests.conftest import Pipeline, endpoint_or_none, eventually, start_pipeline
 
@@ -370,8 +372,9 @@ def test_a_json_and_a_csv_file_import_through_update_endpoints_merge_rules(
     assert [job["Id"] for job in rest["ImportJobsResponse"]["Item"]] == [done["Id"]]
     assert "NextToken" not in rest["ImportJobsResponse"]
     assert client.get_export_jobs(ApplicationId=app_id)["ExportJobsResponse"]["Item"] == []
-    of_segment = client.get_segment_import_jobs(ApplicationId=app_id, SegmentId="no-such-segment")
-    assert of_segment["ImportJobsResponse"]["Item"] == []
+    with pytest.raises(ClientError) as caught:
+        client.get_segment_import_jobs(ApplicationId=app_id, SegmentId="no-such-segment")
+    assert caught.value.response["Error"]["Code"] == "NotFoundException"
 
 
 def test_an_s3_prefix_imports_its_subfolders_and_gzip_objects_as_the_jobs_role(
@@ -508,7 +511,10 @@ def test_each_fault_fails_the_job_saying_why(
             "must be s3://bucket/key or file:///path",
         ),
         ({"S3Url": f"s3://{name}/a.json", "Format": "XML"}, "Format is required: CSV or JSON"),
-        ({"S3Url": f"s3://{name}/a.json", "Format": "JSON", "DefineSegment": True}, "DefineSegment"),
+        (
+            {"S3Url": f"s3://{name}/a.json", "Format": "JSON", "DefineSegment": True},
+            "SegmentName is required",
+        ),
     ]
     for request, message in refused:
         with pytest.raises(ClientError) as caught:
@@ -583,3 +589,97 @@ def test_the_jobs_process_sigkilled_mid_import_and_mid_export_resumes_with_exact
     assert len(pieces) == total // 1000
     every = [endpoint["Id"] for piece in pieces.values() for endpoint in piece]
     assert len(every) == total and sorted(every) == ids, "every endpoint exactly once"
+
+
+# --- static segments ----------------------------------------------------------
+
+
+def stored_segment(pipeline: Pipeline, app_id: str, segment_id: str, version: int | None = None) -> Any:
+    """The segment as the pipeline's store holds it (the segments API is
+    the segments resource's to serve)."""
+
+    async def read() -> Any:
+        store = await SqliteStore.open(pipeline.data_dir / "ingest.sqlite3")
+        try:
+            return await store.get_segment(app_id, segment_id, version)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_an_import_defines_a_static_segment_and_adds_versions_to_it_which_export(
+    jobs: Pipeline, moto_server: aws.MotoServer, dirs: tuple[Path, Path]
+) -> None:
+    client = jobs.client()
+    app_id = new_app(jobs)
+    for n in range(5):  # endpoints of the app outside the segment
+        client.update_endpoint(
+            ApplicationId=app_id, EndpointId=f"other-{n}", EndpointRequest={"Address": "x"}
+        )
+    path = dirs[0] / f"{app_id}-segment.json"
+    path.write_bytes(ndjson(rows(0, 30)[:20] + [{**row, "ChannelType": "EMAIL"} for row in rows(20, 10)]))
+    defined = import_job(jobs, app_id, f"file://{path}", DefineSegment=True, SegmentName="imported")
+    done = finished(jobs, defined)
+    assert done["JobStatus"] == "COMPLETED", done
+    segment_id = done["Id"]
+    segment = stored_segment(jobs, app_id, segment_id)
+    assert (segment.name, segment.segment_type, segment.version) == ("imported", "IMPORT", 2)
+    assert segment.document["ImportDefinition"] == {
+        "Format": "JSON",
+        "S3Url": f"file://{path}",
+        "RoleArn": ROLE,
+        "Size": 30,
+        "ChannelCounts": {"GCM": 20, "EMAIL": 10},
+    }
+    listed = client.get_segment_import_jobs(ApplicationId=app_id, SegmentId=segment_id)["ImportJobsResponse"]
+    assert [job["Id"] for job in listed["Item"]] == [segment_id]
+
+    name = bucket(moto_server)
+    put_object(moto_server, name, "more.json", ndjson(rows(30, 10)))
+    more = finished(jobs, import_job(jobs, app_id, f"s3://{name}/more.json", SegmentId=segment_id))
+    assert more["JobStatus"] == "COMPLETED", more
+    assert stored_segment(jobs, app_id, segment_id).version == 3
+    applied(jobs, app_id, [f"ep-{n:06d}" for n in range(40)] + [f"other-{n}" for n in range(5)])
+
+    def export_ids(**segment: Any) -> list[str]:
+        created = client.create_export_job(
+            ApplicationId=app_id,
+            ExportJobRequest={"S3UrlPrefix": f"s3://{name}/segment/", "RoleArn": ROLE, **segment},
+        )["ExportJobResponse"]
+        done = finished(jobs, created)
+        assert done["JobStatus"] == "COMPLETED", done
+        pieces = exported(moto_server, name, f"segment/{done['Id']}/")
+        return sorted(endpoint["Id"] for piece in pieces.values() for endpoint in piece)
+
+    assert export_ids(SegmentId=segment_id) == [f"ep-{n:06d}" for n in range(40)]
+    assert export_ids(SegmentId=segment_id, SegmentVersion=2) == [f"ep-{n:06d}" for n in range(30)]
+    exports = client.get_segment_export_jobs(ApplicationId=app_id, SegmentId=segment_id)["ExportJobsResponse"]
+    assert len(exports["Item"]) == 2 and all(
+        job["Definition"]["SegmentId"] == segment_id for job in exports["Item"]
+    )
+    refused: list[tuple[Callable[[], Any], str]] = [
+        (
+            lambda: import_job(jobs, app_id, f"s3://{name}/more.json", SegmentId="no-such-segment"),
+            "NotFoundException",
+        ),
+        (
+            lambda: import_job(jobs, app_id, f"s3://{name}/more.json", DefineSegment=True),
+            "BadRequestException",
+        ),
+        (
+            lambda: export_job_of(jobs, app_id, name, SegmentId=segment_id, SegmentVersion=9),
+            "NotFoundException",
+        ),
+        (lambda: client.get_segment_import_jobs(ApplicationId=app_id, SegmentId="nope"), "NotFoundException"),
+    ]
+    for call, code in refused:
+        with pytest.raises(ClientError) as caught:
+            call()
+        assert caught.value.response["Error"]["Code"] == code, caught.value.response
+
+
+def export_job_of(pipeline: Pipeline, app_id: str, name: str, **segment: Any) -> Any:
+    return pipeline.client().create_export_job(
+        ApplicationId=app_id, ExportJobRequest={"S3UrlPrefix": f"s3://{name}/x/", "RoleArn": ROLE, **segment}
+    )

@@ -25,7 +25,7 @@ from ingest.jobs.formats import FORMATS
 from ingest.jobs.sources import parse_url
 from ingest.records import validate
 from ingest.settings import Settings
-from ingest.store.base import Job, JobType, Store
+from ingest.store.base import Job, JobType, Segment, Store
 from ingest.streams import destinations
 from ingest.streams.destinations import DestinationError
 
@@ -49,12 +49,32 @@ class Jobs:
     async def create_import_job(self, request: Request) -> Response:
         body = validate.json_body(await request.body(self._settings.max_body_bytes))
         definition = import_definition(body, self._settings)
+        segment_id = definition.get("SegmentId")
+        if segment_id is not None:
+            segment = await self._segment(request.params["app"], segment_id, None)
+            if segment.segment_type != "IMPORT":
+                raise BadRequest(
+                    f"SegmentId: segment {segment_id[:200]} is {segment.segment_type}; "
+                    "imports add to IMPORT segments"
+                )
         return await self._create(request, "IMPORT", definition, 201)
 
     async def create_export_job(self, request: Request) -> Response:
         body = validate.json_body(await request.body(self._settings.max_body_bytes))
         definition = export_definition(body, self._settings)
+        segment_id = definition.get("SegmentId")
+        if segment_id is not None:
+            await self._segment(request.params["app"], segment_id, definition.get("SegmentVersion"))
         return await self._create(request, "EXPORT", definition, 202)
+
+    async def _segment(self, app_id: str, segment_id: str, version: int | None) -> Segment:
+        """The app's segment (at ``version``); NotFound naming what is missing."""
+        app = await self._apps.require(app_id)
+        segment = await self._store.get_segment(app.id, segment_id, version)
+        if segment is None:
+            at = "" if version is None else f" version {version}"
+            raise NotFound(f"Segment not found: {segment_id[:200]}{at}")
+        return segment
 
     async def get_import_job(self, request: Request) -> Response:
         return await self._get(request, "IMPORT")
@@ -79,10 +99,13 @@ class Jobs:
     ) -> Response:
         app_id = request.params["app"]
         now_ms = time.time_ns() // 1_000_000
+        job_id = new_job_id(now_ms)
         segment = definition.get("SegmentId")
+        if definition.get("DefineSegment"):
+            segment = job_id  # the segment it makes takes the job's ID (ingest.jobs.static)
         job = Job(
             app_id=app_id,
-            id=new_job_id(now_ms),
+            id=job_id,
             job_type=job_type,
             segment_id=segment if isinstance(segment, str) else None,
             definition=definition,
@@ -105,6 +128,8 @@ class Jobs:
     async def _list(self, request: Request, job_type: JobType, segment_id: str | None) -> Response:
         size = page_size(request)
         app = await self._apps.require(request.params["app"])
+        if segment_id is not None:
+            await self._segment(app.id, segment_id, None)
         found = await self._store.list_jobs(
             app.id, job_type, segment_id=segment_id, before=request.query_one("token"), limit=size + 1
         )
@@ -157,14 +182,6 @@ def _url(body: dict[str, Any], member: str, settings: Settings, *, export: bool)
     return url
 
 
-def _no_segments(body: dict[str, Any]) -> None:
-    # Segments come with the segments resource; until then a job that names
-    # one is refused rather than quietly run without it.
-    for name in ("SegmentId", "DefineSegment", "SegmentName", "SegmentVersion"):
-        if body.get(name) not in (None, False):
-            raise BadRequest(f"{name}: segments are not available in this version")
-
-
 def import_definition(body: Any, settings: Settings) -> dict[str, Any]:
     """An ImportJobRequest → the ImportJobResource to store and show;
     BadRequest naming the member otherwise. Unknown members are ignored."""
@@ -184,7 +201,11 @@ def import_definition(body: Any, settings: Settings) -> dict[str, Any]:
         value = _string(body, name)
         if value is not None:
             definition[name] = value
-    _no_segments(body)
+    if definition.get("DefineSegment"):
+        if not definition.get("SegmentName"):
+            raise BadRequest("SegmentName is required with DefineSegment: the new segment's name")
+        if "SegmentId" in definition:
+            raise BadRequest("DefineSegment makes a new segment and SegmentId names one: not both")
     return definition
 
 
@@ -200,8 +221,9 @@ def export_definition(body: Any, settings: Settings) -> dict[str, Any]:
     if version is not None:
         if type(version) is not int or version < 1:
             raise BadRequest("SegmentVersion must be a whole number, at least 1")
+        if segment_id is None:
+            raise BadRequest("SegmentVersion needs SegmentId: the segment it is a version of")
         definition["SegmentVersion"] = version
-    _no_segments(body)
     return definition
 
 

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 
 from ingest.folds.endpoints import EndpointState
 from ingest.jobs import formats
-from ingest.jobs.progress import Run
+from ingest.jobs.progress import Run, wall_ms
 from ingest.jobs.sources import Objects, parse_url
 
 # Endpoints one store read returns.
 PAGE_ENDPOINTS = 1000
-# (after, limit) → the next page of endpoints in ID order.
-Page = Callable[[str | None, int], Awaitable[Sequence[EndpointState]]]
+# (after, limit, now in ms) → the next page of endpoints in ID order, of
+# the app or of its segment evaluated at that now (Recency).
+Page = Callable[[str | None, int, int], Awaitable[Sequence[EndpointState]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,9 @@ async def run_export(run: Run, objects: Objects, page: Page, limits: ExportLimit
     )
     if run.job.status in ("CREATED", "INITIALIZING"):
         await run.save(status="INITIALIZING")
-        await run.save(status="PROCESSING", cursor={"piece": 0, "after": None})
+        # One "now" for every page, kept for a resumed run: a segment with
+        # Recency selects the same endpoints in every piece.
+        await run.save(status="PROCESSING", cursor={"piece": 0, "after": None, "now_ms": wall_ms()})
     if run.job.status != "PROCESSING":
         return
     while True:
@@ -62,7 +65,8 @@ async def run_export(run: Run, objects: Objects, page: Page, limits: ExportLimit
         finished = False
         while count < limits.piece_endpoints:
             asked = min(PAGE_ENDPOINTS, limits.piece_endpoints - count)
-            states = await run.retrying(functools.partial(page, after, asked), "reading endpoints")
+            now_ms = int(run.job.cursor.get("now_ms", 0))
+            states = await run.retrying(functools.partial(page, after, asked, now_ms), "reading endpoints")
             for state in states:
                 gzip.write(formats.export_line(state))
             count += len(states)
@@ -80,7 +84,7 @@ async def run_export(run: Run, objects: Objects, page: Page, limits: ExportLimit
                 completed_pieces=number + 1,
                 total_pieces=number + 1,
                 total_processed=job.total_processed + count,
-                cursor={"piece": number + 1, "after": after},
+                cursor={**run.job.cursor, "piece": number + 1, "after": after},
             )
         if finished:
             break

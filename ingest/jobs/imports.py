@@ -26,19 +26,16 @@ from typing import Any
 
 from ingest.api.writes import endpoint_records
 from ingest.errors import JobError, Overloaded
-from ingest.jobs import formats
+from ingest.jobs import formats, static
 from ingest.jobs.formats import Format, Line, RowError
 from ingest.jobs.progress import Run, wall_ms
 from ingest.jobs.sources import Objects, parse_url
 from ingest.records import validate
 from ingest.records.codec import Codec
 from ingest.records.values import EndpointUpsert, Invalid, OutRecord
-from ingest.store.base import MAX_JOB_FAILURES
+from ingest.store.base import MAX_JOB_FAILURES, Store
 
 Publish = Callable[[Sequence[OutRecord]], Awaitable[list[bool]]]
-# Called with each checkpoint's endpoint IDs, before the checkpoint is
-# saved (a static segment's members; idempotent, as a resumed job repeats).
-Imported = Callable[[Run, list[str]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +117,15 @@ class _Piece:
 
 
 async def run_import(
-    run: Run, objects: Objects, publish: Publish, codec: Codec, limits: ImportLimits, imported: Imported
+    run: Run, objects: Objects, publish: Publish, codec: Codec, limits: ImportLimits, store: Store
 ) -> None:
-    """The job from its saved state to COMPLETING (the caller finishes it)."""
+    """The job from its saved state to COMPLETING (the caller finishes it,
+    :func:`ingest.jobs.static.complete` first). ``store`` holds the static
+    segment the job fills, if it names one."""
     definition = run.job.definition
     if run.job.status in ("CREATED", "INITIALIZING"):
         await run.save(status="INITIALIZING")
+        await static.prepare(run, store)
         location = parse_url(
             definition["S3Url"], member="S3Url", root=objects.root, setting="INGEST_JOB_IMPORT_DIR"
         )
@@ -134,12 +134,12 @@ async def run_import(
             status="PROCESSING",
             pieces=tuple(pieces),
             total_pieces=len(pieces),
-            cursor={"object": 0, "row": 0},
+            cursor={**run.job.cursor, "object": 0, "row": 0},
         )
     if run.job.status == "PROCESSING":
         for index in range(int(run.job.cursor.get("object", 0)), len(run.job.pieces)):
             run.check_stopping()
-            await _import_piece(run, index, objects, publish, codec, limits, imported)
+            await _import_piece(run, index, objects, publish, codec, limits, store)
         await run.save(status="COMPLETING")
 
 
@@ -150,7 +150,7 @@ async def _import_piece(
     publish: Publish,
     codec: Codec,
     limits: ImportLimits,
-    imported: Imported,
+    store: Store,
 ) -> None:
     url, size = run.job.pieces[index]
     fmt: Format = run.job.definition["Format"]
@@ -170,11 +170,11 @@ async def _import_piece(
                 for line in lines.feed(chunk):
                     piece.take(line)
                     if len(piece.upserts) + piece.failed >= limits.checkpoint_rows:
-                        await _checkpoint(run, index, piece, publish, codec, imported)
+                        await _checkpoint(run, index, piece, publish, codec, store)
                         run.check_stopping()
         for line in lines.finish():
             piece.take(line)
-        await _checkpoint(run, index, piece, publish, codec, imported, last=True)
+        await _checkpoint(run, index, piece, publish, codec, store, last=True)
 
     try:
         await run.retrying(attempt, f"importing {url}")
@@ -182,7 +182,7 @@ async def _import_piece(
         await run.save(
             failed_pieces=run.job.failed_pieces + 1,
             failures=run.failures([f"{url}: {exc}"]),
-            cursor={"object": index + 1, "row": 0},
+            cursor={**run.job.cursor, "object": index + 1, "row": 0},
         )
 
 
@@ -192,7 +192,7 @@ async def _checkpoint(
     piece: _Piece,
     publish: Publish,
     codec: Codec,
-    imported: Imported,
+    store: Store,
     *,
     last: bool = False,
 ) -> None:
@@ -213,13 +213,14 @@ async def _checkpoint(
             )
 
     await run.retrying(send, "publishing imported endpoints")
-    await imported(run, [upsert.endpoint_id for upsert in piece.upserts])
+    segment = await static.add(run, store, piece.upserts)
     job = run.job
+    at = {"object": index + 1, "row": 0} if last else {"object": index, "row": piece.last_line}
     changes: dict[str, Any] = {
         "total_processed": job.total_processed + piece.processed,
         "total_failures": job.total_failures + piece.failed,
         "failures": run.failures(piece.failures),
-        "cursor": {"object": index + 1, "row": 0} if last else {"object": index, "row": piece.last_line},
+        "cursor": {**job.cursor, **segment, **at},
     }
     if last:
         changes["completed_pieces"] = job.completed_pieces + 1

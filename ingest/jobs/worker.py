@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from ingest.errors import JobError, StoreCondition, StoreError
 from ingest.folds.endpoints import EndpointState
+from ingest.jobs import static
 from ingest.jobs.exports import ExportLimits, run_export
 from ingest.jobs.imports import ImportLimits, Publish, run_import
 from ingest.jobs.progress import Lost, Run, Stopped, wall_ms
@@ -76,7 +77,9 @@ class Jobs:
                 max_row_bytes=settings.job_max_row_bytes,
                 checkpoint_rows=settings.job_checkpoint_rows,
             )
-            await run_import(run, objects, self.publish, self.codec, limits, _no_segment)
+            await run_import(run, objects, self.publish, self.codec, limits, self.store)
+            if run.job.status == "COMPLETING":
+                await static.complete(run, self.store)
         else:
             await run_export(run, objects, self._page(job), ExportLimits(settings.job_export_piece_endpoints))
         if run.job.status == "COMPLETING":
@@ -84,15 +87,17 @@ class Jobs:
         elif run.job.status == "FAILING":
             await run.fail(run.job.failure_reason or "failed")
 
-    def _page(self, job: Job) -> Callable[[str | None, int], Awaitable[Sequence[EndpointState]]]:
-        async def page(after: str | None, limit: int) -> Sequence[EndpointState]:
-            return await self.store.endpoint_page(job.app_id, after=after, limit=limit)
+    def _page(self, job: Job) -> Callable[[str | None, int, int], Awaitable[Sequence[EndpointState]]]:
+        """An export's pages: the app's endpoints, or its segment's (and version's)."""
+        segment_id = job.definition.get("SegmentId")
+        version = job.definition.get("SegmentVersion")
+
+        async def page(after: str | None, limit: int, now_ms: int) -> Sequence[EndpointState]:
+            return await self.store.segment_endpoints(
+                job.app_id, segment_id, version, after=after, limit=limit, now_ms=now_ms
+            )
 
         return page
-
-
-async def _no_segment(run: Run, endpoint_ids: list[str]) -> None:
-    """Imports add to no segment until segments exist."""
 
 
 class JobWorker:

@@ -379,12 +379,6 @@ class Store(Protocol):
         """Extend ``owner``'s lease to ``until_ms``; → False when it lost the job."""
         ...
 
-    async def endpoint_page(self, app_id: str, *, after: str | None, limit: int) -> Sequence[EndpointState]:
-        """The app's live endpoints by ID, after ``after``, at most ``limit``:
-        one primary-key range search (an export's page). Superseded by the
-        segments store's ``segment_endpoints`` once merged."""
-        ...
-
     async def close(self) -> None: ...
 
 

@@ -177,7 +177,6 @@ _LIST_JOBS = sql.numbered(sql.LIST_JOBS)
 _CLAIM_JOB = sql.numbered(sql.CLAIM_JOB)
 _SAVE_JOB = sql.numbered(sql.SAVE_JOB)
 _RENEW_JOB = sql.numbered(sql.RENEW_JOB)
-_ENDPOINT_PAGE = sql.numbered(sql.ENDPOINT_PAGE)
 _DELETE_EVENT_STREAM = sql.numbered(sql.DELETE_EVENT_STREAM)
 _GET_SETTINGS = sql.numbered(sql.GET_SETTINGS)
 _GET_ENDPOINT = sql.numbered(sql.GET_ENDPOINT)
@@ -734,14 +733,6 @@ class PostgresStore:
     async def renew_job(self, app_id: str, job_id: str, owner: str, *, until_ms: int) -> bool:
         with _boundary("renew job"):
             return _count(await self._pool.execute(_RENEW_JOB, until_ms, app_id, job_id, owner)) == 1
-
-    async def endpoint_page(self, app_id: str, *, after: str | None, limit: int) -> Sequence[EndpointState]:
-        if NUL in app_id:
-            return []
-        after = (after or "").partition(NUL)[0]
-        with _boundary("endpoint page"):
-            rows = await self._pool.fetch(_ENDPOINT_PAGE, app_id, after, limit)
-        return [endpoint_state(row) for row in rows]
 
     async def close(self) -> None:
         """Wait up to CLOSE_TIMEOUT_S for borrowed connections, then drop

@@ -527,10 +527,6 @@ SAVE_JOB = (
     "job_cursor = ?, failure_reason = ?, lease_expires_ms = ? WHERE app_id = ? AND id = ? AND owner = ?"
 )
 RENEW_JOB = "UPDATE jobs SET lease_expires_ms = ? WHERE app_id = ? AND id = ? AND owner = ?"
-# An export's page: a primary-key range of the app's live endpoints.
-ENDPOINT_PAGE = (
-    SELECT_ENDPOINTS + " WHERE app_id = ? AND endpoint_id > ? AND NOT deleted ORDER BY endpoint_id LIMIT ?"
-)
 # Above every job ID (32 hex digits), in byte order.
 LAST_JOB_ID = "~"
 

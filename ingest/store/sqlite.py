@@ -737,13 +737,6 @@ class SqliteStore:
         params = (until_ms, app_id, job_id, owner)
         return await self._run("renew job", lambda: self._db.execute(sql.RENEW_JOB, params).rowcount == 1)
 
-    async def endpoint_page(self, app_id: str, *, after: str | None, limit: int) -> Sequence[EndpointState]:
-        def page() -> list[EndpointState]:
-            rows = self._db.execute(sql.ENDPOINT_PAGE, (app_id, after or "", limit)).fetchall()
-            return [endpoint_state(row) for row in rows]
-
-        return await self._run("endpoint page", page)
-
     async def close(self) -> None:
         await self._run("close", self._db.close)
         self._executor.shutdown()
