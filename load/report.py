@@ -80,6 +80,9 @@ class Durations:
     # seconds a round, three rounds taken in turn.
     stream_records: int = 50_000
     stream_rounds: int = 3
+    # Endpoint definitions an import and an export job take (and a quarter
+    # of it, for memory flat in the rows).
+    job_records: int = 100_000
     profile_s: float = 8.0
     profile_endpoint_records: int = 20_000
     profile_kpi_records: int = 40_000
@@ -97,6 +100,7 @@ QUICK = Durations(
     kpi_records=20_000,
     stream_records=20_000,
     stream_rounds=1,
+    job_records=20_000,
     profile_s=2.0,
     profile_endpoint_records=20_000,
     profile_kpi_records=20_000,
@@ -338,6 +342,7 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         streams = _bench(
             "--part", "streams", "--records", str(d.stream_records), "--rounds", str(d.stream_rounds)
         )
+        jobs = _bench("--part", "jobs", "--records", str(d.job_records), *pg)
         verified = [r for r in runs.rows if not r.endswith("| not checked |")]
         verdicts = targets.evaluate(
             figures,
@@ -453,6 +458,16 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         "worker (SQLite) draining the same records: the aim is that streaming keeps up with it.",
         "",
         streams,
+        "",
+        "## Import and export jobs: `python -m bench --part jobs`",
+        "",
+        "`ingest worker jobs` (JobWorker, assembled as the process assembles it) running an import of a",
+        "gzip JSON file (`file://`) into `ingest.endpoints` of an embedded broker, the endpoint worker",
+        "applying what it published, then an export of the store's endpoints to gzip pieces; each job",
+        "timed from its creation to COMPLETED in the store. The aim: an import at least as fast as the",
+        "endpoint worker applies, an export of 50,000 endpoints/s or more on PostgreSQL, memory flat.",
+        "",
+        jobs,
     ]
     sections = repeats.section(verdicts, runs.profiles)
     if sections:
