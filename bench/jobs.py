@@ -117,7 +117,15 @@ def peak_rss() -> Iterator[Peak]:
 async def run_job(settings: Settings, store: Store, bootstrap: str, job: Job) -> tuple[float, Job]:
     """Create ``job`` and run the jobs role until it finishes; → (seconds, the job)."""
     async with contextlib.AsyncExitStack() as stack:
-        worker = await job_worker(stack, settings, bootstrap, idempotence=False, store=store, codec=Codec())
+        worker = await job_worker(
+            stack,
+            settings,
+            bootstrap,
+            idempotence=False,
+            store=store,
+            codec=Codec(),
+            registry=CollectorRegistry(),
+        )
         task = asyncio.create_task(worker.run())
         started = time.perf_counter()
         assert await store.create_job(job)

@@ -48,6 +48,7 @@ from ingest.launch import Broker, Status, write_status
 from ingest.metrics import (
     ConsumerMetrics,
     HttpMetrics,
+    JobMetrics,
     KpiWorkerMetrics,
     Metrics,
     StreamMetrics,
@@ -293,6 +294,7 @@ async def job_worker(
     idempotence: bool,
     store: Store,
     codec: Codec,
+    registry: CollectorRegistry = REGISTRY,
 ) -> JobWorker:
     """The jobs worker, its S3 client and its publisher on ``stack``: the
     edge's publisher (same producer settings, acks, buffer bound) onto
@@ -331,6 +333,7 @@ async def job_worker(
         poll_s=settings.job_poll_s,
         retries=settings.job_retries,
         drain_timeout_s=settings.drain_timeout_s,
+        metrics=JobMetrics(registry),
     )
 
 

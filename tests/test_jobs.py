@@ -366,6 +366,13 @@ def test_a_json_and_a_csv_file_import_through_update_endpoints_merge_rules(
     second = endpoint_or_none(client, app_id, "ep-csv-2")
     assert second is not None and second["OptOut"] == "ALL" and "Attributes" not in second
 
+    scraped = jobs.request("GET", "/metrics", sign=False)[2].decode()
+    finished_here = re.findall(
+        r'ingest_jobs_finished_total\{[^}]*process="worker-jobs"[^}]*\} (\S+)', scraped
+    )
+    assert finished_here and float(finished_here[0]) >= 1, scraped[-2000:]
+    assert 'ingest_job_rows_total{outcome="imported",process="worker-jobs",type="IMPORT"}' in scraped
+
     listed = client.get_import_jobs(ApplicationId=app_id, PageSize="1")["ImportJobsResponse"]
     assert [job["Id"] for job in listed["Item"]] == [csv_job["Id"]]
     rest = client.get_import_jobs(ApplicationId=app_id, PageSize="1", Token=listed["NextToken"])

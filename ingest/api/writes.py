@@ -32,14 +32,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def endpoint_records(upserts: Sequence[EndpointUpsert], codec: Codec) -> list[OutRecord]:
-    """The records of endpoint upserts on ``ingest.endpoints``, keyed so each
-    endpoint's writes are ordered: what UpdateEndpoint(s) and an import job
-    publish alike."""
-    encode = codec.encode_endpoint
-    return [OutRecord(ENDPOINTS_TOPIC, split.key(u.app_id, u.endpoint_id), encode(u)) for u in upserts]
-
-
 class Writes:
     """The write path: validate, split, encode, publish, answer per item."""
 
@@ -124,7 +116,7 @@ class Writes:
         return json_response(202, {"Item": [endpoint_response(s) for s in states]})
 
     async def _write_endpoints(self, upserts: list[EndpointUpsert], request: Request) -> Response:
-        records = endpoint_records(upserts, self._codec)
+        records = split.endpoint_records(upserts, self._codec)
         acked = await self._publisher.publish(records)
         failed = acked.count(False)
         self._metrics.endpoints.labels("accepted", "").inc(len(acked) - failed)

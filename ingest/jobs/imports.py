@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.api.writes import endpoint_records
 from ingest.errors import JobError, Overloaded
 from ingest.jobs import formats, static
 from ingest.jobs.formats import Format, Line, RowError
@@ -32,6 +31,7 @@ from ingest.jobs.progress import Run, wall_ms
 from ingest.jobs.sources import Objects, parse_url
 from ingest.records import validate
 from ingest.records.codec import Codec
+from ingest.records.split import endpoint_records
 from ingest.records.values import EndpointUpsert, Invalid, OutRecord
 from ingest.store.base import MAX_JOB_FAILURES, Store
 

@@ -17,9 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from ingest.api.http import iso_now
 from ingest.errors import JobError, StoreError
-from ingest.store.base import MAX_JOB_FAILURES, Job, Store
+from ingest.folds.endpoints import iso_ms
+from ingest.metrics import JobMetrics
+from ingest.store.base import MAX_JOB_FAILURES, TERMINAL_STATUSES, Job, Store
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,26 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def iso_now() -> str:
+    """Now as Pinpoint writes its dates (``2026-12-01T10:00:00.000Z``)."""
+    return iso_ms(wall_ms())
+
+
 class Run:
     """One job this replica holds: ``job`` is its state as last saved."""
 
     def __init__(
-        self, job: Job, store: Store, *, lease_ms: int, retries: int, stopping: asyncio.Event
+        self,
+        job: Job,
+        store: Store,
+        *,
+        lease_ms: int,
+        retries: int,
+        stopping: asyncio.Event,
+        metrics: JobMetrics | None = None,
     ) -> None:
         self.job = job
+        self._metrics = metrics
         self._store = store
         self._lease_ms = lease_ms
         self._retries = retries
@@ -67,7 +81,23 @@ class Run:
         job = dataclasses.replace(self.job, **changes)
         if not await self._store.save_job(job, now_ms=wall_ms(), lease_ms=self._lease_ms if lease else 0):
             raise Lost(f"job {job.id} of app {job.app_id} is held by another replica now")
+        self._count(self.job, job)
         self.job = job
+
+    def _count(self, before: Job, after: Job) -> None:
+        metrics = self._metrics
+        if metrics is None:
+            return
+        failed = after.total_failures - before.total_failures
+        if after.job_type == "EXPORT":
+            metrics.rows.labels("EXPORT", "exported").inc(after.total_processed - before.total_processed)
+        else:
+            metrics.rows.labels("IMPORT", "failed").inc(failed)
+            metrics.rows.labels("IMPORT", "imported").inc(
+                after.total_processed - before.total_processed - failed
+            )
+        if after.status != before.status and after.status in TERMINAL_STATUSES:
+            metrics.finished.labels(after.job_type, after.status).inc()
 
     async def release(self) -> None:
         """Let any replica take the job up again at once, from its last save."""

@@ -20,9 +20,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from ingest.api.http import iso_now
 from ingest.errors import JobError
-from ingest.jobs.progress import Run
+from ingest.jobs.progress import Run, iso_now
 from ingest.records.values import EndpointUpsert
 from ingest.store.base import Segment, Store
 

@@ -35,6 +35,7 @@ from ingest.jobs.exports import ExportLimits, run_export
 from ingest.jobs.imports import ImportLimits, Publish, run_import
 from ingest.jobs.progress import Lost, Run, Stopped, wall_ms
 from ingest.jobs.sources import Objects
+from ingest.metrics import JobMetrics
 from ingest.records.codec import Codec
 from ingest.settings import Settings
 from ingest.store.base import Job, Store
@@ -116,8 +117,10 @@ class JobWorker:
         poll_s: float,
         retries: int,
         drain_timeout_s: float,
+        metrics: JobMetrics | None = None,
         owner: str | None = None,
     ) -> None:
+        self._metrics = metrics
         self._store = store
         self._jobs = jobs
         self._max_running = max_running
@@ -183,16 +186,27 @@ class JobWorker:
             task = asyncio.create_task(self._hold(job), name=f"job {job.id}")
             self._running.add(task)
             task.add_done_callback(self._ended)
+            if self._metrics is not None:
+                self._metrics.running.set(len(self._running))
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        if self._metrics is not None:
+            self._metrics.running.set(len(self._running))
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("job task %s failed: %r", task.get_name(), task.exception())
 
     async def _hold(self, job: Job) -> None:
         """Run the job, renewing its lease; stop it if the lease is lost."""
-        run = Run(job, self._store, lease_ms=self._lease_ms, retries=self._retries, stopping=self._stopping)
+        run = Run(
+            job,
+            self._store,
+            lease_ms=self._lease_ms,
+            retries=self._retries,
+            stopping=self._stopping,
+            metrics=self._metrics,
+        )
         work = asyncio.create_task(self._execute(run), name=f"job {job.id} work")
         try:
             while not work.done():
@@ -239,6 +253,11 @@ class JobWorker:
             with contextlib.suppress(Lost, StoreError):
                 await run.fail(str(exc))
         except StoreError as exc:
+            if not exc.retriable:
+                log.warning("job %s failed: the store refused it: %s", job.id, exc)
+                with contextlib.suppress(Lost, StoreError):
+                    await run.fail(f"the store refused the job: {exc}")
+                return
             # Its lease runs out; a replica picks it up again from its last save.
             log.warning("job %s: the store failed (%s); it resumes once its lease runs out", job.id, exc)
 

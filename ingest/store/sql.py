@@ -1,4 +1,6 @@
-"""The SQL both store backends run, written once.
+"""The SQL both store backends run, written once. It earns its size (about
+550 lines) as every table's migrations and statements in one place, so the
+two backends cannot drift apart.
 
 Statements use ``?`` placeholders, SQLite's style, and SQLite runs them as they
 stand; PostgreSQL runs :func:`numbered` of them (``$1, $2, …``). Batch writes
