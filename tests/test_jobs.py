@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from botocore.exceptions import ClientError
 
 from ingest.kafka.broker import free_port
 from ingest.kafka.publish import key_hash
+from ingest.store.base import Segment, Store
 from ingest.store.sqlite import SqliteStore
 from tests import aws
 from tests.conftest import Pipeline, endpoint_or_none, eventually, start_pipeline
@@ -114,6 +115,16 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
             status, answer_headers = response.status, response.getheaders()
         finally:
             conn.close()
+        if self.command == "GET" and "claims-10gb" in self.path:
+            # The header says 10 GB; the body is what it is, then the
+            # connection closes (a reader believing the header would wait).
+            self.send_response(status)
+            self.send_header("Content-Length", str(TEN_GB))
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = True
+            return
         if b"<ListBucketResult" in data[:500]:
             data = re.sub(
                 rb"(<Key>[^<]*huge[^<]*</Key>.*?<Size>)\d+(</Size>)",
@@ -484,6 +495,7 @@ def test_each_fault_fails_the_job_saying_why(
     put_object(moto_server, name, "wrong.csv", b"ChannelType,Address,Id\nGCM,t,e1\n")
     put_object(moto_server, name, "plain.json", ndjson(rows(0, 2)))
     put_object(moto_server, name, "huge.json", ndjson(rows(0, 2)))
+    put_object(moto_server, name, "claims-10gb.json", ndjson(rows(0, 2)))
     outside = tmp_path / "outside.json"
     outside.write_bytes(ndjson(rows(0, 2)))
     link = dirs[0] / f"{app_id}-link.json"
@@ -492,6 +504,7 @@ def test_each_fault_fails_the_job_saying_why(
         "wrong format": import_job(jobs, app_id, f"s3://{name}/wrong.csv"),
         "wrong format (CSV)": import_job(jobs, app_id, f"s3://{name}/plain.json", "CSV"),
         "10 GB": import_job(jobs, app_id, f"s3://{name}/huge.json"),
+        "10 GB GET": import_job(jobs, app_id, f"s3://{name}/claims-10gb.json"),
         "symlink": import_job(jobs, app_id, f"file://{link}"),
         "unreachable": import_job(jobs, app_id, f"s3://unreachable-{uuid.uuid4().hex[:8]}/a.json"),
     }
@@ -502,6 +515,9 @@ def test_each_fault_fails_the_job_saying_why(
     )
     assert "is not CSV with a header naming an Id column" in failure_of(ended["wrong format (CSV)"])
     assert f"{TEN_GB} bytes, over the 1073741824-byte limit" in failure_of(ended["10 GB"])
+    assert f"claims-10gb.json is {TEN_GB} bytes, over the 1073741824-byte limit" in failure_of(
+        ended["10 GB GET"]
+    )
     assert "is a symlink: symlinks are refused" in failure_of(ended["symlink"])
     unreachable = failure_of(ended["unreachable"])
     assert "failed 3 times" in unreachable and "listing s3://unreachable-" in unreachable, unreachable
@@ -601,18 +617,22 @@ def test_the_jobs_process_sigkilled_mid_import_and_mid_export_resumes_with_exact
 # --- static segments ----------------------------------------------------------
 
 
-def stored_segment(pipeline: Pipeline, app_id: str, segment_id: str, version: int | None = None) -> Any:
-    """The segment as the pipeline's store holds it (the segments API is
-    the segments resource's to serve)."""
+def on_store(pipeline: Pipeline, call: Callable[[Store], Awaitable[Any]]) -> Any:
+    """``call`` on the pipeline's own store (SQLite, WAL: beside its
+    processes): the segments API is the segments resource's to serve."""
 
-    async def read() -> Any:
+    async def run() -> Any:
         store = await SqliteStore.open(pipeline.data_dir / "ingest.sqlite3")
         try:
-            return await store.get_segment(app_id, segment_id, version)
+            return await call(store)
         finally:
             await store.close()
 
-    return asyncio.run(read())
+    return asyncio.run(run())
+
+
+def stored_segment(pipeline: Pipeline, app_id: str, segment_id: str, version: int | None = None) -> Any:
+    return on_store(pipeline, lambda store: store.get_segment(app_id, segment_id, version))
 
 
 def test_an_import_defines_a_static_segment_and_adds_versions_to_it_which_export(
@@ -661,6 +681,21 @@ def test_an_import_defines_a_static_segment_and_adds_versions_to_it_which_export
 
     assert export_ids(SegmentId=segment_id) == [f"ep-{n:06d}" for n in range(40)]
     assert export_ids(SegmentId=segment_id, SegmentVersion=2) == [f"ep-{n:06d}" for n in range(30)]
+    # A dimensional segment over the imported endpoints: the EMAIL ones.
+    dimensional = Segment(
+        app_id=app_id,
+        id="email-endpoints",
+        version=1,
+        name="email",
+        segment_type="DIMENSIONAL",
+        document={
+            "Dimensions": {"Demographic": {"Channel": {"DimensionType": "INCLUSIVE", "Values": ["EMAIL"]}}}
+        },
+        creation_date="2026-12-01T00:00:00.000Z",
+        last_modified_date="2026-12-01T00:00:00.000Z",
+    )
+    assert on_store(jobs, lambda store: store.create_segment(dimensional))
+    assert export_ids(SegmentId="email-endpoints") == [f"ep-{n:06d}" for n in range(20, 30)]
     exports = client.get_segment_export_jobs(ApplicationId=app_id, SegmentId=segment_id)["ExportJobsResponse"]
     assert len(exports["Item"]) == 2 and all(
         job["Definition"]["SegmentId"] == segment_id for job in exports["Item"]
