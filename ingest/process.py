@@ -36,6 +36,7 @@ from ingest.api.auth import Authenticator
 from ingest.api.identity import Identities
 from ingest.api.limits import ClientAddress
 from ingest.api.probes import Check, Probes
+from ingest.api.segments import MAX_SEGMENTS_PER_APP
 from ingest.api.server import BodyBudget, Limits, Server
 from ingest.errors import CONDITION_TEXT, ApiError, SettingsError, StoreCondition
 from ingest.jobs.sources import ROLE_SESSION_NAME as JOB_ROLE_SESSION_NAME
@@ -326,7 +327,14 @@ async def job_worker(
     )
     return JobWorker(
         store,
-        Jobs(store=store, aws=aws, publish=publisher.publish, codec=codec, settings=settings),
+        Jobs(
+            store=store,
+            aws=aws,
+            publish=publisher.publish,
+            codec=codec,
+            settings=settings,
+            max_segments=MAX_SEGMENTS_PER_APP,
+        ),
         max_running=settings.job_max_running,
         max_per_app=settings.job_max_running_per_app,
         lease_s=settings.job_lease_s,

@@ -10,7 +10,6 @@ resumes with exact counts; each fault ends as it should, saying why."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import http.client
 import http.server
@@ -20,7 +19,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,6 @@ from botocore.exceptions import ClientError
 
 from ingest.kafka.broker import free_port
 from ingest.kafka.publish import key_hash
-from ingest.store.base import Segment, Store
-from ingest.store.sqlite import SqliteStore
 from tests import aws
 from tests.conftest import Pipeline, endpoint_or_none, eventually, start_pipeline
 
@@ -617,24 +614,6 @@ def test_the_jobs_process_sigkilled_mid_import_and_mid_export_resumes_with_exact
 # --- static segments ----------------------------------------------------------
 
 
-def on_store(pipeline: Pipeline, call: Callable[[Store], Awaitable[Any]]) -> Any:
-    """``call`` on the pipeline's own store (SQLite, WAL: beside its
-    processes): the segments API is the segments resource's to serve."""
-
-    async def run() -> Any:
-        store = await SqliteStore.open(pipeline.data_dir / "ingest.sqlite3")
-        try:
-            return await call(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
-
-
-def stored_segment(pipeline: Pipeline, app_id: str, segment_id: str, version: int | None = None) -> Any:
-    return on_store(pipeline, lambda store: store.get_segment(app_id, segment_id, version))
-
-
 def test_an_import_defines_a_static_segment_and_adds_versions_to_it_which_export(
     jobs: Pipeline, moto_server: aws.MotoServer, dirs: tuple[Path, Path]
 ) -> None:
@@ -650,9 +629,9 @@ def test_an_import_defines_a_static_segment_and_adds_versions_to_it_which_export
     done = finished(jobs, defined)
     assert done["JobStatus"] == "COMPLETED", done
     segment_id = done["Id"]
-    segment = stored_segment(jobs, app_id, segment_id)
-    assert (segment.name, segment.segment_type, segment.version) == ("imported", "IMPORT", 2)
-    assert segment.document["ImportDefinition"] == {
+    segment = client.get_segment(ApplicationId=app_id, SegmentId=segment_id)["SegmentResponse"]
+    assert (segment["Name"], segment["SegmentType"], segment["Version"]) == ("imported", "IMPORT", 2)
+    assert segment["ImportDefinition"] == {
         "Format": "JSON",
         "S3Url": f"file://{path}",
         "RoleArn": ROLE,
@@ -666,7 +645,10 @@ def test_an_import_defines_a_static_segment_and_adds_versions_to_it_which_export
     put_object(moto_server, name, "more.json", ndjson(rows(30, 10)))
     more = finished(jobs, import_job(jobs, app_id, f"s3://{name}/more.json", SegmentId=segment_id))
     assert more["JobStatus"] == "COMPLETED", more
-    assert stored_segment(jobs, app_id, segment_id).version == 3
+    latest = client.get_segment(ApplicationId=app_id, SegmentId=segment_id)["SegmentResponse"]
+    assert latest["Version"] == 3 and latest["ImportDefinition"]["Size"] == 10
+    first = client.get_segment_version(ApplicationId=app_id, SegmentId=segment_id, Version="1")
+    assert first["SegmentResponse"]["ImportDefinition"]["Size"] == 0, "before the import"
     applied(jobs, app_id, [f"ep-{n:06d}" for n in range(40)] + [f"other-{n}" for n in range(5)])
 
     def export_ids(**segment: Any) -> list[str]:
@@ -682,20 +664,17 @@ def test_an_import_defines_a_static_segment_and_adds_versions_to_it_which_export
     assert export_ids(SegmentId=segment_id) == [f"ep-{n:06d}" for n in range(40)]
     assert export_ids(SegmentId=segment_id, SegmentVersion=2) == [f"ep-{n:06d}" for n in range(30)]
     # A dimensional segment over the imported endpoints: the EMAIL ones.
-    dimensional = Segment(
-        app_id=app_id,
-        id="email-endpoints",
-        version=1,
-        name="email",
-        segment_type="DIMENSIONAL",
-        document={
-            "Dimensions": {"Demographic": {"Channel": {"DimensionType": "INCLUSIVE", "Values": ["EMAIL"]}}}
+    dimensional = client.create_segment(
+        ApplicationId=app_id,
+        WriteSegmentRequest={
+            "Name": "email",
+            "Dimensions": {"Demographic": {"Channel": {"DimensionType": "INCLUSIVE", "Values": ["EMAIL"]}}},
         },
-        creation_date="2026-12-01T00:00:00.000Z",
-        last_modified_date="2026-12-01T00:00:00.000Z",
-    )
-    assert on_store(jobs, lambda store: store.create_segment(dimensional))
-    assert export_ids(SegmentId="email-endpoints") == [f"ep-{n:06d}" for n in range(20, 30)]
+    )["SegmentResponse"]["Id"]
+    assert export_ids(SegmentId=dimensional) == [f"ep-{n:06d}" for n in range(20, 30)]
+    with pytest.raises(ClientError) as caught:  # imports add to IMPORT segments only
+        import_job(jobs, app_id, f"s3://{name}/more.json", SegmentId=dimensional)
+    assert caught.value.response["Error"]["Code"] == "BadRequestException"
     exports = client.get_segment_export_jobs(ApplicationId=app_id, SegmentId=segment_id)["ExportJobsResponse"]
     assert len(exports["Item"]) == 2 and all(
         job["Definition"]["SegmentId"] == segment_id for job in exports["Item"]

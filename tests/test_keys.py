@@ -147,10 +147,11 @@ OPERATIONS = (
     "CreateApp GetApps GetApp DeleteApp PutEvents UpdateEndpoint UpdateEndpointsBatch GetEndpoint "
     "DeleteEndpoint GetUserEndpoints DeleteUserEndpoints GetApplicationDateRangeKpi "
     "GetCampaignDateRangeKpi GetJourneyDateRangeKpi PutEventStream GetEventStream DeleteEventStream "
-    "TagResource UntagResource ListTagsForResource GetApplicationSettings UpdateApplicationSettings "
+    "TagResource UntagResource ListTagsForResource GetApplicationSettings UpdateApplicationSettings"
+    " CreateSegment GetSegments GetSegment UpdateSegment DeleteSegment GetSegmentVersions GetSegmentVersion"
     # Import and export jobs.
-    "CreateImportJob GetImportJob GetImportJobs GetSegmentImportJobs "
-    "CreateExportJob GetExportJob GetExportJobs GetSegmentExportJobs"
+    " CreateImportJob GetImportJob GetImportJobs GetSegmentImportJobs"
+    " CreateExportJob GetExportJob GetExportJobs GetSegmentExportJobs"
 ).split()
 READS = {
     "GetApps",
@@ -162,6 +163,10 @@ READS = {
     "GetJourneyDateRangeKpi",
     "ListTagsForResource",
     "GetApplicationSettings",
+    "GetSegment",
+    "GetSegments",
+    "GetSegmentVersion",
+    "GetSegmentVersions",
     # Import and export jobs.
     "GetImportJob",
     "GetImportJobs",

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from ingest.folds.endpoints import EndpointState
 from ingest.records.values import Demographic, Event, Location
-from ingest.segments import definitions, evaluate
+from ingest.segments import definitions, evaluate, values
 from ingest.segments.evaluate import Endpoint, Source
 from ingest.store.base import Segment, Store
 from tests.test_store import BACKENDS, app, fresh_store, offsets, upsert
@@ -104,13 +104,13 @@ def set_dimension(values: tuple[str, ...]) -> st.SearchStrategy[dict[str, Any]]:
 
 
 @st.composite
-def attribute_dimension(draw: st.DrawFn, values: tuple[str, ...]) -> dict[str, Any]:
-    kind = draw(st.sampled_from(sorted(definitions.ATTRIBUTE_TYPES)))
-    if kind in definitions.DATE_TYPES:
+def attribute_dimension(draw: st.DrawFn, choices: tuple[str, ...]) -> dict[str, Any]:
+    kind = draw(st.sampled_from(sorted(values.ATTRIBUTE_TYPES)))
+    if kind in values.DATE_TYPES:
         count = 2 if kind in ("BETWEEN", "NOT_BETWEEN") else 1
         chosen = sorted(draw(st.lists(st.sampled_from(INSTANTS), min_size=count, max_size=count)))
         return {"AttributeType": kind, "Values": chosen}
-    pool = tuple(v[:3] for v in values) + values if kind == "CONTAINS" else values
+    pool = tuple(v[:3] for v in choices) + choices if kind == "CONTAINS" else choices
     return {"AttributeType": kind, "Values": draw(st.lists(st.sampled_from(pool), min_size=1, max_size=2))}
 
 
@@ -124,12 +124,12 @@ GPS = st.fixed_dictionaries(
 )
 RECENCY = st.fixed_dictionaries(
     {
-        "Duration": st.sampled_from(sorted(definitions.DURATIONS_MS)),
+        "Duration": st.sampled_from(sorted(values.DURATIONS_MS)),
         "RecencyType": st.sampled_from(("ACTIVE", "INACTIVE")),
     }
 )
 METRIC = st.fixed_dictionaries(
-    {"ComparisonOperator": st.sampled_from(sorted(definitions.OPERATORS)), "Value": st.sampled_from(METRICS)}
+    {"ComparisonOperator": st.sampled_from(sorted(values.OPERATORS)), "Value": st.sampled_from(METRICS)}
 )
 # Each criterion a SegmentDimensions object can hold: (its path, its value).
 CRITERIA: dict[str, tuple[tuple[str, ...], st.SearchStrategy[Any]]] = {
@@ -283,3 +283,37 @@ async def test_the_store_selects_what_the_pure_evaluator_does(one_store: Store, 
     assert await members(store, app_id, "seg") == expected
     imported_v1 = [e.id for e in endpoints if e.id in first]
     assert await members(store, app_id, "imp", 1) == imported_v1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_each_criterion_selects_in_the_store_what_the_module_says(backend: str) -> None:
+    """test_segment_definitions' cases (the boundaries among them: the start
+    of a Recency window, an instant equal to BEFORE's, a metric equal to
+    GREATER_THAN_OR_EQUAL's), on each store, endpoints written by the folds."""
+    from tests.test_segment_definitions import CASES, FULL, NOW
+
+    document = FULL.document
+    full = upsert(
+        "full",
+        app_id="cases",
+        address="a",
+        channel_type=document["ChannelType"],
+        demographic=Demographic(platform="iOS"),
+        location=Location(country="DE", latitude=52.5, longitude=13.4),
+        attributes=document["Attributes"],
+        user_attributes=document["User"]["UserAttributes"],
+        metrics=document["Metrics"],
+    )
+    async with fresh_store(backend) as store:
+        await store.create_app(app("cases"))
+        await store.apply_endpoint_batch(offsets([full, upsert("plain", app_id="cases", address="b")]))
+        assert FULL.last_event_ms is not None
+        last = Event("cases", "full", "ev", "req", NOW, "t", "-", FULL.last_event_ms)
+        await store.apply_event_batch([last], oldest_day=0, newest_day=NOW // DAY_MS + 1)
+        for index, (body, selected) in enumerate(CASES):
+            shown = definitions.write_segment(body).shown
+            assert await store.create_segment(segment("cases", f"s{index}", shown))
+            found = await store.segment_endpoints(
+                "cases", f"s{index}", None, after=None, limit=10, now_ms=NOW
+            )
+            assert {e.endpoint_id for e in found} == selected, body

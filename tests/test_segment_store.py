@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sqlite3
+from typing import Any
 
 import pytest
 
 from ingest.records.values import Event
-from ingest.store import sql
+from ingest.store import segment_sql, sql
 from ingest.store import sqlite as store_module
 from ingest.store.base import Segment, Store
 from tests.test_store import T0_MS, app, delete, offsets, store, upsert
@@ -166,8 +167,8 @@ async def count_rows(store: Store, app_id: str) -> dict[str, int]:
 @pytest.mark.parametrize(
     "query",
     [
-        sql.APP_ENDPOINTS_PAGE.format(join="", where=""),
-        sql.MEMBER_ENDPOINTS_PAGE,
+        segment_sql.APP_ENDPOINTS_PAGE.format(join="", where=""),
+        segment_sql.MEMBER_ENDPOINTS_PAGE,
     ],
     ids=["app", "members"],
 )
@@ -238,3 +239,101 @@ async def test_the_last_event_of_each_endpoint_is_kept(store: Store) -> None:
     while await store.purge_deleted_apps(max_rows=2):
         pass
     assert await last_events(store, "app-a") == {}
+
+
+async def test_a_postgres_segment_page_joins_nothing_and_sorts_nothing() -> None:
+    """Recency and an IMPORT source are a primary-key lookup a row (a
+    scalar subquery), never a join: PostgreSQL makes a top-level EXISTS a
+    semi-join whose inner side, not bounded by ``after``, it reads from the
+    app's first row on every page. And the walk is the primary key's order."""
+    from ingest.segments import definitions
+    from ingest.store import segment_query as query
+    from tests.test_store import fresh_store
+
+    async with fresh_store("postgres") as store:
+        await store.create_app(app("app-a"))
+        await store.apply_endpoint_batch(offsets([upsert(f"e{i:05d}", address="x") for i in range(3000)]))
+        events = [event(f"v{i}", f"e{i:05d}", T0_MS, received_ms=T0_MS) for i in range(0, 3000, 2)]
+        await store.apply_event_batch(events, oldest_day=0, newest_day=T0_MS // DAY_MS + 1)
+        await store.create_segment(segment("imp"))
+        await store.add_segment_members("app-a", "imp", 1, [f"e{i:05d}" for i in range(0, 3000, 3)])
+        body = {
+            "SegmentGroups": {
+                "Groups": [
+                    {
+                        "SourceSegments": [{"Id": "imp"}],
+                        "Dimensions": [
+                            {"Behavior": {"Recency": {"Duration": "DAY_7", "RecencyType": "ACTIVE"}}}
+                        ],
+                    }
+                ]
+            }
+        }
+        shown = definitions.write_segment(body).shown
+        dimensional = dataclasses.replace(segment("dim", kind="DIMENSIONAL"), document=shown)
+        assert await store.create_segment(dimensional)
+        async with store._pool.acquire() as con:  # type: ignore[attr-defined]
+            await con.execute("ANALYZE")
+            found = await query.page(
+                store.get_segment, "postgres", "app-a", "dim", None, ("e01000", 100, T0_MS)
+            )
+            assert found is not None
+            plan = "\n".join(
+                row[0] for row in await con.fetch("EXPLAIN " + sql.numbered.__wrapped__(found[0]), *found[1])
+            )
+        assert not any(node in plan for node in ("Join", "Nested Loop", "Sort", "Hash")), plan
+        # The walk drives the plan: the first table read is the endpoints,
+        # from ``after`` on.
+        scans = [line.strip() for line in plan.splitlines() if "Scan" in line or "Index Cond" in line]
+        assert scans[0].startswith("->  Index Scan using endpoints_pkey on endpoints e"), plan
+        assert "endpoint_id > 'e01000'" in scans[1], plan
+        page = await store.segment_endpoints("app-a", "dim", None, after="e01000", limit=100, now_ms=T0_MS)
+        assert [e.endpoint_id for e in page][:3] == ["e01002", "e01008", "e01014"]
+
+
+async def test_a_nul_in_an_endpoint_value_does_not_break_a_segment_page(store: Store) -> None:
+    """PostgreSQL's jsonb cannot hold an escaped NUL: the page reads it as
+    U+FFFD rather than failing for the whole app."""
+    from ingest.segments import definitions
+
+    await store.create_app(app("app-a"))
+    nul = upsert("e1", address="x", attributes={"plan": ["a\x00b"]})
+    await store.apply_endpoint_batch(offsets([nul, upsert("e2", address="y", attributes={"plan": ["pro"]})]))
+    for segment_id, kind, values, expected in (
+        ("s1", "INCLUSIVE", ["pro"], ["e2"]),
+        ("s2", "CONTAINS", ["a"], ["e1"]),
+    ):
+        body = {"Dimensions": {"Attributes": {"plan": {"AttributeType": kind, "Values": values}}}}
+        document = definitions.write_segment(body).shown
+        assert await store.create_segment(
+            dataclasses.replace(segment(segment_id, kind="DIMENSIONAL"), document=document)
+        )
+        assert await ids_of(store, segment_id) == expected
+
+
+class _NoMath(sqlite3.Connection):
+    """A connection whose SQLite has no math functions (built without
+    SQLITE_ENABLE_MATH_FUNCTIONS, as some distributions ship it)."""
+
+    def execute(self, statement: str, *args: Any) -> sqlite3.Cursor:
+        if statement.startswith("SELECT sin(") and not getattr(self, "registered", False):
+            self.registered = True
+            raise sqlite3.OperationalError("no such function: sin")
+        return super().execute(statement, *args)
+
+
+def test_sqlite_without_math_functions_gets_libms_registered() -> None:
+    import math
+
+    from ingest.store import segment_query
+
+    db = sqlite3.connect(":memory:", factory=_NoMath)
+    segment_query.register(db)
+    assert getattr(db, "registered", False), "the probe found no sin()"
+    assert db.execute("SELECT sin(0.5), cos(0.5)").fetchone() == (math.sin(0.5), math.cos(0.5))
+    assert db.execute(
+        "SELECT ingest_instant_us('1970-01-01T00:00:01Z'), ingest_instant_us(7)"
+    ).fetchone() == (
+        1_000_000,
+        None,
+    )

@@ -16,15 +16,6 @@ independent of batching and order:
   totals do not depend on the order of float additions);
 * first days — (app, endpoint) → the earliest day it had an event (kept at
   the minimum).
-
-Beside the KPIs, the store keeps each endpoint's last activity (segments'
-``Behavior.Recency``, :func:`last_events`): the latest time any of its
-events happened, where an event happened at its own Timestamp, or at its
-arrival if that Timestamp is later. So an offline batch sent today dates its
-endpoint's activity to when it was used, not to today, and a device whose
-clock runs ahead cannot make itself active for ever (as the endpoint fold
-clamps EffectiveDate). A maximum needs no dedupe: every event counts,
-duplicates and those too old for the dedupe window included.
 """
 
 from __future__ import annotations
@@ -63,23 +54,15 @@ AUTH_EVENTS = {
 
 
 # What the KPI worker reads of an event, by record: the dedupe mark
-# (``store.base.fresh_events``), the UserId it counts for (``context_user``)
-# and :func:`effects`. Its Avro reader skips the other fields (a projection:
-# they hold placeholders), so a field read here must be listed;
+# (``store.base.fresh_events``), the UserId it counts for (``context_user``),
+# :func:`effects` and its endpoint's last activity (``activity.last_events``).
+# Its Avro reader skips the other fields (a projection: they hold
+# placeholders), so a field read here must be listed;
 # tests/test_projection.py holds effects() to the same rows on events read so.
 # Attributes and metrics are read only for the types in DETAILED_TYPES.
 EVENT_FIELDS: dict[str, frozenset[str]] = {
     "Event": frozenset(
-        {
-            "app_id",
-            "endpoint_id",
-            "event_id",
-            "event_type",
-            "timestamp_ms",
-            "received_at_ms",
-            "session",
-            "endpoint",
-        }
+        "app_id endpoint_id event_id event_type timestamp_ms received_at_ms session endpoint".split()
     ),
     "Session": frozenset({"id", "duration_ms"}),
     "EndpointContext": frozenset({"user_id"}),
@@ -137,22 +120,6 @@ class Effects:
 
     def add(self, key: SumKey, amount: int) -> None:
         self.sums[key] = self.sums.get(key, 0) + amount
-
-
-def last_events(events: Iterable[Event]) -> dict[tuple[str, str], int]:
-    """(app, endpoint) → the latest time (epoch ms) among ``events`` that
-    one of its events happened: its Timestamp, or its arrival if earlier."""
-    last: dict[tuple[str, str], int] = {}
-    get = last.get
-    for event in events:
-        at = event.timestamp_ms
-        if at > event.received_at_ms:
-            at = event.received_at_ms
-        key = (event.app_id, event.endpoint_id)
-        seen = get(key)
-        if seen is None or at > seen:
-            last[key] = at
-    return last
 
 
 def effects(events: Iterable[tuple[Event, str | None]]) -> Effects:

@@ -117,7 +117,14 @@ class _Piece:
 
 
 async def run_import(
-    run: Run, objects: Objects, publish: Publish, codec: Codec, limits: ImportLimits, store: Store
+    run: Run,
+    objects: Objects,
+    publish: Publish,
+    codec: Codec,
+    limits: ImportLimits,
+    store: Store,
+    *,
+    max_segments: int | None = None,
 ) -> None:
     """The job from its saved state to COMPLETING (the caller finishes it,
     :func:`ingest.jobs.static.complete` first). ``store`` holds the static
@@ -125,7 +132,7 @@ async def run_import(
     definition = run.job.definition
     if run.job.status in ("CREATED", "INITIALIZING"):
         await run.save(status="INITIALIZING")
-        await static.prepare(run, store)
+        await static.prepare(run, store, max_segments=max_segments)
         location = parse_url(
             definition["S3Url"], member="S3Url", root=objects.root, setting="INGEST_JOB_IMPORT_DIR"
         )

@@ -44,8 +44,9 @@ def import_definition(definition: dict[str, Any], size: int, channels: dict[str,
     return found
 
 
-async def prepare(run: Run, store: Store) -> None:
-    """The segment ready and its members' version in the cursor (once)."""
+async def prepare(run: Run, store: Store, *, max_segments: int | None) -> None:
+    """The segment ready and its members' version in the cursor (once); a
+    new one only while the app has fewer than ``max_segments``."""
     job = run.job
     definition = job.definition
     if SEGMENT in job.cursor or not (definition.get("DefineSegment") or definition.get("SegmentId")):
@@ -64,7 +65,7 @@ async def prepare(run: Run, store: Store) -> None:
                 creation_date=now,
                 last_modified_date=now,
             )
-            if not await store.create_segment(segment):
+            if not await store.create_segment(segment, max_segments=max_segments):
                 raise JobError(
                     "the segment could not be created: the app is gone or has too many", retriable=False
                 )

@@ -58,6 +58,8 @@ class Jobs:
     publish: Publish
     codec: Codec
     settings: Settings
+    max_segments: int | None = None
+    """Segments an app may hold (the segments API's bound): DefineSegment's too."""
 
     async def execute(self, run: Run) -> None:
         """The job from where it was saved to COMPLETED or FAILED."""
@@ -78,7 +80,9 @@ class Jobs:
                 max_row_bytes=settings.job_max_row_bytes,
                 checkpoint_rows=settings.job_checkpoint_rows,
             )
-            await run_import(run, objects, self.publish, self.codec, limits, self.store)
+            await run_import(
+                run, objects, self.publish, self.codec, limits, self.store, max_segments=self.max_segments
+            )
             if run.job.status == "COMPLETING":
                 await static.complete(run, self.store)
         else:

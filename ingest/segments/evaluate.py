@@ -1,5 +1,5 @@
 """The pure evaluation of a segment definition (:mod:`ingest.segments.definitions`
-says what it selects): the reference the SQL of :mod:`ingest.segments.query`
+says what it selects): the reference the SQL of :mod:`ingest.store.segment_query`
 is held to. No I/O; values in, a verdict out.
 
 Arithmetic that both must do alike is written here once and mirrored there
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.segments.definitions import (
+from ingest.segments.values import (
     DAY_US,
     AttributeDimension,
     Combine,

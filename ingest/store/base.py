@@ -1,10 +1,10 @@
 """What every store backend is: the :class:`Store` protocol, the app,
-event stream and application settings records, and the pure steps both
+event stream, application settings and segment records, and the pure steps both
 backends run around their SQL (choosing the events to mark, resolving users,
 the KPI effects, the rows of each record). The SQL they share is in
 :mod:`ingest.store.sql`.
 
-It earns its size (about 400 lines): the protocol is the one place each
+It earns its size (over 500 lines): the protocol is the one place each
 operation's contract (transactions, idempotency, what a failure means) is
 written, for both backends to keep."""
 
@@ -204,7 +204,8 @@ class Store(Protocol):
     async def purge_deleted_apps(self, *, max_rows: int) -> int:
         """One bounded step of purging the deleted apps' data, one
         transaction: up to ``max_rows`` rows of each table (endpoints, KPI
-        aggregates, and the dedupe marks of each day) of the first deleted
+        aggregates, last activity, segment versions and members, and the
+        dedupe marks of each day) of the first deleted
         app not yet purged; an app with nothing left is marked purged. → the
         rows deleted plus the apps marked purged: 0 when nothing is left.
         Interrupted anywhere, the next call goes on where it stopped."""
@@ -296,7 +297,9 @@ class Store(Protocol):
         in the batch; mark the rest, resolve the UserId each counts for (its
         endpoint context's, else its endpoint's in the store, if live) and
         write ``kpis.effects`` of them: members inserted if absent, sums
-        added, first days kept at the minimum."""
+        added, first days kept at the minimum. And keep each endpoint's last
+        activity (``activity.last_events`` of every event of a live app,
+        the too old and the repeated included) at the maximum."""
         ...
 
     async def expire_event_marks(self, *, before_day: int) -> int:

@@ -75,13 +75,13 @@ import asyncpg
 import orjson
 
 from ingest.errors import CONDITION_TEXT, StoreCondition, StoreError
-from ingest.folds import endpoints, kpis
+from ingest.folds import activity, endpoints, kpis
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.folds.kpis import EventOutcome
 from ingest.keys import AccessKey, IdentityPool
 from ingest.records.values import Event
-from ingest.segments import query
-from ingest.store import sql
+from ingest.store import segment_query as query
+from ingest.store import segment_sql, sql
 from ingest.store.base import (
     INT32_MIN,
     PURGE_CHUNK_ROWS,
@@ -248,10 +248,11 @@ _KPI_MONTHLY_STEPS = (
 
 # Segments (see sql): creates in one app take turns on its row; a new
 # version or new members hold the segment's head.
-_APP_OF_SEGMENT = sql.numbered(sql.APP_OF_SEGMENT.format(lock=" FOR UPDATE"))
-_SEGMENT_EXISTS = sql.numbered(sql.SEGMENT_EXISTS.format(lock=" FOR SHARE"))
-_GET_SEGMENT = sql.numbered(sql.GET_SEGMENT).replace("COALESCE($1,", "COALESCE($1::integer,")
-_ADD_SEGMENT_MEMBERS = sql.ADD_SEGMENT_MEMBERS.format(rows=unnest("text", "text", "text", "integer"))
+_APP_OF_SEGMENT = sql.numbered(segment_sql.APP_OF_SEGMENT.format(lock=" FOR UPDATE"))
+_SEGMENT_EXISTS = sql.numbered(segment_sql.SEGMENT_EXISTS.format(lock=" FOR SHARE"))
+_GET_SEGMENT = sql.numbered(segment_sql.GET_SEGMENT).replace("COALESCE($1,", "COALESCE($1::integer,")
+_INSERT_SEGMENT_VERSION = sql.numbered(segment_sql.INSERT_SEGMENT_VERSION)
+_ADD_SEGMENT_MEMBERS = segment_sql.ADD_SEGMENT_MEMBERS.format(rows=unnest("text", "text", "text", "integer"))
 _KEEP_LAST_EVENTS = sql.KEEP_LAST_EVENTS.format(rows=unnest("text", "text", "bigint"))
 
 # What asyncpg and the socket under it raise; everything else is a bug here.
@@ -389,12 +390,14 @@ class PostgresStore:
                 if await con.fetchval(_APP_OF_SEGMENT, segment.app_id) is None:
                     return False
                 if max_segments is not None:
-                    count = await con.fetchval(sql.numbered(sql.COUNT_SEGMENTS), segment.app_id)
+                    count = await con.fetchval(sql.numbered(segment_sql.COUNT_SEGMENTS), segment.app_id)
                     if count >= max_segments:
                         return False
                 head = (segment.app_id, segment.id, segment.version, segment.creation_date)
-                await con.execute(sql.numbered(sql.INSERT_SEGMENT), *head)
-                await con.execute(sql.numbered(sql.INSERT_SEGMENT_VERSION), *segment_version_row(segment))
+                await con.execute(sql.numbered(segment_sql.INSERT_SEGMENT), *head)
+                await con.execute(
+                    sql.numbered(segment_sql.INSERT_SEGMENT_VERSION), *segment_version_row(segment)
+                )
         return True
 
     async def put_segment_version(self, segment: Segment) -> Segment | None:
@@ -403,10 +406,12 @@ class PostgresStore:
         with _boundary("put segment version"):
             async with self._pool.acquire() as con, con.transaction():
                 head = (segment.version, segment.app_id, segment.id, segment.version - 1)
-                created = await con.fetchval(sql.numbered(sql.ADVANCE_SEGMENT), *head)
+                created = await con.fetchval(sql.numbered(segment_sql.ADVANCE_SEGMENT), *head)
                 if created is None:
                     return None
-                await con.execute(sql.numbered(sql.INSERT_SEGMENT_VERSION), *segment_version_row(segment))
+                await con.execute(
+                    sql.numbered(segment_sql.INSERT_SEGMENT_VERSION), *segment_version_row(segment)
+                )
         return dataclasses.replace(segment, creation_date=created)
 
     async def get_segment(self, app_id: str, segment_id: str, version: int | None = None) -> Segment | None:
@@ -421,7 +426,7 @@ class PostgresStore:
             return []
         after = (after or "").partition(NUL)[0]
         with _boundary("list segments"):
-            rows = await self._pool.fetch(sql.numbered(sql.LIST_SEGMENTS), app_id, after, limit)
+            rows = await self._pool.fetch(sql.numbered(segment_sql.LIST_SEGMENTS), app_id, after, limit)
         return [segment_of(row) for row in rows]
 
     async def list_segment_versions(
@@ -431,7 +436,7 @@ class PostgresStore:
             return []
         with _boundary("list segment versions"):
             rows = await self._pool.fetch(
-                sql.numbered(sql.LIST_SEGMENT_VERSIONS), app_id, segment_id, after, limit
+                sql.numbered(segment_sql.LIST_SEGMENT_VERSIONS), app_id, segment_id, after, limit
             )
         return [segment_of(row) for row in rows]
 
@@ -443,7 +448,7 @@ class PostgresStore:
                 row = await con.fetchrow(_GET_SEGMENT + " FOR UPDATE OF s", None, app_id, segment_id)
                 if row is None:
                     return None
-                for statement in sql.DELETE_SEGMENT_ROWS:
+                for statement in segment_sql.DELETE_SEGMENT_ROWS:
                     await con.execute(sql.numbered(statement), app_id, segment_id)
         return segment_of(row)
 
@@ -605,7 +610,7 @@ class PostgresStore:
         nothing of the batch is written (a partition it created included)."""
         outcome = EventOutcome()
         fresh = fresh_events(events, oldest_day, newest_day, outcome)
-        last = kpis.last_events(events)
+        last = activity.last_events(events)
         if not last:
             return outcome
         marks = sorted(fresh)

@@ -1,7 +1,7 @@
 """The SQLite backend of the store: apps, endpoints and KPI aggregates. It
 earns its size as the whole Store protocol on one backend (apps and their
-purge, tags, event streams and settings, endpoints, KPIs, keys), each method
-a transaction on one thread.
+purge, tags, event streams and settings, endpoints, KPIs, segments, keys),
+each method a transaction on one thread.
 
 SQLite (WAL, under the data dir) is the embedded default. Migrations are
 numbered SQL applied in order and recorded in ``schema_migrations``, so opening
@@ -38,13 +38,13 @@ from typing import Any, Self, TypeVar
 import orjson
 
 from ingest.errors import CONDITION_TEXT, StoreCondition, StoreError
-from ingest.folds import endpoints, kpis
+from ingest.folds import activity, endpoints, kpis
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.folds.kpis import EventOutcome
 from ingest.keys import AccessKey, IdentityPool
 from ingest.records.values import Event
-from ingest.segments import query
-from ingest.store import sql
+from ingest.store import segment_query as query
+from ingest.store import segment_sql, sql
 from ingest.store.base import (
     INT32_MIN,
     PURGE_CHUNK_ROWS,
@@ -156,9 +156,9 @@ DELETED_AMONG = "SELECT app_id FROM deleted_apps WHERE app_id IN ({})"
 GET_APP_TO_TAG = sql.GET_APP_TO_TAG.format(lock="")
 PUT_EVENT_STREAM = sql.PUT_EVENT_STREAM.format(lock="")
 PUT_SETTINGS = sql.PUT_SETTINGS.format(lock="")
-APP_OF_SEGMENT = sql.APP_OF_SEGMENT.format(lock="")
-SEGMENT_EXISTS = sql.SEGMENT_EXISTS.format(lock="")
-ADD_SEGMENT_MEMBER = sql.ADD_SEGMENT_MEMBERS.format(rows=_values(4))
+APP_OF_SEGMENT = segment_sql.APP_OF_SEGMENT.format(lock="")
+SEGMENT_EXISTS = segment_sql.SEGMENT_EXISTS.format(lock="")
+ADD_SEGMENT_MEMBER = segment_sql.ADD_SEGMENT_MEMBERS.format(rows=_values(4))
 KEEP_LAST_EVENT = sql.KEEP_LAST_EVENTS.format(rows=_values(3))
 CREATE_JOB = sql.CREATE_JOB.format(lock="")
 CREATE_APP_UNDER = (
@@ -364,13 +364,15 @@ class SqliteStore:
             try:
                 ok = db.execute(APP_OF_SEGMENT, (segment.app_id,)).fetchone() is not None
                 if ok and max_segments is not None:
-                    ok = db.execute(sql.COUNT_SEGMENTS, (segment.app_id,)).fetchone()[0] < max_segments
+                    ok = (
+                        db.execute(segment_sql.COUNT_SEGMENTS, (segment.app_id,)).fetchone()[0] < max_segments
+                    )
                 if ok:
                     db.execute(
-                        sql.INSERT_SEGMENT,
+                        segment_sql.INSERT_SEGMENT,
                         (segment.app_id, segment.id, segment.version, segment.creation_date),
                     )
-                    db.execute(sql.INSERT_SEGMENT_VERSION, segment_version_row(segment))
+                    db.execute(segment_sql.INSERT_SEGMENT_VERSION, segment_version_row(segment))
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
@@ -385,9 +387,9 @@ class SqliteStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 head = (segment.version, segment.app_id, segment.id, segment.version - 1)
-                row = db.execute(sql.ADVANCE_SEGMENT, head).fetchone()
+                row = db.execute(segment_sql.ADVANCE_SEGMENT, head).fetchone()
                 if row is not None:
-                    db.execute(sql.INSERT_SEGMENT_VERSION, segment_version_row(segment))
+                    db.execute(segment_sql.INSERT_SEGMENT_VERSION, segment_version_row(segment))
                 db.execute("COMMIT")
             except BaseException:
                 _rollback(db)
@@ -398,14 +400,14 @@ class SqliteStore:
 
     async def get_segment(self, app_id: str, segment_id: str, version: int | None = None) -> Segment | None:
         def get() -> Segment | None:
-            row = self._db.execute(sql.GET_SEGMENT, (version, app_id, segment_id)).fetchone()
+            row = self._db.execute(segment_sql.GET_SEGMENT, (version, app_id, segment_id)).fetchone()
             return None if row is None else segment_of(row)
 
         return await self._run("get segment", get)
 
     async def list_segments(self, app_id: str, *, after: str | None, limit: int) -> Sequence[Segment]:
         def get() -> list[Segment]:
-            rows = self._db.execute(sql.LIST_SEGMENTS, (app_id, after or "", limit)).fetchall()
+            rows = self._db.execute(segment_sql.LIST_SEGMENTS, (app_id, after or "", limit)).fetchall()
             return [segment_of(row) for row in rows]
 
         return await self._run("list segments", get)
@@ -415,7 +417,7 @@ class SqliteStore:
     ) -> Sequence[Segment]:
         def get() -> list[Segment]:
             params = (app_id, segment_id, after, limit)
-            return [segment_of(row) for row in self._db.execute(sql.LIST_SEGMENT_VERSIONS, params)]
+            return [segment_of(row) for row in self._db.execute(segment_sql.LIST_SEGMENT_VERSIONS, params)]
 
         return await self._run("list segment versions", get)
 
@@ -424,9 +426,9 @@ class SqliteStore:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute(sql.GET_SEGMENT, (None, app_id, segment_id)).fetchone()
+                row = db.execute(segment_sql.GET_SEGMENT, (None, app_id, segment_id)).fetchone()
                 if row is not None:
-                    for statement in sql.DELETE_SEGMENT_ROWS:
+                    for statement in segment_sql.DELETE_SEGMENT_ROWS:
                         db.execute(statement, (app_id, segment_id))
                 db.execute("COMMIT")
             except BaseException:
@@ -630,7 +632,7 @@ class SqliteStore:
     def _apply_events(self, events: Sequence[Event], oldest_day: int, newest_day: int) -> EventOutcome:
         outcome = EventOutcome()
         fresh = fresh_events(events, oldest_day, newest_day, outcome)
-        last = kpis.last_events(events)
+        last = activity.last_events(events)
         if not last:
             return outcome
         db = self._db

@@ -12,7 +12,10 @@ as they do in Python.
 The condition is evaluated row by row along the walk (a page is one range
 walk of the primary key from the last endpoint ID of the page before):
 Recency is a primary-key search of ``endpoint_activity``, an IMPORT source
-one of ``segment_members``, and a PostgreSQL document is parsed once a row
+one of ``segment_members``, each a scalar subquery, which neither backend
+turns into a join (PostgreSQL makes a top-level EXISTS a semi-join, whose
+inner side, unbounded by ``after``, would be read from the app's first row
+on every page), and a PostgreSQL document is parsed once a row
 (a ``jsonb`` of its text, in which an escaped NUL, which ``jsonb`` cannot
 hold, reads as U+FFFD).
 """
@@ -21,17 +24,16 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
 from ingest.errors import BadRequest, StoreError
-from ingest.segments import definitions, evaluate
-from ingest.segments.definitions import (
+from ingest.segments import definitions, evaluate, values
+from ingest.segments.values import (
     DAY_US,
-    MAX_COMPILED_SEGMENTS,
     MAX_SOURCE_DEPTH,
     AttributeDimension,
     Combine,
@@ -40,12 +42,12 @@ from ingest.segments.definitions import (
     Group,
     SourceSegment,
 )
-from ingest.store import sql
+from ingest.store import segment_sources as sources
+from ingest.store import segment_sql
 from ingest.store.base import Segment
+from ingest.store.segment_sources import Getter, SourceKey
 
 Dialect = Literal["sqlite", "postgres"]
-SourceKey = tuple[str, int | None]
-Getter = Callable[[str, str, int | None], Awaitable[Segment | None]]
 # Conditions in one compiled statement, its sources' included (each time a
 # source is named); with the definition bounds this caps the SQL at a few
 # hundred kB and a few thousand parameters.
@@ -53,7 +55,7 @@ MAX_COMPILED_CONDITIONS = 1000
 
 _TRUE, _FALSE = "1 = 1", "1 = 0"
 # The functions PostgreSQL evaluates instants with: an ISO_INSTANT (as
-# definitions.instant_us reads it) → epoch microseconds, NULL for any other
+# values.instant_us reads it) → epoch microseconds, NULL for any other
 # text or a date that does not exist. Replaced at every open, so the body
 # follows the code.
 POSTGRES_FUNCTIONS = r"""
@@ -73,7 +75,7 @@ $$
 
 
 def _instant_us(value: Any) -> int | None:
-    return definitions.instant_us(value) if isinstance(value, str) else None
+    return values.instant_us(value) if isinstance(value, str) else None
 
 
 def register(db: sqlite3.Connection) -> None:
@@ -244,9 +246,9 @@ def _dimensions(b: _Builder, dims: Dimensions) -> str:
     if dims.recency is not None:
         b.count()
         active = (
-            "EXISTS (SELECT 1 FROM endpoint_activity AS act WHERE act.app_id = e.app_id "  # noqa: S608
-            f"AND act.endpoint_id = e.endpoint_id AND act.last_event_ms >= "
-            f"{b.bind(b.now_ms - dims.recency.duration_ms, 'bigint')})"
+            "COALESCE((SELECT act.last_event_ms FROM endpoint_activity AS act "  # noqa: S608
+            "WHERE act.app_id = e.app_id AND act.endpoint_id = e.endpoint_id) >= "
+            f"{b.bind(b.now_ms - dims.recency.duration_ms, 'bigint')}, 1 = 0)"
         )
         parts.append(active if dims.recency.active else f"(NOT {active})")
     for name, a in dims.attributes:
@@ -276,9 +278,9 @@ def _source(b: _Builder, source: SourceSegment, depth: int) -> str:
         return _FALSE
     if segment.segment_type == "IMPORT":
         return (
-            "EXISTS (SELECT 1 FROM segment_members AS member WHERE member.app_id = e.app_id "  # noqa: S608
-            f"AND member.segment_id = {b.bind(segment.id, 'text')} AND member.endpoint_id = e.endpoint_id "
-            f"AND member.since_version <= {b.bind(segment.version, 'integer')})"
+            "COALESCE((SELECT member.since_version FROM segment_members AS member "  # noqa: S608
+            f"WHERE member.app_id = e.app_id AND member.segment_id = {b.bind(segment.id, 'text')} "
+            f"AND member.endpoint_id = e.endpoint_id) <= {b.bind(segment.version, 'integer')}, 1 = 0)"
         )
     return _definition(b, definitions.definition(segment.document), depth + 1)
 
@@ -321,55 +323,6 @@ def compile_definition(
     return Compiled(join, f" AND {condition}", tuple(b.params))
 
 
-async def load_sources(
-    get: Getter, app_id: str, definition: Definition | None, *, own: Segment | None = None
-) -> dict[SourceKey, Segment | None]:
-    """The source segments ``definition`` names, at every depth, each read
-    once (None: no such segment or version). ``own``, when given, stands for
-    its own ID at its latest version (an update checked before it is
-    stored). BadRequest past MAX_COMPILED_SEGMENTS or MAX_SOURCE_DEPTH."""
-    found: dict[SourceKey, Segment | None] = {}
-    frontier = [definition] if definition is not None else []
-    for _ in range(MAX_SOURCE_DEPTH):
-        following: list[Definition] = []
-        for each in frontier:
-            for source in each.sources():
-                key = (source.id, source.version)
-                if key in found:
-                    continue
-                if len(found) + 1 >= MAX_COMPILED_SEGMENTS:
-                    raise BadRequest(f"A segment and its sources name over {MAX_COMPILED_SEGMENTS} segments")
-                if own is not None and source.id == own.id and source.version in (None, own.version):
-                    segment: Segment | None = own
-                else:
-                    segment = await get(app_id, source.id, source.version)
-                found[key] = segment
-                if segment is not None and segment.segment_type == "DIMENSIONAL":
-                    nested = definitions.definition(segment.document)
-                    if nested is not None and nested.sources():
-                        following.append(nested)
-        if not following:
-            return found
-        frontier = following
-    raise BadRequest(f"Source segments nest deeper than {MAX_SOURCE_DEPTH} (or name each other)")
-
-
-def check_sources(definition: Definition | None, sources: dict[SourceKey, Segment | None]) -> None:
-    """BadRequest for a source segment that does not exist, or an imported
-    one beside others in its group."""
-    for g, group in enumerate(definition.groups if definition is not None else ()):
-        where = f"SegmentGroups.Groups[{g}].SourceSegments"
-        for s, source in enumerate(group.sources):
-            segment = sources.get((source.id, source.version))
-            if segment is None:
-                version = "" if source.version is None else f" version {source.version}"
-                raise BadRequest(
-                    f"{where}[{s}].Id: no segment {source.id[:200]}{version} in this application"
-                )
-            if segment.segment_type == "IMPORT" and len(group.sources) > 1:
-                raise BadRequest(f"{where}[{s}]: an imported segment must be its group's only source segment")
-
-
 async def page(
     get: Getter,
     dialect: Dialect,
@@ -384,17 +337,17 @@ async def page(
     changed since it was stored so that it is now beyond the bounds."""
     after, limit, now_ms = page
     if segment_id is None:
-        return sql.APP_ENDPOINTS_PAGE.format(join="", where=""), (app_id, after, limit)
+        return segment_sql.APP_ENDPOINTS_PAGE.format(join="", where=""), (app_id, after, limit)
     segment = await get(app_id, segment_id, version)
     if segment is None:
         return None
     if segment.segment_type == "IMPORT":
-        return sql.MEMBER_ENDPOINTS_PAGE, (app_id, segment_id, after, segment.version, limit)
+        return segment_sql.MEMBER_ENDPOINTS_PAGE, (app_id, segment_id, after, segment.version, limit)
     try:
         parsed = definitions.definition(segment.document)
-        sources = await load_sources(get, app_id, parsed)
-        compiled = compile_definition(parsed, sources, dialect, now_ms)
+        found_sources = await sources.load(get, app_id, parsed)
+        compiled = compile_definition(parsed, found_sources, dialect, now_ms)
     except BadRequest as exc:
         raise StoreError(f"segment {segment_id[:200]}: {exc}", retriable=False) from exc
-    statement = sql.APP_ENDPOINTS_PAGE.format(join=compiled.join, where=compiled.where)
+    statement = segment_sql.APP_ENDPOINTS_PAGE.format(join=compiled.join, where=compiled.where)
     return statement, (app_id, after, *compiled.params, limit)
