@@ -25,7 +25,7 @@ from ingest.jobs.formats import FORMATS
 from ingest.jobs.sources import parse_url
 from ingest.records import validate
 from ingest.settings import Settings
-from ingest.store.base import Job, JobType, Segment, Store
+from ingest.store.base import MAX_JOB_FAILURES, Job, JobType, Segment, Store
 from ingest.streams import destinations
 from ingest.streams.destinations import DestinationError
 
@@ -232,7 +232,8 @@ def job_response(job: Job) -> dict[str, Any]:
     last of its Failures (the model has no member of its own for it)."""
     failures = list(job.failures)
     if job.failure_reason is not None:
-        failures.append(job.failure_reason)
+        # Still at most MAX_JOB_FAILURES: the reason in place of the last row's.
+        failures = [*failures[: MAX_JOB_FAILURES - 1], job.failure_reason]
     response: dict[str, Any] = {
         "ApplicationId": job.app_id,
         "Id": job.id,
