@@ -83,6 +83,9 @@ class Durations:
     stream_rounds: int = 3
     # The segments part seeds a quarter of this and then all of it, per store.
     segment_records: int = 1_000_000
+    # Endpoint definitions an import and an export job take (and a quarter
+    # of it, for memory flat in the rows).
+    job_records: int = 100_000
     profile_s: float = 8.0
     profile_endpoint_records: int = 20_000
     profile_kpi_records: int = 40_000
@@ -101,6 +104,7 @@ QUICK = Durations(
     stream_records=20_000,
     stream_rounds=1,
     segment_records=20_000,
+    job_records=20_000,
     profile_s=2.0,
     profile_endpoint_records=20_000,
     profile_kpi_records=20_000,
@@ -343,6 +347,7 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
             "--part", "streams", "--records", str(d.stream_records), "--rounds", str(d.stream_rounds)
         )
         segments = _bench("--part", "segments", "--records", str(d.segment_records), *pg)
+        jobs = _bench("--part", "jobs", "--records", str(d.job_records), *pg)
         verified = [r for r in runs.rows if not r.endswith("| not checked |")]
         verdicts = targets.evaluate(
             figures,
@@ -468,6 +473,16 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         "it was before (flat in the app's size when a page at a time is all it holds).",
         "",
         segments,
+        "",
+        "## Import and export jobs: `python -m bench --part jobs`",
+        "",
+        "`ingest worker jobs` (JobWorker, assembled as the process assembles it) running an import of a",
+        "gzip JSON file (`file://`) into `ingest.endpoints` of an embedded broker, the endpoint worker",
+        "applying what it published, then an export of the store's endpoints to gzip pieces; each job",
+        "timed from its creation to COMPLETED in the store. The aim: an import at least as fast as the",
+        "endpoint worker applies, an export of 50,000 endpoints/s or more on PostgreSQL, memory flat.",
+        "",
+        jobs,
     ]
     sections = repeats.section(verdicts, runs.profiles)
     if sections:

@@ -149,6 +149,9 @@ OPERATIONS = (
     "GetCampaignDateRangeKpi GetJourneyDateRangeKpi PutEventStream GetEventStream DeleteEventStream "
     "TagResource UntagResource ListTagsForResource GetApplicationSettings UpdateApplicationSettings"
     " CreateSegment GetSegments GetSegment UpdateSegment DeleteSegment GetSegmentVersions GetSegmentVersion"
+    # Import and export jobs.
+    " CreateImportJob GetImportJob GetImportJobs GetSegmentImportJobs"
+    " CreateExportJob GetExportJob GetExportJobs GetSegmentExportJobs"
 ).split()
 READS = {
     "GetApps",
@@ -164,6 +167,13 @@ READS = {
     "GetSegments",
     "GetSegmentVersion",
     "GetSegmentVersions",
+    # Import and export jobs.
+    "GetImportJob",
+    "GetImportJobs",
+    "GetSegmentImportJobs",
+    "GetExportJob",
+    "GetExportJobs",
+    "GetSegmentExportJobs",
 }
 INGESTS = {"PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch"}
 ACCOUNT = {"CreateApp", "GetApps"}

@@ -1,9 +1,9 @@
 """The edge's ASGI application: the route table, admission, and every
 error turned into Pinpoint's answer. The operations live one module per
 Pinpoint resource beside this one (``apps``, ``writes``, ``endpoints``,
-``kpis``, ``eventstreams``, ``tags``, ``appsettings``, ``segments``); a new
-resource is one more module and its rows in the table, which is why this
-one earns its size (over 400 lines): a row for every Pinpoint operation.
+``kpis``, ``eventstreams``, ``tags``, ``appsettings``, ``segments``, ``jobs``); a
+new resource is one more module and its rows in the table, which is why
+this one earns its size (over 400 lines): a row for every Pinpoint operation.
 
 Whole requests fail only when unusable (400), too large (413), for an unknown
 app (404) or under overload (429) — never with 502/503/504, which Amplify JS
@@ -37,6 +37,7 @@ from ingest.api.http import (
     send_response,
 )
 from ingest.api.identity import Identities
+from ingest.api.jobs import Jobs
 from ingest.api.kpis import KpiReads
 from ingest.api.limits import ClientAddress, TokenBuckets
 from ingest.api.probes import Check
@@ -98,6 +99,15 @@ ADMITTED = frozenset(
         "DeleteSegment",
         "GetSegmentVersions",
         "GetSegmentVersion",
+        # Import and export jobs (ingest.api.jobs).
+        "CreateImportJob",
+        "GetImportJob",
+        "GetImportJobs",
+        "GetSegmentImportJobs",
+        "CreateExportJob",
+        "GetExportJob",
+        "GetExportJobs",
+        "GetSegmentExportJobs",
     )
 )
 # Every Pinpoint operation is signed and verified; the Cognito-style
@@ -174,6 +184,7 @@ class Edge:
         tags = Tags(store=store, apps=cache, max_body_bytes=body_limit)
         app_settings = AppSettings(store=store, apps=cache, max_body_bytes=body_limit)
         segments = Segments(store=store, apps=cache, max_body_bytes=body_limit)
+        jobs = Jobs(store=store, apps=cache, settings=settings)
         self._router = Router(
             [
                 # Cognito Identity's JSON 1.1 protocol posts to the root.
@@ -265,6 +276,31 @@ class Edge:
                 Route(
                     "/v1/apps/{app}/segments/{segment}/versions/{version}",
                     {"GET": ("GetSegmentVersion", segments.get_segment_version)},
+                ),
+                # Import and export jobs.
+                Route(
+                    "/v1/apps/{app}/jobs/import",
+                    {
+                        "POST": ("CreateImportJob", jobs.create_import_job),
+                        "GET": ("GetImportJobs", jobs.get_import_jobs),
+                    },
+                ),
+                Route("/v1/apps/{app}/jobs/import/{job}", {"GET": ("GetImportJob", jobs.get_import_job)}),
+                Route(
+                    "/v1/apps/{app}/segments/{segment}/jobs/import",
+                    {"GET": ("GetSegmentImportJobs", jobs.get_segment_import_jobs)},
+                ),
+                Route(
+                    "/v1/apps/{app}/jobs/export",
+                    {
+                        "POST": ("CreateExportJob", jobs.create_export_job),
+                        "GET": ("GetExportJobs", jobs.get_export_jobs),
+                    },
+                ),
+                Route("/v1/apps/{app}/jobs/export/{job}", {"GET": ("GetExportJob", jobs.get_export_job)}),
+                Route(
+                    "/v1/apps/{app}/segments/{segment}/jobs/export",
+                    {"GET": ("GetSegmentExportJobs", jobs.get_segment_export_jobs)},
                 ),
             ]
         )

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -72,6 +72,54 @@ class ApplicationSettings:
     """The WriteApplicationSettingsRequest, validated, null members left out."""
     last_modified: str
     """ISO 8601, to the millisecond, in UTC."""
+
+
+JobType = Literal["IMPORT", "EXPORT"]
+TERMINAL_STATUSES = ("COMPLETED", "FAILED")
+"""JobStatus values a job never leaves (botocore's model names)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """An import or export job (:mod:`ingest.jobs`): its request, where it
+    is, and who runs it. Counters and ``cursor`` move together, written by
+    :meth:`Store.save_job` once the piece they count is done, so a resumed
+    job counts each row once."""
+
+    app_id: str
+    id: str
+    """32 hex digits, leading with the creation time: newest last in ID order."""
+    job_type: JobType
+    segment_id: str | None
+    """The segment an export reads or an import adds to (GetSegment*Jobs)."""
+    definition: dict[str, Any]
+    """The ImportJobResource / ExportJobResource as the API shows it."""
+    status: str
+    """botocore's JobStatus: CREATED → INITIALIZING → PROCESSING → COMPLETING
+    → COMPLETED, or FAILING → FAILED."""
+    creation_date: str
+    created_ms: int
+    completion_date: str | None = None
+    total_pieces: int = 0
+    completed_pieces: int = 0
+    failed_pieces: int = 0
+    total_processed: int = 0
+    total_failures: int = 0
+    failures: tuple[str, ...] = ()
+    """The first :data:`MAX_JOB_FAILURES` failure messages."""
+    pieces: tuple[tuple[str, int], ...] = ()
+    """An import's objects (URL, size in bytes) as listed once, in order."""
+    cursor: dict[str, Any] = field(default_factory=dict)
+    """The last finished piece: an import's ``object`` index and ``row``
+    offset in it; an export's ``piece`` number and ``after`` endpoint ID."""
+    failure_reason: str | None = None
+    owner: str | None = None
+    lease_expires_ms: int = 0
+    """Until when ``owner`` holds the job; 0: nobody does."""
+
+
+# Failures a job keeps the messages of (Pinpoint: "the first 100").
+MAX_JOB_FAILURES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +348,43 @@ class Store(Protocol):
     async def create_identity_pool(self, pool: IdentityPool) -> None: ...
     async def list_identity_pools(self) -> Sequence[IdentityPool]: ...
 
+    # Import and export jobs (ingest.jobs), deleted with their app.
+    async def create_job(self, job: Job) -> bool:
+        """Store a new job; → False (nothing written) when the app does not
+        exist, checked as put_event_stream does."""
+        ...
+
+    async def get_job(self, app_id: str, job_id: str) -> Job | None: ...
+    async def list_jobs(
+        self, app_id: str, job_type: JobType, *, segment_id: str | None, before: str | None, limit: int
+    ) -> Sequence[Job]:
+        """The app's jobs of ``job_type`` (of ``segment_id`` only, unless
+        None), newest first: IDs below ``before`` (None: from the newest), at
+        most ``limit``."""
+        ...
+
+    async def claim_job(
+        self, owner: str, *, now_ms: int, lease_ms: int, max_running: int, max_per_app: int
+    ) -> Job | None:
+        """Lease the oldest job that is not finished and that nobody holds
+        (no lease, or one expired before ``now_ms``) to ``owner`` until
+        ``now_ms + lease_ms``, unless ``max_running`` jobs are held already
+        (by any owner) or ``max_per_app`` of its app's: → the job as leased,
+        or None. One compare-and-set: two replicas never hold one job, and
+        the bounds hold across replicas."""
+        ...
+
+    async def save_job(self, job: Job, *, now_ms: int, lease_ms: int) -> bool:
+        """Write the job's progress (status, counters, failures, pieces,
+        cursor, reason, completion date) and renew its lease to ``now_ms +
+        lease_ms`` (0: release it), only while ``job.owner`` holds it; →
+        False (nothing written) when another owner took it over."""
+        ...
+
+    async def renew_job(self, app_id: str, job_id: str, owner: str, *, until_ms: int) -> bool:
+        """Extend ``owner``'s lease to ``until_ms``; → False when it lost the job."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -523,3 +608,58 @@ def pool_row(pool: IdentityPool) -> tuple[Any, ...]:
 def pool_of(row: Sequence[Any]) -> IdentityPool:
     pool_id, app_id, created_ms = row
     return IdentityPool(id=pool_id, app_id=app_id, created_ms=created_ms)
+
+
+def job_row(job: Job) -> tuple[Any, ...]:
+    """A job as the column values every backend stores, in table order."""
+    return (
+        job.app_id,
+        job.id,
+        job.job_type,
+        job.segment_id,
+        orjson.dumps(job.definition).decode(),
+        job.status,
+        job.creation_date,
+        job.created_ms,
+        job.completion_date,
+        job.total_pieces,
+        job.completed_pieces,
+        job.failed_pieces,
+        job.total_processed,
+        job.total_failures,
+        orjson.dumps(job.failures).decode(),
+        orjson.dumps(job.pieces).decode(),
+        orjson.dumps(job.cursor).decode(),
+        job.failure_reason,
+        job.owner,
+        job.lease_expires_ms,
+    )
+
+
+def job_of(row: Sequence[Any]) -> Job:
+    """The inverse of :func:`job_row` (any backend's row, in table order)."""
+    (app_id, job_id, job_type, segment_id, definition, status, creation_date, created_ms) = row[:8]
+    (completion_date, total, completed, failed, processed, failures_n, failures) = row[8:15]
+    pieces, cursor, reason, owner, lease = row[15:]
+    return Job(
+        app_id=app_id,
+        id=job_id,
+        job_type=job_type,
+        segment_id=segment_id,
+        definition=orjson.loads(definition),
+        status=status,
+        creation_date=creation_date,
+        created_ms=created_ms,
+        completion_date=completion_date,
+        total_pieces=total,
+        completed_pieces=completed,
+        failed_pieces=failed,
+        total_processed=processed,
+        total_failures=failures_n,
+        failures=tuple(orjson.loads(failures)),
+        pieces=tuple((url, size) for url, size in orjson.loads(pieces)),
+        cursor=orjson.loads(cursor),
+        failure_reason=reason,
+        owner=owner,
+        lease_expires_ms=lease,
+    )

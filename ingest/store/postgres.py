@@ -88,6 +88,8 @@ from ingest.store.base import (
     App,
     ApplicationSettings,
     EventStream,
+    Job,
+    JobType,
     KpiData,
     Segment,
     app_of,
@@ -96,6 +98,8 @@ from ingest.store.base import (
     endpoint_state,
     event_effects,
     fresh_events,
+    job_of,
+    job_row,
     key_of,
     key_row,
     keys_without,
@@ -131,6 +135,8 @@ EXPIRE_LOCK = 0x657870697265
 # Held while counting the apps and creating one ("apps"), so concurrent
 # CreateApps on several edges take turns and never pass the quota.
 APPS_LOCK = 0x61707073
+# Held while claiming a job ("jobs"): see _CLAIM_JOB.
+JOBS_LOCK = 0x6A6F6273
 # The one character a PostgreSQL text value cannot hold.
 NUL = "\x00"
 
@@ -163,6 +169,14 @@ _SET_APP_TAGS = sql.numbered(sql.SET_APP_TAGS)
 _PUT_EVENT_STREAM = sql.numbered(sql.PUT_EVENT_STREAM.format(lock=" FOR SHARE"))
 _PUT_SETTINGS = sql.numbered(sql.PUT_SETTINGS.format(lock=" FOR SHARE"))
 _GET_EVENT_STREAM = sql.numbered(sql.GET_EVENT_STREAM)
+# Jobs: a create holds the app row FOR SHARE (as a stream's put); a claim
+# runs under JOBS_LOCK, so two claims never count the same held jobs.
+_CREATE_JOB = sql.numbered(sql.CREATE_JOB.format(lock=" FOR SHARE"))
+_GET_JOB = sql.numbered(sql.GET_JOB)
+_LIST_JOBS = sql.numbered(sql.LIST_JOBS)
+_CLAIM_JOB = sql.numbered(sql.CLAIM_JOB)
+_SAVE_JOB = sql.numbered(sql.SAVE_JOB)
+_RENEW_JOB = sql.numbered(sql.RENEW_JOB)
 _DELETE_EVENT_STREAM = sql.numbered(sql.DELETE_EVENT_STREAM)
 _GET_SETTINGS = sql.numbered(sql.GET_SETTINGS)
 _GET_ENDPOINT = sql.numbered(sql.GET_ENDPOINT)
@@ -683,6 +697,47 @@ class PostgresStore:
         with _boundary(what):
             rows = await self._pool.fetch(query, *params)
         return [(row[0], row[1], row[2]) for row in rows]
+
+    async def create_job(self, job: Job) -> bool:
+        return await self._put_of_app("create job", _CREATE_JOB, job_row(job))
+
+    async def get_job(self, app_id: str, job_id: str) -> Job | None:
+        if NUL in app_id or NUL in job_id:
+            return None
+        with _boundary("get job"):
+            row = await self._pool.fetchrow(_GET_JOB, app_id, job_id)
+        return None if row is None else job_of(row)
+
+    async def list_jobs(
+        self, app_id: str, job_type: JobType, *, segment_id: str | None, before: str | None, limit: int
+    ) -> Sequence[Job]:
+        if NUL in app_id or NUL in (segment_id or ""):
+            return []
+        segment = segment_id or ""
+        # No ID holds NUL, so "before P + NUL + rest" is "before or at P": cut there.
+        before = (before or sql.LAST_JOB_ID).partition(NUL)[0]
+        with _boundary("list jobs"):
+            rows = await self._pool.fetch(_LIST_JOBS, app_id, job_type, before, segment, segment, limit)
+        return [job_of(row) for row in rows]
+
+    async def claim_job(
+        self, owner: str, *, now_ms: int, lease_ms: int, max_running: int, max_per_app: int
+    ) -> Job | None:
+        params = (owner, now_ms + lease_ms, now_ms, now_ms, max_running, now_ms, max_per_app)
+        with _boundary("claim job"):
+            async with self._pool.acquire() as con, con.transaction():
+                await con.execute("SELECT pg_advisory_xact_lock($1)", JOBS_LOCK)
+                row = await con.fetchrow(_CLAIM_JOB, *params)
+        return None if row is None else job_of(row)
+
+    async def save_job(self, job: Job, *, now_ms: int, lease_ms: int) -> bool:
+        params = sql.save_job_params(job_row(job), now_ms + lease_ms if lease_ms else 0)
+        with _boundary("save job"):
+            return _count(await self._pool.execute(_SAVE_JOB, *params)) == 1
+
+    async def renew_job(self, app_id: str, job_id: str, owner: str, *, until_ms: int) -> bool:
+        with _boundary("renew job"):
+            return _count(await self._pool.execute(_RENEW_JOB, until_ms, app_id, job_id, owner)) == 1
 
     async def close(self) -> None:
         """Wait up to CLOSE_TIMEOUT_S for borrowed connections, then drop

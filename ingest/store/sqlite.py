@@ -51,6 +51,8 @@ from ingest.store.base import (
     App,
     ApplicationSettings,
     EventStream,
+    Job,
+    JobType,
     KpiData,
     Mark,
     Segment,
@@ -60,6 +62,8 @@ from ingest.store.base import (
     endpoint_state,
     event_effects,
     fresh_events,
+    job_of,
+    job_row,
     key_of,
     key_row,
     keys_without,
@@ -156,6 +160,7 @@ APP_OF_SEGMENT = segment_sql.APP_OF_SEGMENT.format(lock="")
 SEGMENT_EXISTS = segment_sql.SEGMENT_EXISTS.format(lock="")
 ADD_SEGMENT_MEMBER = segment_sql.ADD_SEGMENT_MEMBERS.format(rows=_values(4))
 KEEP_LAST_EVENT = sql.KEEP_LAST_EVENTS.format(rows=_values(3))
+CREATE_JOB = sql.CREATE_JOB.format(lock="")
 CREATE_APP_UNDER = (
     "INSERT INTO apps (id, name, arn, tags, creation_date) "
     "SELECT ?, ?, ?, ?, ? WHERE (SELECT count(*) FROM apps) < ?"
@@ -692,6 +697,47 @@ class SqliteStore:
             return self._db.execute(query, params).fetchall()
 
         return await self._run(what, read)
+
+    async def create_job(self, job: Job) -> bool:
+        return await self._put_of_app("create job", CREATE_JOB, job_row(job))
+
+    async def get_job(self, app_id: str, job_id: str) -> Job | None:
+        def get() -> Job | None:
+            row = self._db.execute(sql.GET_JOB, (app_id, job_id)).fetchone()
+            return None if row is None else job_of(row)
+
+        return await self._run("get job", get)
+
+    async def list_jobs(
+        self, app_id: str, job_type: JobType, *, segment_id: str | None, before: str | None, limit: int
+    ) -> Sequence[Job]:
+        segment = segment_id or ""
+        params = (app_id, job_type, before or sql.LAST_JOB_ID, segment, segment, limit)
+
+        def page() -> list[Job]:
+            return [job_of(row) for row in self._db.execute(sql.LIST_JOBS, params).fetchall()]
+
+        return await self._run("list jobs", page)
+
+    async def claim_job(
+        self, owner: str, *, now_ms: int, lease_ms: int, max_running: int, max_per_app: int
+    ) -> Job | None:
+        # One statement: SQLite runs one writer at a time, so the counts hold.
+        params = (owner, now_ms + lease_ms, now_ms, now_ms, max_running, now_ms, max_per_app)
+
+        def claim() -> Job | None:
+            rows = self._db.execute(sql.CLAIM_JOB, params).fetchall()
+            return job_of(rows[0]) if rows else None
+
+        return await self._run("claim job", claim)
+
+    async def save_job(self, job: Job, *, now_ms: int, lease_ms: int) -> bool:
+        params = sql.save_job_params(job_row(job), now_ms + lease_ms if lease_ms else 0)
+        return await self._run("save job", lambda: self._db.execute(sql.SAVE_JOB, params).rowcount == 1)
+
+    async def renew_job(self, app_id: str, job_id: str, owner: str, *, until_ms: int) -> bool:
+        params = (until_ms, app_id, job_id, owner)
+        return await self._run("renew job", lambda: self._db.execute(sql.RENEW_JOB, params).rowcount == 1)
 
     async def close(self) -> None:
         await self._run("close", self._db.close)
