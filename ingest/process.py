@@ -296,10 +296,13 @@ async def job_worker(
     store: Store,
     codec: Codec,
     registry: CollectorRegistry = REGISTRY,
+    publisher: Publisher | None = None,
 ) -> JobWorker:
-    """The jobs worker, its S3 client and its publisher on ``stack``: the
-    edge's publisher (same producer settings, acks, buffer bound) onto
-    ``ingest.endpoints``, so an imported row takes UpdateEndpoint's path."""
+    """The jobs worker and its S3 client on ``stack``, publishing imported
+    rows onto ``ingest.endpoints`` (UpdateEndpoint's path) through
+    ``publisher``, the edge's own when it runs in the edge's process; else
+    through a publisher of its own, on ``stack``, with the edge's producer
+    settings (acks, buffer bound)."""
     aws = await stack.enter_async_context(
         AwsDelivery(
             assume_role=settings.job_assume_role,
@@ -307,16 +310,17 @@ async def job_worker(
             role_session_name=JOB_ROLE_SESSION_NAME,
         )
     )
-    publisher = await stack.enter_async_context(
-        Publisher(
-            clients.producer(settings, bootstrap, idempotence=idempotence, client_id="ingest-jobs"),
-            topics=(clients.ENDPOINTS_TOPIC,),
-            produce_timeout_s=settings.produce_timeout_s,
-            buffer_bytes=settings.producer_buffer_bytes,
-            drain_timeout_s=settings.drain_timeout_s,
-            metrics=Metrics(CollectorRegistry()),
+    if publisher is None:
+        publisher = await stack.enter_async_context(
+            Publisher(
+                clients.producer(settings, bootstrap, idempotence=idempotence, client_id="ingest-jobs"),
+                topics=(clients.ENDPOINTS_TOPIC,),
+                produce_timeout_s=settings.produce_timeout_s,
+                buffer_bytes=settings.producer_buffer_bytes,
+                drain_timeout_s=settings.drain_timeout_s,
+                metrics=Metrics(CollectorRegistry()),
+            )
         )
-    )
     log.info(
         "jobs worker: at most %d jobs in the deployment, %d an app; S3 %s; files under %s and %s",
         settings.job_max_running,
@@ -343,6 +347,10 @@ async def job_worker(
         drain_timeout_s=settings.drain_timeout_s,
         metrics=JobMetrics(registry),
     )
+
+
+def _all_ready(workers: Sequence[Role]) -> bool:
+    return all(worker.ready for worker in workers)
 
 
 def _no_worker_has(workers: Sequence[Role], condition: StoreCondition) -> bool:
@@ -461,13 +469,19 @@ async def kafka_of(stack: AsyncExitStack, settings: Settings, mode: Mode) -> tup
 
 
 async def serve(
-    settings: Settings, *, mode: Mode, status_file: Path | None = None, reuse_port: bool = False
+    settings: Settings,
+    *,
+    mode: Mode,
+    status_file: Path | None = None,
+    reuse_port: bool = False,
+    with_jobs: bool = False,
 ) -> int:
     """Run one process role until SIGINT/SIGTERM, then drain (module docstring).
 
     With ``status_file``, once listening it writes there where it listens and
     which broker it uses (:mod:`ingest.launch`), and removes it on the way out.
-    ``reuse_port`` shares the API port with other edges (SO_REUSEPORT).
+    ``reuse_port`` shares the API port with other edges (SO_REUSEPORT);
+    ``with_jobs`` runs the jobs worker in an edge too, on the edge's producer.
     """
     stopping = asyncio.Event()
     stop_on_signals(stopping)
@@ -494,25 +508,18 @@ async def serve(
             )
             workers.append(streams)
             probes.degraded.append(streams.degraded)
-        if mode in ("run", "worker-jobs"):
-            jobs = await job_worker(
-                stack, settings, bootstrap, idempotence=idempotence, store=store, codec=codec
+        if mode == "worker-jobs":
+            workers.append(
+                await job_worker(
+                    stack, settings, bootstrap, idempotence=idempotence, store=store, codec=codec
+                )
             )
-            workers.append(jobs)
         if workers:
             # Entered before the publisher, so they exit after it: the workers
             # drain what the edge produced before the broker stops.
-            await stack.enter_async_context(running(workers, stopping))
-
-        def workers_ready() -> bool:
-            return all(worker.ready for worker in workers)
+            await stack.enter_async_context(running(tuple(workers), stopping))
 
         serves_api = mode in ("run", "edge")
-        if workers:
-            # The conditions an operator must fix first, by name, then the rest.
-            for condition, text in CONDITION_TEXT.items():
-                checks.append((text, functools.partial(_no_worker_has, workers, condition)))
-            checks.append(("a worker is not ready (store unavailable?)", workers_ready))
         if serves_api:
             metrics = Metrics(REGISTRY)
             probes.gauge = metrics.ready
@@ -536,6 +543,22 @@ async def serve(
                 identities=identities,
                 auth=auth,
             )
+            if mode == "run" or with_jobs:
+                # On the edge's producer: one producer on ingest.endpoints, as
+                # the embedded broker needs (Tansu's race between producers
+                # appending to one partition: load/benchmark-notes.md). Entered
+                # after the publisher, so the jobs stop before it flushes.
+                jobs = await job_worker(
+                    stack,
+                    settings,
+                    bootstrap,
+                    idempotence=idempotence,
+                    store=store,
+                    codec=codec,
+                    publisher=publisher,
+                )
+                await stack.enter_async_context(running((jobs,), stopping))
+                workers.append(jobs)
             checks.extend(edge.checks)
             checks.append(("keys are not being reloaded (store unavailable?)", keys_ready))
             api_port = await stack.enter_async_context(
@@ -554,6 +577,13 @@ async def serve(
             )
             api = f"{settings.host}:{api_port}"
             log.info("edge listening on http://%s (the Pinpoint API)", api)
+        if workers:
+            # The conditions an operator must fix first, by name, then the rest.
+            for condition, text in CONDITION_TEXT.items():
+                checks.append((text, functools.partial(_no_worker_has, workers, condition)))
+            checks.append(
+                ("a worker is not ready (store unavailable?)", functools.partial(_all_ready, workers))
+            )
         settle_gc()
         if status_file is not None:
             status = Status(os.getpid(), api, kafka=bootstrap, broker=embedded, probes=probe_address)

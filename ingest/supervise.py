@@ -15,7 +15,9 @@ brings the store's schema up to date, and then supervises:
   takes it while an edge restarts.
 - ``worker-endpoints``, ``worker-kpis``, ``worker-streams`` and
   ``worker-jobs``: `ingest worker endpoints`, `ingest worker kpis`, `ingest
-  worker streams` and `ingest worker jobs`.
+  worker streams` and `ingest worker jobs`. With the embedded broker the
+  jobs run in the edge instead (`ingest edge --with-jobs`, on the edge's
+  producer; :func:`children_of` says why).
 
 Each child runs in a session of its own (a terminal's Ctrl-C reaches only
 this process, which then drains in order), is killed by the kernel if this
@@ -441,10 +443,18 @@ def _hold_port(host: str, port: int) -> socket.socket:
     return held
 
 
-def children_of(settings: Settings, *, bootstrap: str, idempotence: bool, port: int) -> list[Supervised]:
+def children_of(
+    settings: Settings, *, bootstrap: str, idempotence: bool, port: int, embedded: bool
+) -> list[Supervised]:
     """The processes `ingest run` supervises, with the environment each
     starts in: this process's own, with where to reach the broker, the store
-    and the shared port, and probes on a free loopback port of their own."""
+    and the shared port, and probes on a free loopback port of their own.
+
+    With the ``embedded`` broker (one edge) the edge runs the jobs too, on
+    its own producer: Tansu loses track of batches that two producers append
+    to one partition at once (load/benchmark-notes.md), and the jobs'
+    imports go to ``ingest.endpoints``, which the edge writes. With a Kafka
+    cluster they are a child of their own."""
     data_dir = settings.data_dir.resolve()
     run_dir = data_dir / "processes"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -458,14 +468,16 @@ def children_of(settings: Settings, *, bootstrap: str, idempotence: bool, port: 
         "INGEST_PROBE_PORT": "0",
     }
     roles: list[tuple[str, list[str]]] = [
-        (f"edge-{index}", ["edge", "--reuse-port"]) for index in range(settings.edge_process_count)
+        (f"edge-{index}", ["edge", "--reuse-port", *(["--with-jobs"] if embedded else [])])
+        for index in range(settings.edge_process_count)
     ]
     roles += [
         ("worker-endpoints", ["worker", "endpoints"]),
         ("worker-kpis", ["worker", "kpis"]),
         ("worker-streams", ["worker", "streams"]),
-        ("worker-jobs", ["worker", "jobs"]),
     ]
+    if not embedded:
+        roles.append(("worker-jobs", ["worker", "jobs"]))
     children = []
     for name, command in roles:
         status_path = run_dir / f"{name}.json"
@@ -489,7 +501,9 @@ async def supervise(settings: Settings, *, status_file: Path | None = None) -> i
         held = _hold_port(settings.host, settings.port)
         stack.callback(held.close)
         port = int(held.getsockname()[1])
-        children = children_of(settings, bootstrap=bootstrap, idempotence=idempotence, port=port)
+        children = children_of(
+            settings, bootstrap=bootstrap, idempotence=idempotence, port=port, embedded=embedded is not None
+        )
         api = f"{settings.host}:{port}"
 
         def status() -> Status:

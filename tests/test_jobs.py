@@ -1,11 +1,11 @@
-"""Import and export jobs end to end: `ingest run` (its `worker-jobs` child
-among the others) driven by boto3, reading and writing files under its
+"""Import and export jobs end to end: `ingest run` (its edge runs the jobs,
+with the embedded broker) driven by boto3, reading and writing files under its
 confined directories and S3 in moto's server mode (AssumeRole through
 moto's STS), behind a proxy that only injects faults (a connection dropped,
 a size faked in a listing, a slow transfer). Imported rows take
 UpdateEndpoint's path (GetEndpoint shows them merged with what was there);
 an export is every endpoint exactly once, and imports back into a new app
-as the same endpoints; the jobs child SIGKILLed mid-import and mid-export
+as the same endpoints; the jobs' process SIGKILLed mid-import and mid-export
 resumes with exact counts; each fault ends as it should, saying why."""
 
 from __future__ import annotations
@@ -284,15 +284,20 @@ def exported(moto_server: aws.MotoServer, name: str, prefix: str) -> dict[str, l
     }
 
 
+# With its embedded broker `ingest run` runs the jobs in its edge, on the
+# edge's producer (ingest.supervise.children_of says why).
+JOBS_PROCESS = "edge-0"
+
+
 def jobs_pid(pipeline: Pipeline) -> int:
-    return next(c.pid for c in pipeline.launched.reread_status().children if c.name == "worker-jobs")
+    return next(c.pid for c in pipeline.launched.reread_status().children if c.name == JOBS_PROCESS)
 
 
 def kill_jobs_child(pipeline: Pipeline) -> None:
-    """SIGKILL the worker-jobs child; return once the supervisor restarted it."""
+    """SIGKILL the child running the jobs; return once the supervisor restarted it."""
     pid = jobs_pid(pipeline)
     os.kill(pid, signal.SIGKILL)
-    eventually(lambda: jobs_pid(pipeline), lambda now: now not in (0, pid), "worker-jobs restarted", WITHIN_S)
+    eventually(lambda: jobs_pid(pipeline), lambda now: now not in (0, pid), "jobs restarted", WITHIN_S)
 
 
 def without_server_set(endpoint: dict[str, Any]) -> dict[str, Any]:
@@ -375,11 +380,9 @@ def test_a_json_and_a_csv_file_import_through_update_endpoints_merge_rules(
     assert second is not None and second["OptOut"] == "ALL" and "Attributes" not in second
 
     scraped = jobs.request("GET", "/metrics", sign=False)[2].decode()
-    finished_here = re.findall(
-        r'ingest_jobs_finished_total\{[^}]*process="worker-jobs"[^}]*\} (\S+)', scraped
-    )
+    finished_here = re.findall(r'ingest_jobs_finished_total\{[^}]*process="edge-0"[^}]*\} (\S+)', scraped)
     assert finished_here and float(finished_here[0]) >= 1, scraped[-2000:]
-    assert 'ingest_job_rows_total{outcome="imported",process="worker-jobs",type="IMPORT"}' in scraped
+    assert 'ingest_job_rows_total{outcome="imported",process="edge-0",type="IMPORT"}' in scraped
 
     listed = client.get_import_jobs(ApplicationId=app_id, PageSize="1")["ImportJobsResponse"]
     assert [job["Id"] for job in listed["Item"]] == [csv_job["Id"]]

@@ -26,14 +26,15 @@ from ingest.launch import Status
 from ingest.logs import process_format
 from ingest.metrics import SupervisorMetrics
 from ingest.settings import Settings
-from ingest.supervise import Supervised, Supervisor, _get, _labelled, _Merged
+from ingest.supervise import Supervised, Supervisor, _get, _labelled, _Merged, children_of
 from load import cpu
 from tests.conftest import ROOT, Pipeline, clean_env, eventually, kpi_events, start_ingest, start_pipeline
 from tests.samples import samples_named
 
 # With the embedded broker `ingest run` takes one edge (ingest/settings.py
 # says why); the two-edge test brings a broker of its own.
-ROLES = ("edge-0", "worker-endpoints", "worker-kpis", "worker-streams", "worker-jobs")
+# (its edge also runs the jobs: ingest.supervise.children_of says why).
+ROLES = ("edge-0", "worker-endpoints", "worker-kpis", "worker-streams")
 TWO_EDGES = ("edge-0", "edge-1", "worker-endpoints", "worker-kpis", "worker-streams", "worker-jobs")
 # A restart: the backoff's first step (0.5 s) plus an interpreter's start-up,
 # on a CI machine running other tests beside this one.
@@ -304,3 +305,20 @@ def test_a_process_name_on_the_command_line_must_be_a_role_name() -> None:
         check=False,
     )
     assert done.returncode == 2 and b"--process-name" in done.stderr
+
+
+@pytest.mark.parametrize("embedded", [True, False])
+def test_the_jobs_run_on_the_edges_producer_with_the_embedded_broker(tmp_path: Path, embedded: bool) -> None:
+    """Tansu loses track of batches two producers append to one partition at
+    once, and imports go to ingest.endpoints beside UpdateEndpoint: with the
+    embedded broker the edge runs the jobs (one producer there); with a Kafka
+    cluster they are a child of their own."""
+    settings = Settings(data_dir=tmp_path, edge_processes=1)
+    children = children_of(settings, bootstrap="127.0.0.1:9092", idempotence=False, port=1, embedded=embedded)
+    commands = {child.name: child.argv[child.argv.index("-m") + 2 :] for child in children}
+    if embedded:
+        assert "worker-jobs" not in commands
+        assert "--with-jobs" in commands["edge-0"]
+    else:
+        assert commands["worker-jobs"][:2] == ["worker", "jobs"]
+        assert "--with-jobs" not in commands["edge-0"]
