@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from botocore.exceptions import ClientError
 from ingest.kafka.broker import free_port
 from ingest.kafka.publish import key_hash
 from tests import aws
-from tests.conftest import Pipeline, endpoint_or_none, eventually, start_pipeline
+from tests.conftest import Pipeline, endpoint_or_none, eventually, kpi_events, start_pipeline
 
 ROLE = f"arn:aws:iam::{aws.MOTO_ACCOUNT}:role/pinpoint-import"
 WITHIN_S = 60.0
@@ -675,6 +676,48 @@ def test_an_import_defines_a_static_segment_and_adds_versions_to_it_which_export
         },
     )["SegmentResponse"]["Id"]
     assert export_ids(SegmentId=dimensional) == [f"ep-{n:06d}" for n in range(20, 30)]
+    # Recency, driven by PutEvents: of the EMAIL ones, those with an event now.
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    active = [f"ep-{n:06d}" for n in range(20, 23)]
+    batch = {
+        e: {"Endpoint": {}, "Events": {str(uuid.uuid4()): {"EventType": "play", "Timestamp": now}}}
+        for e in active
+    }
+    client.put_events(ApplicationId=app_id, EventsRequest={"BatchItem": batch})
+    # The KPI batch that counts the events keeps their endpoints' last activity.
+    eventually(lambda: kpi_events(jobs, app_id), lambda n: n == len(active), "events counted", WITHIN_S)
+    recent = client.create_segment(
+        ApplicationId=app_id,
+        WriteSegmentRequest={
+            "Name": "email, active this week",
+            "Dimensions": {
+                "Demographic": {"Channel": {"DimensionType": "INCLUSIVE", "Values": ["EMAIL"]}},
+                "Behavior": {"Recency": {"Duration": "DAY_7", "RecencyType": "ACTIVE"}},
+            },
+        },
+    )["SegmentResponse"]["Id"]
+    assert export_ids(SegmentId=recent) == active
+    # A read key gets and lists the jobs; creating one is an admin's.
+    reader = jobs.client(jobs.create_key("read", app_id))
+    assert (
+        reader.get_import_job(ApplicationId=app_id, JobId=segment_id)["ImportJobResponse"]["Id"] == segment_id
+    )
+    assert reader.get_import_jobs(ApplicationId=app_id)["ImportJobsResponse"]["Item"]
+    assert len(reader.get_export_jobs(ApplicationId=app_id)["ExportJobsResponse"]["Item"]) == 4
+    reader.get_segment_export_jobs(ApplicationId=app_id, SegmentId=segment_id)
+    writes: list[Callable[[], Any]] = [
+        lambda: reader.create_import_job(
+            ApplicationId=app_id,
+            ImportJobRequest={"S3Url": f"s3://{name}/more.json", "Format": "JSON", "RoleArn": ROLE},
+        ),
+        lambda: reader.create_export_job(
+            ApplicationId=app_id, ExportJobRequest={"S3UrlPrefix": f"s3://{name}/x/", "RoleArn": ROLE}
+        ),
+    ]
+    for write in writes:
+        with pytest.raises(ClientError) as caught:
+            write()
+        assert caught.value.response["Error"]["Code"] == "AccessDeniedException", caught.value.response
     with pytest.raises(ClientError) as caught:  # imports add to IMPORT segments only
         import_job(jobs, app_id, f"s3://{name}/more.json", SegmentId=dimensional)
     assert caught.value.response["Error"]["Code"] == "BadRequestException"
