@@ -128,7 +128,7 @@ async def run_job(settings: Settings, store: Store, bootstrap: str, job: Job) ->
         )
         task = asyncio.create_task(worker.run())
         started = time.perf_counter()
-        assert await store.create_job(job)
+        assert await store.create_job(job, max_unfinished=1)
         deadline = started + JOB_TIMEOUT_S
         try:
             while True:

@@ -48,6 +48,7 @@ T = TypeVar("T")
 _JOB_RANGES: tuple[tuple[str, float, float], ...] = (
     ("job_max_running", 1, 256),
     ("job_max_running_per_app", 1, 256),
+    ("job_max_unfinished_per_app", 1, 1000),
     ("job_max_object_bytes", 1024, 1 << 40),
     ("job_max_row_bytes", 1024, 16 << 20),
     ("job_retries", 0, 100),
@@ -189,6 +190,10 @@ class Settings:
     # of rows into Kafka, and the endpoint worker applies them all.
     job_max_running: int = 4
     job_max_running_per_app: int = 1
+    # Jobs of one app not yet finished (waiting or running): CreateImportJob
+    # and CreateExportJob past it answer 429, so no app queues without end.
+    # Pinpoint allowed 10 import jobs at once.
+    job_max_unfinished_per_app: int = 10
     # An object (an import file, compressed or not, and what it decompresses
     # to) larger than this fails its piece: Pinpoint's 1 GB import file limit.
     job_max_object_bytes: int = 1024 * 1024 * 1024

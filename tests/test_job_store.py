@@ -2,7 +2,8 @@
 lease is a compare-and-set (two owners never hold one job, a lost lease
 refuses the loser's writes); the running bounds hold per deployment and per
 app, across claims racing each other; the cursor and counters come back as
-saved; jobs page newest first and go with their app."""
+saved; jobs page newest first and go with their app; an app's unfinished
+jobs stay within their bound under racing creates."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.test_store import BACKENDS, app, fresh_store
 
 T0_MS = 1_800_000_000_000
 LEASE_MS = 10_000
+UNBOUNDED = 1000
 
 
 @pytest.fixture(params=BACKENDS)
@@ -48,11 +50,11 @@ async def claim(
 
 async def test_a_job_round_trips_and_pages_newest_first(store: Store) -> None:
     assert await store.create_app(app("a"))
-    assert not await store.create_job(job("nope", 1)), "no app, no job"
+    assert not await store.create_job(job("nope", 1), max_unfinished=UNBOUNDED), "no app, no job"
     jobs = [job("a", n, segment_id="s1" if n % 2 else None) for n in range(5)]
     for one in jobs:
-        assert await store.create_job(one)
-    assert await store.create_job(job("a", 9, job_type="EXPORT"))
+        assert await store.create_job(one, max_unfinished=UNBOUNDED)
+    assert await store.create_job(job("a", 9, job_type="EXPORT"), max_unfinished=UNBOUNDED)
     assert await store.get_job("a", jobs[2].id) == jobs[2]
     assert await store.get_job("a", "f" * 32) is None
     newest = await store.list_jobs("a", "IMPORT", segment_id=None, before=None, limit=3)
@@ -69,7 +71,7 @@ async def test_a_job_round_trips_and_pages_newest_first(store: Store) -> None:
 
 async def test_the_lease_is_a_compare_and_set_and_its_loser_writes_nothing(store: Store) -> None:
     assert await store.create_app(app("a"))
-    assert await store.create_job(job("a", 1))
+    assert await store.create_job(job("a", 1), max_unfinished=UNBOUNDED)
     first = await claim(store, "one")
     assert first is not None and first.owner == "one" and first.lease_expires_ms == T0_MS + LEASE_MS
     assert await claim(store, "two") is None, "held: nobody else gets it"
@@ -109,7 +111,7 @@ async def test_the_running_bounds_hold_per_deployment_and_per_app_across_racing_
     for app_id in ("a", "b", "c"):
         assert await store.create_app(app(app_id))
         for n in range(4):
-            assert await store.create_job(job(app_id, n))
+            assert await store.create_job(job(app_id, n), max_unfinished=UNBOUNDED)
     # Twelve replicas claim at once: at most three held, one an app.
     claimed = await asyncio.gather(*(claim(store, f"r{i}", running=3, per_app=1) for i in range(12)))
     held = [one for one in claimed if one is not None]
@@ -122,3 +124,19 @@ async def test_the_running_bounds_hold_per_deployment_and_per_app_across_racing_
     again = await claim(store, "r99", running=3, per_app=1)
     assert again is not None and again.app_id == held[0].app_id
     assert await claim(store, "r100", running=3, per_app=1) is None
+
+
+async def test_an_apps_unfinished_jobs_stay_within_the_bound_under_racing_creates(store: Store) -> None:
+    for app_id in ("a", "b"):
+        assert await store.create_app(app(app_id))
+    created = await asyncio.gather(*(store.create_job(job("a", n), max_unfinished=3) for n in range(10)))
+    assert created.count(True) == 3
+    assert len(await store.list_jobs("a", "IMPORT", segment_id=None, before=None, limit=20)) == 3
+    # One finishes: its slot is free again; a finished job is not counted.
+    first = await claim(store, "one")
+    assert first is not None and first.app_id == "a"
+    done = dataclasses.replace(first, status="COMPLETED", completion_date="2027-01-15T08:01:00.000Z")
+    assert await store.save_job(done, now_ms=T0_MS, lease_ms=0)
+    assert await store.create_job(job("a", 20), max_unfinished=3)
+    assert not await store.create_job(job("a", 21), max_unfinished=3)
+    assert await store.create_job(job("b", 1), max_unfinished=3), "another app's jobs are its own"

@@ -57,6 +57,7 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_JOB_ASSUME_ROLE": ("false", False),
     "INGEST_JOB_MAX_RUNNING": ("8", 8),
     "INGEST_JOB_MAX_RUNNING_PER_APP": ("2", 2),
+    "INGEST_JOB_MAX_UNFINISHED_PER_APP": ("3", 3),
     "INGEST_JOB_MAX_OBJECT_BYTES": ("2048", 2048),
     "INGEST_JOB_MAX_ROW_BYTES": ("4096", 4096),
     "INGEST_JOB_RETRIES": ("0", 0),
@@ -154,6 +155,8 @@ def test_a_stream_setting_out_of_its_range_is_refused(var: str, raw: str, expect
     [
         ("INGEST_JOB_MAX_RUNNING", "0", "1-256"),
         ("INGEST_JOB_MAX_RUNNING_PER_APP", "0", "1-256"),
+        ("INGEST_JOB_MAX_UNFINISHED_PER_APP", "0", "1-1000"),
+        ("INGEST_JOB_MAX_UNFINISHED_PER_APP", "1001", "1-1000"),
         ("INGEST_JOB_MAX_OBJECT_BYTES", "10", "1024-1099511627776"),
         ("INGEST_JOB_MAX_ROW_BYTES", "100", "1024-16777216"),
         ("INGEST_JOB_RETRIES", "-1", "0-100"),

@@ -20,7 +20,7 @@ from typing import Any
 
 from ingest.api.apps import AppCache, page_size
 from ingest.api.http import Request, Response, iso_now, json_response
-from ingest.errors import BadRequest, JobError, NotFound
+from ingest.errors import BadRequest, JobError, NotFound, TooManyRequests
 from ingest.jobs.formats import FORMATS
 from ingest.jobs.sources import parse_url
 from ingest.records import validate
@@ -113,9 +113,15 @@ class Jobs:
             creation_date=iso_now(),
             created_ms=now_ms,
         )
-        # The store checks that the app exists in the statement that writes.
-        if not await self._store.create_job(job):
-            raise NotFound(f"Application not found: {app_id[:200]}")
+        app = await self._apps.require(app_id)
+        # The store checks again that the app exists, in the statement that writes.
+        limit = self._settings.job_max_unfinished_per_app
+        if not await self._store.create_job(job, max_unfinished=limit):
+            if await self._store.get_app(app.id) is None:
+                raise NotFound(f"Application not found: {app_id[:200]}")
+            raise TooManyRequests(
+                f"The application has {limit} jobs not yet finished; wait for one to finish"
+            )
         return json_response(status, job_response(job))
 
     async def _get(self, request: Request, job_type: JobType) -> Response:

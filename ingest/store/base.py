@@ -349,9 +349,11 @@ class Store(Protocol):
     async def list_identity_pools(self) -> Sequence[IdentityPool]: ...
 
     # Import and export jobs (ingest.jobs), deleted with their app.
-    async def create_job(self, job: Job) -> bool:
+    async def create_job(self, job: Job, *, max_unfinished: int) -> bool:
         """Store a new job; → False (nothing written) when the app does not
-        exist, checked as put_event_stream does."""
+        exist, checked as put_event_stream does, or already has
+        ``max_unfinished`` jobs not COMPLETED or FAILED. The count and the
+        write are one serialised step, so concurrent creates never pass it."""
         ...
 
     async def get_job(self, app_id: str, job_id: str) -> Job | None: ...

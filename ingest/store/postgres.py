@@ -169,8 +169,8 @@ _SET_APP_TAGS = sql.numbered(sql.SET_APP_TAGS)
 _PUT_EVENT_STREAM = sql.numbered(sql.PUT_EVENT_STREAM.format(lock=" FOR SHARE"))
 _PUT_SETTINGS = sql.numbered(sql.PUT_SETTINGS.format(lock=" FOR SHARE"))
 _GET_EVENT_STREAM = sql.numbered(sql.GET_EVENT_STREAM)
-# Jobs: a create holds the app row FOR SHARE (as a stream's put); a claim
-# runs under JOBS_LOCK, so two claims never count the same held jobs.
+# Jobs: a create holds the app row FOR SHARE (as a stream's put); creates
+# and claims run under JOBS_LOCK, so no two count the same jobs.
 _CREATE_JOB = sql.numbered(sql.CREATE_JOB.format(lock=" FOR SHARE"))
 _GET_JOB = sql.numbered(sql.GET_JOB)
 _LIST_JOBS = sql.numbered(sql.LIST_JOBS)
@@ -698,8 +698,17 @@ class PostgresStore:
             rows = await self._pool.fetch(query, *params)
         return [(row[0], row[1], row[2]) for row in rows]
 
-    async def create_job(self, job: Job) -> bool:
-        return await self._put_of_app("create job", _CREATE_JOB, job_row(job))
+    async def create_job(self, job: Job, *, max_unfinished: int) -> bool:
+        if NUL in job.app_id:
+            return False  # no app can have it
+        params = (*job_row(job), job.app_id, job.app_id, max_unfinished)
+        with _boundary("create job"):
+            async with self._pool.acquire() as con, con.transaction():
+                # Creates take turns (with the claims), so each counts what
+                # the one before it wrote: its statement's snapshot is taken
+                # after the lock.
+                await con.execute("SELECT pg_advisory_xact_lock($1)", JOBS_LOCK)
+                return _count(await con.execute(_CREATE_JOB, *params)) == 1
 
     async def get_job(self, app_id: str, job_id: str) -> Job | None:
         if NUL in app_id or NUL in job_id:

@@ -436,7 +436,9 @@ _JOB_COLUMNS = (
 )
 CREATE_JOB = (
     "INSERT INTO jobs (" + _JOB_COLUMNS + ") "  # noqa: S608
-    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM apps WHERE id = ?{lock}"
+    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM apps WHERE id = ? "
+    # ... and only while the app has fewer than ? jobs not yet finished.
+    "AND (SELECT count(*) FROM jobs WHERE app_id = ? AND status NOT IN ('COMPLETED', 'FAILED')) < ?{lock}"
 )
 GET_JOB = "SELECT " + _JOB_COLUMNS + " FROM jobs WHERE app_id = ? AND id = ?"  # noqa: S608
 # Newest first, below a token (LAST_JOB_ID: from the newest); the segment's

@@ -698,8 +698,10 @@ class SqliteStore:
 
         return await self._run(what, read)
 
-    async def create_job(self, job: Job) -> bool:
-        return await self._put_of_app("create job", CREATE_JOB, job_row(job))
+    async def create_job(self, job: Job, *, max_unfinished: int) -> bool:
+        # One statement: SQLite runs one writer at a time, so the count holds.
+        params = (*job_row(job), job.app_id, job.app_id, max_unfinished)
+        return await self._run("create job", lambda: self._db.execute(CREATE_JOB, params).rowcount == 1)
 
     async def get_job(self, app_id: str, job_id: str) -> Job | None:
         def get() -> Job | None:
