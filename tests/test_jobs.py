@@ -644,6 +644,41 @@ def test_an_import_defines_a_static_segment_and_adds_versions_to_it_which_export
     }
     listed = client.get_segment_import_jobs(ApplicationId=app_id, SegmentId=segment_id)["ImportJobsResponse"]
     assert [job["Id"] for job in listed["Item"]] == [segment_id]
+    # RegisterEndpoints false: a segment of the IDs, and no endpoint written.
+    unregistered = dirs[0] / f"{app_id}-unregistered.json"
+    unregistered.write_bytes(
+        ndjson(rows(0, 3, Attributes={"plan": ["gold"]}) + [{"Id": "fresh", "Address": "f"}])
+    )
+    known = finished(
+        jobs,
+        import_job(
+            jobs,
+            app_id,
+            f"file://{unregistered}",
+            DefineSegment=True,
+            SegmentName="known",
+            RegisterEndpoints=False,
+        ),
+    )
+    assert (known["JobStatus"], known["TotalProcessed"]) == ("COMPLETED", 4), known
+    assert known["Definition"]["RegisterEndpoints"] is False
+    size = client.get_segment(ApplicationId=app_id, SegmentId=known["Id"])["SegmentResponse"][
+        "ImportDefinition"
+    ]
+    assert size["Size"] == 4
+    # A write after the job, on ep-000000's partition: once it is applied, so
+    # is anything the job had published for ep-000000 (a partition applies in order).
+    client.update_endpoint(
+        ApplicationId=app_id, EndpointId="ep-000000", EndpointRequest={"Attributes": {"seen": ["yes"]}}
+    )
+    after = eventually(
+        lambda: endpoint_or_none(client, app_id, "ep-000000"),
+        lambda e: e is not None and "seen" in e.get("Attributes", {}),
+        "the write after the job applied",
+        WITHIN_S,
+    )
+    assert after["Attributes"]["plan"] == ["free"], "not registered: the import's plan is not there"
+    assert endpoint_or_none(client, app_id, "fresh") is None
 
     name = bucket(moto_server)
     put_object(moto_server, name, "more.json", ndjson(rows(30, 10)))

@@ -10,6 +10,10 @@ and :func:`ingest.api.writes.endpoint_records`, exactly what UpdateEndpoint
 publishes. Each ``checkpoint_rows`` rows are published, and only once Kafka
 acknowledged all of them is the cursor (object, line) saved with the counts.
 
+``RegisterEndpoints`` false imports nothing: each row is still checked and
+counted, and its ID goes into the static segment the job fills (whose
+members are the app's endpoints of those IDs), but no endpoint is written.
+
 A bad line (not parseable, not valid, too long) is counted in
 ``TotalFailures``, its reason among the first 100 ``Failures``, and the job
 goes on. An object that is not in the job's format at all (its first line
@@ -204,8 +208,11 @@ async def _checkpoint(
     last: bool = False,
 ) -> None:
     """Publish the piece's upserts so far, and once Kafka has every one,
-    save the counts and the cursor (the next object, when ``last``)."""
-    pending = endpoint_records(piece.upserts, codec)
+    save the counts and the cursor (the next object, when ``last``). With
+    ``RegisterEndpoints`` false nothing is published: the rows are checked,
+    counted and put in the job's static segment only."""
+    register = run.job.definition.get("RegisterEndpoints") is not False
+    pending = endpoint_records(piece.upserts, codec) if register else []
 
     async def send() -> None:
         nonlocal pending
