@@ -37,6 +37,7 @@ from ingest.api.identity import Identities
 from ingest.api.limits import ClientAddress
 from ingest.api.probes import Check, Probes
 from ingest.api.server import BodyBudget, Limits, Server
+from ingest.api.sessions import Sessions
 from ingest.errors import CONDITION_TEXT, ApiError, SettingsError, StoreCondition
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
@@ -319,6 +320,11 @@ async def _authentication(
         max_skew_s=settings.auth_max_skew_s,
         metrics=metrics,
         account_id=settings.account_id,
+        sessions=Sessions(
+            mac=master.console_mac,
+            idle_s=settings.console_idle_timeout_s,
+            max_age_s=settings.console_session_max_s,
+        ),
     )
     return identities, auth, lambda: ring.healthy
 

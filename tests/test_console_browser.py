@@ -1,0 +1,375 @@
+"""The console in a real browser (Debian's chromium, driven by Playwright)
+against a real `ingest run`, its app seeded through PutEvents with boto3.
+
+One pipeline and one browser for the module; each test its own browser
+context (its own cookies). Every request each page makes is recorded, and
+each test ends by checking none went to another origin. Screenshots of each
+page at desktop and phone width go to ``test-artifacts/console/`` (printed).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from tests.conftest import ROOT, Pipeline, eventually, run_cli, signed_headers, start_pipeline
+from tests.test_api import put
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "test-artifacts" / "console"
+WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
+HOSTILE_NAME = "<img src=x onerror=window.__xss=1>"
+TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+REFRESH_S = 0.2
+# Seeded: on each of the last SEEDED_DAYS days, one endpoint more than the
+# day after, each sending seeded_events' seven.
+SEEDED_DAYS = 4
+SEEDED = 7 * sum(range(1, SEEDED_DAYS + 1))
+
+
+def at(day: datetime, minute: int) -> str:
+    return (
+        (day + timedelta(hours=10, minutes=minute)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def seeded_events(day: datetime, n: int) -> dict[str, Any]:
+    session = {"Id": f"s-{day.day}-{n}", "StartTimestamp": at(day, 0)}
+    return {
+        str(uuid.uuid4()): {"EventType": "_session.start", "Timestamp": at(day, 1), "Session": session},
+        str(uuid.uuid4()): {
+            "EventType": "_monetization.purchase",
+            "Timestamp": at(day, 2),
+            "Session": session,
+            "Attributes": {"_currency": "USD" if n % 2 else "EUR"},
+            "Metrics": {"_item_price": 1.5 + n, "_quantity": 2},
+        },
+        str(uuid.uuid4()): {
+            "EventType": "_session.stop",
+            "Timestamp": at(day, 3),
+            "Session": {**session, "Duration": 60_000 * (n + 1), "StopTimestamp": at(day, 3)},
+        },
+        str(uuid.uuid4()): {"EventType": "_userauth.sign_in", "Timestamp": at(day, 4)},
+        str(uuid.uuid4()): {"EventType": "_userauth.sign_up", "Timestamp": at(day, 4)},
+        str(uuid.uuid4()): {"EventType": "_userauth.auth_fail", "Timestamp": at(day, 4)},
+        str(uuid.uuid4()): {"EventType": "level_up", "Timestamp": at(day, 5), "Attributes": {"lvl": str(n)}},
+    }
+
+
+class World:
+    def __init__(self, running: Pipeline) -> None:
+        self.running = running
+        admin = running.client()
+        self.admin = admin
+        self.app = admin.create_app(CreateApplicationRequest={"Name": "Shop"})["ApplicationResponse"]["Id"]
+        self.other = admin.create_app(CreateApplicationRequest={"Name": "Other"})["ApplicationResponse"]["Id"]
+        self.hostile = admin.create_app(CreateApplicationRequest={"Name": HOSTILE_NAME})[
+            "ApplicationResponse"
+        ]["Id"]
+        for back in range(SEEDED_DAYS):
+            day = TODAY - timedelta(days=back)
+            for n in range(back + 1):
+                endpoint = {
+                    "User": {"UserId": f"u{n}"},
+                    "ChannelType": "APNS",
+                    "Attributes": {"plan": ["pro"]},
+                }
+                put(admin, self.app, {f"ep-{n}": {"Endpoint": endpoint, "Events": seeded_events(day, n)}})
+        # Every seeded event counted before any page is read, so the page and
+        # the API calls after it read the same aggregates.
+        eventually(lambda: self.events_counted(), lambda c: c == SEEDED, "every seeded event counted", 40)
+        self.reader = running.create_key("read", self.app, self.hostile)
+        self.outsider = running.create_key("read", self.other)
+
+    def events_counted(self) -> float:
+        rows = self.admin.get_application_date_range_kpi(
+            ApplicationId=self.app,
+            KpiName="events-grouped-by-date",
+            StartTime=TODAY - timedelta(days=6),
+            EndTime=TODAY + timedelta(hours=23),
+        )["ApplicationDateRangeKpiResponse"]["KpiResult"]["Rows"]
+        return sum(float(row["Values"][0]["Value"]) for row in rows)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    running = start_pipeline(tmp_path_factory.mktemp("console"), INGEST_AUTH_REFRESH_S=str(REFRESH_S))
+    try:
+        yield World(running)
+    finally:
+        assert running.stop() == 0, running.log()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail("chromium is not installed: scripts/test.sh installs Debian's chromium")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    print(f"console screenshots: {SHOTS}")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+class Visit:
+    """One browser context: its page, and every request it made."""
+
+    def __init__(self, browser: Browser, world: World, width: str = "desktop") -> None:
+        w, h = WIDTHS[width]
+        self.world = world
+        self.context: BrowserContext = browser.new_context(viewport={"width": w, "height": h})
+        self.requests: list[str] = []
+        self.errors: list[str] = []
+        self.context.on("request", lambda request: self.requests.append(request.url))
+        self.page: Page = self.context.new_page()
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def open(self, fragment: str = "") -> Page:
+        self.page.goto(f"{self.world.running.url}/console/{fragment}")
+        return self.page
+
+    def sign_in(self, key: tuple[str, str]) -> Page:
+        page = self.open()
+        page.fill("#key-id", key[0])
+        page.fill("#secret", key[1])
+        page.click("#sign-in button[type=submit]")
+        page.wait_for_selector("#sign-out")
+        return page
+
+    def go(self, fragment: str, page_name: str) -> Page:
+        self.page.evaluate("fragment => { location.hash = fragment }", fragment)
+        self.page.wait_for_selector(f"main[data-page='{page_name}']")
+        self.page.wait_for_load_state("networkidle")
+        return self.page
+
+    def cookie(self) -> str | None:
+        return next((c["value"] for c in self.context.cookies() if c["name"] == "ingest_console"), None)
+
+    def close(self) -> None:
+        origin = self.world.running.url
+        foreign = [url for url in self.requests if not url.startswith(origin + "/")]
+        self.context.close()
+        assert not foreign, f"requests to another origin: {foreign}"
+        assert not self.errors, self.errors
+
+
+@pytest.fixture
+def visit(browser: Browser, world: World) -> Iterator[Visit]:
+    opened = Visit(browser, world)
+    yield opened
+    opened.close()
+
+
+def table_rows(within: Any, rows: str = "table.numbers tbody tr") -> list[list[str]]:
+    """The cells of a KPI section's table (not uPlot's legend, also a table)."""
+    return [
+        [cell.text_content() or "" for cell in row.query_selector_all("td")]
+        for row in within.query_selector_all(rows)
+    ]
+
+
+def api_rows(world: World, app_id: str, name: str, start: str, end: str) -> list[list[str]]:
+    response = world.admin.get_application_date_range_kpi(
+        ApplicationId=app_id,
+        KpiName=name,
+        StartTime=datetime.fromisoformat(start.replace("Z", "+00:00")),
+        EndTime=datetime.fromisoformat(end.replace("Z", "+00:00")),
+    )
+    return [
+        [g["Value"] for g in row["GroupedBys"]] + [v["Value"] for v in row["Values"]]
+        for row in response["ApplicationDateRangeKpiResponse"]["KpiResult"]["Rows"]
+    ]
+
+
+def same_numbers(shown: list[list[str]], answered: list[list[str]]) -> bool:
+    """The table's cells as the API's: group keys as text, values as numbers
+    (the table prints 1,368 for the API's "1368.0")."""
+
+    def norm(cells: list[str]) -> tuple[object, ...]:
+        out: list[object] = []
+        for cell in cells:
+            try:
+                out.append(round(float(cell.replace(",", "")), 2))
+            except ValueError:
+                out.append(cell)
+        return tuple(out)
+
+    return [norm(r) for r in shown] == [norm(r) for r in answered]
+
+
+def test_every_chart_table_equals_the_kpi_api_for_the_same_range(visit: Visit, world: World) -> None:
+    visit.sign_in(world.reader)
+    page = visit.go(f"#/apps/{world.app}?days=7", "Overview")
+    bounds = page.query_selector(".range")
+    assert bounds is not None
+    start, end = bounds.get_attribute("data-start") or "", bounds.get_attribute("data-end") or ""
+    sections = page.query_selector_all("section.kpi")
+    assert len(sections) == 13
+    for section in sections:
+        name = section.get_attribute("data-kpi") or ""
+        shown, answered = table_rows(section), api_rows(world, world.app, name, start, end)
+        assert answered, f"{name}: the seeded app has data for every overview KPI"
+        assert same_numbers(shown, answered), (name, shown, answered)
+        assert section.query_selector("canvas") is not None, f"{name} has no chart"
+
+
+def test_the_events_page_counts_by_type_and_per_day_as_the_api(visit: Visit, world: World) -> None:
+    visit.sign_in(world.reader)
+    page = visit.go(f"#/apps/{world.app}/events?days=7&type=level_up", "Events")
+    start = page.get_attribute(".range", "data-start") or ""
+    end = page.get_attribute(".range", "data-end") or ""
+    by_type = table_rows(page, "#event-types tbody tr")
+    assert same_numbers(by_type, api_rows(world, world.app, "events-grouped-by-event-type", start, end))
+    per_day = table_rows(page.query_selector("section[data-kpi='events-per-day']"))
+    assert len(per_day) == 4  # level_up on each of the four seeded days (the range's last four)
+    for day, count in per_day:
+        rows = api_rows(
+            world, world.app, "events-grouped-by-event-type", f"{day}T00:00:00Z", f"{day}T23:59:59Z"
+        )
+        assert [float(count)] == [float(r[1]) for r in rows if r[0] == "level_up"]
+
+
+def test_endpoint_lookup_by_endpoint_and_by_user(visit: Visit, world: World) -> None:
+    visit.sign_in(world.reader)
+    page = visit.go(f"#/apps/{world.app}/endpoints?by=endpoint&id=ep-1", "Endpoints")
+    card = page.inner_text("article.endpoint")
+    assert "ep-1" in card and "APNS" in card and "u1" in card and "plan" in card and "pro" in card
+    page = visit.go(f"#/apps/{world.app}/endpoints?by=user&id=u0", "Endpoints")
+    assert page.inner_text("article.endpoint h3") == "ep-0"
+    page = visit.go(f"#/apps/{world.app}/endpoints?by=endpoint&id=nobody", "Endpoints")
+    assert "not found" in page.inner_text("main").lower()
+
+
+def test_a_read_key_of_another_app_sees_nothing_of_this_one(visit: Visit, world: World) -> None:
+    page = visit.sign_in(world.outsider)
+    page.wait_for_selector("#apps")
+    listed = page.inner_text("#apps")
+    assert "Other" in listed and "Shop" not in listed and world.app not in listed
+    for fragment, name in (
+        (f"#/apps/{world.app}", "Overview"),
+        (f"#/apps/{world.app}/events", "Events"),
+        (f"#/apps/{world.app}/endpoints?by=endpoint&id=ep-1", "Endpoints"),
+    ):
+        text = visit.go(fragment, name).inner_text("main")
+        assert "may not see" in text and "Shop" not in text and "ep-1" not in text.replace(fragment, "")
+    # The API answers of the session itself: refused, the same as a signed call's.
+    status = page.evaluate(
+        """url => fetch(url, {headers: {"X-Ingest-Console": "1"}}).then(r => [r.status,
+             r.headers.get("x-amzn-ErrorType")])""",
+        f"/v1/apps/{world.app}/kpis/daterange/daily-active-endpoints",
+    )
+    assert status == [403, "AccessDeniedException"]
+
+
+SESSION_STATUS = """() => fetch("/console/api/session", {headers: {"X-Ingest-Console": "1"}})
+    .then(r => r.status)"""
+
+
+def test_a_revoked_keys_session_ends(visit: Visit, world: World) -> None:
+    key = world.running.create_key("read", world.app)
+    page = visit.sign_in(key)
+    page.wait_for_selector("#apps")
+    run_cli(world.running, "keys", "revoke", key[0])
+    eventually(
+        lambda: page.evaluate(SESSION_STATUS),
+        lambda status: status == 403,
+        "the revoked key's session refused",
+        within_s=REFRESH_S * 20 + 5,
+    )
+    page.evaluate("() => { location.hash = '#/apps/' + Date.now() }")
+    page.wait_for_selector("#sign-in")
+    assert "session has ended" in page.inner_text("main")
+
+
+def test_sign_out_clears_the_cookie(visit: Visit, world: World) -> None:
+    page = visit.sign_in(world.reader)
+    assert visit.cookie()
+    cookie = next(c for c in visit.context.cookies() if c["name"] == "ingest_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in")
+    assert visit.cookie() is None
+    page.reload()
+    page.wait_for_selector("#sign-in")
+
+
+def test_client_chosen_text_shows_as_text(visit: Visit, world: World) -> None:
+    page = visit.sign_in(world.reader)
+    page.wait_for_selector("#apps")
+    link = page.get_by_role("link", name=HOSTILE_NAME)
+    assert link.inner_text() == HOSTILE_NAME
+    assert page.query_selector("main img") is None
+    assert page.evaluate("() => window.__xss") is None
+
+
+def test_screenshots_of_every_page_at_desktop_and_phone_width(browser: Browser, world: World) -> None:
+    pages = {
+        "apps": ("#/", "Apps"),
+        "overview": (f"#/apps/{world.app}?days=7", "Overview"),
+        "events": (f"#/apps/{world.app}/events?days=7", "Events"),
+        "endpoints": (f"#/apps/{world.app}/endpoints?by=user&id=u1", "Endpoints"),
+        "stream": (f"#/apps/{world.app}/stream", "Event stream"),
+    }
+    for width in WIDTHS:
+        visit = Visit(browser, world, width)
+        try:
+            visit.open().wait_for_selector("#sign-in")
+            visit.page.screenshot(path=str(SHOTS / f"sign-in-{width}.png"), full_page=True)
+            visit.sign_in(world.running.credentials())
+            for name, (fragment, page_name) in pages.items():
+                visit.go(fragment, page_name).screenshot(
+                    path=str(SHOTS / f"{name}-{width}.png"), full_page=True
+                )
+        finally:
+            visit.close()
+    assert len(list(SHOTS.glob("*.png"))) >= 2 * (len(pages) + 1)
+
+
+def http_sign_in(world: World, key: tuple[str, str], origin: str) -> tuple[int, dict[str, str]]:
+    """Sign in as the page does, SigV4-signed by botocore instead, from ``origin``."""
+    url = f"{world.running.url}/console/api/session"
+    headers = signed_headers(key, "POST", url, b"", {"X-Ingest-Console": "1", "Origin": origin})
+    status, answered, _ = world.running.request("POST", "/console/api/session", b"", headers, sign=False)
+    return status, answered
+
+
+def test_cross_origin_console_requests_are_refused(world: World) -> None:
+    origin = world.running.url
+    status, answered = http_sign_in(world, world.reader, "https://evil.example")
+    assert (status, answered["x-amzn-errortype"]) == (403, "ForbiddenException")
+    assert "set-cookie" not in answered
+    status, answered = http_sign_in(world, world.reader, origin)
+    assert status == 200
+    cookie = answered["set-cookie"].split(";")[0]
+    kpi = f"/v1/apps/{world.app}/kpis/daterange/daily-active-endpoints"
+
+    def with_cookie(method: str, path: str, **headers: str) -> int:
+        return world.running.request(method, path, None, {"Cookie": cookie} | headers, sign=False)[0]
+
+    assert with_cookie("GET", kpi, **{"X-Ingest-Console": "1"}) == 200
+    assert with_cookie("GET", kpi) == 403  # no custom header: a cross-site <img>, a link
+    assert with_cookie("GET", kpi, **{"X-Ingest-Console": "1", "Sec-Fetch-Site": "cross-site"}) == 403
+    # A cross-origin write with the session refused; the same from the console's origin goes through.
+    assert (
+        with_cookie("DELETE", "/console/api/session", **{"X-Ingest-Console": "1", "Origin": "http://evil"})
+        == 403
+    )
+    assert with_cookie("DELETE", "/console/api/session", **{"X-Ingest-Console": "1", "Origin": origin}) == 200
+
+
+def test_console_pages_carry_the_csp(world: World) -> None:
+    for path in ("/console/", "/console/main.js", "/console/vendor/uPlot.esm.js"):
+        status, headers, _ = world.running.request("GET", path, sign=False)
+        assert status == 200, path
+        policy = headers["content-security-policy"]
+        assert (
+            "script-src 'self'" in policy and "unsafe-inline" not in policy and "default-src 'none'" in policy
+        )
+        assert headers["x-content-type-options"] == "nosniff"
