@@ -32,7 +32,7 @@ _READS |= _CONSOLE
 _INGESTS = frozenset({"PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch"})
 _ADMINS = _READS | _INGESTS | {"CreateApp", "DeleteApp", "DeleteEndpoint", "DeleteUserEndpoints"}
 _ADMINS |= {"TagResource", "UntagResource", "UpdateApplicationSettings"}
-_ADMINS |= {"PutEventStream", "GetEventStream", "DeleteEventStream"}
+_ADMINS |= {"PutEventStream", "GetEventStream", "DeleteEventStream", "ConsoleStreamHealth"}
 _ADMINS |= {"CreateSegment", "UpdateSegment", "DeleteSegment", "CreateImportJob", "CreateExportJob"}
 OPERATIONS: dict[Scope, frozenset[str]] = {"admin": _ADMINS, "read": _READS, "ingest": _INGESTS}
 """Every API operation each scope may call (on its apps)."""

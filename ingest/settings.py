@@ -186,6 +186,10 @@ class Settings:
     # upper figure for low-risk applications; 12 hours is a working day.
     console_idle_timeout_s: int = 1800
     console_session_max_s: int = 43200
+    # A Prometheus text endpoint holding the streams worker's ingest_stream_*
+    # samples, which the console shows as delivery health (`ingest run` sets
+    # its own /metrics for its edges); unset: the console says it has none.
+    console_stream_metrics_url: str | None = None
     # GetId token bucket per client address: this rate, a burst of GETID_BURST.
     getid_per_address_per_s: float = 1.0
     # Comma-separated browser origins (or ``*``) allowed on the ingest
@@ -321,6 +325,13 @@ class Settings:
             self.console_idle_timeout_s <= self.console_session_max_s <= 7 * 86400,
             "console_session_max_s",
             "at least INGEST_CONSOLE_IDLE_TIMEOUT_S and at most 604800 (7 days)",
+        )
+        _check(
+            self.console_stream_metrics_url,
+            self.console_stream_metrics_url is None
+            or re.fullmatch(r"http://[^/\s]+(/\S*)?", self.console_stream_metrics_url) is not None,
+            "console_stream_metrics_url",
+            "an http:// URL",
         )
         _check(
             self.getid_per_address_per_s,

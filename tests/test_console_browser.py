@@ -27,6 +27,8 @@ WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
 HOSTILE_NAME = "<img src=x onerror=window.__xss=1>"
 TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 REFRESH_S = 0.2
+KINESIS = "arn:aws:kinesis:us-east-1:123456789012:stream/clicks"
+ROLE = "arn:aws:iam::123456789012:role/pinpoint-events"
 # Seeded: on each of the last SEEDED_DAYS days, one endpoint more than the
 # day after, each sending seeded_events' seven.
 SEEDED_DAYS = 4
@@ -84,6 +86,9 @@ class World:
         # Every seeded event counted before any page is read, so the page and
         # the API calls after it read the same aggregates.
         eventually(lambda: self.events_counted(), lambda c: c == SEEDED, "every seeded event counted", 40)
+        admin.put_event_stream(
+            ApplicationId=self.app, WriteEventStream={"DestinationStreamArn": KINESIS, "RoleArn": ROLE}
+        )
         self.reader = running.create_key("read", self.app, self.hostile)
         self.outsider = running.create_key("read", self.other)
 
@@ -245,6 +250,23 @@ def test_endpoint_lookup_by_endpoint_and_by_user(visit: Visit, world: World) -> 
     assert page.inner_text("article.endpoint h3") == "ep-0"
     page = visit.go(f"#/apps/{world.app}/endpoints?by=endpoint&id=nobody", "Endpoints")
     assert "not found" in page.inner_text("main").lower()
+
+
+def test_the_stream_page_shows_the_destination_and_the_workers_health(visit: Visit, world: World) -> None:
+    visit.sign_in(world.running.credentials())
+    text = visit.go(f"#/apps/{world.app}/stream", "Event stream").inner_text("main")
+    assert KINESIS in text and ROLE in text
+    # Read from `ingest run`'s own /metrics (every child's samples): figures
+    # or "none yet", never "not available".
+    assert "kinesis" in text and "not available" not in text, text
+    status, _, body = world.running.request("GET", "/metrics", sign=False)
+    assert status == 200 and b"ingest_stream_lag_records" in body
+
+
+def test_a_read_key_is_told_it_may_not_see_the_stream(visit: Visit, world: World) -> None:
+    visit.sign_in(world.reader)
+    text = visit.go(f"#/apps/{world.app}/stream", "Event stream").inner_text("main")
+    assert "admin key" in text and KINESIS not in text
 
 
 def test_a_read_key_of_another_app_sees_nothing_of_this_one(visit: Visit, world: World) -> None:

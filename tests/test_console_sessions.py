@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from ingest.api.console import CSP, Console, check_same_origin
 from ingest.api.http import Request, Response
 from ingest.api.sessions import COOKIE, SessionRefused, Sessions
+from ingest.api.streamhealth import StreamHealth, figures
 from ingest.errors import Forbidden, UnrecognizedClient
 from ingest.keys import MasterKey
 from ingest.metrics import Metrics
@@ -180,3 +181,31 @@ def test_every_console_file_has_the_csp_and_no_inline_script_or_style() -> None:
     assert not re.search(r"<script(?![^>]*\bsrc=)", index), "inline script"
     assert not re.search(r"\sstyle=|<style|\son\w+=", index), "inline style or handler"
     assert served(files, "main.js").content_type.startswith(b"text/javascript")
+
+
+METRICS = """\
+# TYPE ingest_stream_lag_records gauge
+ingest_stream_lag_records{destination="kinesis",process="worker-streams"} 12.0
+# TYPE ingest_stream_failures_total counter
+ingest_stream_failures_total{destination="kinesis",reason="throttled",process="worker-streams"} 3.0
+ingest_stream_failures_total{destination="kinesis",reason="throttled",process="worker-streams-2"} 1.0
+ingest_stream_failures_created{destination="kinesis",reason="throttled",process="worker-streams"} 1.7e9
+# TYPE ingest_stream_delivered_records_total counter
+ingest_stream_delivered_records_total{destination="firehose",process="worker-streams"} 40.0
+# TYPE ingest_events_total counter
+ingest_events_total{outcome="accepted",reason=""} 99.0
+"""
+
+
+def test_stream_health_is_the_workers_figures_by_destination_kind() -> None:
+    assert figures(METRICS) == {
+        "kinesis": {"LagRecords": 12.0, "Failures": {"throttled": 4.0}, "DeadLettered": {}},
+        "firehose": {"DeliveredRecords": 40.0, "Failures": {}, "DeadLettered": {}},
+    }
+
+
+def test_stream_health_without_a_url_or_a_listener_says_so() -> None:
+    assert "not set" in asyncio.run(StreamHealth(None).read())["Unavailable"]
+    assert (
+        "could not be read" in asyncio.run(StreamHealth("http://127.0.0.1:1/metrics").read())["Unavailable"]
+    )

@@ -62,6 +62,10 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_GETID_PER_ADDRESS_PER_S": ("5", 5.0),
     "INGEST_CONSOLE_IDLE_TIMEOUT_S": ("600", 600),
     "INGEST_CONSOLE_SESSION_MAX_S": ("3600", 3600),
+    "INGEST_CONSOLE_STREAM_METRICS_URL": (
+        "http://stream-worker:9090/metrics",
+        "http://stream-worker:9090/metrics",
+    ),
     "INGEST_CORS_ORIGINS": ("https://app.example.com", "https://app.example.com"),
     "INGEST_PROBE_HOST": ("0.0.0.0", "0.0.0.0"),
     "INGEST_PROBE_PORT": ("0", 0),
@@ -138,6 +142,7 @@ def test_the_master_key_is_not_in_the_repr() -> None:
         ("INGEST_CONSOLE_IDLE_TIMEOUT_S", "86401", "60-86400"),
         ("INGEST_CONSOLE_SESSION_MAX_S", "600", SESSION_BOUNDS),
         ("INGEST_CONSOLE_SESSION_MAX_S", "604801", SESSION_BOUNDS),
+        ("INGEST_CONSOLE_STREAM_METRICS_URL", "https://metrics.example/metrics", "an http:// URL"),
     ],
 )
 def test_a_stream_or_console_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:

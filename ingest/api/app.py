@@ -42,6 +42,7 @@ from ingest.api.kpis import KpiReads
 from ingest.api.limits import ClientAddress, TokenBuckets
 from ingest.api.probes import Check
 from ingest.api.sigv4 import KeyLog, credential_scope
+from ingest.api.streamhealth import StreamHealth
 from ingest.api.tags import Tags, derive
 from ingest.api.writes import Writes
 from ingest.errors import (
@@ -170,7 +171,7 @@ class Edge:
         )
         tags = Tags(store=store, apps=cache, max_body_bytes=body_limit)
         app_settings = AppSettings(store=store, apps=cache, max_body_bytes=body_limit)
-        self._console = Console.over(auth, metrics)
+        self._console = Console.over(auth, metrics, StreamHealth(settings.console_stream_metrics_url))
         self._router = Router(
             [
                 *self._console.routes(),

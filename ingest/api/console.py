@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from ingest.api.auth import Authenticator
 from ingest.api.http import Request, Response, Route, json_response
 from ingest.api.sessions import COOKIE, Session, SessionRefused, Sessions
+from ingest.api.streamhealth import StreamHealth
 from ingest.errors import Forbidden, NotFound, UnrecognizedClient
 from ingest.metrics import Metrics
 from ingest.scopes import Principal
@@ -65,11 +66,13 @@ TYPES = {".js": b"text/javascript; charset=utf-8", ".css": b"text/css; charset=u
 SAFE_METHODS = frozenset(("GET", "HEAD"))
 # The console's operations, admitted and rate-limited as the API's; all but
 # the files and sign-out (which only clears a cookie) are authenticated.
-OPERATIONS = frozenset(("ConsoleAsset", "ConsoleSignIn", "ConsoleSession", "ConsoleSignOut"))
+OPERATIONS = frozenset(
+    ("ConsoleAsset", "ConsoleSignIn", "ConsoleSession", "ConsoleSignOut", "ConsoleStreamHealth")
+)
 UNSIGNED = frozenset(("ConsoleAsset", "ConsoleSignOut"))
 
 
-def _assets() -> dict[str, tuple[bytes, bytes]]:
+def read_assets() -> dict[str, tuple[bytes, bytes]]:
     """Every file of ``ingest/console/`` by its path under it, read once at
     start-up: (body, content type)."""
     root = resources.files("ingest") / "console"
@@ -139,26 +142,33 @@ class Console:
         sessions: Sessions | None,
         live: Callable[[str], Principal | None] | None,
         metrics: Metrics,
+        health: StreamHealth | None = None,
         now_s: Callable[[], float] = time.time,
     ) -> None:
         self._sessions = sessions
         self._live = live
         self._metrics = metrics
         self._now_s = now_s
-        self._assets = _assets()
+        self._assets = read_assets()
+        self._health = health or StreamHealth(None)
 
     @classmethod
-    def over(cls, auth: Authenticator | None, metrics: Metrics) -> Console:
+    def over(cls, auth: Authenticator | None, metrics: Metrics, health: StreamHealth) -> Console:
         """The console of an edge verifying with ``auth`` (None: INGEST_AUTH=off)."""
         if auth is None:
-            return cls(sessions=None, live=None, metrics=metrics)
-        return cls(sessions=auth.sessions, live=auth.live, metrics=metrics)
+            return cls(sessions=None, live=None, metrics=metrics, health=health)
+        return cls(sessions=auth.sessions, live=auth.live, metrics=metrics, health=health)
 
     def routes(self) -> list[Route]:
         return [
             Route("/console", {"GET": ("ConsoleAsset", self.asset)}),
             Route("/console/{file}", {"GET": ("ConsoleAsset", self.asset)}),
             Route("/console/vendor/{file}", {"GET": ("ConsoleAsset", self.vendor_asset)}),
+            # Held to the app's scope as GetEventStream is (admin keys).
+            Route(
+                "/console/api/apps/{app}/stream-health",
+                {"GET": ("ConsoleStreamHealth", self.stream_health)},
+            ),
             Route(
                 "/console/api/session",
                 {
@@ -241,6 +251,11 @@ class Console:
         if principal is None or self._sessions is None:
             return _json({"AccessKeyId": "anonymous", "Scope": "admin", "Apps": []})
         return _json(_describe(principal, self._sessions.idle_s))
+
+    async def stream_health(self, request: Request) -> Response:
+        """The streams worker's delivery figures by destination kind
+        (:mod:`ingest.api.streamhealth`); the page picks its app's kind."""
+        return _json(await self._health.read())
 
     async def sign_out(self, request: Request) -> Response:
         """Clears the cookie, whatever state the session is in."""

@@ -110,6 +110,8 @@ export const endpoint = (appId, id, refresh) =>
   call(`/v1/apps/${enc(appId)}/endpoints/${enc(id)}`, { refresh });
 export const userEndpoints = (appId, id, refresh) =>
   call(`/v1/apps/${enc(appId)}/users/${enc(id)}`, { refresh });
+export const streamHealth = (appId, refresh) =>
+  call(`/console/api/apps/${enc(appId)}/stream-health`, { refresh });
 export const eventStream = (appId, refresh) => call(`/v1/apps/${enc(appId)}/eventstream`, { refresh });
 
 /** Runs `tasks` (functions returning promises) at most `limit` at a time:

@@ -190,13 +190,38 @@ async function endpointsPage(appId, query, refresh) {
   }
 }
 
+// The destination kind of a stream's ARN, as the streams worker's metrics label it.
+const kindOf = (arn) => (arn.match(/^arn:aws:(kinesis|firehose|kafka):/) || [])[1] || "";
+
+function healthOf(health, kind) {
+  if (health.Unavailable) return message("empty", `Delivery health is not available: ${health.Unavailable}.`);
+  const figures = (health.Destinations || {})[kind];
+  if (!figures) return message("empty", `No ${kind} deliveries recorded by the streams worker yet.`);
+  const reasons = (by) => Object.entries(by).filter(([, n]) => n > 0).map(([r, n]) => `${r}: ${number(n)}`).join(", ") || "none";
+  return h(
+    "section",
+    { id: "stream-health" },
+    h("h3", {}, `Delivery health (every ${kind} stream)`),
+    table("What the streams worker reports", ["Figure", "Value"], [
+      ["Lag (records behind)", number(figures.LagRecords ?? 0)],
+      ["Parked destinations", number(figures.ParkedDestinations ?? 0)],
+      ["Records delivered", number(figures.DeliveredRecords ?? 0)],
+      ["Records sent again", number(figures.RetriedRecords ?? 0)],
+      ["Failures", reasons(figures.Failures)],
+      ["Dead-lettered", reasons(figures.DeadLettered)],
+    ], { class: "numbers" }),
+    h("p", { class: "note" }, `Read ${new Date(health.ReadAt).toISOString().slice(11, 19)} UTC; the worker's figures are per destination kind, not per app.`),
+  );
+}
+
 async function streamPage(appId, query, refresh) {
   const title = await appTitle(appId, refresh);
   try {
     const s = await api.eventStream(appId, refresh);
+    const health = await api.streamHealth(appId, refresh);
     return [title, h("h3", {}, "Event stream"), definition([
       ["Destination", s.DestinationStreamArn], ["Role", s.RoleArn], ["Last modified", s.LastModifiedDate], ["Last updated by", s.LastUpdatedBy],
-    ]), message("empty", "Delivery health (lag, failures) is in the streams worker's metrics: ingest_stream_lag_records, ingest_stream_failures_total.")];
+    ]), healthOf(health, kindOf(s.DestinationStreamArn))];
   } catch (error) {
     if (error.status === 404) return [title, message("empty", "This app has no event stream.")];
     if (error.type === "AccessDeniedException") return [title, message("empty", `A ${me.Scope} key does not see the event stream (it names an IAM role): sign in with an admin key.`)];
