@@ -93,13 +93,7 @@ class World:
         self.outsider = running.create_key("read", self.other)
 
     def events_counted(self) -> float:
-        rows = self.admin.get_application_date_range_kpi(
-            ApplicationId=self.app,
-            KpiName="events-grouped-by-date",
-            StartTime=TODAY - timedelta(days=6),
-            EndTime=TODAY + timedelta(hours=23),
-        )["ApplicationDateRangeKpiResponse"]["KpiResult"]["Rows"]
-        return sum(float(row["Values"][0]["Value"]) for row in rows)
+        return counted(self.admin, self.app, TODAY - timedelta(days=6))
 
 
 @pytest.fixture(scope="module")
@@ -395,3 +389,50 @@ def test_console_pages_carry_the_csp(world: World) -> None:
             "script-src 'self'" in policy and "unsafe-inline" not in policy and "default-src 'none'" in policy
         )
         assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_page_refreshes_itself_without_keeping_the_session_alive(visit: Visit, world: World) -> None:
+    visit.context.clock.install()
+    page = visit.sign_in(world.running.credentials())
+    page.wait_for_selector("#apps")
+
+    def shown() -> str:
+        row = page.locator("#apps tbody tr", has_text="Other")
+        return row.locator("td").nth(3).inner_text()
+
+    before = int(shown())
+    today = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    new = {str(uuid.uuid4()): {"EventType": "level_up", "Timestamp": today} for _ in range(3)}
+    put(world.admin, world.other, {"ep-refresh": {"Endpoint": {}, "Events": new}})
+    eventually(
+        lambda: counted(world.admin, world.other, TODAY),
+        lambda n: n == before + 3,
+        "the new events counted",
+        40,
+    )
+    refreshes: list[dict[str, str]] = []
+    page.on("request", lambda r: refreshes.append(r.headers) if "/v1/apps" in r.url else None)
+    renewed: list[str] = []
+    page.on("response", lambda r: renewed.append(r.url) if r.headers.get("set-cookie") else None)
+    page.clock.fast_forward(31_000)
+    page.wait_for_function(
+        "n => document.querySelector('#apps') && "
+        "[...document.querySelectorAll('#apps tbody tr')].some(r => r.innerText.includes('Other') "
+        "&& r.cells[3].innerText === String(n))",
+        arg=before + 3,
+        timeout=10_000,
+    )
+    assert refreshes and all(h.get("x-ingest-console") == "refresh" for h in refreshes)
+    assert not renewed, f"a refresh renewed the session: {renewed}"
+    assert "refreshes every 30 s" in page.inner_text("footer")
+
+
+def counted(admin: Any, app_id: str, first: datetime) -> float:
+    """Events of ``app_id`` counted from the day of ``first`` to today (UTC)."""
+    rows = admin.get_application_date_range_kpi(
+        ApplicationId=app_id,
+        KpiName="events-grouped-by-date",
+        StartTime=first,
+        EndTime=TODAY + timedelta(hours=23),
+    )["ApplicationDateRangeKpiResponse"]["KpiResult"]["Rows"]
+    return sum(float(row["Values"][0]["Value"]) for row in rows)

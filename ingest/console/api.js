@@ -110,6 +110,23 @@ export const endpoint = (appId, id, refresh) =>
   call(`/v1/apps/${enc(appId)}/endpoints/${enc(id)}`, { refresh });
 export const userEndpoints = (appId, id, refresh) =>
   call(`/v1/apps/${enc(appId)}/users/${enc(id)}`, { refresh });
+// GetSegments, GetImportJobs, GetExportJobs: botocore's shapes (SegmentsResponse,
+// ImportJobsResponse, ExportJobsResponse are the bodies themselves).
+export const segments = (appId, refresh) => allBody(`/v1/apps/${enc(appId)}/segments`, refresh);
+export const importJobs = (appId, refresh) => allBody(`/v1/apps/${enc(appId)}/jobs/import`, refresh);
+export const exportJobs = (appId, refresh) => allBody(`/v1/apps/${enc(appId)}/jobs/export`, refresh);
+
+async function allBody(path, refresh) {
+  const found = [];
+  let token = "";
+  do {
+    const page = await call(`${path}?page-size=100${token ? `&token=${enc(token)}` : ""}`, { refresh });
+    found.push(...(page.Item || []));
+    token = page.NextToken || "";
+  } while (token && found.length < 1000);
+  return found;
+}
+
 export const streamHealth = (appId, refresh) =>
   call(`/console/api/apps/${enc(appId)}/stream-health`, { refresh });
 export const eventStream = (appId, refresh) => call(`/v1/apps/${enc(appId)}/eventstream`, { refresh });

@@ -1,11 +1,15 @@
 // The console: sign-in, then pages by the URL's hash. Each page is a
 // function that fetches what it shows and returns its content; the page in
-// view is fetched again every REFRESH_MS (as "refresh" requests).
+// view is fetched again every REFRESH_MS (as "refresh" requests), or every
+// LIVE_MS while it shows a job still running.
 import * as api from "./api.js";
 import { h, message, number, table } from "./dom.js";
 import { kpiSection } from "./charts.js";
 
 const REFRESH_MS = 30_000;
+const LIVE_MS = 3_000;
+// Set by a page showing something that moves (a running job).
+let live = false;
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
 const who = document.getElementById("who");
@@ -229,6 +233,56 @@ async function streamPage(appId, query, refresh) {
   }
 }
 
+const FINAL = new Set(["COMPLETED", "FAILED"]);
+
+async function segmentsPage(appId, query, refresh) {
+  const title = await appTitle(appId, refresh);
+  const found = await api.segments(appId, refresh);
+  if (!found.length) return [title, message("empty", "This app has no segments.")];
+  const cards = found.map((s) =>
+    h(
+      "article",
+      { class: "segment" },
+      h("h3", {}, s.Name || s.Id),
+      definition([
+        ["ID", s.Id], ["Type", s.SegmentType], ["Version", s.Version], ["Created", s.CreationDate], ["Last modified", s.LastModifiedDate],
+        ["Imported from", s.ImportDefinition && s.ImportDefinition.S3Url],
+        ["Imported endpoints", s.ImportDefinition && s.ImportDefinition.Size !== undefined ? number(s.ImportDefinition.Size) : null],
+      ]),
+      s.Dimensions ? h("details", { open: true }, h("summary", {}, "Dimensions"), h("pre", {}, JSON.stringify(s.Dimensions, null, 2))) : null,
+      s.SegmentGroups ? h("details", {}, h("summary", {}, "Segment groups"), h("pre", {}, JSON.stringify(s.SegmentGroups, null, 2))) : null,
+    ),
+  );
+  return [title, h("p", {}, `${found.length} segment${found.length === 1 ? "" : "s"}`), ...cards];
+}
+
+function jobsTable(caption, jobs, source) {
+  if (!jobs.length) return h("section", {}, h("h3", {}, caption), message("empty", `No ${caption.toLowerCase()}.`));
+  const rows = jobs.map((j) => {
+    const total = j.TotalPieces || 0;
+    const done = j.CompletedPieces || 0;
+    const progress = h("progress", { max: total || 1, value: FINAL.has(j.JobStatus) ? total || 1 : done, "aria-label": `${done} of ${total} pieces` });
+    return [
+      h("code", {}, j.Id), j.JobStatus, h("span", {}, progress, ` ${done}/${total}`), number(j.TotalProcessed || 0),
+      number(j.TotalFailures || 0), j.CreationDate || "", j.CompletionDate || "", source(j.Definition || {}),
+    ];
+  });
+  return h("section", {}, h("h3", {}, caption),
+    table(caption, ["ID", "Status", "Pieces", "Processed", "Failures", "Created", "Completed", "Definition"], rows, { class: "jobs" }));
+}
+
+async function jobsPage(appId, query, refresh) {
+  const title = await appTitle(appId, refresh);
+  const [imports, exports] = await Promise.all([api.importJobs(appId, refresh), api.exportJobs(appId, refresh)]);
+  live = [...imports, ...exports].some((j) => !FINAL.has(j.JobStatus));
+  const newest = (a, b) => (b.CreationDate || "").localeCompare(a.CreationDate || "");
+  return [
+    title,
+    jobsTable("Import jobs", imports.sort(newest), (d) => [d.S3Url, d.SegmentName && ` → ${d.SegmentName}`].filter(Boolean).join("")),
+    jobsTable("Export jobs", exports.sort(newest), (d) => [d.SegmentId && `${d.SegmentId} → `, d.S3UrlPrefix].filter(Boolean).join("")),
+  ];
+}
+
 // Routing ---------------------------------------------------------------
 
 const ROUTES = [
@@ -236,8 +290,12 @@ const ROUTES = [
   [/^\/apps\/([^/]+)\/events$/, eventsPage, "Events"],
   [/^\/apps\/([^/]+)\/endpoints$/, endpointsPage, "Endpoints"],
   [/^\/apps\/([^/]+)\/stream$/, streamPage, "Event stream"],
+  [/^\/apps\/([^/]+)\/segments$/, segmentsPage, "Segments"],
+  [/^\/apps\/([^/]+)\/jobs$/, jobsPage, "Jobs"],
 ];
-const SUFFIXES = { Overview: "", Events: "/events", Endpoints: "/endpoints", "Event stream": "/stream" };
+const SUFFIXES = {
+  Overview: "", Events: "/events", Endpoints: "/endpoints", "Event stream": "/stream", Segments: "/segments", Jobs: "/jobs",
+};
 
 function where() {
   const [path, search] = (location.hash.slice(1) || "/").split("?");
@@ -254,8 +312,13 @@ function renderNav(appId, current) {
   nav.replaceChildren(...links);
 }
 
+// Each render's number: a slow one finishing after a newer one began is dropped.
+let renders = 0;
+
 async function render(refresh = false) {
+  const mine = ++renders;
   const { path, query } = where();
+  live = false;
   let page = () => appsPage(refresh);
   let appId = null;
   let current = "Apps";
@@ -274,22 +337,30 @@ async function render(refresh = false) {
   }
   try {
     const content = await page();
+    if (mine !== renders) return;
     main.replaceChildren(...content);
-    stamp.textContent = `Computed ${new Date().toISOString().slice(11, 19)} UTC; refreshes every ${REFRESH_MS / 1000} s`;
+    const every = (live ? LIVE_MS : REFRESH_MS) / 1000;
+    stamp.textContent = `Computed ${new Date().toISOString().slice(11, 19)} UTC; refreshes every ${every} s`;
   } catch (error) {
-    if (error.sessionEnded) return;
+    if (error.sessionEnded || mine !== renders) return;
     stamp.textContent = "";
     const text = error.type === "AccessDeniedException" ? `This key may not see this: ${error.message}` : `Could not load this page: ${error.message}`;
     main.replaceChildren(message("error", text));
   }
   // The page is whole (what the browser tests wait for).
   main.dataset.page = current;
+  schedule();
+}
+
+function schedule() {
+  clearTimeout(timer);
+  if (me) timer = setTimeout(() => render(true), live ? LIVE_MS : REFRESH_MS);
 }
 
 // Sign-in ---------------------------------------------------------------
 
 function showSignIn(note) {
-  clearInterval(timer);
+  clearTimeout(timer);
   me = null;
   document.body.dataset.state = "signed-out";
   who.replaceChildren();
@@ -330,8 +401,6 @@ async function start() {
   const out = h("button", { type: "button", id: "sign-out", onclick: async () => { await api.signOut().catch(() => null); showSignIn(); } }, "Sign out");
   who.replaceChildren(h("span", {}, `${me.AccessKeyId} (${me.Scope})`), out);
   await render();
-  clearInterval(timer);
-  timer = setInterval(() => render(true), REFRESH_MS);
 }
 
 api.onSessionEnded(() => showSignIn("Your session has ended (inactivity, sign-out, or the key was revoked): sign in again."));
