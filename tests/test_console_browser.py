@@ -378,6 +378,18 @@ def test_cross_origin_console_requests_are_refused(world: World) -> None:
         == 403
     )
     assert with_cookie("DELETE", "/console/api/session", **{"X-Ingest-Console": "1", "Origin": origin}) == 200
+    # Even an admin key's session only reads: a same-origin DeleteApp with it is refused.
+    _, answered = http_sign_in(world, world.running.credentials(), origin)
+    admin_cookie = answered["set-cookie"].split(";")[0]
+    same_origin = {"Cookie": admin_cookie, "X-Ingest-Console": "1", "Origin": origin}
+    assert (
+        world.running.request("DELETE", f"/v1/apps/{world.hostile}", None, same_origin, sign=False)[0] == 403
+    )
+    assert world.admin.get_app(ApplicationId=world.hostile)["ApplicationResponse"]["Name"] == HOSTILE_NAME
+    # Neither a secret nor a session token is ever logged.
+    log = world.running.log()
+    assert world.reader[1] not in log and cookie.split("=", 1)[1] not in log
+    assert admin_cookie.split("=", 1)[1] not in log
 
 
 def test_console_pages_carry_the_csp(world: World) -> None:

@@ -147,6 +147,16 @@ def test_a_live_keys_session_authenticates_and_a_users_request_renews_it() -> No
     assert console(READER).authenticate(with_session(token, b"refresh"))[1] == ()
 
 
+def test_a_session_only_reads() -> None:
+    token = sessions().issue(Principal("AKIAADMIN", "admin", frozenset(), False), T0)
+    admin = Principal("AKIAADMIN", "admin", frozenset(), False)
+    deleting = with_session(token)
+    deleting.method = "DELETE"
+    deleting.headers = dict(deleting.headers) | {b"origin": b"http://" + HOST}
+    with pytest.raises(Forbidden, match="only reads"):
+        console(admin).authenticate(deleting)
+
+
 @pytest.mark.parametrize(
     "live",
     [

@@ -14,7 +14,8 @@ other. It answers with a session token (:mod:`ingest.api.sessions`) in an
 over HTTPS), bound to the key's scope and apps. Only read and admin keys may
 sign in.
 
-**Every request a session carries** must also carry the ``X-Ingest-Console``
+**Every request a session carries** is a GET (the console only reads,
+whatever its key's scope), and must also carry the ``X-Ingest-Console``
 header (a cross-site page cannot send it without a CORS preflight, which
 these operations never answer), an ``Origin``, when sent (always on a
 non-GET), naming this host, and no ``Sec-Fetch-Site`` other than
@@ -191,6 +192,10 @@ class Console:
         not the console's own request, UnrecognizedClient when the session
         does not hold or its key is no longer live."""
         check_same_origin(request)
+        if request.method not in SAFE_METHODS:
+            # The console only reads: a session changes nothing, whatever its
+            # key's scope (writes are SigV4-signed, by an SDK).
+            raise Forbidden("A console session only reads; sign requests that change state with SigV4")
         if self._sessions is None or self._live is None:
             raise UnrecognizedClient("Console sessions are off (INGEST_AUTH=off)", reason="bad_token")
         token = _cookie(request.headers.get(b"cookie")) or ""
