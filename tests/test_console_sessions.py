@@ -219,3 +219,23 @@ def test_stream_health_without_a_url_or_a_listener_says_so() -> None:
     assert (
         "could not be read" in asyncio.run(StreamHealth("http://127.0.0.1:1/metrics").read())["Unavailable"]
     )
+
+
+@pytest.mark.parametrize(
+    ("principal", "signs_in"),
+    [
+        (Principal("AKIAADMIN", "admin", frozenset(), False), True),
+        (Principal("AKIABOUND", "admin", frozenset({"app-1"}), False), True),
+        (READER, True),
+        (Principal("AKIAINGEST", "ingest", frozenset({"app-1"}), False), False),
+        (Principal("ASIATEMP", "ingest", frozenset({"app-1"}), True), False),
+    ],
+)
+def test_read_and_admin_keys_sign_in_and_only_admins_see_stream_health(
+    principal: Principal, signs_in: bool
+) -> None:
+    assert principal.may("ConsoleSignIn", None) is signs_in
+    assert principal.may("ConsoleSession", None) is signs_in
+    admin_of = principal.scope == "admin"
+    assert principal.may("ConsoleStreamHealth", "app-1") is admin_of
+    assert principal.may("ConsoleStreamHealth", "app-2") is (admin_of and not principal.apps)
