@@ -492,7 +492,7 @@ async def serve(
                 )
             )
             api = f"{settings.host}:{api_port}"
-            log.info("edge listening on http://%s (the Pinpoint API)", api)
+            log.info("edge listening on http://%s (the Pinpoint API; the console at /console/)", api)
         settle_gc()
         if status_file is not None:
             status = Status(os.getpid(), api, kafka=bootstrap, broker=embedded, probes=probe_address)

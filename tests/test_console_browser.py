@@ -448,3 +448,24 @@ def counted(admin: Any, app_id: str, first: datetime) -> float:
         EndTime=TODAY + timedelta(hours=23),
     )["ApplicationDateRangeKpiResponse"]["KpiResult"]["Rows"]
     return sum(float(row["Values"][0]["Value"]) for row in rows)
+
+
+def test_custom_ranges_empty_states_and_errors_are_in_words(visit: Visit, world: World) -> None:
+    visit.sign_in(world.reader)
+    first, last = (TODAY - timedelta(days=40)).date(), (TODAY - timedelta(days=2)).date()
+    page = visit.go(f"#/apps/{world.app}?from={first}&to={last}", "Overview")
+    # 39 days: asked for in two windows, the table still the API's rows for the range.
+    section = page.query_selector("section[data-kpi='daily-active-endpoints']")
+    shown = table_rows(section)
+    answered = api_rows(
+        world,
+        world.app,
+        "daily-active-endpoints",
+        f"{TODAY - timedelta(days=9):%Y-%m-%d}T00:00:00Z",
+        f"{last}T23:59:59Z",
+    )
+    assert same_numbers(shown, answered) and len(shown) == 2
+    empty = visit.go(f"#/apps/{world.hostile}?days=30", "Overview").inner_text("main")
+    assert empty.count("No data in this range.") == 13
+    too_long = visit.go(f"#/apps/{world.app}?from=2024-01-01&to=2026-01-01", "Overview").inner_text("main")
+    assert "at most 366 days" in too_long

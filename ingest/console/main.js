@@ -40,12 +40,17 @@ const DAY_MS = 86_400_000;
 const isoDay = (ms) => new Date(ms).toISOString().slice(0, 10);
 const todayMs = () => Date.parse(`${isoDay(Date.now())}T00:00:00Z`);
 
+// A custom range's longest: each 31 days of it costs every KPI one more call.
+const MAX_DAYS = 366;
+
 /** The range a page shows, from its query (?days=7|30|90 or ?from=&to=). */
 function range(query) {
   const from = query.get("from");
   const to = query.get("to");
   if (from && to && /^\d{4}-\d{2}-\d{2}$/.test(from) && /^\d{4}-\d{2}-\d{2}$/.test(to) && from <= to) {
-    return { first: Date.parse(`${from}T00:00:00Z`), last: Date.parse(`${to}T00:00:00Z`), label: "custom" };
+    const span = { first: Date.parse(`${from}T00:00:00Z`), last: Date.parse(`${to}T00:00:00Z`), label: "custom" };
+    if ((span.last - span.first) / DAY_MS + 1 > MAX_DAYS) throw new RangeError(`A range is at most ${MAX_DAYS} days`);
+    return span;
   }
   const days = [7, 30, 90].includes(Number(query.get("days"))) ? Number(query.get("days")) : 7;
   return { first: todayMs() - (days - 1) * DAY_MS, last: todayMs(), label: String(days) };
@@ -344,7 +349,10 @@ async function render(refresh = false) {
   } catch (error) {
     if (error.sessionEnded || mine !== renders) return;
     stamp.textContent = "";
-    const text = error.type === "AccessDeniedException" ? `This key may not see this: ${error.message}` : `Could not load this page: ${error.message}`;
+    const text =
+      error.type === "AccessDeniedException" ? `This key may not see this: ${error.message}`
+      : error instanceof RangeError ? `${error.message}: choose a shorter one.`
+      : `Could not load this page: ${error.message}`;
     main.replaceChildren(message("error", text));
   }
   // The page is whole (what the browser tests wait for).
