@@ -332,6 +332,8 @@ def test_screenshots_of_every_page_at_desktop_and_phone_width(browser: Browser, 
         "events": (f"#/apps/{world.app}/events?days=7", "Events"),
         "endpoints": (f"#/apps/{world.app}/endpoints?by=user&id=u1", "Endpoints"),
         "stream": (f"#/apps/{world.app}/stream", "Event stream"),
+        "segments": (f"#/apps/{world.app}/segments", "Segments"),
+        "jobs": (f"#/apps/{world.app}/jobs", "Jobs"),
     }
     for width in WIDTHS:
         visit = Visit(browser, world, width)
@@ -340,9 +342,11 @@ def test_screenshots_of_every_page_at_desktop_and_phone_width(browser: Browser, 
             visit.page.screenshot(path=str(SHOTS / f"sign-in-{width}.png"), full_page=True)
             visit.sign_in(world.running.credentials())
             for name, (fragment, page_name) in pages.items():
-                visit.go(fragment, page_name).screenshot(
-                    path=str(SHOTS / f"{name}-{width}.png"), full_page=True
-                )
+                page = visit.go(fragment, page_name)
+                page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
+                # Nothing wider than the screen: no sideways scrolling at phone width.
+                overflow = page.evaluate("() => document.documentElement.scrollWidth - innerWidth")
+                assert overflow <= 0, (name, width, overflow)
         finally:
             visit.close()
     assert len(list(SHOTS.glob("*.png"))) >= 2 * (len(pages) + 1)
