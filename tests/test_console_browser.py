@@ -473,3 +473,10 @@ def test_custom_ranges_empty_states_and_errors_are_in_words(visit: Visit, world:
     assert empty.count("No data in this range.") == 13
     too_long = visit.go(f"#/apps/{world.app}?from=2024-01-01&to=2026-01-01", "Overview").inner_text("main")
     assert "at most 366 days" in too_long
+
+
+def test_a_browser_whose_clock_is_an_hour_off_still_signs_in(visit: Visit, world: World) -> None:
+    """The edge refuses a signature dated beyond the 15-minute skew (as AWS
+    does); the page corrects its clock from the answer's Date and signs again."""
+    visit.context.clock.install(time=datetime.now(UTC) - timedelta(hours=1))
+    visit.sign_in(world.reader).wait_for_selector("#apps")
