@@ -129,6 +129,11 @@ class Visit:
         self.context.on("request", lambda request: self.requests.append(request.url))
         self.page: Page = self.context.new_page()
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        # What the Content-Security-Policy blocked (Chrome says so on the console).
+        self.page.on(
+            "console",
+            lambda m: self.errors.append(m.text) if "Content Security Policy" in m.text else None,
+        )
 
     def open(self, fragment: str = "") -> Page:
         self.page.goto(f"{self.world.running.url}/console/{fragment}")

@@ -24,6 +24,11 @@ ends the session within ``INGEST_AUTH_REFRESH_S``. A request the user made
 slides the inactivity timeout (the cookie is re-issued); the page's own
 refreshes say ``X-Ingest-Console: refresh`` and do not.
 
+Signing in the page rather than posting the secret: the secret is never on
+the wire, in a proxy's log or in this process's memory; what a network
+observer of a plain-HTTP sign-in could replay is one signed request, within
+the 15-minute skew window, as with any SigV4 request (over HTTPS, nothing).
+
 Sign-out clears the cookie. Tokens are stateless, so a copy of a token taken
 before sign-out stays valid until its inactivity timeout: the cookie is
 HttpOnly, so no script of the page can read one.
