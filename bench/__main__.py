@@ -26,13 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--part",
-        choices=["write", "endpoints", "kpis", "overload", "streams"],
+        choices=["write", "endpoints", "kpis", "overload", "streams", "segments", "jobs"],
         default="write",
         help="write: the write path (default): the pure core, raw aiokafka, the publisher, and the edge "
         "over HTTP; endpoints: the endpoint worker per store, and freshness; kpis: the KPI worker per "
         "store, and what the store keeps per event; overload: the edge offered 4x its saturation, "
         "429 and accepted latencies and RSS; streams: one streams worker to a Kafka topic and to Kinesis "
-        "(kinesalite) beside its decode+convert ceiling and the KPI worker",
+        "(kinesalite) beside its decode+convert ceiling and the KPI worker; segments: a dimensional "
+        "segment over a large app paged through the store, per store, at --records and a quarter of it; "
+        "jobs: import and export jobs per store at two sizes (--records and a quarter of it), rows/s "
+        "and peak RSS",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement (write)")
     parser.add_argument(
@@ -67,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         from bench.streams import bench_streams
 
         return uvloop.run(bench_streams(settings, records=args.records, rounds=args.rounds))
+    if args.part == "segments":
+        from bench.segments import bench_segments
+
+        return uvloop.run(bench_segments(settings, records=args.records, postgres_url=args.postgres))
+    if args.part == "jobs":
+        from bench.jobs import bench_jobs
+
+        return uvloop.run(bench_jobs(settings, records=args.records, postgres_url=args.postgres))
     if args.part == "overload":
         from bench.overload import bench_overload
 

@@ -79,10 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "role",
-        choices=["endpoints", "kpis", "streams"],
+        choices=["endpoints", "kpis", "streams", "jobs"],
         help="endpoints: ingest.endpoints → the endpoint store; "
         "kpis: ingest.events → deduplicated KPI aggregates; "
-        "streams: ingest.events → each app's event stream (Kinesis, Firehose, Kafka)",
+        "streams: ingest.events → each app's event stream (Kinesis, Firehose, Kafka); "
+        "jobs: import and export jobs (S3 or files ↔ ingest.endpoints and the store)",
     )
     worker.add_argument("--host", help="probe listen address (INGEST_PROBE_HOST)")
     worker.add_argument("--port", type=int, help="probe and /metrics port (INGEST_PROBE_PORT)")
@@ -252,6 +253,7 @@ WORKER_MODES: dict[str, Mode] = {
     "endpoints": "worker-endpoints",
     "kpis": "worker-kpis",
     "streams": "worker-streams",
+    "jobs": "worker-jobs",
 }
 
 

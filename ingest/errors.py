@@ -263,3 +263,16 @@ class SecretUnreadable(IngestError):
     """A stored secret does not decrypt with this master key: the store was
     written under another one (INGEST_AUTH_MASTER_KEY differs between
     processes, or ``master.key`` was replaced)."""
+
+
+class JobError(IngestError):
+    """An import or export job cannot go on with a piece or at all: a URL
+    outside what it may read or write, an object too large or in the wrong
+    format, a store (S3 or a file) that refused or did not answer, Kafka
+    that did not acknowledge. ``retriable``: whether trying again (after a
+    backoff, a bounded number of times) may help; else the message is the
+    job's failure reason, as an operator reads it."""
+
+    def __init__(self, message: str, *, retriable: bool) -> None:
+        super().__init__(message)
+        self.retriable = retriable

@@ -335,3 +335,33 @@ class SupervisorMetrics:
             ["process"],
             registry=registry,
         )
+
+
+class JobMetrics:
+    """The jobs worker's metrics. ``type`` is IMPORT or EXPORT, ``status``
+    COMPLETED or FAILED, ``outcome`` imported, failed or exported: closed
+    sets, never job or app IDs."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # Gauge: jobs this process runs now.
+        self.running = Gauge(
+            "ingest_jobs_running",
+            "Import and export jobs this process holds and runs now.",
+            registry=registry,
+        )
+        # Counter: jobs that ended here, by type and final status.
+        self.finished = Counter(
+            "ingest_jobs_finished",
+            "Import and export jobs this process took to their end, by type and JobStatus "
+            "(COMPLETED, FAILED).",
+            ["type", "status"],
+            registry=registry,
+        )
+        # Counter: rows checkpointed (imports) and endpoints written (exports).
+        self.rows = Counter(
+            "ingest_job_rows",
+            "Rows an import checkpointed after Kafka acknowledged them (imported, or failed: a bad row) "
+            "and endpoints an export wrote (exported). A row done again after a restart counts again.",
+            ["type", "outcome"],
+            registry=registry,
+        )

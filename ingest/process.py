@@ -36,9 +36,12 @@ from ingest.api.auth import Authenticator
 from ingest.api.identity import Identities
 from ingest.api.limits import ClientAddress
 from ingest.api.probes import Check, Probes
+from ingest.api.segments import MAX_SEGMENTS_PER_APP
 from ingest.api.server import BodyBudget, Limits, Server
 from ingest.api.sessions import Sessions
 from ingest.errors import CONDITION_TEXT, ApiError, SettingsError, StoreCondition
+from ingest.jobs.sources import ROLE_SESSION_NAME as JOB_ROLE_SESSION_NAME
+from ingest.jobs.worker import Jobs, JobWorker
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
 from ingest.kafka.publish import Publisher
@@ -47,6 +50,7 @@ from ingest.launch import Broker, Status, write_status
 from ingest.metrics import (
     ConsumerMetrics,
     HttpMetrics,
+    JobMetrics,
     KpiWorkerMetrics,
     Metrics,
     StreamMetrics,
@@ -134,7 +138,7 @@ def http_server(
     return server.serving(host, port, drain_timeout_s, reuse_port=reuse_port)
 
 
-Mode = Literal["run", "edge", "worker-endpoints", "worker-kpis", "worker-streams"]
+Mode = Literal["run", "edge", "worker-endpoints", "worker-kpis", "worker-streams", "worker-jobs"]
 
 
 class Role(Protocol):
@@ -281,6 +285,64 @@ async def stream_worker(
         config_refresh_s=settings.stream_config_refresh_s,
         park_after_s=settings.stream_park_after_s,
         allowed_accounts=settings.stream_accounts,
+    )
+
+
+async def job_worker(
+    stack: AsyncExitStack,
+    settings: Settings,
+    bootstrap: str,
+    *,
+    idempotence: bool,
+    store: Store,
+    codec: Codec,
+    registry: CollectorRegistry = REGISTRY,
+) -> JobWorker:
+    """The jobs worker, its S3 client and its publisher on ``stack``: the
+    edge's publisher (same producer settings, acks, buffer bound) onto
+    ``ingest.endpoints``, so an imported row takes UpdateEndpoint's path."""
+    aws = await stack.enter_async_context(
+        AwsDelivery(
+            assume_role=settings.job_assume_role,
+            max_threads=settings.job_aws_threads,
+            role_session_name=JOB_ROLE_SESSION_NAME,
+        )
+    )
+    publisher = await stack.enter_async_context(
+        Publisher(
+            clients.producer(settings, bootstrap, idempotence=idempotence, client_id="ingest-jobs"),
+            topics=(clients.ENDPOINTS_TOPIC,),
+            produce_timeout_s=settings.produce_timeout_s,
+            buffer_bytes=settings.producer_buffer_bytes,
+            drain_timeout_s=settings.drain_timeout_s,
+            metrics=Metrics(CollectorRegistry()),
+        )
+    )
+    log.info(
+        "jobs worker: at most %d jobs in the deployment, %d an app; S3 %s; files under %s and %s",
+        settings.job_max_running,
+        settings.job_max_running_per_app,
+        "as each job's role" if settings.job_assume_role else "with this process's own credentials",
+        settings.import_dir,
+        settings.export_dir,
+    )
+    return JobWorker(
+        store,
+        Jobs(
+            store=store,
+            aws=aws,
+            publish=publisher.publish,
+            codec=codec,
+            settings=settings,
+            max_segments=MAX_SEGMENTS_PER_APP,
+        ),
+        max_running=settings.job_max_running,
+        max_per_app=settings.job_max_running_per_app,
+        lease_s=settings.job_lease_s,
+        poll_s=settings.job_poll_s,
+        retries=settings.job_retries,
+        drain_timeout_s=settings.drain_timeout_s,
+        metrics=JobMetrics(registry),
     )
 
 
@@ -438,6 +500,11 @@ async def serve(
             )
             workers.append(streams)
             probes.degraded.append(streams.degraded)
+        if mode in ("run", "worker-jobs"):
+            jobs = await job_worker(
+                stack, settings, bootstrap, idempotence=idempotence, store=store, codec=codec
+            )
+            workers.append(jobs)
         if workers:
             # Entered before the publisher, so they exit after it: the workers
             # drain what the edge produced before the broker stops.

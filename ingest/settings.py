@@ -44,6 +44,20 @@ GETID_BURST = 10
 
 T = TypeVar("T")
 
+# The jobs settings' ranges: (name, lowest, highest), each inclusive.
+_JOB_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("job_max_running", 1, 256),
+    ("job_max_running_per_app", 1, 256),
+    ("job_max_object_bytes", 1024, 1 << 40),
+    ("job_max_row_bytes", 1024, 16 << 20),
+    ("job_retries", 0, 100),
+    ("job_lease_s", 1, 3600),
+    ("job_poll_s", 0.01, 60),
+    ("job_checkpoint_rows", 1, 100_000),
+    ("job_export_piece_endpoints", 1, 1_000_000),
+    ("job_aws_threads", 1, 256),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -160,6 +174,43 @@ class Settings:
     # deployment shared by several teams this keeps one team's admin from
     # pointing its app's events at a stream, or a role, of another account.
     stream_allowed_accounts: str = ""
+
+    # Jobs worker (import and export jobs, ingest.jobs). ``file://`` URLs
+    # name files under these directories only (None: ``{data_dir}/import``
+    # and ``{data_dir}/export``): a path leaving it, by ``..`` or through a
+    # symlink, is refused.
+    job_import_dir: Path | None = None
+    job_export_dir: Path | None = None
+    # Read and write ``s3://`` as the job's RoleArn (STS AssumeRole with the
+    # process's own credentials), as Pinpoint did; off, as the process.
+    job_assume_role: bool = True
+    # Jobs running at once in the deployment (every replica together), and
+    # of one app: a claim past either waits. Small: each job is one stream
+    # of rows into Kafka, and the endpoint worker applies them all.
+    job_max_running: int = 4
+    job_max_running_per_app: int = 1
+    # An object (an import file, compressed or not, and what it decompresses
+    # to) larger than this fails its piece: Pinpoint's 1 GB import file limit.
+    job_max_object_bytes: int = 1024 * 1024 * 1024
+    # A line (JSON) or row (CSV) longer than this is a failed row, read past.
+    # An endpoint is at most 15 KB; this leaves room for whitespace.
+    job_max_row_bytes: int = 256 * 1024
+    # Attempts after the first, with capped exponential backoff, of an S3
+    # or file call or a Kafka produce that failed in a way that may pass;
+    # then the job fails, saying why.
+    job_retries: int = 5
+    # How long a claimed job stays its replica's without a renewal (renewed
+    # every third of it): a replica that died has its jobs resumed by
+    # another after at most this.
+    job_lease_s: float = 30.0
+    # How often an idle replica looks for a job to claim.
+    job_poll_s: float = 1.0
+    # Rows an import sends to Kafka, and has acknowledged, before it saves
+    # its cursor; endpoints an export writes a piece (one object).
+    job_checkpoint_rows: int = 1000
+    job_export_piece_endpoints: int = 10_000
+    # Calls to S3 in flight at once (botocore runs in a thread each).
+    job_aws_threads: int = 8
 
     # Store. ``None`` means SQLite at ``{data_dir}/ingest.sqlite3``.
     store_url: str | None = None
@@ -308,6 +359,15 @@ class Settings:
             "comma-separated 12-digit AWS account IDs",
         )
         _check(self.dedupe_retention_days, self.dedupe_retention_days >= 1, "dedupe_retention_days", ">= 1")
+        for name, low, high in _JOB_RANGES:
+            value = getattr(self, name)
+            _check(value, low <= value <= high, name, f"{_number(low)}-{_number(high)}")
+        _check(
+            self.job_max_running_per_app,
+            self.job_max_running_per_app <= self.job_max_running,
+            "job_max_running_per_app",
+            "at most INGEST_JOB_MAX_RUNNING",
+        )
         _check(self.drain_timeout_s, self.drain_timeout_s > 0, "drain_timeout_s", "> 0")
         _check(self.app_cache_ttl_s, self.app_cache_ttl_s >= 0, "app_cache_ttl_s", ">= 0")
         _check(self.max_apps, 1 <= self.max_apps <= 1_000_000, "max_apps", "1-1000000")
@@ -398,6 +458,16 @@ class Settings:
         return frozenset(a.strip() for a in self.stream_allowed_accounts.split(",") if a.strip())
 
     @property
+    def import_dir(self) -> Path:
+        """Where ``file://`` imports may read (``job_import_dir``)."""
+        return self.job_import_dir or self.data_dir / "import"
+
+    @property
+    def export_dir(self) -> Path:
+        """Where ``file://`` exports may write (``job_export_dir``)."""
+        return self.job_export_dir or self.data_dir / "export"
+
+    @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "ingest.sqlite3"
 
@@ -428,6 +498,11 @@ class Settings:
     def names(cls) -> frozenset[str]:
         """Every environment variable a setting is read from."""
         return frozenset(PREFIX + f.name.upper() for f in dataclasses.fields(cls))
+
+
+def _number(value: float) -> str:
+    """A bound as a setting's text would say it: 1099511627776, not 1.09951e+12."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _check(value: object, ok: bool, name: str, expected: str) -> None:

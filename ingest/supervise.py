@@ -13,8 +13,9 @@ brings the store's schema up to date, and then supervises:
   process keeps the port bound (never listening, so it takes no
   connections): port 0 names one port for all of them, and no other program
   takes it while an edge restarts.
-- ``worker-endpoints``, ``worker-kpis`` and ``worker-streams``: `ingest
-  worker endpoints`, `ingest worker kpis` and `ingest worker streams`.
+- ``worker-endpoints``, ``worker-kpis``, ``worker-streams`` and
+  ``worker-jobs``: `ingest worker endpoints`, `ingest worker kpis`, `ingest
+  worker streams` and `ingest worker jobs`.
 
 Each child runs in a session of its own (a terminal's Ctrl-C reaches only
 this process, which then drains in order), is killed by the kernel if this
@@ -440,6 +441,7 @@ def children_of(
         ("worker-endpoints", ["worker", "endpoints"]),
         ("worker-kpis", ["worker", "kpis"]),
         ("worker-streams", ["worker", "streams"]),
+        ("worker-jobs", ["worker", "jobs"]),
     ]
     children = []
     for name, command in roles:
@@ -488,7 +490,7 @@ async def supervise(settings: Settings, *, status_file: Path | None = None) -> i
                 write_status(status_file, status())
 
         log.info(
-            "supervising %d edge processes on http://%s and the three workers",
+            "supervising %d edge processes on http://%s and the four workers",
             settings.edge_process_count,
             api,
         )

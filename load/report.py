@@ -27,7 +27,8 @@ In order, on this machine, one thing at a time:
    rate per store backend beside its ceiling, and freshness);
 8. ``python -m bench --part streams``: one streams worker to a Kafka topic and
    to Kinesis (kinesalite) beside its decode+convert ceiling and the KPI
-   worker's drain of the same records;
+   worker's drain of the same records; ``--part segments``: a dimensional
+   segment paged through the store at two app sizes, per store;
 9. the targets (:mod:`load.targets`) from those figures, and for each one not
    met a py-spy profile (:mod:`load.profile`) of the process its row measures,
    during a short repeat of that measurement: the edge process(es) of
@@ -80,6 +81,11 @@ class Durations:
     # seconds a round, three rounds taken in turn.
     stream_records: int = 50_000
     stream_rounds: int = 3
+    # The segments part seeds a quarter of this and then all of it, per store.
+    segment_records: int = 1_000_000
+    # Endpoint definitions an import and an export job take (and a quarter
+    # of it, for memory flat in the rows).
+    job_records: int = 100_000
     profile_s: float = 8.0
     profile_endpoint_records: int = 20_000
     profile_kpi_records: int = 40_000
@@ -97,6 +103,8 @@ QUICK = Durations(
     kpi_records=20_000,
     stream_records=20_000,
     stream_rounds=1,
+    segment_records=20_000,
+    job_records=20_000,
     profile_s=2.0,
     profile_endpoint_records=20_000,
     profile_kpi_records=20_000,
@@ -338,6 +346,8 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         streams = _bench(
             "--part", "streams", "--records", str(d.stream_records), "--rounds", str(d.stream_rounds)
         )
+        segments = _bench("--part", "segments", "--records", str(d.segment_records), *pg)
+        jobs = _bench("--part", "jobs", "--records", str(d.job_records), *pg)
         verified = [r for r in runs.rows if not r.endswith("| not checked |")]
         verdicts = targets.evaluate(
             figures,
@@ -453,6 +463,26 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         "worker (SQLite) draining the same records: the aim is that streaming keeps up with it.",
         "",
         streams,
+        "",
+        "## Segments: `python -m bench --part segments`",
+        "",
+        "A dimensional segment over a bulk-seeded app (endpoint rows as the endpoint fold stores them,",
+        "a last event for 70 % of them), paged 1,000 endpoints a page through `segment_endpoints` from",
+        "the first page to the last, as an export job pages it; beside it, the walk of every endpoint.",
+        "Peak RSS growth: the bench process's resident memory at its highest during the walk, above what",
+        "it was before (flat in the app's size when a page at a time is all it holds).",
+        "",
+        segments,
+        "",
+        "## Import and export jobs: `python -m bench --part jobs`",
+        "",
+        "`ingest worker jobs` (JobWorker, assembled as the process assembles it) running an import of a",
+        "gzip JSON file (`file://`) into `ingest.endpoints` of an embedded broker, the endpoint worker",
+        "applying what it published, then an export of the store's endpoints to gzip pieces; each job",
+        "timed from its creation to COMPLETED in the store. The aim: an import at least as fast as the",
+        "endpoint worker applies, an export of 50,000 endpoints/s or more on PostgreSQL, memory flat.",
+        "",
+        jobs,
     ]
     sections = repeats.section(verdicts, runs.profiles)
     if sections:

@@ -79,6 +79,24 @@ def offline_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[str, s
     return key_id, secret
 
 
+def loopback_env(directory: Path, key_id: str) -> dict[str, str]:
+    """What a pipeline a test starts needs to reach AWS on loopback only:
+    dummy keys (``key_id``), empty AWS config files (made in ``directory``),
+    no instance metadata, every endpoint at :data:`NOWHERE` unless the test
+    adds an ``AWS_ENDPOINT_URL_<SERVICE>``."""
+    empty = directory / "aws-empty"
+    empty.write_text("")
+    return {
+        "AWS_ACCESS_KEY_ID": key_id,
+        "AWS_SECRET_ACCESS_KEY": "not-a-secret-of-anyone-0000000000000000",
+        "AWS_CONFIG_FILE": str(empty),
+        "AWS_SHARED_CREDENTIALS_FILE": str(empty),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ENDPOINT_URL": NOWHERE,
+    }
+
+
 class Server:
     """A child process serving HTTP on a loopback port of its own: ``start()``
     returns once it answers (polled, bounded), ``stop()`` ends it by its PID

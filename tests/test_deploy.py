@@ -55,11 +55,10 @@ SECRET_SETTINGS = frozenset(
 # Components without the master key: only a process serving the API loads it
 # (ingest/process.py), and the streams worker, the one pod reaching the
 # internet, must not hold what decrypts every issued key's secret.
-WITHOUT_MASTER_KEY = frozenset({"stream-worker"})
-# The one component that may hold AWS credentials (its own ServiceAccount,
-# for an IRSA role) and connect out on 443.
-AWS_COMPONENT = "stream-worker"
-AWS_SERVICE_ACCOUNT = "ingest-streams"
+WITHOUT_MASTER_KEY = frozenset({"stream-worker", "jobs-worker"})
+# The components that may hold AWS credentials (each its own ServiceAccount,
+# for an IRSA role of its own) and connect out on 443.
+AWS_ACCOUNTS = {"stream-worker": "ingest-streams", "jobs-worker": "ingest-jobs"}
 HTTPS_PORT = 443
 # Shutdown steps bounded by INGEST_DRAIN_TIMEOUT_S one after the other: the
 # HTTP server's graceful stop, then the publisher (edge) or the workers.
@@ -75,6 +74,7 @@ ROLES = {
     "endpoint-worker": ("worker", "endpoints"),
     "kpi-worker": ("worker", "kpis"),
     "stream-worker": ("worker", "streams"),
+    "jobs-worker": ("worker", "jobs"),
 }
 # `ingest worker streams` and its INGEST_STREAM_* settings and ingest_stream_*
 # metrics come from a branch merged apart from this one. Until it is, every
@@ -407,15 +407,16 @@ def test_secrets_are_referenced_never_included(rendered: dict[str, Path]) -> Non
                     assert not [r for r in refs.values() if r.get("optional")], (name, where)
 
 
-def test_only_the_streams_worker_may_hold_aws_credentials(rendered: dict[str, Path]) -> None:
-    """AWS credentials reach one pod: the streams worker runs as its own
-    ServiceAccount, the one an IRSA role may be annotated on (the EKS webhook
+def test_only_the_streams_and_jobs_workers_may_hold_aws_credentials(rendered: dict[str, Path]) -> None:
+    """AWS credentials reach two pods only: the streams worker and the jobs
+    worker each run as a ServiceAccount of their own, the one an IRSA role
+    may be annotated on (the EKS webhook
     then projects the STS token and sets AWS_ROLE_ARN, at admission); no
     manifest sets an AWS_* variable or projects a token itself."""
     for name, path in rendered.items():
         docs = load(path)
         accounts = named(docs, "ServiceAccount")
-        assert set(accounts) == {"ingest", AWS_SERVICE_ACCOUNT}, name
+        assert set(accounts) == {"ingest", *AWS_ACCOUNTS.values()}, name
         # The shared account never gets a role: every other pod would hold it.
         annotations = accounts["ingest"]["metadata"].get("annotations", {})
         assert not [k for k in annotations if k.startswith("eks.amazonaws.com/")], name
@@ -423,8 +424,10 @@ def test_only_the_streams_worker_may_hold_aws_credentials(rendered: dict[str, Pa
             template = owner["spec"]["template"]
             spec = template["spec"]
             where = (name, owner["metadata"]["name"])
-            streams = template["metadata"]["labels"].get(COMPONENT) == AWS_COMPONENT
-            assert (spec.get("serviceAccountName") == AWS_SERVICE_ACCOUNT) is streams, where
+            own = AWS_ACCOUNTS.get(template["metadata"]["labels"].get(COMPONENT, ""))
+            # Each AWS component as its own account; every other pod as neither.
+            account = spec.get("serviceAccountName")
+            assert account == own if own is not None else account not in AWS_ACCOUNTS.values(), where
             for volume in spec.get("volumes", []):
                 sources = volume.get("projected", {}).get("sources", [])
                 assert not [s for s in sources if "serviceAccountToken" in s], where
@@ -465,6 +468,7 @@ def test_dev_runs_one_of_each_and_production_spreads_over_zones(rendered: dict[s
         "ingest-endpoint-worker": 1,
         "ingest-kpi-worker": 1,
         "ingest-stream-worker": 1,
+        "ingest-jobs-worker": 1,
         "dev-kafka": 1,
         "dev-postgres": 1,
     }
@@ -528,7 +532,7 @@ def test_network_policy_admits_the_http_port_and_reaches_dns_kafka_postgres(
                 for p in rule["ports"]
                 if p["port"] <= HTTPS_PORT <= p.get("endPort", p["port"])
             ]
-            assert bool(reaches_https) is (labels.get(COMPONENT) == AWS_COMPONENT), where
+            assert bool(reaches_https) is (labels.get(COMPONENT) in AWS_ACCOUNTS), where
             assert all(p["protocol"] == "TCP" for p in reaches_https), where
         egress = [
             (p["port"], p.get("endPort", p["port"])) for r in policy["spec"]["egress"] for p in r["ports"]

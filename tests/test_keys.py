@@ -148,6 +148,10 @@ OPERATIONS = (
     "DeleteEndpoint GetUserEndpoints DeleteUserEndpoints GetApplicationDateRangeKpi "
     "GetCampaignDateRangeKpi GetJourneyDateRangeKpi PutEventStream GetEventStream DeleteEventStream "
     "TagResource UntagResource ListTagsForResource GetApplicationSettings UpdateApplicationSettings"
+    " CreateSegment GetSegments GetSegment UpdateSegment DeleteSegment GetSegmentVersions GetSegmentVersion"
+    # Import and export jobs.
+    " CreateImportJob GetImportJob GetImportJobs GetSegmentImportJobs"
+    " CreateExportJob GetExportJob GetExportJobs GetSegmentExportJobs"
 ).split()
 READS = {
     "GetApps",
@@ -159,6 +163,17 @@ READS = {
     "GetJourneyDateRangeKpi",
     "ListTagsForResource",
     "GetApplicationSettings",
+    "GetSegment",
+    "GetSegments",
+    "GetSegmentVersion",
+    "GetSegmentVersions",
+    # Import and export jobs.
+    "GetImportJob",
+    "GetImportJobs",
+    "GetSegmentImportJobs",
+    "GetExportJob",
+    "GetExportJobs",
+    "GetSegmentExportJobs",
 }
 INGESTS = {"PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch"}
 ACCOUNT = {"CreateApp", "GetApps"}

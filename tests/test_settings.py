@@ -52,6 +52,19 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_STREAM_ASSUME_ROLE": ("false", False),
     "INGEST_STREAM_AWS_THREADS": ("4", 4),
     "INGEST_STREAM_ALLOWED_ACCOUNTS": ("123456789012", "123456789012"),
+    "INGEST_JOB_IMPORT_DIR": ("/srv/in", Path("/srv/in")),
+    "INGEST_JOB_EXPORT_DIR": ("/srv/out", Path("/srv/out")),
+    "INGEST_JOB_ASSUME_ROLE": ("false", False),
+    "INGEST_JOB_MAX_RUNNING": ("8", 8),
+    "INGEST_JOB_MAX_RUNNING_PER_APP": ("2", 2),
+    "INGEST_JOB_MAX_OBJECT_BYTES": ("2048", 2048),
+    "INGEST_JOB_MAX_ROW_BYTES": ("4096", 4096),
+    "INGEST_JOB_RETRIES": ("0", 0),
+    "INGEST_JOB_LEASE_S": ("2", 2.0),
+    "INGEST_JOB_POLL_S": ("0.1", 0.1),
+    "INGEST_JOB_CHECKPOINT_ROWS": ("200", 200),
+    "INGEST_JOB_EXPORT_PIECE_ENDPOINTS": ("500", 500),
+    "INGEST_JOB_AWS_THREADS": ("2", 2),
     "INGEST_DEDUPE_RETENTION_DAYS": ("30", 30),
     "INGEST_STORE_URL": ("postgresql://127.0.0.1/ingest", "postgresql://127.0.0.1/ingest"),
     "INGEST_AUTH": ("off", "off"),
@@ -148,3 +161,40 @@ def test_the_master_key_is_not_in_the_repr() -> None:
 def test_a_stream_or_console_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(f"{var}=") + ".*" + re.escape(f"expected {expected}")):
         Settings.from_env({var: raw})
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "expected"),
+    [
+        ("INGEST_JOB_MAX_RUNNING", "0", "1-256"),
+        ("INGEST_JOB_MAX_RUNNING_PER_APP", "0", "1-256"),
+        ("INGEST_JOB_MAX_OBJECT_BYTES", "10", "1024-1099511627776"),
+        ("INGEST_JOB_MAX_ROW_BYTES", "100", "1024-16777216"),
+        ("INGEST_JOB_RETRIES", "-1", "0-100"),
+        ("INGEST_JOB_RETRIES", "1000", "0-100"),
+        ("INGEST_JOB_LEASE_S", "0.5", "1-3600"),
+        ("INGEST_JOB_POLL_S", "0", "0.01-60"),
+        ("INGEST_JOB_CHECKPOINT_ROWS", "0", "1-100000"),
+        ("INGEST_JOB_EXPORT_PIECE_ENDPOINTS", "0", "1-1000000"),
+        ("INGEST_JOB_AWS_THREADS", "0", "1-256"),
+    ],
+)
+def test_a_job_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(f"{var}=") + ".*" + re.escape(f"expected {expected}")):
+        Settings.from_env({var: raw})
+
+
+def test_more_jobs_an_app_than_in_the_deployment_is_refused() -> None:
+    with pytest.raises(
+        SettingsError, match="INGEST_JOB_MAX_RUNNING_PER_APP=5: expected at most INGEST_JOB_MAX_RUNNING"
+    ):
+        Settings.from_env({"INGEST_JOB_MAX_RUNNING": "4", "INGEST_JOB_MAX_RUNNING_PER_APP": "5"})
+
+
+def test_file_urls_are_confined_under_the_data_dir_unless_set() -> None:
+    settings = Settings(data_dir=Path("/srv/ingest"))
+    assert (settings.import_dir, settings.export_dir) == (
+        Path("/srv/ingest/import"),
+        Path("/srv/ingest/export"),
+    )
+    assert Settings(job_import_dir=Path("/in")).import_dir == Path("/in")

@@ -47,16 +47,8 @@ def streaming(
     """`ingest run` whose AWS is on loopback: Kinesis through the proxy,
     Firehose and STS at moto; dummy keys, no AWS config, no metadata."""
     tmp = tmp_path_factory.mktemp("streams")
-    empty = tmp / "aws-empty"
-    empty.write_text("")
     env = {
-        "AWS_ACCESS_KEY_ID": "AKIATESTINGKEYID0002",
-        "AWS_SECRET_ACCESS_KEY": "not-a-secret-of-anyone-0000000000000000",
-        "AWS_CONFIG_FILE": str(empty),
-        "AWS_SHARED_CREDENTIALS_FILE": str(empty),
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_DEFAULT_REGION": aws.REGION,
-        "AWS_ENDPOINT_URL": aws.NOWHERE,
+        **aws.loopback_env(tmp, "AKIATESTINGKEYID0002"),
         "AWS_ENDPOINT_URL_KINESIS": faulty.url,
         "AWS_ENDPOINT_URL_FIREHOSE": moto_server.url,
         "AWS_ENDPOINT_URL_STS": moto_server.url,

@@ -34,8 +34,8 @@ from tests.samples import samples_named
 
 # With the embedded broker `ingest run` takes one edge (ingest/settings.py
 # says why); the two-edge test brings a broker of its own.
-ROLES = ("edge-0", "worker-endpoints", "worker-kpis", "worker-streams")
-TWO_EDGES = ("edge-0", "edge-1", "worker-endpoints", "worker-kpis", "worker-streams")
+ROLES = ("edge-0", "worker-endpoints", "worker-kpis", "worker-streams", "worker-jobs")
+TWO_EDGES = ("edge-0", "edge-1", "worker-endpoints", "worker-kpis", "worker-streams", "worker-jobs")
 # A restart: the backoff's first step (0.5 s) plus an interpreter's start-up,
 # on a CI machine running other tests beside this one.
 RESTART_WITHIN_S = 60.0

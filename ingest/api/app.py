@@ -1,8 +1,9 @@
 """The edge's ASGI application: the route table, admission, and every
 error turned into Pinpoint's answer. The operations live one module per
 Pinpoint resource beside this one (``apps``, ``writes``, ``endpoints``,
-``kpis``, ``eventstreams``, ``tags``, ``appsettings``); a new resource is one
-more module and its rows in the table.
+``kpis``, ``eventstreams``, ``tags``, ``appsettings``, ``segments``, ``jobs``); a
+new resource is one more module and its rows in the table, which is why
+this one earns its size (over 400 lines): a row for every Pinpoint operation.
 
 Whole requests fail only when unusable (400), too large (413), for an unknown
 app (404) or under overload (429) — never with 502/503/504, which Amplify JS
@@ -38,9 +39,11 @@ from ingest.api.http import (
     send_response,
 )
 from ingest.api.identity import Identities
+from ingest.api.jobs import Jobs
 from ingest.api.kpis import KpiReads
 from ingest.api.limits import ClientAddress, TokenBuckets
 from ingest.api.probes import Check
+from ingest.api.segments import Segments
 from ingest.api.sigv4 import KeyLog, credential_scope
 from ingest.api.streamhealth import StreamHealth
 from ingest.api.tags import Tags, derive
@@ -67,36 +70,51 @@ log = logging.getLogger(__name__)
 # under overload both answer 429 rather than queue. Probes and /metrics are
 # not here at all: they have their own listener (ingest.api.probes), so an
 # overloaded edge still answers Kubernetes and Prometheus.
-ADMITTED = (
-    frozenset(
-        (
-            "CreateApp",
-            "GetApps",
-            "GetApp",
-            "DeleteApp",
-            "PutEvents",
-            "UpdateEndpoint",
-            "UpdateEndpointsBatch",
-            "GetEndpoint",
-            "DeleteEndpoint",
-            "GetUserEndpoints",
-            "DeleteUserEndpoints",
-            "GetApplicationDateRangeKpi",
-            "GetCampaignDateRangeKpi",
-            "GetJourneyDateRangeKpi",
-            "PutEventStream",
-            "GetEventStream",
-            "DeleteEventStream",
-            "TagResource",
-            "UntagResource",
-            "ListTagsForResource",
-            "GetApplicationSettings",
-            "UpdateApplicationSettings",
-            "CognitoIdentity",
-        )
+ADMITTED = frozenset(
+    (
+        "CreateApp",
+        "GetApps",
+        "GetApp",
+        "DeleteApp",
+        "PutEvents",
+        "UpdateEndpoint",
+        "UpdateEndpointsBatch",
+        "GetEndpoint",
+        "DeleteEndpoint",
+        "GetUserEndpoints",
+        "DeleteUserEndpoints",
+        "GetApplicationDateRangeKpi",
+        "GetCampaignDateRangeKpi",
+        "GetJourneyDateRangeKpi",
+        "PutEventStream",
+        "GetEventStream",
+        "DeleteEventStream",
+        "TagResource",
+        "UntagResource",
+        "ListTagsForResource",
+        "GetApplicationSettings",
+        "UpdateApplicationSettings",
+        "CognitoIdentity",
+        "CreateSegment",
+        "GetSegments",
+        "GetSegment",
+        "UpdateSegment",
+        "DeleteSegment",
+        "GetSegmentVersions",
+        "GetSegmentVersion",
+        # Import and export jobs (ingest.api.jobs).
+        "CreateImportJob",
+        "GetImportJob",
+        "GetImportJobs",
+        "GetSegmentImportJobs",
+        "CreateExportJob",
+        "GetExportJob",
+        "GetExportJobs",
+        "GetSegmentExportJobs",
     )
-    | console.OPERATIONS
 )
+# The console's own operations (ingest.api.console) are admitted alike.
+ADMITTED |= console.OPERATIONS
 # Every Pinpoint operation is signed and verified (or carries a console
 # session); the Cognito-style credentials endpoint is not (it is how a mobile
 # app gets credentials), nor are the console's files and sign-out.
@@ -171,6 +189,8 @@ class Edge:
         )
         tags = Tags(store=store, apps=cache, max_body_bytes=body_limit)
         app_settings = AppSettings(store=store, apps=cache, max_body_bytes=body_limit)
+        segments = Segments(store=store, apps=cache, max_body_bytes=body_limit)
+        jobs = Jobs(store=store, apps=cache, settings=settings)
         self._console = Console.over(auth, metrics, StreamHealth(settings.console_stream_metrics_url))
         self._router = Router(
             [
@@ -240,6 +260,55 @@ class Edge:
                 Route(
                     "/v1/apps/{app}/journeys/{journey}/kpis/daterange/{kpi}",
                     {"GET": ("GetJourneyDateRangeKpi", kpis.get_journey_kpi)},
+                ),
+                # Segments (ingest.api.segments).
+                Route(
+                    "/v1/apps/{app}/segments",
+                    {
+                        "POST": ("CreateSegment", segments.create_segment),
+                        "GET": ("GetSegments", segments.get_segments),
+                    },
+                ),
+                Route(
+                    "/v1/apps/{app}/segments/{segment}",
+                    {
+                        "GET": ("GetSegment", segments.get_segment),
+                        "PUT": ("UpdateSegment", segments.update_segment),
+                        "DELETE": ("DeleteSegment", segments.delete_segment),
+                    },
+                ),
+                Route(
+                    "/v1/apps/{app}/segments/{segment}/versions",
+                    {"GET": ("GetSegmentVersions", segments.get_segment_versions)},
+                ),
+                Route(
+                    "/v1/apps/{app}/segments/{segment}/versions/{version}",
+                    {"GET": ("GetSegmentVersion", segments.get_segment_version)},
+                ),
+                # Import and export jobs.
+                Route(
+                    "/v1/apps/{app}/jobs/import",
+                    {
+                        "POST": ("CreateImportJob", jobs.create_import_job),
+                        "GET": ("GetImportJobs", jobs.get_import_jobs),
+                    },
+                ),
+                Route("/v1/apps/{app}/jobs/import/{job}", {"GET": ("GetImportJob", jobs.get_import_job)}),
+                Route(
+                    "/v1/apps/{app}/segments/{segment}/jobs/import",
+                    {"GET": ("GetSegmentImportJobs", jobs.get_segment_import_jobs)},
+                ),
+                Route(
+                    "/v1/apps/{app}/jobs/export",
+                    {
+                        "POST": ("CreateExportJob", jobs.create_export_job),
+                        "GET": ("GetExportJobs", jobs.get_export_jobs),
+                    },
+                ),
+                Route("/v1/apps/{app}/jobs/export/{job}", {"GET": ("GetExportJob", jobs.get_export_job)}),
+                Route(
+                    "/v1/apps/{app}/segments/{segment}/jobs/export",
+                    {"GET": ("GetSegmentExportJobs", jobs.get_segment_export_jobs)},
                 ),
             ]
         )

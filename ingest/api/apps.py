@@ -50,6 +50,19 @@ def cached_bytes(app_id: str, app: App | None) -> int:
     return _ENTRY_OVERHEAD_BYTES + 4 * chars
 
 
+def page_size(request: Request) -> int:
+    """The request's ``page-size`` (DEFAULT_PAGE_SIZE when absent); BadRequest
+    unless a whole number 1-MAX_PAGE_SIZE. Every listing takes it."""
+    size_text = request.query_one("page-size")
+    try:
+        size = DEFAULT_PAGE_SIZE if size_text is None else int(size_text)
+    except ValueError as exc:
+        raise BadRequest("page-size must be a whole number") from exc
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise BadRequest(f"page-size must be 1-{MAX_PAGE_SIZE}")
+    return size
+
+
 class AppCache:
     """App lookups for the hot path, each answer kept ``ttl_s``: another edge's
     CreateApp or DeleteApp is seen within that time. Bounded in entries and
@@ -141,13 +154,7 @@ class Apps:
         return json_response(200, app_response(await self._cache.require(request.params["app"])))
 
     async def get_apps(self, request: Request) -> Response:
-        size_text = request.query_one("page-size")
-        try:
-            size = DEFAULT_PAGE_SIZE if size_text is None else int(size_text)
-        except ValueError as exc:
-            raise BadRequest("page-size must be a whole number") from exc
-        if not 1 <= size <= MAX_PAGE_SIZE:
-            raise BadRequest(f"page-size must be 1-{MAX_PAGE_SIZE}")
+        size = page_size(request)
         after = request.query_one("token")
         bound = request.principal.apps if request.principal is not None else frozenset()
         if bound:

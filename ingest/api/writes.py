@@ -116,8 +116,7 @@ class Writes:
         return json_response(202, {"Item": [endpoint_response(s) for s in states]})
 
     async def _write_endpoints(self, upserts: list[EndpointUpsert], request: Request) -> Response:
-        encode = self._codec.encode_endpoint
-        records = [OutRecord(ENDPOINTS_TOPIC, split.key(u.app_id, u.endpoint_id), encode(u)) for u in upserts]
+        records = split.endpoint_records(upserts, self._codec)
         acked = await self._publisher.publish(records)
         failed = acked.count(False)
         self._metrics.endpoints.labels("accepted", "").inc(len(acked) - failed)

@@ -54,14 +54,15 @@ AUTH_EVENTS = {
 
 
 # What the KPI worker reads of an event, by record: the dedupe mark
-# (``store.base.fresh_events``), the UserId it counts for (``context_user``)
-# and :func:`effects`. Its Avro reader skips the other fields (a projection:
-# they hold placeholders), so a field read here must be listed;
+# (``store.base.fresh_events``), the UserId it counts for (``context_user``),
+# :func:`effects` and its endpoint's last activity (``activity.last_events``).
+# Its Avro reader skips the other fields (a projection: they hold
+# placeholders), so a field read here must be listed;
 # tests/test_projection.py holds effects() to the same rows on events read so.
 # Attributes and metrics are read only for the types in DETAILED_TYPES.
 EVENT_FIELDS: dict[str, frozenset[str]] = {
     "Event": frozenset(
-        {"app_id", "endpoint_id", "event_id", "event_type", "timestamp_ms", "session", "endpoint"}
+        "app_id endpoint_id event_id event_type timestamp_ms received_at_ms session endpoint".split()
     ),
     "Session": frozenset({"id", "duration_ms"}),
     "EndpointContext": frozenset({"user_id"}),

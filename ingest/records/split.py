@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple
 
 from ingest.kafka.clients import ENDPOINTS_TOPIC, EVENTS_TOPIC
 from ingest.records.codec import Codec
-from ingest.records.values import EndpointBatch, Invalid, OutRecord
+from ingest.records.values import EndpointBatch, EndpointUpsert, Invalid, OutRecord
 
 ACCEPTED = {"StatusCode": 202, "Message": "Accepted"}
 NOT_ACKED = {
@@ -40,6 +40,14 @@ class Split(NamedTuple):
 def key(app_id: str, endpoint_id: str) -> bytes:
     """The Kafka key of both main topics: one endpoint's history stays in one partition."""
     return f"{app_id}:{endpoint_id}".encode()
+
+
+def endpoint_records(upserts: Sequence[EndpointUpsert], codec: Codec) -> list[OutRecord]:
+    """The records of endpoint upserts on ``ingest.endpoints``, keyed so each
+    endpoint's writes are ordered: what UpdateEndpoint(s) and an import job
+    (:mod:`ingest.jobs.imports`) publish alike."""
+    encode = codec.encode_endpoint
+    return [OutRecord(ENDPOINTS_TOPIC, key(u.app_id, u.endpoint_id), encode(u)) for u in upserts]
 
 
 def split(batches: Sequence[EndpointBatch], *, app_id: str, codec: Codec) -> Split:

@@ -1,10 +1,10 @@
 """What every store backend is: the :class:`Store` protocol, the app,
-event stream and application settings records, and the pure steps both
+event stream, application settings and segment records, and the pure steps both
 backends run around their SQL (choosing the events to mark, resolving users,
 the KPI effects, the rows of each record). The SQL they share is in
 :mod:`ingest.store.sql`.
 
-It earns its size (about 400 lines): the protocol is the one place each
+It earns its size (over 500 lines): the protocol is the one place each
 operation's contract (transactions, idempotency, what a failure means) is
 written, for both backends to keep."""
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -74,6 +74,74 @@ class ApplicationSettings:
     """ISO 8601, to the millisecond, in UTC."""
 
 
+JobType = Literal["IMPORT", "EXPORT"]
+TERMINAL_STATUSES = ("COMPLETED", "FAILED")
+"""JobStatus values a job never leaves (botocore's model names)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """An import or export job (:mod:`ingest.jobs`): its request, where it
+    is, and who runs it. Counters and ``cursor`` move together, written by
+    :meth:`Store.save_job` once the piece they count is done, so a resumed
+    job counts each row once."""
+
+    app_id: str
+    id: str
+    """32 hex digits, leading with the creation time: newest last in ID order."""
+    job_type: JobType
+    segment_id: str | None
+    """The segment an export reads or an import adds to (GetSegment*Jobs)."""
+    definition: dict[str, Any]
+    """The ImportJobResource / ExportJobResource as the API shows it."""
+    status: str
+    """botocore's JobStatus: CREATED → INITIALIZING → PROCESSING → COMPLETING
+    → COMPLETED, or FAILING → FAILED."""
+    creation_date: str
+    created_ms: int
+    completion_date: str | None = None
+    total_pieces: int = 0
+    completed_pieces: int = 0
+    failed_pieces: int = 0
+    total_processed: int = 0
+    total_failures: int = 0
+    failures: tuple[str, ...] = ()
+    """The first :data:`MAX_JOB_FAILURES` failure messages."""
+    pieces: tuple[tuple[str, int], ...] = ()
+    """An import's objects (URL, size in bytes) as listed once, in order."""
+    cursor: dict[str, Any] = field(default_factory=dict)
+    """The last finished piece: an import's ``object`` index and ``row``
+    offset in it; an export's ``piece`` number and ``after`` endpoint ID."""
+    failure_reason: str | None = None
+    owner: str | None = None
+    lease_expires_ms: int = 0
+    """Until when ``owner`` holds the job; 0: nobody does."""
+
+
+# Failures a job keeps the messages of (Pinpoint: "the first 100").
+MAX_JOB_FAILURES = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One version of a segment (:mod:`ingest.segments`)."""
+
+    app_id: str
+    id: str
+    version: int
+    """1 on create; each UpdateSegment, or import into it, adds 1."""
+    name: str
+    segment_type: str
+    """"DIMENSIONAL" | "IMPORT"."""
+    document: dict[str, Any]
+    """This version's definition members as the API shows them: Dimensions
+    or SegmentGroups, ImportDefinition, tags."""
+    creation_date: str
+    """ISO 8601 ms UTC, of version 1."""
+    last_modified_date: str
+    """ISO 8601 ms UTC, of this version."""
+
+
 class Store(Protocol):
     """What the edge and the workers need from the store. Every method raises
     StoreError (``retriable`` when the store is unavailable) and nothing else."""
@@ -89,7 +157,8 @@ class Store(Protocol):
     async def delete_app(self, app_id: str) -> App | None:
         """In one transaction: delete the app row, leave its tombstone in
         ``deleted_apps`` (to purge; the workers drop its records from then
-        on), delete its identity pools, event stream and settings, and take
+        on), delete its identity pools, event stream, settings and segments
+        (their versions and members go with the purge), and take
         it out of the keys bound to
         it: a key bound to it alone is revoked (a bound key is never widened
         to every app). → the app, or None if there is none."""
@@ -135,10 +204,72 @@ class Store(Protocol):
     async def purge_deleted_apps(self, *, max_rows: int) -> int:
         """One bounded step of purging the deleted apps' data, one
         transaction: up to ``max_rows`` rows of each table (endpoints, KPI
-        aggregates, and the dedupe marks of each day) of the first deleted
+        aggregates, last activity, segment versions and members, and the
+        dedupe marks of each day) of the first deleted
         app not yet purged; an app with nothing left is marked purged. → the
         rows deleted plus the apps marked purged: 0 when nothing is left.
         Interrupted anywhere, the next call goes on where it stopped."""
+        ...
+
+    # Segments (ingest.segments): a head row a segment (its latest version),
+    # a row a version, and the static members of IMPORT segments.
+    async def create_segment(self, segment: Segment, *, max_segments: int | None = None) -> bool:
+        """Store a new segment at ``segment.version`` (1). → False, nothing
+        written, when the app does not exist or already has ``max_segments``
+        segments; the check and the write are one serialised step."""
+        ...
+
+    async def put_segment_version(self, segment: Segment) -> Segment | None:
+        """Store ``segment`` as the new latest version, only if the latest
+        stored is ``segment.version - 1`` (a compare-and-set): → the segment
+        with the stored creation date, or None (the caller re-reads and retries,
+        or the segment is gone)."""
+        ...
+
+    async def get_segment(self, app_id: str, segment_id: str, version: int | None = None) -> Segment | None:
+        """That version (the latest when None), or None."""
+        ...
+
+    async def list_segments(self, app_id: str, *, after: str | None, limit: int) -> Sequence[Segment]:
+        """The app's segments at their latest version, by ID, after ``after``."""
+        ...
+
+    async def list_segment_versions(
+        self, app_id: str, segment_id: str, *, after: int, limit: int
+    ) -> Sequence[Segment]:
+        """The segment's versions above ``after``, oldest first."""
+        ...
+
+    async def delete_segment(self, app_id: str, segment_id: str) -> Segment | None:
+        """Delete the segment, its versions and its members in one
+        transaction; → its latest version, or None if there is none."""
+        ...
+
+    async def add_segment_members(
+        self, app_id: str, segment_id: str, version: int, endpoint_ids: Sequence[str]
+    ) -> None:
+        """Make ``endpoint_ids`` static members of the segment from
+        ``version`` on (a member added at version v is one of every version
+        ≥ v; adding it again keeps the lowest). Idempotent; nothing is
+        written if the segment does not exist."""
+        ...
+
+    async def segment_endpoints(
+        self,
+        app_id: str,
+        segment_id: str | None,
+        version: int | None,
+        *,
+        after: str | None,
+        limit: int,
+        now_ms: int,
+    ) -> Sequence[EndpointState]:
+        """Live endpoints by endpoint ID, above ``after``, at most ``limit``:
+        all the app's when ``segment_id`` is None, else the members of that
+        segment version (the latest when None; none for no such segment),
+        evaluated in the database at ``now_ms`` (for Recency). A page is one
+        range walk of a primary key from ``after``: an export of 1M
+        endpoints is a sequence of these pages, none sorting the app."""
         ...
 
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> EndpointState | None: ...
@@ -166,7 +297,9 @@ class Store(Protocol):
         in the batch; mark the rest, resolve the UserId each counts for (its
         endpoint context's, else its endpoint's in the store, if live) and
         write ``kpis.effects`` of them: members inserted if absent, sums
-        added, first days kept at the minimum."""
+        added, first days kept at the minimum. And keep each endpoint's last
+        activity (``activity.last_events`` of every event of a live app,
+        the too old and the repeated included) at the maximum."""
         ...
 
     async def expire_event_marks(self, *, before_day: int) -> int:
@@ -211,6 +344,43 @@ class Store(Protocol):
 
     async def create_identity_pool(self, pool: IdentityPool) -> None: ...
     async def list_identity_pools(self) -> Sequence[IdentityPool]: ...
+
+    # Import and export jobs (ingest.jobs), deleted with their app.
+    async def create_job(self, job: Job) -> bool:
+        """Store a new job; → False (nothing written) when the app does not
+        exist, checked as put_event_stream does."""
+        ...
+
+    async def get_job(self, app_id: str, job_id: str) -> Job | None: ...
+    async def list_jobs(
+        self, app_id: str, job_type: JobType, *, segment_id: str | None, before: str | None, limit: int
+    ) -> Sequence[Job]:
+        """The app's jobs of ``job_type`` (of ``segment_id`` only, unless
+        None), newest first: IDs below ``before`` (None: from the newest), at
+        most ``limit``."""
+        ...
+
+    async def claim_job(
+        self, owner: str, *, now_ms: int, lease_ms: int, max_running: int, max_per_app: int
+    ) -> Job | None:
+        """Lease the oldest job that is not finished and that nobody holds
+        (no lease, or one expired before ``now_ms``) to ``owner`` until
+        ``now_ms + lease_ms``, unless ``max_running`` jobs are held already
+        (by any owner) or ``max_per_app`` of its app's: → the job as leased,
+        or None. One compare-and-set: two replicas never hold one job, and
+        the bounds hold across replicas."""
+        ...
+
+    async def save_job(self, job: Job, *, now_ms: int, lease_ms: int) -> bool:
+        """Write the job's progress (status, counters, failures, pieces,
+        cursor, reason, completion date) and renew its lease to ``now_ms +
+        lease_ms`` (0: release it), only while ``job.owner`` holds it; →
+        False (nothing written) when another owner took it over."""
+        ...
+
+    async def renew_job(self, app_id: str, job_id: str, owner: str, *, until_ms: int) -> bool:
+        """Extend ``owner``'s lease to ``until_ms``; → False when it lost the job."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -336,6 +506,35 @@ def settings_of(row: Sequence[Any]) -> ApplicationSettings:
     return ApplicationSettings(app_id=app_id, document=orjson.loads(document), last_modified=last_modified)
 
 
+def segment_of(row: Sequence[Any]) -> Segment:
+    """A segment from the columns every backend reads, in the order of
+    ``sql.SEGMENT_COLUMNS``."""
+    app_id, segment_id, version, name, segment_type, document, created, modified = row
+    return Segment(
+        app_id=app_id,
+        id=segment_id,
+        version=version,
+        name=name,
+        segment_type=segment_type,
+        document=orjson.loads(document),
+        creation_date=created,
+        last_modified_date=modified,
+    )
+
+
+def segment_version_row(segment: Segment) -> tuple[Any, ...]:
+    """A segment version as ``segment_versions`` stores it, in table order."""
+    return (
+        segment.app_id,
+        segment.id,
+        segment.version,
+        segment.name,
+        segment.segment_type,
+        orjson.dumps(segment.document).decode(),
+        segment.last_modified_date,
+    )
+
+
 def endpoint_row(state: EndpointState) -> tuple[Any, ...]:
     """An endpoint as the column values every backend stores, in table order."""
     return (
@@ -406,3 +605,58 @@ def pool_row(pool: IdentityPool) -> tuple[Any, ...]:
 def pool_of(row: Sequence[Any]) -> IdentityPool:
     pool_id, app_id, created_ms = row
     return IdentityPool(id=pool_id, app_id=app_id, created_ms=created_ms)
+
+
+def job_row(job: Job) -> tuple[Any, ...]:
+    """A job as the column values every backend stores, in table order."""
+    return (
+        job.app_id,
+        job.id,
+        job.job_type,
+        job.segment_id,
+        orjson.dumps(job.definition).decode(),
+        job.status,
+        job.creation_date,
+        job.created_ms,
+        job.completion_date,
+        job.total_pieces,
+        job.completed_pieces,
+        job.failed_pieces,
+        job.total_processed,
+        job.total_failures,
+        orjson.dumps(job.failures).decode(),
+        orjson.dumps(job.pieces).decode(),
+        orjson.dumps(job.cursor).decode(),
+        job.failure_reason,
+        job.owner,
+        job.lease_expires_ms,
+    )
+
+
+def job_of(row: Sequence[Any]) -> Job:
+    """The inverse of :func:`job_row` (any backend's row, in table order)."""
+    (app_id, job_id, job_type, segment_id, definition, status, creation_date, created_ms) = row[:8]
+    (completion_date, total, completed, failed, processed, failures_n, failures) = row[8:15]
+    pieces, cursor, reason, owner, lease = row[15:]
+    return Job(
+        app_id=app_id,
+        id=job_id,
+        job_type=job_type,
+        segment_id=segment_id,
+        definition=orjson.loads(definition),
+        status=status,
+        creation_date=creation_date,
+        created_ms=created_ms,
+        completion_date=completion_date,
+        total_pieces=total,
+        completed_pieces=completed,
+        failed_pieces=failed,
+        total_processed=processed,
+        total_failures=failures_n,
+        failures=tuple(orjson.loads(failures)),
+        pieces=tuple((url, size) for url, size in orjson.loads(pieces)),
+        cursor=orjson.loads(cursor),
+        failure_reason=reason,
+        owner=owner,
+        lease_expires_ms=lease,
+    )

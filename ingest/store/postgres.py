@@ -75,30 +75,38 @@ import asyncpg
 import orjson
 
 from ingest.errors import CONDITION_TEXT, StoreCondition, StoreError
-from ingest.folds import endpoints, kpis
+from ingest.folds import activity, endpoints, kpis
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.folds.kpis import EventOutcome
 from ingest.keys import AccessKey, IdentityPool
 from ingest.records.values import Event
-from ingest.store import sql
+from ingest.store import segment_query as query
+from ingest.store import segment_sql, sql
 from ingest.store.base import (
     INT32_MIN,
     PURGE_CHUNK_ROWS,
     App,
     ApplicationSettings,
     EventStream,
+    Job,
+    JobType,
     KpiData,
+    Segment,
     app_of,
     app_row,
     endpoint_row,
     endpoint_state,
     event_effects,
     fresh_events,
+    job_of,
+    job_row,
     key_of,
     key_row,
     keys_without,
     pool_of,
     pool_row,
+    segment_of,
+    segment_version_row,
     settings_of,
     settings_row,
     stream_of,
@@ -127,6 +135,8 @@ EXPIRE_LOCK = 0x657870697265
 # Held while counting the apps and creating one ("apps"), so concurrent
 # CreateApps on several edges take turns and never pass the quota.
 APPS_LOCK = 0x61707073
+# Held while claiming a job ("jobs"): see _CLAIM_JOB.
+JOBS_LOCK = 0x6A6F6273
 # The one character a PostgreSQL text value cannot hold.
 NUL = "\x00"
 
@@ -159,6 +169,14 @@ _SET_APP_TAGS = sql.numbered(sql.SET_APP_TAGS)
 _PUT_EVENT_STREAM = sql.numbered(sql.PUT_EVENT_STREAM.format(lock=" FOR SHARE"))
 _PUT_SETTINGS = sql.numbered(sql.PUT_SETTINGS.format(lock=" FOR SHARE"))
 _GET_EVENT_STREAM = sql.numbered(sql.GET_EVENT_STREAM)
+# Jobs: a create holds the app row FOR SHARE (as a stream's put); a claim
+# runs under JOBS_LOCK, so two claims never count the same held jobs.
+_CREATE_JOB = sql.numbered(sql.CREATE_JOB.format(lock=" FOR SHARE"))
+_GET_JOB = sql.numbered(sql.GET_JOB)
+_LIST_JOBS = sql.numbered(sql.LIST_JOBS)
+_CLAIM_JOB = sql.numbered(sql.CLAIM_JOB)
+_SAVE_JOB = sql.numbered(sql.SAVE_JOB)
+_RENEW_JOB = sql.numbered(sql.RENEW_JOB)
 _DELETE_EVENT_STREAM = sql.numbered(sql.DELETE_EVENT_STREAM)
 _GET_SETTINGS = sql.numbered(sql.GET_SETTINGS)
 _GET_ENDPOINT = sql.numbered(sql.GET_ENDPOINT)
@@ -227,6 +245,15 @@ _KPI_MONTHLY_STEPS = (
     "steps AS (SELECT day AS at, 1 AS delta FROM m UNION ALL SELECT ends, -1 FROM m) "
     "SELECT at, '', (sum(sum(delta)) OVER (ORDER BY at))::integer FROM steps GROUP BY at ORDER BY at"
 )
+
+# Segments (see sql): creates in one app take turns on its row; a new
+# version or new members hold the segment's head.
+_APP_OF_SEGMENT = sql.numbered(segment_sql.APP_OF_SEGMENT.format(lock=" FOR UPDATE"))
+_SEGMENT_EXISTS = sql.numbered(segment_sql.SEGMENT_EXISTS.format(lock=" FOR SHARE"))
+_GET_SEGMENT = sql.numbered(segment_sql.GET_SEGMENT).replace("COALESCE($1,", "COALESCE($1::integer,")
+_INSERT_SEGMENT_VERSION = sql.numbered(segment_sql.INSERT_SEGMENT_VERSION)
+_ADD_SEGMENT_MEMBERS = segment_sql.ADD_SEGMENT_MEMBERS.format(rows=unnest("text", "text", "text", "integer"))
+_KEEP_LAST_EVENTS = sql.KEEP_LAST_EVENTS.format(rows=unnest("text", "text", "bigint"))
 
 # What asyncpg and the socket under it raise; everything else is a bug here.
 _DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
@@ -355,6 +382,115 @@ class PostgresStore:
         row = await self._row_of_app("get application settings", _GET_SETTINGS, app_id)
         return None if row is None else settings_of(row)
 
+    async def create_segment(self, segment: Segment, *, max_segments: int | None = None) -> bool:
+        if NUL in segment.app_id:
+            return False
+        with _boundary("create segment"):
+            async with self._pool.acquire() as con, con.transaction():
+                if await con.fetchval(_APP_OF_SEGMENT, segment.app_id) is None:
+                    return False
+                if max_segments is not None:
+                    count = await con.fetchval(sql.numbered(segment_sql.COUNT_SEGMENTS), segment.app_id)
+                    if count >= max_segments:
+                        return False
+                head = (segment.app_id, segment.id, segment.version, segment.creation_date)
+                await con.execute(sql.numbered(segment_sql.INSERT_SEGMENT), *head)
+                await con.execute(
+                    sql.numbered(segment_sql.INSERT_SEGMENT_VERSION), *segment_version_row(segment)
+                )
+        return True
+
+    async def put_segment_version(self, segment: Segment) -> Segment | None:
+        if NUL in segment.app_id or NUL in segment.id:
+            return None
+        with _boundary("put segment version"):
+            async with self._pool.acquire() as con, con.transaction():
+                head = (segment.version, segment.app_id, segment.id, segment.version - 1)
+                created = await con.fetchval(sql.numbered(segment_sql.ADVANCE_SEGMENT), *head)
+                if created is None:
+                    return None
+                await con.execute(
+                    sql.numbered(segment_sql.INSERT_SEGMENT_VERSION), *segment_version_row(segment)
+                )
+        return dataclasses.replace(segment, creation_date=created)
+
+    async def get_segment(self, app_id: str, segment_id: str, version: int | None = None) -> Segment | None:
+        if NUL in app_id or NUL in segment_id:
+            return None
+        with _boundary("get segment"):
+            row = await self._pool.fetchrow(_GET_SEGMENT, version, app_id, segment_id)
+        return None if row is None else segment_of(row)
+
+    async def list_segments(self, app_id: str, *, after: str | None, limit: int) -> Sequence[Segment]:
+        if NUL in app_id:
+            return []
+        after = (after or "").partition(NUL)[0]
+        with _boundary("list segments"):
+            rows = await self._pool.fetch(sql.numbered(segment_sql.LIST_SEGMENTS), app_id, after, limit)
+        return [segment_of(row) for row in rows]
+
+    async def list_segment_versions(
+        self, app_id: str, segment_id: str, *, after: int, limit: int
+    ) -> Sequence[Segment]:
+        if NUL in app_id or NUL in segment_id:
+            return []
+        with _boundary("list segment versions"):
+            rows = await self._pool.fetch(
+                sql.numbered(segment_sql.LIST_SEGMENT_VERSIONS), app_id, segment_id, after, limit
+            )
+        return [segment_of(row) for row in rows]
+
+    async def delete_segment(self, app_id: str, segment_id: str) -> Segment | None:
+        if NUL in app_id or NUL in segment_id:
+            return None
+        with _boundary("delete segment"):
+            async with self._pool.acquire() as con, con.transaction():
+                row = await con.fetchrow(_GET_SEGMENT + " FOR UPDATE OF s", None, app_id, segment_id)
+                if row is None:
+                    return None
+                for statement in segment_sql.DELETE_SEGMENT_ROWS:
+                    await con.execute(sql.numbered(statement), app_id, segment_id)
+        return segment_of(row)
+
+    async def add_segment_members(
+        self, app_id: str, segment_id: str, version: int, endpoint_ids: Sequence[str]
+    ) -> None:
+        ids = sorted({e for e in endpoint_ids if NUL not in e})
+        if NUL in app_id or NUL in segment_id or not ids:
+            return
+        with _boundary("add segment members"):
+            async with self._pool.acquire() as con, con.transaction():
+                if await con.fetchval(_SEGMENT_EXISTS, app_id, segment_id) is None:
+                    return
+                width = len(ids)
+                await con.execute(
+                    _ADD_SEGMENT_MEMBERS, [app_id] * width, [segment_id] * width, ids, [version] * width
+                )
+
+    async def segment_endpoints(
+        self,
+        app_id: str,
+        segment_id: str | None,
+        version: int | None,
+        *,
+        after: str | None,
+        limit: int,
+        now_ms: int,
+    ) -> Sequence[EndpointState]:
+        if NUL in app_id or (segment_id is not None and NUL in segment_id):
+            return []
+        start = (after or "").partition(NUL)[0]
+        found = await query.page(
+            self.get_segment, "postgres", app_id, segment_id, version, (start, limit, now_ms)
+        )
+        if found is None:
+            return []
+        # Not sql.numbered: its cache would keep every definition's text.
+        statement, params = sql.numbered.__wrapped__(found[0]), found[1]
+        with _boundary("segment endpoints"):
+            rows = await self._pool.fetch(statement, *params)
+        return [endpoint_state(row) for row in rows]
+
     async def _put_of_app(self, what: str, statement: str, row: Sequence[Any]) -> bool:
         """``statement`` (a put of a row led by its app ID, written only
         where that app exists) on ``row``; → whether it wrote."""
@@ -474,21 +610,23 @@ class PostgresStore:
         nothing of the batch is written (a partition it created included)."""
         outcome = EventOutcome()
         fresh = fresh_events(events, oldest_day, newest_day, outcome)
-        if not fresh:
+        last = activity.last_events(events)
+        if not last:
             return outcome
         marks = sorted(fresh)
         with _boundary("apply event batch"):
             async with self._pool.acquire() as con, con.transaction():
-                if dead := await _deleted_among(con, {app_id for _, app_id, _, _ in marks}):
+                if dead := await _deleted_among(con, {app_id for app_id, _ in last}):
                     outcome.of_deleted_apps = sum(1 for mark in marks if mark[1] in dead)
                     marks = [mark for mark in marks if mark[1] not in dead]
                     fresh = {mark: fresh[mark] for mark in marks}
-                    if not marks:
-                        return outcome
-                await con.execute(_LOCK_MARKS)
-                await _ensure_partitions(con, sorted({day for day, *_ in marks}))
-                rows = await con.fetch(_MARK_EVENTS, *columns(marks, 4))
-                new = [fresh[(row[0], row[1], row[2], row[3])] for row in rows]
+                    last = {key: at for key, at in last.items() if key[0] not in dead}
+                new: list[Event] = []
+                if marks:
+                    await con.execute(_LOCK_MARKS)
+                    await _ensure_partitions(con, sorted({day for day, *_ in marks}))
+                    rows = await con.fetch(_MARK_EVENTS, *columns(marks, 4))
+                    new = [fresh[(row[0], row[1], row[2], row[3])] for row in rows]
                 stored: dict[Key, str | None] = {}
                 if lookup := unresolved(new):
                     for row in await con.fetch(_EVENT_USERS, *columns(lookup, 2)):
@@ -502,6 +640,10 @@ class PostgresStore:
                 if effects.first_days:
                     firsts = [(*key, day) for key, day in sorted(effects.first_days.items())]
                     await con.execute(_KEEP_FIRST_DAYS, *columns(firsts, 3))
+                if last:
+                    await con.execute(
+                        _KEEP_LAST_EVENTS, *columns(sorted((*k, at) for k, at in last.items()), 3)
+                    )
         outcome.aggregated = len(new)
         outcome.duplicates += len(fresh) - len(new)
         return outcome
@@ -556,6 +698,47 @@ class PostgresStore:
             rows = await self._pool.fetch(query, *params)
         return [(row[0], row[1], row[2]) for row in rows]
 
+    async def create_job(self, job: Job) -> bool:
+        return await self._put_of_app("create job", _CREATE_JOB, job_row(job))
+
+    async def get_job(self, app_id: str, job_id: str) -> Job | None:
+        if NUL in app_id or NUL in job_id:
+            return None
+        with _boundary("get job"):
+            row = await self._pool.fetchrow(_GET_JOB, app_id, job_id)
+        return None if row is None else job_of(row)
+
+    async def list_jobs(
+        self, app_id: str, job_type: JobType, *, segment_id: str | None, before: str | None, limit: int
+    ) -> Sequence[Job]:
+        if NUL in app_id or NUL in (segment_id or ""):
+            return []
+        segment = segment_id or ""
+        # No ID holds NUL, so "before P + NUL + rest" is "before or at P": cut there.
+        before = (before or sql.LAST_JOB_ID).partition(NUL)[0]
+        with _boundary("list jobs"):
+            rows = await self._pool.fetch(_LIST_JOBS, app_id, job_type, before, segment, segment, limit)
+        return [job_of(row) for row in rows]
+
+    async def claim_job(
+        self, owner: str, *, now_ms: int, lease_ms: int, max_running: int, max_per_app: int
+    ) -> Job | None:
+        params = (owner, now_ms + lease_ms, now_ms, now_ms, max_running, now_ms, max_per_app)
+        with _boundary("claim job"):
+            async with self._pool.acquire() as con, con.transaction():
+                await con.execute("SELECT pg_advisory_xact_lock($1)", JOBS_LOCK)
+                row = await con.fetchrow(_CLAIM_JOB, *params)
+        return None if row is None else job_of(row)
+
+    async def save_job(self, job: Job, *, now_ms: int, lease_ms: int) -> bool:
+        params = sql.save_job_params(job_row(job), now_ms + lease_ms if lease_ms else 0)
+        with _boundary("save job"):
+            return _count(await self._pool.execute(_SAVE_JOB, *params)) == 1
+
+    async def renew_job(self, app_id: str, job_id: str, owner: str, *, until_ms: int) -> bool:
+        with _boundary("renew job"):
+            return _count(await self._pool.execute(_RENEW_JOB, until_ms, app_id, job_id, owner)) == 1
+
     async def close(self) -> None:
         """Wait up to CLOSE_TIMEOUT_S for borrowed connections, then drop
         them. Idempotent."""
@@ -577,6 +760,8 @@ async def _migrate(con: asyncpg.Connection) -> None:
     for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
         await con.execute(migration)
         await con.execute(sql.numbered(sql.RECORD_MIGRATION), version)
+    # Functions are code, not data: replaced at every open (under the lock).
+    await con.execute(query.POSTGRES_FUNCTIONS)
 
 
 async def _deleted_among(con: asyncpg.Connection, app_ids: set[str]) -> set[str]:

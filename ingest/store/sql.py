@@ -1,4 +1,6 @@
-"""The SQL both store backends run, written once.
+"""The SQL both store backends run, written once. It earns its size (about
+550 lines) as every table's migrations and statements in one place, so the
+two backends cannot drift apart.
 
 Statements use ``?`` placeholders, SQLite's style, and SQLite runs them as they
 stand; PostgreSQL runs :func:`numbered` of them (``$1, $2, …``). Batch writes
@@ -165,6 +167,80 @@ _MIGRATIONS: tuple[str, ...] = (
         last_modified {text} NOT NULL
     ){keyed}
     """,
+    # Segments (ingest.segments): a head a segment (its latest version and
+    # creation date; deleted with the app, in DeleteApp's transaction), its
+    # versions, and an IMPORT segment's static members, each a member from
+    # ``since_version`` on (versions and members purged with the app).
+    """
+    CREATE TABLE segments (
+        app_id {key} NOT NULL,
+        segment_id {key} NOT NULL,
+        latest {int32} NOT NULL,
+        creation_date {text} NOT NULL,
+        PRIMARY KEY (app_id, segment_id)
+    ){keyed}
+    """,
+    """
+    CREATE TABLE segment_versions (
+        app_id {key} NOT NULL,
+        segment_id {key} NOT NULL,
+        version {int32} NOT NULL,
+        name {text} NOT NULL,
+        segment_type {key} NOT NULL,
+        document {text} NOT NULL,
+        last_modified_date {text} NOT NULL,
+        PRIMARY KEY (app_id, segment_id, version)
+    ){keyed}
+    """,
+    """
+    CREATE TABLE segment_members (
+        app_id {key} NOT NULL,
+        segment_id {key} NOT NULL,
+        endpoint_id {key} NOT NULL,
+        since_version {int32} NOT NULL,
+        PRIMARY KEY (app_id, segment_id, endpoint_id)
+    ){keyed}
+    """,
+    # The time of each endpoint's last event (Behavior.Recency), written by
+    # the KPI worker with its batch's aggregates; purged with the app.
+    """
+    CREATE TABLE endpoint_activity (
+        app_id {key} NOT NULL,
+        endpoint_id {key} NOT NULL,
+        last_event_ms {int64} NOT NULL,
+        PRIMARY KEY (app_id, endpoint_id)
+    ){keyed}
+    """,
+    # Import and export jobs (ingest.jobs), deleted with their app. JSON
+    # columns: the request, the first failures, an import's object list and
+    # the cursor. ``lease_expires_ms`` 0: nobody holds the job. The active
+    # index is what a claim searches, and what the running bounds count.
+    """
+    CREATE TABLE jobs (
+        app_id {key} NOT NULL,
+        id {key} NOT NULL,
+        job_type {key} NOT NULL,
+        segment_id {key},
+        definition {text} NOT NULL,
+        status {key} NOT NULL,
+        creation_date {text} NOT NULL,
+        created_ms {int64} NOT NULL,
+        completion_date {text},
+        total_pieces {int64} NOT NULL,
+        completed_pieces {int64} NOT NULL,
+        failed_pieces {int64} NOT NULL,
+        total_processed {int64} NOT NULL,
+        total_failures {int64} NOT NULL,
+        failures {text} NOT NULL,
+        pieces {text} NOT NULL,
+        job_cursor {text} NOT NULL,
+        failure_reason {text},
+        owner {key},
+        lease_expires_ms {int64} NOT NULL,
+        PRIMARY KEY (app_id, id)
+    ){keyed}
+    """,
+    "CREATE INDEX jobs_active ON jobs (created_ms, app_id, id) WHERE status NOT IN ('COMPLETED', 'FAILED')",
 )
 
 
@@ -195,6 +271,10 @@ DELETE_WITH_APP = (
     DELETE_POOLS_OF_APP,
     "DELETE FROM event_streams WHERE app_id = ?",
     "DELETE FROM application_settings WHERE app_id = ?",
+    # A few hundred rows at most (the segments-per-app bound): their versions
+    # and members, unbounded, go with the purge.
+    "DELETE FROM segments WHERE app_id = ?",
+    "DELETE FROM jobs WHERE app_id = ?",
 )
 LIVE_KEYS = "SELECT " + _KEY_COLUMNS + " FROM access_keys WHERE revoked_ms IS NULL ORDER BY access_key_id"  # noqa: S608
 SET_KEY_APPS = "UPDATE access_keys SET apps = ? WHERE access_key_id = ?"
@@ -246,7 +326,27 @@ PURGE_KPI_FIRST_DAYS = (
     "DELETE FROM kpi_first_days WHERE (app_id, endpoint_id) IN "
     "(SELECT app_id, endpoint_id FROM kpi_first_days WHERE app_id = ? LIMIT ?)"
 )
-PURGE_TABLES = (PURGE_ENDPOINTS, PURGE_KPI_MEMBERS, PURGE_KPI_SUMS, PURGE_KPI_FIRST_DAYS)
+PURGE_SEGMENT_VERSIONS = (
+    "DELETE FROM segment_versions WHERE (app_id, segment_id, version) IN "
+    "(SELECT app_id, segment_id, version FROM segment_versions WHERE app_id = ? LIMIT ?)"
+)
+PURGE_SEGMENT_MEMBERS = (
+    "DELETE FROM segment_members WHERE (app_id, segment_id, endpoint_id) IN "
+    "(SELECT app_id, segment_id, endpoint_id FROM segment_members WHERE app_id = ? LIMIT ?)"
+)
+PURGE_ENDPOINT_ACTIVITY = (
+    "DELETE FROM endpoint_activity WHERE (app_id, endpoint_id) IN "
+    "(SELECT app_id, endpoint_id FROM endpoint_activity WHERE app_id = ? LIMIT ?)"
+)
+PURGE_TABLES = (
+    PURGE_ENDPOINTS,
+    PURGE_KPI_MEMBERS,
+    PURGE_KPI_SUMS,
+    PURGE_KPI_FIRST_DAYS,
+    PURGE_SEGMENT_VERSIONS,
+    PURGE_SEGMENT_MEMBERS,
+    PURGE_ENDPOINT_ACTIVITY,
+)
 # The next day holding marks: an index search each, visiting only days that have some.
 NEXT_MARK_DAY = "SELECT min(day) FROM event_marks WHERE day > ?"
 PURGE_MARKS = (
@@ -301,6 +401,12 @@ KEEP_FIRST_DAYS = (
     "INSERT INTO kpi_first_days AS f (app_id, endpoint_id, day) {rows} "
     "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET day = excluded.day WHERE excluded.day < f.day"
 )
+# The last event of each endpoint (ingest.folds.activity): the later time kept.
+KEEP_LAST_EVENTS = (
+    "INSERT INTO endpoint_activity AS a (app_id, endpoint_id, last_event_ms) {rows} "
+    "ON CONFLICT (app_id, endpoint_id) DO UPDATE SET last_event_ms = excluded.last_event_ms "
+    "WHERE excluded.last_event_ms > a.last_event_ms"
+)
 
 # KPI reads: each one search of a primary key or index range
 # (``test_every_kpi_query_searches_an_index`` holds SQLite to it).
@@ -320,3 +426,66 @@ KPI_NEW_ENDPOINTS = (
     "SELECT day, '', count(*) FROM kpi_first_days "
     "WHERE app_id = ? AND day BETWEEN ? AND ? GROUP BY day ORDER BY day"
 )
+
+# Jobs, in the column order of base.job_row. A create writes only where the
+# app exists, as PUT_EVENT_STREAM does ("{lock}" likewise).
+_JOB_COLUMNS = (
+    "app_id, id, job_type, segment_id, definition, status, creation_date, created_ms, "
+    "completion_date, total_pieces, completed_pieces, failed_pieces, total_processed, "
+    "total_failures, failures, pieces, job_cursor, failure_reason, owner, lease_expires_ms"
+)
+CREATE_JOB = (
+    "INSERT INTO jobs (" + _JOB_COLUMNS + ") "  # noqa: S608
+    "SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM apps WHERE id = ?{lock}"
+)
+GET_JOB = "SELECT " + _JOB_COLUMNS + " FROM jobs WHERE app_id = ? AND id = ?"  # noqa: S608
+# Newest first, below a token (LAST_JOB_ID: from the newest); the segment's
+# only when one is named ('' names none).
+LIST_JOBS = (
+    "SELECT " + _JOB_COLUMNS + " FROM jobs WHERE app_id = ? AND job_type = ? AND id < ? "  # noqa: S608
+    "AND (? = '' OR segment_id = ?) ORDER BY id DESC LIMIT ?"
+)
+# The claim: one statement, the oldest unheld unfinished job, under the two
+# bounds on held ones; its parameters are (owner, leased until, now, now,
+# max running, now, max per app). (PostgreSQL runs it under an advisory
+# lock, so two claims cannot both count the same held jobs.)
+_ACTIVE = "status NOT IN ('COMPLETED', 'FAILED')"
+CLAIM_JOB = (
+    "UPDATE jobs SET owner = ?, lease_expires_ms = ? WHERE (app_id, id) IN ("  # noqa: S608
+    f"SELECT j.app_id, j.id FROM jobs AS j WHERE j.{_ACTIVE} AND j.lease_expires_ms < ? "
+    f"AND (SELECT count(*) FROM jobs AS h WHERE h.{_ACTIVE} AND h.lease_expires_ms >= ?) < ? "
+    f"AND (SELECT count(*) FROM jobs AS h WHERE h.app_id = j.app_id AND h.{_ACTIVE} "
+    "AND h.lease_expires_ms >= ?) < ? "
+    "ORDER BY j.created_ms, j.app_id, j.id LIMIT 1) RETURNING " + _JOB_COLUMNS
+)
+SAVE_JOB = (
+    "UPDATE jobs SET status = ?, completion_date = ?, total_pieces = ?, completed_pieces = ?, "
+    "failed_pieces = ?, total_processed = ?, total_failures = ?, failures = ?, pieces = ?, "
+    "job_cursor = ?, failure_reason = ?, lease_expires_ms = ? WHERE app_id = ? AND id = ? AND owner = ?"
+)
+RENEW_JOB = "UPDATE jobs SET lease_expires_ms = ? WHERE app_id = ? AND id = ? AND owner = ?"
+# Above every job ID (32 hex digits), in byte order.
+LAST_JOB_ID = "~"
+
+
+def save_job_params(job_row: tuple[object, ...], lease_expires_ms: int) -> tuple[object, ...]:
+    """SAVE_JOB's parameters from a job's row (base.job_row)."""
+    (app_id, job_id, _t, _s, _d, status, _c, _m, completion, *counts) = job_row
+    total, completed, failed, processed, failures_n, failures, pieces, cursor, reason, owner, _lease = counts
+    return (
+        status,
+        completion,
+        total,
+        completed,
+        failed,
+        processed,
+        failures_n,
+        failures,
+        pieces,
+        cursor,
+        reason,
+        lease_expires_ms,
+        app_id,
+        job_id,
+        owner,
+    )

@@ -1,7 +1,7 @@
 """The SQLite backend of the store: apps, endpoints and KPI aggregates. It
 earns its size as the whole Store protocol on one backend (apps and their
-purge, tags, event streams and settings, endpoints, KPIs, keys), each method
-a transaction on one thread.
+purge, tags, event streams and settings, endpoints, KPIs, segments, keys),
+each method a transaction on one thread.
 
 SQLite (WAL, under the data dir) is the embedded default. Migrations are
 numbered SQL applied in order and recorded in ``schema_migrations``, so opening
@@ -38,31 +38,39 @@ from typing import Any, Self, TypeVar
 import orjson
 
 from ingest.errors import CONDITION_TEXT, StoreCondition, StoreError
-from ingest.folds import endpoints, kpis
+from ingest.folds import activity, endpoints, kpis
 from ingest.folds.endpoints import BatchOutcome, EndpointRecord, EndpointState, Key, UserKey
 from ingest.folds.kpis import EventOutcome
 from ingest.keys import AccessKey, IdentityPool
 from ingest.records.values import Event
-from ingest.store import sql
+from ingest.store import segment_query as query
+from ingest.store import segment_sql, sql
 from ingest.store.base import (
     INT32_MIN,
     PURGE_CHUNK_ROWS,
     App,
     ApplicationSettings,
     EventStream,
+    Job,
+    JobType,
     KpiData,
     Mark,
+    Segment,
     app_of,
     app_row,
     endpoint_row,
     endpoint_state,
     event_effects,
     fresh_events,
+    job_of,
+    job_row,
     key_of,
     key_row,
     keys_without,
     pool_of,
     pool_row,
+    segment_of,
+    segment_version_row,
     settings_of,
     settings_row,
     stream_of,
@@ -148,6 +156,11 @@ DELETED_AMONG = "SELECT app_id FROM deleted_apps WHERE app_id IN ({})"
 GET_APP_TO_TAG = sql.GET_APP_TO_TAG.format(lock="")
 PUT_EVENT_STREAM = sql.PUT_EVENT_STREAM.format(lock="")
 PUT_SETTINGS = sql.PUT_SETTINGS.format(lock="")
+APP_OF_SEGMENT = segment_sql.APP_OF_SEGMENT.format(lock="")
+SEGMENT_EXISTS = segment_sql.SEGMENT_EXISTS.format(lock="")
+ADD_SEGMENT_MEMBER = segment_sql.ADD_SEGMENT_MEMBERS.format(rows=_values(4))
+KEEP_LAST_EVENT = sql.KEEP_LAST_EVENTS.format(rows=_values(3))
+CREATE_JOB = sql.CREATE_JOB.format(lock="")
 CREATE_APP_UNDER = (
     "INSERT INTO apps (id, name, arn, tags, creation_date) "
     "SELECT ?, ?, ?, ?, ? WHERE (SELECT count(*) FROM apps) < ?"
@@ -227,6 +240,7 @@ class SqliteStore:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA busy_timeout=5000")
+                query.register(db)
                 _migrate(db)
                 _keep_identity(db, path)
             except BaseException:
@@ -342,6 +356,126 @@ class SqliteStore:
     async def get_application_settings(self, app_id: str) -> ApplicationSettings | None:
         row = await self._row_of_app("get application settings", sql.GET_SETTINGS, app_id)
         return None if row is None else settings_of(row)
+
+    async def create_segment(self, segment: Segment, *, max_segments: int | None = None) -> bool:
+        def create() -> bool:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                ok = db.execute(APP_OF_SEGMENT, (segment.app_id,)).fetchone() is not None
+                if ok and max_segments is not None:
+                    ok = (
+                        db.execute(segment_sql.COUNT_SEGMENTS, (segment.app_id,)).fetchone()[0] < max_segments
+                    )
+                if ok:
+                    db.execute(
+                        segment_sql.INSERT_SEGMENT,
+                        (segment.app_id, segment.id, segment.version, segment.creation_date),
+                    )
+                    db.execute(segment_sql.INSERT_SEGMENT_VERSION, segment_version_row(segment))
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+            return ok
+
+        return await self._run("create segment", create)
+
+    async def put_segment_version(self, segment: Segment) -> Segment | None:
+        def put() -> Segment | None:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                head = (segment.version, segment.app_id, segment.id, segment.version - 1)
+                row = db.execute(segment_sql.ADVANCE_SEGMENT, head).fetchone()
+                if row is not None:
+                    db.execute(segment_sql.INSERT_SEGMENT_VERSION, segment_version_row(segment))
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+            return None if row is None else dataclasses.replace(segment, creation_date=row[0])
+
+        return await self._run("put segment version", put)
+
+    async def get_segment(self, app_id: str, segment_id: str, version: int | None = None) -> Segment | None:
+        def get() -> Segment | None:
+            row = self._db.execute(segment_sql.GET_SEGMENT, (version, app_id, segment_id)).fetchone()
+            return None if row is None else segment_of(row)
+
+        return await self._run("get segment", get)
+
+    async def list_segments(self, app_id: str, *, after: str | None, limit: int) -> Sequence[Segment]:
+        def get() -> list[Segment]:
+            rows = self._db.execute(segment_sql.LIST_SEGMENTS, (app_id, after or "", limit)).fetchall()
+            return [segment_of(row) for row in rows]
+
+        return await self._run("list segments", get)
+
+    async def list_segment_versions(
+        self, app_id: str, segment_id: str, *, after: int, limit: int
+    ) -> Sequence[Segment]:
+        def get() -> list[Segment]:
+            params = (app_id, segment_id, after, limit)
+            return [segment_of(row) for row in self._db.execute(segment_sql.LIST_SEGMENT_VERSIONS, params)]
+
+        return await self._run("list segment versions", get)
+
+    async def delete_segment(self, app_id: str, segment_id: str) -> Segment | None:
+        def delete() -> Segment | None:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute(segment_sql.GET_SEGMENT, (None, app_id, segment_id)).fetchone()
+                if row is not None:
+                    for statement in segment_sql.DELETE_SEGMENT_ROWS:
+                        db.execute(statement, (app_id, segment_id))
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+            return None if row is None else segment_of(row)
+
+        return await self._run("delete segment", delete)
+
+    async def add_segment_members(
+        self, app_id: str, segment_id: str, version: int, endpoint_ids: Sequence[str]
+    ) -> None:
+        def add() -> None:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if db.execute(SEGMENT_EXISTS, (app_id, segment_id)).fetchone() is not None:
+                    rows = [(app_id, segment_id, e, version) for e in sorted(set(endpoint_ids))]
+                    write_rows(db, ADD_SEGMENT_MEMBER, rows)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+
+        await self._run("add segment members", add)
+
+    async def segment_endpoints(
+        self,
+        app_id: str,
+        segment_id: str | None,
+        version: int | None,
+        *,
+        after: str | None,
+        limit: int,
+        now_ms: int,
+    ) -> Sequence[EndpointState]:
+        found = await query.page(
+            self.get_segment, "sqlite", app_id, segment_id, version, (after or "", limit, now_ms)
+        )
+        if found is None:
+            return []
+        statement, params = found
+
+        def page() -> list[EndpointState]:
+            return [endpoint_state(row) for row in self._db.execute(statement, params)]
+
+        return await self._run("segment endpoints", page)
 
     async def _put_of_app(self, what: str, statement: str, row: Sequence[Any]) -> bool:
         """``statement`` (a put of a row led by its app ID, written only
@@ -498,14 +632,16 @@ class SqliteStore:
     def _apply_events(self, events: Sequence[Event], oldest_day: int, newest_day: int) -> EventOutcome:
         outcome = EventOutcome()
         fresh = fresh_events(events, oldest_day, newest_day, outcome)
-        if not fresh:
+        last = activity.last_events(events)
+        if not last:
             return outcome
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            if dead := self._deleted_among(app_id for _, app_id, _, _ in fresh):
+            if dead := self._deleted_among(app_id for app_id, _ in last):
                 outcome.of_deleted_apps = sum(1 for mark in fresh if mark[1] in dead)
                 fresh = {mark: event for mark, event in fresh.items() if mark[1] not in dead}
+                last = {key: at for key, at in last.items() if key[0] not in dead}
             marks = sorted(fresh)
             marked: set[Mark] = set()
             for start in range(0, len(marks), _MARKS_PER_QUERY):
@@ -523,6 +659,7 @@ class SqliteStore:
             write_rows(db, ADD_MEMBER, sorted(effects.members))
             write_rows(db, ADD_SUM, [(*key, total) for key, total in sorted(effects.sums.items())])
             write_rows(db, KEEP_FIRST_DAY, [(*key, day) for key, day in sorted(effects.first_days.items())])
+            write_rows(db, KEEP_LAST_EVENT, [(*key, at) for key, at in sorted(last.items())])
             db.execute("COMMIT")
         except BaseException:
             _rollback(db)
@@ -560,6 +697,47 @@ class SqliteStore:
             return self._db.execute(query, params).fetchall()
 
         return await self._run(what, read)
+
+    async def create_job(self, job: Job) -> bool:
+        return await self._put_of_app("create job", CREATE_JOB, job_row(job))
+
+    async def get_job(self, app_id: str, job_id: str) -> Job | None:
+        def get() -> Job | None:
+            row = self._db.execute(sql.GET_JOB, (app_id, job_id)).fetchone()
+            return None if row is None else job_of(row)
+
+        return await self._run("get job", get)
+
+    async def list_jobs(
+        self, app_id: str, job_type: JobType, *, segment_id: str | None, before: str | None, limit: int
+    ) -> Sequence[Job]:
+        segment = segment_id or ""
+        params = (app_id, job_type, before or sql.LAST_JOB_ID, segment, segment, limit)
+
+        def page() -> list[Job]:
+            return [job_of(row) for row in self._db.execute(sql.LIST_JOBS, params).fetchall()]
+
+        return await self._run("list jobs", page)
+
+    async def claim_job(
+        self, owner: str, *, now_ms: int, lease_ms: int, max_running: int, max_per_app: int
+    ) -> Job | None:
+        # One statement: SQLite runs one writer at a time, so the counts hold.
+        params = (owner, now_ms + lease_ms, now_ms, now_ms, max_running, now_ms, max_per_app)
+
+        def claim() -> Job | None:
+            rows = self._db.execute(sql.CLAIM_JOB, params).fetchall()
+            return job_of(rows[0]) if rows else None
+
+        return await self._run("claim job", claim)
+
+    async def save_job(self, job: Job, *, now_ms: int, lease_ms: int) -> bool:
+        params = sql.save_job_params(job_row(job), now_ms + lease_ms if lease_ms else 0)
+        return await self._run("save job", lambda: self._db.execute(sql.SAVE_JOB, params).rowcount == 1)
+
+    async def renew_job(self, app_id: str, job_id: str, owner: str, *, until_ms: int) -> bool:
+        params = (until_ms, app_id, job_id, owner)
+        return await self._run("renew job", lambda: self._db.execute(sql.RENEW_JOB, params).rowcount == 1)
 
     async def close(self) -> None:
         await self._run("close", self._db.close)

@@ -2,7 +2,9 @@
 ``PutRecordBatch``, signed as the stream's role (STS ``AssumeRole``) or as
 the process itself. It earns its size as the one botocore boundary: the
 service limits, the error map, redaction, credentials and the thread pool
-are one contract, and nothing else in the package imports botocore.
+are one contract, and nothing else in the package imports botocore. The
+jobs worker's S3 calls (:mod:`ingest.jobs.sources`) go through the same
+:meth:`AwsDelivery.call`, with a role session name of their own.
 
 botocore itself, not aiobotocore (whose releases pin a botocore older than
 the one our boto3 needs), so every call runs in a bounded thread pool and
@@ -421,10 +423,12 @@ class AwsDelivery:
         max_roles: int = MAX_ROLES,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         now: Callable[[], datetime] = _utc_now,
+        role_session_name: str = ROLE_SESSION_NAME,
     ) -> None:
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self._assume_role = assume_role
+        self._role_session_name = role_session_name
         self._drain_timeout_s = drain_timeout_s
         self._now = now
         self._config = Config(
@@ -489,8 +493,8 @@ class AwsDelivery:
             "Records": [{"PartitionKey": key, "Data": data} for key, data in records],
         }
         what = f"PutRecords to {destination.arn}"
-        response = await self._call(
-            "kinesis", "put_records", params, destination, role_arn, external_id, what
+        response = await self.call(
+            "kinesis", "put_records", params, destination.region, role_arn, external_id, what
         )
         return record_results(response.get("Records", []), len(records), what)
 
@@ -511,8 +515,8 @@ class AwsDelivery:
         check_firehose(records)
         params = {"DeliveryStreamName": destination.name, "Records": [{"Data": data} for data in records]}
         what = f"PutRecordBatch to {destination.arn}"
-        response = await self._call(
-            "firehose", "put_record_batch", params, destination, role_arn, external_id, what
+        response = await self.call(
+            "firehose", "put_record_batch", params, destination.region, role_arn, external_id, what
         )
         return record_results(response.get("RequestResponses", []), len(records), what)
 
@@ -553,23 +557,24 @@ class AwsDelivery:
         if self._closing:
             raise DeliveryError("the AWS delivery client is closed", reason="other", retriable=False)
 
-    async def _call(
+    async def call(
         self,
         service: str,
         operation: str,
         params: dict[str, Any],
-        destination: Destination,
+        region: str,
         role_arn: str,
         external_id: str | None,
         what: str,
     ) -> dict[str, Any]:
-        """One attempt of ``operation``, admitted unless closing (close()
-        waits for it)."""
+        """One attempt of any botocore ``operation`` of ``service`` (the
+        jobs worker's S3 calls, for one), admitted unless closing (close()
+        waits for it): its response, or a DeliveryError as for the puts."""
         self._check_open()
         self._active += 1
         try:
             identity: _Identity = (role_arn, external_id) if self._assume_role else None
-            key: _ClientKey = (service, destination.region, identity)
+            key: _ClientKey = (service, region, identity)
             cached = await self._client(key)
             call = functools.partial(getattr(cached.client, operation), **params)
             try:
@@ -645,7 +650,7 @@ class AwsDelivery:
     async def _assume(self, identity: tuple[str, str | None], region: str) -> _RoleCredentials:
         role_arn, external_id = identity
         sts = await self._client(("sts", region, None))
-        params = {"RoleArn": role_arn, "RoleSessionName": ROLE_SESSION_NAME}
+        params = {"RoleArn": role_arn, "RoleSessionName": self._role_session_name}
         if external_id is not None:
             params["ExternalId"] = external_id
         what = f"AssumeRole of {role_arn}"
@@ -675,6 +680,20 @@ class AwsDelivery:
         if self._clients.get(key) is cached:
             self._clients.pop(key)
             cached.client.close()
+
+    async def blocking(self, call: Callable[[], Any], what: str) -> Any:
+        """``call`` (blocking botocore work outside a call: reading a
+        response's streaming body) in the pool, admitted as a call is;
+        botocore's errors become DeliveryError as in :meth:`call`."""
+        self._check_open()
+        self._active += 1
+        try:
+            return await self._run(call)
+        except BotoCoreError as exc:
+            raise botocore_error(exc, what) from exc
+        finally:
+            self._active -= 1
+            self._settled.set()
 
     async def _run(self, call: Callable[[], Any]) -> Any:
         """``call`` in the pool. The slot is held until the thread is done,

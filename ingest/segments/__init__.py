@@ -1,0 +1,1 @@
+"""Segments: definitions, their pure evaluation, and their SQL."""
