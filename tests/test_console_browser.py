@@ -29,6 +29,7 @@ TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 REFRESH_S = 0.2
 KINESIS = "arn:aws:kinesis:us-east-1:123456789012:stream/clicks"
 ROLE = "arn:aws:iam::123456789012:role/pinpoint-events"
+SEGMENT = "Pro <b>users</b>"
 # Seeded: on each of the last SEEDED_DAYS days, one endpoint more than the
 # day after, each sending seeded_events' seven.
 SEEDED_DAYS = 4
@@ -89,6 +90,17 @@ class World:
         admin.put_event_stream(
             ApplicationId=self.app, WriteEventStream={"DestinationStreamArn": KINESIS, "RoleArn": ROLE}
         )
+        self.segment_id = admin.create_segment(
+            ApplicationId=self.app,
+            WriteSegmentRequest={
+                "Name": SEGMENT,
+                "Dimensions": {"Attributes": {"plan": {"AttributeType": "INCLUSIVE", "Values": ["pro"]}}},
+            },
+        )["SegmentResponse"]["Id"]
+        self.export_prefix = f"file://{running.data_dir.resolve()}/export/console/"
+        self.job_id = admin.create_export_job(
+            ApplicationId=self.app, ExportJobRequest={"RoleArn": ROLE, "S3UrlPrefix": self.export_prefix}
+        )["ExportJobResponse"]["Id"]
         self.reader = running.create_key("read", self.app, self.hostile)
         self.outsider = running.create_key("read", self.other)
 
@@ -485,3 +497,20 @@ def test_a_browser_whose_clock_is_an_hour_off_still_signs_in(visit: Visit, world
     does); the page corrects its clock from the answer's Date and signs again."""
     visit.context.clock.install(time=datetime.now(UTC) - timedelta(hours=1))
     visit.sign_in(world.reader).wait_for_selector("#apps")
+
+
+def test_segments_and_jobs_pages_show_what_the_api_answers(visit: Visit, world: World) -> None:
+    admin = world.admin
+    done = eventually(
+        lambda: admin.get_export_job(ApplicationId=world.app, JobId=world.job_id)["ExportJobResponse"],
+        lambda found: found["JobStatus"] in ("COMPLETED", "FAILED"),
+        "the export job finished",
+        within_s=30,
+    )
+    visit.sign_in(world.reader)
+    text = visit.go(f"#/apps/{world.app}/segments", "Segments").inner_text("main")
+    assert SEGMENT in text and world.segment_id in text and "DIMENSIONAL" in text and '"plan"' in text
+    page = visit.go(f"#/apps/{world.app}/jobs", "Jobs")
+    row = page.locator("table.jobs tbody tr", has_text=world.job_id).inner_text()
+    assert done["JobStatus"] in row and world.export_prefix in row
+    assert f"{done['CompletedPieces']}/{done['TotalPieces']}" in row

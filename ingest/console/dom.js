@@ -22,7 +22,8 @@ export function table(caption, columns, rows, attributes = {}) {
     attributes,
     h("caption", {}, caption),
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))),
-    h("tbody", {}, rows.map((row) => h("tr", {}, row.map((cell) => h("td", {}, cell))))),
+    // Each cell names its column, for the stacked layout of wide tables on a phone.
+    h("tbody", {}, rows.map((row) => h("tr", {}, row.map((cell, i) => h("td", { "data-label": columns[i] }, cell))))),
   );
 }
 
