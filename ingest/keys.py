@@ -102,17 +102,19 @@ def principal_of(key: AccessKey) -> Principal:
 
 
 class MasterKey:
-    """The 32-byte root secret. Two subkeys are derived from it (HKDF-SHA256),
-    one to encrypt stored secrets, one to MAC, so neither use can be turned
-    against the other."""
+    """The 32-byte root secret. Three subkeys are derived from it
+    (HKDF-SHA256): one to encrypt stored secrets, one to MAC identities and
+    temporary credentials, one to MAC console sessions, so no use can be
+    turned against another."""
 
-    __slots__ = ("_aead", "_mac_key")
+    __slots__ = ("_aead", "_console_key", "_mac_key")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != MASTER_KEY_BYTES:
             raise SettingsError(f"a master key is {MASTER_KEY_BYTES} bytes, not {len(key)}")
         self._aead = AESGCM(_subkey(key, b"ingest/keys/secrets"))
         self._mac_key = _subkey(key, b"ingest/keys/mac")
+        self._console_key = _subkey(key, b"ingest/console/sessions")
 
     def __repr__(self) -> str:
         return "MasterKey(…)"
@@ -154,6 +156,10 @@ class MasterKey:
     def mac(self, data: bytes) -> bytes:
         """HMAC-SHA256 of ``data`` under the MAC subkey (32 bytes)."""
         return hmac.digest(self._mac_key, data, hashlib.sha256)
+
+    def console_mac(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` under the console-session subkey (32 bytes)."""
+        return hmac.digest(self._console_key, data, hashlib.sha256)
 
 
 def _subkey(key: bytes, info: bytes) -> bytes:

@@ -38,6 +38,7 @@ from ingest.api.limits import ClientAddress
 from ingest.api.probes import Check, Probes
 from ingest.api.segments import MAX_SEGMENTS_PER_APP
 from ingest.api.server import BodyBudget, Limits, Server
+from ingest.api.sessions import Sessions
 from ingest.errors import CONDITION_TEXT, ApiError, SettingsError, StoreCondition
 from ingest.jobs.sources import ROLE_SESSION_NAME as JOB_ROLE_SESSION_NAME
 from ingest.jobs.worker import Jobs, JobWorker
@@ -389,6 +390,11 @@ async def _authentication(
         max_skew_s=settings.auth_max_skew_s,
         metrics=metrics,
         account_id=settings.account_id,
+        sessions=Sessions(
+            mac=master.console_mac,
+            idle_s=settings.console_idle_timeout_s,
+            max_age_s=settings.console_session_max_s,
+        ),
     )
     return identities, auth, lambda: ring.healthy
 
@@ -576,7 +582,7 @@ async def serve(
                 )
             )
             api = f"{settings.host}:{api_port}"
-            log.info("edge listening on http://%s (the Pinpoint API)", api)
+            log.info("edge listening on http://%s (the Pinpoint API; the console at /console/)", api)
         if workers:
             # The conditions an operator must fix first, by name, then the rest.
             for condition, text in CONDITION_TEXT.items():

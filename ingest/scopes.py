@@ -24,11 +24,15 @@ _READS |= {"ListTagsForResource", "GetApplicationSettings"}  # not GetEventStrea
 _READS |= {"GetSegment", "GetSegments", "GetSegmentVersion", "GetSegmentVersions"}
 _READS |= {"GetImportJob", "GetImportJobs", "GetSegmentImportJobs"}
 _READS |= {"GetExportJob", "GetExportJobs", "GetSegmentExportJobs"}
+# The console's sign-in and its session check: any read or admin key, bound
+# to apps or not (what it then sees is held to its apps operation by operation).
+_CONSOLE = frozenset({"ConsoleSignIn", "ConsoleSession"})
+_READS |= _CONSOLE
 # What a shipped app binary may hold: writes of its own app's data.
 _INGESTS = frozenset({"PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch"})
 _ADMINS = _READS | _INGESTS | {"CreateApp", "DeleteApp", "DeleteEndpoint", "DeleteUserEndpoints"}
 _ADMINS |= {"TagResource", "UntagResource", "UpdateApplicationSettings"}
-_ADMINS |= {"PutEventStream", "GetEventStream", "DeleteEventStream"}
+_ADMINS |= {"PutEventStream", "GetEventStream", "DeleteEventStream", "ConsoleStreamHealth"}
 _ADMINS |= {"CreateSegment", "UpdateSegment", "DeleteSegment", "CreateImportJob", "CreateExportJob"}
 OPERATIONS: dict[Scope, frozenset[str]] = {"admin": _ADMINS, "read": _READS, "ingest": _INGESTS}
 """Every API operation each scope may call (on its apps)."""
@@ -55,7 +59,7 @@ class Principal:
         ingest: PutEvents, UpdateEndpoint(s) of its apps. Nothing else is allowed."""
         if operation not in OPERATIONS[self.scope]:
             return False
-        if not self.apps:
+        if not self.apps or operation in _CONSOLE:
             return True
         if operation in _ACCOUNT_OPERATIONS:
             return operation == "GetApps" and self.scope == "read"

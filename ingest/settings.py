@@ -236,6 +236,16 @@ class Settings:
     auth_max_skew_s: float = 900.0
     # Lifetime of Cognito-style temporary credentials (Cognito's is an hour).
     credentials_ttl_s: int = 3600
+    # The console (/console/): a session ends after this long without a
+    # request the user made (the page's own refreshes do not count), and in
+    # any case this long after sign-in. 30 minutes of inactivity is OWASP's
+    # upper figure for low-risk applications; 12 hours is a working day.
+    console_idle_timeout_s: int = 1800
+    console_session_max_s: int = 43200
+    # A Prometheus text endpoint holding the streams worker's ingest_stream_*
+    # samples, which the console shows as delivery health (`ingest run` sets
+    # its own /metrics for its edges); unset: the console says it has none.
+    console_stream_metrics_url: str | None = None
     # GetId token bucket per client address: this rate, a burst of GETID_BURST.
     getid_per_address_per_s: float = 1.0
     # Comma-separated browser origins (or ``*``) allowed on the ingest
@@ -369,6 +379,25 @@ class Settings:
         _check(self.auth_refresh_s, 0 < self.auth_refresh_s <= 3600, "auth_refresh_s", "> 0 and <= 3600")
         _check(self.auth_max_skew_s, 0 < self.auth_max_skew_s <= 86400, "auth_max_skew_s", "> 0 and <= 86400")
         _check(self.credentials_ttl_s, 60 <= self.credentials_ttl_s <= 43200, "credentials_ttl_s", "60-43200")
+        _check(
+            self.console_idle_timeout_s,
+            60 <= self.console_idle_timeout_s <= 86400,
+            "console_idle_timeout_s",
+            "60-86400",
+        )
+        _check(
+            self.console_session_max_s,
+            self.console_idle_timeout_s <= self.console_session_max_s <= 7 * 86400,
+            "console_session_max_s",
+            "at least INGEST_CONSOLE_IDLE_TIMEOUT_S and at most 604800 (7 days)",
+        )
+        _check(
+            self.console_stream_metrics_url,
+            self.console_stream_metrics_url is None
+            or re.fullmatch(r"http://[^/\s]+(/\S*)?", self.console_stream_metrics_url) is not None,
+            "console_stream_metrics_url",
+            "an http:// URL",
+        )
         _check(
             self.getid_per_address_per_s,
             self.getid_per_address_per_s > 0,

@@ -65,7 +65,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.api.probes import Check, Probes
+from ingest.api.probes import Check, Probes, http_get
 from ingest.errors import SupervisorError
 from ingest.kafka.broker import die_with_parent
 from ingest.keys import MasterKey, bootstrap_admin
@@ -170,7 +170,9 @@ class Supervised:
             self.ready, self.reason = False, "starting"
         else:
             try:
-                code, body = await _get(self.probes, "/readyz", max_bytes=64 * 1024)
+                code, body = await http_get(
+                    self.probes, "/readyz", max_bytes=64 * 1024, timeout_s=PROBE_TIMEOUT_S
+                )
                 self.ready = code == 200
                 self.reason, self.degraded = _reason(body)
             except (OSError, TimeoutError, ValueError):
@@ -208,39 +210,6 @@ def _reason(body: bytes) -> tuple[str, list[str]]:
         reason, degraded = None, None
     notes = [str(note) for note in degraded[:100]] if isinstance(degraded, list) else []
     return (str(reason) if reason else "not ready"), notes
-
-
-async def _get(address: tuple[str, int], path: str, *, max_bytes: int) -> tuple[int, bytes]:
-    """One HTTP/1.1 GET to a child's probe listener (loopback, our own
-    server); → (status code, body). Bounded by PROBE_TIMEOUT_S and
-    ``max_bytes``."""
-
-    async def fetch() -> bytes:
-        reader, writer = await asyncio.open_connection(*address)
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {address[0]}\r\nConnection: close\r\n\r\n".encode())
-            data = await reader.read(max_bytes + 1)
-            while data and len(data) <= max_bytes:
-                more = await reader.read(max_bytes + 1 - len(data))
-                if not more:
-                    break
-                data += more
-            return data
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-    raw = await asyncio.wait_for(fetch(), PROBE_TIMEOUT_S)
-    if len(raw) > max_bytes:
-        raise ValueError(f"answer of more than {max_bytes} bytes")
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep:
-        raise ValueError("no complete answer")
-    status_line = head.split(b"\r\n", 1)[0].split(b" ", 2)
-    if len(status_line) < 2 or not status_line[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {status_line[0][:32]!r}")
-    return int(status_line[1]), body
 
 
 def _labelled(families: Iterable[Metric], process: str) -> Iterable[Metric]:
@@ -404,7 +373,9 @@ class Supervisor:
             if not child.running or child.probes is None:
                 return []
             try:
-                code, body = await _get(child.probes, "/metrics", max_bytes=MAX_SCRAPE_BYTES)
+                code, body = await http_get(
+                    child.probes, "/metrics", max_bytes=MAX_SCRAPE_BYTES, timeout_s=PROBE_TIMEOUT_S
+                )
                 if code == 200:
                     return list(_labelled(text_string_to_metric_families(body.decode()), child.name))
                 failure = f"answered {code}"
@@ -444,11 +415,19 @@ def _hold_port(host: str, port: int) -> socket.socket:
 
 
 def children_of(
-    settings: Settings, *, bootstrap: str, idempotence: bool, port: int, embedded: bool
+    settings: Settings,
+    *,
+    bootstrap: str,
+    idempotence: bool,
+    port: int,
+    embedded: bool,
+    metrics_url: str | None = None,
 ) -> list[Supervised]:
     """The processes `ingest run` supervises, with the environment each
     starts in: this process's own, with where to reach the broker, the store
-    and the shared port, and probes on a free loopback port of their own.
+    and the shared port, and probes on a free loopback port of their own;
+    the console reads stream health from ``metrics_url`` (this process's
+    /metrics, every child's samples) unless the operator named another.
 
     With the ``embedded`` broker (one edge) the edge runs the jobs too, on
     its own producer: Tansu loses track of batches that two producers append
@@ -467,6 +446,8 @@ def children_of(
         "INGEST_PROBE_HOST": "127.0.0.1",
         "INGEST_PROBE_PORT": "0",
     }
+    if metrics_url is not None:
+        env.setdefault("INGEST_CONSOLE_STREAM_METRICS_URL", metrics_url)
     roles: list[tuple[str, list[str]]] = [
         (f"edge-{index}", ["edge", "--reuse-port", *(["--with-jobs"] if embedded else [])])
         for index in range(settings.edge_process_count)
@@ -501,8 +482,14 @@ async def supervise(settings: Settings, *, status_file: Path | None = None) -> i
         held = _hold_port(settings.host, settings.port)
         stack.callback(held.close)
         port = int(held.getsockname()[1])
+        own = probe_address.replace("0.0.0.0:", "127.0.0.1:", 1)
         children = children_of(
-            settings, bootstrap=bootstrap, idempotence=idempotence, port=port, embedded=embedded is not None
+            settings,
+            bootstrap=bootstrap,
+            idempotence=idempotence,
+            port=port,
+            embedded=embedded is not None,
+            metrics_url=f"http://{own}/metrics",
         )
         api = f"{settings.host}:{port}"
 

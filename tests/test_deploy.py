@@ -905,8 +905,11 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_runs(tmp_path: Path) -> None
             check=False,
         )
         assert sub.returncode == 0 and "usage: ingest" in sub.stdout, (command, sub.stderr)
-    # The processes' imports, and the Avro schemas from inside the wheel.
+    # The processes' imports, the Avro schemas and the console's files (with
+    # its chart library's licence) from inside the wheel.
     loads = "import ingest.process, ingest.store.postgres; from ingest.records.codec import Codec; Codec()"
+    loads += "; from ingest.api.console import read_assets; files = set(read_assets())"
+    loads += "; assert {'index.html', 'main.js', 'vendor/uPlot.esm.js', 'vendor/uPlot.LICENSE'} <= files"
     imported = subprocess.run(
         [str(python), "-c", loads], capture_output=True, text=True, env=outside, cwd=tmp_path, check=False
     )

@@ -74,6 +74,12 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_AUTH_MAX_SKEW_S": ("300", 300.0),
     "INGEST_CREDENTIALS_TTL_S": ("900", 900),
     "INGEST_GETID_PER_ADDRESS_PER_S": ("5", 5.0),
+    "INGEST_CONSOLE_IDLE_TIMEOUT_S": ("600", 600),
+    "INGEST_CONSOLE_SESSION_MAX_S": ("3600", 3600),
+    "INGEST_CONSOLE_STREAM_METRICS_URL": (
+        "http://stream-worker:9090/metrics",
+        "http://stream-worker:9090/metrics",
+    ),
     "INGEST_CORS_ORIGINS": ("https://app.example.com", "https://app.example.com"),
     "INGEST_PROBE_HOST": ("0.0.0.0", "0.0.0.0"),
     "INGEST_PROBE_PORT": ("0", 0),
@@ -130,6 +136,9 @@ def test_a_field_type_without_a_parser_fails_when_settings_is_defined(hint: obje
         _parser("new_field", hint)
 
 
+SESSION_BOUNDS = "at least INGEST_CONSOLE_IDLE_TIMEOUT_S and at most 604800 (7 days)"
+
+
 def test_the_master_key_is_not_in_the_repr() -> None:
     assert "A" * 43 not in repr(Settings(auth_master_key="A" * 43))
 
@@ -143,9 +152,14 @@ def test_the_master_key_is_not_in_the_repr() -> None:
         ("INGEST_STREAM_AWS_THREADS", "0", "1-256"),
         ("INGEST_STREAM_AWS_THREADS", "100000", "1-256"),
         ("INGEST_STREAM_ALLOWED_ACCOUNTS", "123456789012,me", "comma-separated 12-digit AWS account IDs"),
+        ("INGEST_CONSOLE_IDLE_TIMEOUT_S", "59", "60-86400"),
+        ("INGEST_CONSOLE_IDLE_TIMEOUT_S", "86401", "60-86400"),
+        ("INGEST_CONSOLE_SESSION_MAX_S", "600", SESSION_BOUNDS),
+        ("INGEST_CONSOLE_SESSION_MAX_S", "604801", SESSION_BOUNDS),
+        ("INGEST_CONSOLE_STREAM_METRICS_URL", "https://metrics.example/metrics", "an http:// URL"),
     ],
 )
-def test_a_stream_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:
+def test_a_stream_or_console_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(f"{var}=") + ".*" + re.escape(f"expected {expected}")):
         Settings.from_env({var: raw})
 

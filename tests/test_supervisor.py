@@ -21,12 +21,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
 
+from ingest.api.probes import http_get
 from ingest.errors import SettingsError, SupervisorError
 from ingest.launch import Status
 from ingest.logs import process_format
 from ingest.metrics import SupervisorMetrics
 from ingest.settings import Settings
-from ingest.supervise import Supervised, Supervisor, _get, _labelled, _Merged, children_of
+from ingest.supervise import Supervised, Supervisor, _labelled, _Merged, children_of
 from load import cpu
 from tests.conftest import ROOT, Pipeline, clean_env, eventually, kpi_events, start_ingest, start_pipeline
 from tests.samples import samples_named
@@ -292,7 +293,7 @@ async def test_a_probe_answer_that_is_not_http_is_an_error_not_a_crash() -> None
     async with server:
         port = server.sockets[0].getsockname()[1]
         with pytest.raises(ValueError, match="not an HTTP answer"):
-            await _get(("127.0.0.1", port), "/readyz", max_bytes=1024)
+            await http_get(("127.0.0.1", port), "/readyz", max_bytes=1024, timeout_s=2.0)
 
 
 def test_a_process_name_on_the_command_line_must_be_a_role_name() -> None:

@@ -16,9 +16,11 @@ import logging
 import time
 import uuid
 
+from ingest.api import console
 from ingest.api.apps import AppCache, Apps
 from ingest.api.appsettings import AppSettings
 from ingest.api.auth import Authenticator
+from ingest.api.console import Console
 from ingest.api.endpoints import EndpointReads
 from ingest.api.eventstreams import EventStreams
 from ingest.api.http import (
@@ -43,6 +45,7 @@ from ingest.api.limits import ClientAddress, TokenBuckets
 from ingest.api.probes import Check
 from ingest.api.segments import Segments
 from ingest.api.sigv4 import KeyLog, credential_scope
+from ingest.api.streamhealth import StreamHealth
 from ingest.api.tags import Tags, derive
 from ingest.api.writes import Writes
 from ingest.errors import (
@@ -110,9 +113,12 @@ ADMITTED = frozenset(
         "GetSegmentExportJobs",
     )
 )
-# Every Pinpoint operation is signed and verified; the Cognito-style
-# credentials endpoint is not (it is how a mobile app gets credentials).
-SIGNED = ADMITTED - {"CognitoIdentity"}
+# The console's own operations (ingest.api.console) are admitted alike.
+ADMITTED |= console.OPERATIONS
+# Every Pinpoint operation is signed and verified (or carries a console
+# session); the Cognito-style credentials endpoint is not (it is how a mobile
+# app gets credentials), nor are the console's files and sign-out.
+SIGNED = ADMITTED - {"CognitoIdentity"} - console.UNSIGNED
 # What a browser may call (CORS): what a shipped web app does, never the
 # admin or read operations.
 BROWSER_OPERATIONS = frozenset(("PutEvents", "UpdateEndpoint", "UpdateEndpointsBatch", "CognitoIdentity"))
@@ -185,8 +191,10 @@ class Edge:
         app_settings = AppSettings(store=store, apps=cache, max_body_bytes=body_limit)
         segments = Segments(store=store, apps=cache, max_body_bytes=body_limit)
         jobs = Jobs(store=store, apps=cache, settings=settings)
+        self._console = Console.over(auth, metrics, StreamHealth(settings.console_stream_metrics_url))
         self._router = Router(
             [
+                *self._console.routes(),
                 # Cognito Identity's JSON 1.1 protocol posts to the root.
                 Route("/", {"POST": ("CognitoIdentity", lambda r: identities.handle(r, r.client))}),
                 Route(
@@ -314,6 +322,7 @@ class Edge:
         # Counted in flight already when the HTTP server asked (shed), which
         # it does for every request it hands over.
         admitted = scope.get("ingest.admitted", False)
+        renewed: tuple[tuple[bytes, bytes], ...] = ()
         try:
             operation, handler, request = self._route(scope, receive, request_id)
             if operation in ADMITTED:
@@ -326,15 +335,19 @@ class Edge:
                 signed = credential_scope(request.headers, scope["query_string"])
                 self._keys.note(signed)
                 if self._auth is not None:
-                    request.principal = await self._auth.authenticate(
-                        request,
-                        raw_path=scope.get("raw_path") or scope["path"].encode(),
-                        query_string=scope["query_string"],
-                        headers=scope["headers"],
-                        max_body_bytes=self._max_body_bytes,
-                    )
+                    if operation != "ConsoleSignIn" and Console.carries_session(request):
+                        principal, renewed = self._console.authenticate(request)
+                    else:
+                        principal = await self._auth.authenticate(
+                            request,
+                            raw_path=scope.get("raw_path") or scope["path"].encode(),
+                            query_string=scope["query_string"],
+                            headers=scope["headers"],
+                            max_body_bytes=self._max_body_bytes,
+                        )
+                    request.principal = principal
                     region = signed.region if signed is not None else self._region
-                    self._auth.authorize(request.principal, operation, request.params.get("app"), region)
+                    self._auth.authorize(principal, operation, request.params.get("app"), region)
             response = await handler(request)
         except ApiError as exc:
             response = error_response(exc, request_id)
@@ -351,7 +364,7 @@ class Edge:
             if admitted:
                 self._in_flight -= 1
                 self._metrics.in_flight.set(self._in_flight)
-        await send_response(send, response, request_id, self._cors(operation, scope))
+        await send_response(send, response, request_id, self._cors(operation, scope) + renewed)
         self._metrics.requests.labels(operation, str(response.status)).inc()
         self._metrics.request_seconds.labels(operation).observe(time.perf_counter() - started)
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from ingest.api.http import Request
 from ingest.api.identity import Identities
+from ingest.api.sessions import Sessions
 from ingest.api.sigv4 import Verifier
 from ingest.errors import AccessDenied, AuthError
 from ingest.keys import KeyRing
@@ -36,7 +37,10 @@ class Authenticator:
         max_skew_s: float,
         metrics: Metrics,
         account_id: str,
+        sessions: Sessions,
     ) -> None:
+        self.sessions = sessions
+        """The console's session tokens (ingest.api.console checks them)."""
         self._ring = ring
         self._identities = identities
         self._metrics = metrics
@@ -51,6 +55,12 @@ class Authenticator:
             return None
         secret, said = found
         return secret, Principal(access_key_id, "ingest", frozenset((said.app_id,)), temporary=True)
+
+    def live(self, access_key_id: str) -> Principal | None:
+        """The principal of a live (unrevoked) key we issued, as the key ring
+        knows it now."""
+        found = self._ring.secret(access_key_id)
+        return found[1] if found is not None else None
 
     async def authenticate(
         self,

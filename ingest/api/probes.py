@@ -9,6 +9,7 @@ an answer, and the internet-facing port serves the API alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
@@ -90,3 +91,39 @@ class Probes:
         request = Request(scope["method"], {}, {}, {}, receive, "-")
         response = json_response(404, {"Message": "not found"}) if handler is None else await handler(request)
         await send_response(send, response, "-")
+
+
+async def http_get(
+    address: tuple[str, int], path: str, *, max_bytes: int, timeout_s: float
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 GET to a probe listener (``ingest run``'s children, or
+    the streams worker's /metrics the console reads); → (status code, body).
+    Bounded by ``timeout_s`` and ``max_bytes``; ValueError for an answer that
+    is not HTTP or too long, OSError and TimeoutError as they come."""
+
+    async def fetch() -> bytes:
+        reader, writer = await asyncio.open_connection(*address)
+        try:
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {address[0]}\r\nConnection: close\r\n\r\n".encode())
+            data = await reader.read(max_bytes + 1)
+            while data and len(data) <= max_bytes:
+                more = await reader.read(max_bytes + 1 - len(data))
+                if not more:
+                    break
+                data += more
+            return data
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    raw = await asyncio.wait_for(fetch(), timeout_s)
+    if len(raw) > max_bytes:
+        raise ValueError(f"answer of more than {max_bytes} bytes")
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError("no complete answer")
+    status_line = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {status_line[0][:32]!r}")
+    return int(status_line[1]), body
