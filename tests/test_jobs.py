@@ -647,7 +647,7 @@ def test_an_import_defines_a_static_segment_and_adds_versions_to_it_which_export
     # RegisterEndpoints false: a segment of the IDs, and no endpoint written.
     unregistered = dirs[0] / f"{app_id}-unregistered.json"
     unregistered.write_bytes(
-        ndjson(rows(0, 3, Attributes={"plan": ["gold"]}) + [{"Id": "fresh", "Address": "f"}])
+        ndjson([*rows(0, 3, Attributes={"plan": ["gold"]}), {"Id": "fresh", "Address": "f"}])
     )
     known = finished(
         jobs,
@@ -677,7 +677,7 @@ def test_an_import_defines_a_static_segment_and_adds_versions_to_it_which_export
         "the write after the job applied",
         WITHIN_S,
     )
-    assert after["Attributes"]["plan"] == ["free"], "not registered: the import's plan is not there"
+    assert after is not None and after["Attributes"]["plan"] == ["free"], "not registered: no gold plan"
     assert endpoint_or_none(client, app_id, "fresh") is None
 
     name = bucket(moto_server)
