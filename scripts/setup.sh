@@ -73,11 +73,3 @@ if [ "$(cat "$js_stamp" 2>/dev/null)" != "$js_wanted" ]; then
 fi
 echo "setup: tests/js ready (node $(node --version))"
 
-# Debian's chromium, the real browser tests/test_console_browser.py drives
-# with Playwright (executable_path=/usr/bin/chromium: Playwright's own browser
-# download is never used).
-if [ ! -x /usr/bin/chromium ]; then
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
-echo "setup: chromium ready ($(/usr/bin/chromium --version 2>/dev/null | head -n 1))"

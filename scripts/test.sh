@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+# Debian's chromium, the real browser tests/test_console_browser.py drives
+# with Playwright (executable_path=/usr/bin/chromium: Playwright's own browser
+# download is never used).
+if [ ! -x /usr/bin/chromium ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+echo "test: chromium ready ($(/usr/bin/chromium --version 2>/dev/null | head -n 1))"
 # The lint and type checks of .pre-commit-config.yaml (local hooks, the
 # locked tools in .venv: nothing is fetched).
 .venv/bin/pre-commit run --all-files --show-diff-on-failure
