@@ -15,7 +15,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ingest.api.console import CSP, Console, check_same_origin
+from ingest.api.console import BOUND_HEALTH, CSP, Console, check_same_origin
 from ingest.api.http import Request, Response
 from ingest.api.sessions import COOKIE, SessionRefused, Sessions
 from ingest.api.streamhealth import StreamHealth, figures
@@ -212,6 +212,24 @@ def test_stream_health_is_the_workers_figures_by_destination_kind() -> None:
         "kinesis": {"LagRecords": 12.0, "Failures": {"throttled": 4.0}, "DeadLettered": {}},
         "firehose": {"DeliveredRecords": 40.0, "Failures": {}, "DeadLettered": {}},
     }
+
+
+def test_stream_health_is_only_for_an_admin_key_of_every_app() -> None:
+    """The figures are every app's deliveries together: an admin key bound
+    to one app must not read the others' lag and failures through them."""
+    health = Console(
+        sessions=None, live=None, metrics=Metrics(CollectorRegistry()), health=StreamHealth(None)
+    )
+    shown = {}
+    for principal in (
+        Principal("AKIAADMIN", "admin", frozenset(), False),
+        Principal("AKIABOUND", "admin", frozenset({"app-1"}), False),
+    ):
+        asked = request_for({"app": "app-1"})
+        asked.principal = principal
+        shown[principal.access_key_id] = orjson.loads(asyncio.run(health.stream_health(asked)).body)
+    assert "not set" in shown["AKIAADMIN"]["Unavailable"], "every app's admin reads the worker's figures"
+    assert shown["AKIABOUND"] == {"Unavailable": BOUND_HEALTH}
 
 
 def test_stream_health_without_a_url_or_a_listener_says_so() -> None:

@@ -76,6 +76,8 @@ OPERATIONS = frozenset(
     ("ConsoleAsset", "ConsoleSignIn", "ConsoleSession", "ConsoleSignOut", "ConsoleStreamHealth")
 )
 UNSIGNED = frozenset(("ConsoleAsset", "ConsoleSignOut"))
+# What a key bound to apps reads in place of the delivery figures.
+BOUND_HEALTH = "the figures are every app's together, so only an admin key for every app sees them"
 
 
 def read_assets() -> dict[str, tuple[bytes, bytes]]:
@@ -264,7 +266,12 @@ class Console:
 
     async def stream_health(self, request: Request) -> Response:
         """The streams worker's delivery figures by destination kind
-        (:mod:`ingest.api.streamhealth`); the page picks its app's kind."""
+        (:mod:`ingest.api.streamhealth`); the page picks its app's kind.
+        They are the whole deployment's (every app's deliveries), so only an
+        admin key for every app sees them: a key bound to apps is told so."""
+        principal = request.principal
+        if principal is not None and principal.apps:
+            return _json({"Unavailable": BOUND_HEALTH})
         return _json(await self._health.read())
 
     async def sign_out(self, request: Request) -> Response:
