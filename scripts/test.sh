@@ -19,11 +19,11 @@ echo "test: chromium ready ($(/usr/bin/chromium --version 2>/dev/null | head -n 
 # starting it here once keeps the xdist workers from queueing on it.
 INGEST_TEST_POSTGRES_URL=$(scripts/postgres.sh | tail -n 1)
 export INGEST_TEST_POSTGRES_URL
-# Three workers on two cores: most of the suite waits on subprocesses (with
-# two, both cores stayed about 30 % busy). A file's tests stay on one worker
-# (loadfile), so module-scoped servers start once.
+# Four workers on two cores: most of the suite waits on subprocesses (with
+# three, the suite took 482 s here; with four, 351 s). A file's tests stay on
+# one worker (loadfile), so module-scoped servers start once.
 # Coverage covers the `ingest` subprocesses too; its floor (pyproject.toml)
 # holds for the whole suite, so a run narrowed by arguments reports it only.
 floor=()
 [ "$#" -eq 0 ] || floor=(--cov-fail-under=0)
-.venv/bin/pytest -n 3 --dist loadfile --cov --cov-report=term "${floor[@]}" "$@"
+.venv/bin/pytest -n 4 --dist loadfile --cov --cov-report=term "${floor[@]}" "$@"
