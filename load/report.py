@@ -84,8 +84,8 @@ class Durations:
     # The segments part seeds a quarter of this and then all of it, per store.
     segment_records: int = 1_000_000
     # Endpoint definitions an import and an export job take (and a quarter
-    # of it, for memory flat in the rows).
-    job_records: int = 100_000
+    # of it, for memory flat in the rows): the 1M.
+    job_records: int = 1_000_000
     profile_s: float = 8.0
     profile_endpoint_records: int = 20_000
     profile_kpi_records: int = 40_000
