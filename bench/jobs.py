@@ -238,7 +238,9 @@ async def bench_jobs(settings: Settings, *, records: int, postgres_url: str | No
     backends: list[tuple[str, str | None]] = [("SQLite", None)]
     if postgres_url:
         backends.append(("PostgreSQL", postgres_url))
-    with tempfile.TemporaryDirectory(dir=settings.data_dir if settings.data_dir.exists() else None) as tmp:
+    # Absolute: the jobs' file:// URLs name it, and a file:// URL names no host.
+    parent = os.path.abspath(settings.data_dir) if settings.data_dir.exists() else None  # noqa: ASYNC240
+    with tempfile.TemporaryDirectory(dir=parent) as tmp:
         for name, url in backends:
             for rows in sizes:
                 directory = Path(tmp) / f"{name}-{rows}"
