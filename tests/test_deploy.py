@@ -555,6 +555,7 @@ def exported_metrics() -> dict[str, tuple[str, ...]]:
     streams = getattr(metrics_module, "StreamMetrics", None)
     if streams is not None:
         holders.append(streams(registry))
+    holders.append(metrics_module.JobMetrics(registry))
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
     found: dict[str, tuple[str, ...]] = {}
     for holder in [consumer, *holders]:
@@ -609,6 +610,8 @@ def test_monitoring_rules_alert_on_real_metrics(rendered: dict[str, Path]) -> No
         # parked event-stream destinations, and stream lag
         "ingest_stream_parked_destinations": "",
         "ingest_stream_lag_records": "",
+        # import and export jobs that failed
+        "ingest_jobs_finished_total": 'status="FAILED"',
     }
     for metric, matcher in wanted.items():
         assert [a for a in alerts.values() if metric in a["expr"] and matcher in a["expr"]], metric
