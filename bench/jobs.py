@@ -38,16 +38,15 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from bench.support import fresh_store, time_drain
+from bench.endpoints import time_endpoint_drain
+from bench.support import fresh_store
 from ingest.api.jobs import new_job_id
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
-from ingest.metrics import WorkerMetrics
 from ingest.process import job_worker, settle_gc
 from ingest.records.codec import Codec
 from ingest.settings import Settings
 from ingest.store.base import App, Job, Store
-from ingest.workers.sinks import EndpointWorker
 
 ROLE = "arn:aws:iam::123456789012:role/bench-jobs"
 POLL_S = 0.02
@@ -160,24 +159,7 @@ def new_job(app_id: str, job_type: str, definition: dict[str, Any]) -> Job:
 
 async def apply_rate(settings: Settings, store: Store, bootstrap: str, count: int) -> float:
     """The endpoint worker's drain of what is on ``ingest.endpoints``: upserts/s."""
-    registry = CollectorRegistry()
-    worker = EndpointWorker(
-        clients.consumer(settings, bootstrap, group_id=f"bench-{uuid.uuid4().hex[:8]}"),
-        clients.deadletter_producer(settings, bootstrap, idempotence=False),
-        store,
-        codec=Codec(),
-        metrics=WorkerMetrics(registry),
-        max_records=settings.worker_max_records,
-        drain_timeout_s=5,
-    )
-
-    def done() -> float:
-        return sum(
-            registry.get_sample_value("ingest_endpoint_records_total", {"outcome": o}) or 0.0
-            for o in ("applied", "superseded")
-        )
-
-    rate, _ = await time_drain(worker, done, count)
+    rate, _ = await time_endpoint_drain(settings, store, bootstrap, count)
     return rate
 
 
