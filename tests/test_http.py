@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ingest.api.apps import page_size
 from ingest.api.http import Request, Response, Route, Router
 from ingest.errors import BadRequest
 
@@ -91,3 +92,32 @@ def test_routes_of_the_same_length_are_tried_in_order() -> None:
         ENDPOINT,
         {"app": "a1", "endpoint": "all"},
     )
+
+
+def listing(page_size: str | None) -> Request:
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b""}
+
+    query = {} if page_size is None else {"page-size": [page_size]}
+    return Request("GET", {}, query, {}, receive, "r")
+
+
+@pytest.mark.parametrize(
+    ("given", "most", "expected"),
+    [
+        (None, 1000, 100),
+        ("", 1000, 100),
+        ("7", 1000, 7),
+        ("1000", 1000, 1000),
+        (None, 50, 50),
+        ("50", 50, 50),
+    ],
+)
+def test_every_listing_reads_page_size_alike(given: str | None, most: int, expected: int) -> None:
+    assert page_size(listing(given), most=most) == expected
+
+
+@pytest.mark.parametrize("given", ["0", "1001", "-1", "+5", " 5", "1_0", "\u0665", "2.0", "x", "9" * 400])
+def test_a_page_size_int_would_read_is_refused_unless_plain_digits_in_range(given: str) -> None:
+    with pytest.raises(BadRequest, match="page-size must be a whole number 1-1000"):
+        page_size(listing(given))

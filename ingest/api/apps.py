@@ -50,17 +50,17 @@ def cached_bytes(app_id: str, app: App | None) -> int:
     return _ENTRY_OVERHEAD_BYTES + 4 * chars
 
 
-def page_size(request: Request) -> int:
-    """The request's ``page-size`` (DEFAULT_PAGE_SIZE when absent); BadRequest
-    unless a whole number 1-MAX_PAGE_SIZE. Every listing takes it."""
+def page_size(request: Request, *, most: int = MAX_PAGE_SIZE) -> int:
+    """The request's ``page-size`` (DEFAULT_PAGE_SIZE, at most ``most``, when
+    absent or empty); BadRequest unless ASCII digits naming 1-``most`` (not
+    what else int() reads: signs, spaces, underscores, other scripts' digits).
+    Every listing takes it."""
     size_text = request.query_one("page-size")
-    try:
-        size = DEFAULT_PAGE_SIZE if size_text is None else int(size_text)
-    except ValueError as exc:
-        raise BadRequest("page-size must be a whole number") from exc
-    if not 1 <= size <= MAX_PAGE_SIZE:
-        raise BadRequest(f"page-size must be 1-{MAX_PAGE_SIZE}")
-    return size
+    if not size_text:
+        return min(DEFAULT_PAGE_SIZE, most)
+    if not size_text.isascii() or not size_text.isdigit() or not 1 <= int(size_text) <= most:
+        raise BadRequest(f"page-size must be a whole number 1-{most}")
+    return int(size_text)
 
 
 class AppCache:

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from ingest.api.apps import MAX_PAGE_BYTES, AppCache
+from ingest.api.apps import MAX_PAGE_BYTES, AppCache, page_size
 from ingest.api.http import Request, Response, iso_now, json_response
 from ingest.errors import BadRequest, InternalServerError, NotFound
 from ingest.folds.endpoints import iso_ms
@@ -47,7 +47,7 @@ from ingest.store.base import App, Segment, Store
 # Segments an app may hold (ours: Pinpoint publishes no such quota for the
 # API). Each is a few rows; every GetSegments page is bounded anyway.
 MAX_SEGMENTS_PER_APP = 100
-DEFAULT_PAGE_SIZE = 100
+# A page of segments holds at most this many (their definitions are large).
 MAX_PAGE_SIZE = 100
 # Compare-and-set rounds an UpdateSegment tries before a retriable 500: each
 # lost round is a concurrent update of the same segment.
@@ -195,13 +195,7 @@ def _token(parts: list[Any]) -> str:
 def _paging(request: Request, scope: list[Any]) -> tuple[int, list[Any] | None]:
     """(page size, what the token says after ``scope``: the last item's key
     parts, or None for the first page)."""
-    size_text = request.query_one("page-size")
-    if size_text is None or size_text == "":
-        size = DEFAULT_PAGE_SIZE
-    elif not size_text.isascii() or not size_text.isdigit() or not 1 <= int(size_text) <= MAX_PAGE_SIZE:
-        raise BadRequest(f"page-size must be a whole number 1-{MAX_PAGE_SIZE}")
-    else:
-        size = int(size_text)
+    size = page_size(request, most=MAX_PAGE_SIZE)
     token = request.query_one("token")
     if not token:
         return size, None
