@@ -507,9 +507,11 @@ async def supervise(settings: Settings, *, status_file: Path | None = None) -> i
                 write_status(status_file, status())
 
         log.info(
-            "supervising %d edge processes on http://%s and the four workers",
+            "supervising %d edge processes on http://%s%s and %s",
             settings.edge_process_count,
             api,
+            " (running the jobs too)" if embedded is not None else "",
+            ", ".join(child.name for child in children if not child.name.startswith("edge-")),
         )
         supervisor = await stack.enter_async_context(
             Supervisor(children, drain_timeout_s=settings.drain_timeout_s, metrics=metrics, changed=changed)
