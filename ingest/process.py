@@ -208,6 +208,7 @@ def workers_of(
                 max_records=settings.worker_max_records,
                 drain_timeout_s=settings.drain_timeout_s,
                 stall_timeout_s=settings.worker_stall_timeout_s,
+                fetch_interval_s=settings.worker_fetch_interval_ms / 1000,
             )
         )
         log.info("endpoint worker consuming %s as group %s", clients.ENDPOINTS_TOPIC, clients.ENDPOINTS_GROUP)
@@ -226,6 +227,7 @@ def workers_of(
                 max_records=settings.worker_max_records,
                 drain_timeout_s=settings.drain_timeout_s,
                 stall_timeout_s=settings.worker_stall_timeout_s,
+                fetch_interval_s=settings.worker_fetch_interval_ms / 1000,
             )
         )
         log.info(
@@ -263,7 +265,7 @@ async def stream_worker(
     kafka = KafkaSender(
         producer,
         admin,
-        partitions=settings.kafka_partitions,
+        partitions=settings.topic_partitions,
         replication_factor=settings.kafka_replication_factor,
         timeout_s=settings.produce_timeout_s,
     )
@@ -285,6 +287,7 @@ async def stream_worker(
         config_refresh_s=settings.stream_config_refresh_s,
         park_after_s=settings.stream_park_after_s,
         allowed_accounts=settings.stream_accounts,
+        fetch_interval_s=settings.worker_fetch_interval_ms / 1000,
     )
 
 

@@ -41,6 +41,16 @@ PINPOINT_MAX_BODY_BYTES = 4 * 1024 * 1024
 MASTER_KEY_BYTES = 32
 # GetId's token bucket holds this many requests per client address.
 GETID_BURST = 10
+# Partitions of each main topic unless INGEST_KAFKA_PARTITIONS says: on a
+# Kafka cluster, room for several workers of a role; on the embedded broker,
+# which runs one worker of each role, one. Tansu answers each fetch that finds
+# records by listing every batch the partition holds, and stores a batch per
+# partition a produce request touches, so eight partitions cost it eight
+# times the batches and the listings for no parallelism (one `ingest run`,
+# the same load: saturation 29k → 36k events/s, the produce round trip at
+# half of it 13 → 5 ms; load/benchmark-notes.md).
+CLUSTER_PARTITIONS = 8
+EMBEDDED_PARTITIONS = 1
 
 T = TypeVar("T")
 
@@ -88,8 +98,9 @@ class Settings:
     # turns it off for the embedded broker.
     kafka_idempotence: bool = True
     # Both main topics get this many partitions so one worker owns all of an
-    # endpoint's history.
-    kafka_partitions: int = 8
+    # endpoint's history; unset, CLUSTER_PARTITIONS, or EMBEDDED_PARTITIONS with
+    # the embedded broker (``topic_partitions``).
+    kafka_partitions: int | None = None
     kafka_replication_factor: int = 1
     kafka_compression: Compression = "none"
     # One Kafka record batch per partition carries every record that arrived
@@ -145,6 +156,13 @@ class Settings:
     # consumer stuck after a rebalance never recovers by itself. Well above a
     # rebalance and a store retry's backoff.
     worker_stall_timeout_s: float = 120.0
+    # While a worker keeps up (a poll that does not fill a batch), the least
+    # time from one of its polls to its next fetch (ingest.kafka.pacing): a
+    # fetch that finds records costs the broker a listing of every batch the
+    # partition holds (Tansu), which held up the edge's acks more the longer a
+    # run went on. A record waits up to this much more before its worker reads
+    # it; 0 fetches again at once.
+    worker_fetch_interval_ms: int = 100
     # KPI worker: UTC days (today included) whose event IDs are kept to
     # deduplicate on. An event dated before them is not aggregated, since a
     # retry of it could no longer be recognised. A week covers a device that
@@ -289,7 +307,12 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check(self.port, 0 <= self.port <= 65535, "port", "a TCP port 0-65535")
-        _check(self.kafka_partitions, self.kafka_partitions >= 1, "kafka_partitions", ">= 1")
+        _check(
+            self.kafka_partitions,
+            self.kafka_partitions is None or self.kafka_partitions >= 1,
+            "kafka_partitions",
+            ">= 1",
+        )
         _check(
             self.kafka_replication_factor,
             self.kafka_replication_factor >= 1,
@@ -341,6 +364,12 @@ class Settings:
                     "process (two producers appending to one of its partitions at once can lose records "
                     f"to the workers); more need {PREFIX}KAFKA_BOOTSTRAP, a Kafka cluster"
                 )
+        _check(
+            self.worker_fetch_interval_ms,
+            0 <= self.worker_fetch_interval_ms <= 10_000,
+            "worker_fetch_interval_ms",
+            "0-10000",
+        )
         _check(
             self.worker_stall_timeout_s,
             0 < self.worker_stall_timeout_s <= 86400,
@@ -448,6 +477,14 @@ class Settings:
                     f"{PREFIX}KAFKA_SASL_USERNAME and {PREFIX}KAFKA_SASL_PASSWORD are required "
                     f"with {PREFIX}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
                 )
+
+    @property
+    def topic_partitions(self) -> int:
+        """``kafka_partitions``, with ``None`` read as CLUSTER_PARTITIONS, or
+        EMBEDDED_PARTITIONS with the embedded broker."""
+        if self.kafka_partitions is not None:
+            return self.kafka_partitions
+        return EMBEDDED_PARTITIONS if self.kafka_bootstrap is None else CLUSTER_PARTITIONS
 
     @property
     def edge_process_count(self) -> int:

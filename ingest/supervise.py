@@ -440,6 +440,9 @@ def children_of(
     env = dict(os.environ) | {
         "INGEST_DATA_DIR": str(data_dir),
         "INGEST_KAFKA_BOOTSTRAP": bootstrap,
+        # What this process read it as (one with the embedded broker), which
+        # the children, given a bootstrap, would read otherwise.
+        "INGEST_KAFKA_PARTITIONS": str(settings.topic_partitions),
         "INGEST_KAFKA_IDEMPOTENCE": "true" if idempotence else "false",
         "INGEST_HOST": settings.host,
         "INGEST_PORT": str(port),

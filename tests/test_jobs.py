@@ -30,12 +30,13 @@ from botocore.exceptions import ClientError
 
 from ingest.kafka.broker import free_port
 from ingest.kafka.publish import key_hash
+from ingest.settings import EMBEDDED_PARTITIONS
 from tests import aws
 from tests.conftest import Pipeline, endpoint_or_none, eventually, kpi_events, start_pipeline
 
 ROLE = f"arn:aws:iam::{aws.MOTO_ACCOUNT}:role/pinpoint-import"
 WITHIN_S = 60.0
-PARTITIONS = 8  # INGEST_KAFKA_PARTITIONS' default
+PARTITIONS = EMBEDDED_PARTITIONS  # INGEST_KAFKA_PARTITIONS' default with the embedded broker
 TEN_GB = 10 * 1024**3
 # Members of an endpoint the server sets, which a re-import does not carry over.
 SERVER_SET = ("ApplicationId", "CohortId", "CreationDate", "RequestId")

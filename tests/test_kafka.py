@@ -138,6 +138,13 @@ def test_both_main_topics_have_the_configured_partition_count(tmp_path: Path) ->
     assert counts == {"ingest.events": 3, "ingest.endpoints": 3, "ingest.deadletter": 1}
 
 
+def test_the_embedded_brokers_main_topics_have_one_partition(pipeline: Pipeline) -> None:
+    """`ingest run` runs one worker of each role on it: more partitions would
+    only cost Tansu batches and listings (Settings.topic_partitions)."""
+    counts = asyncio.run(partition_counts(pipeline.bootstrap))
+    assert counts == {"ingest.events": 1, "ingest.endpoints": 1, "ingest.deadletter": 1}
+
+
 async def partition_counts(bootstrap: str) -> dict[str, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ingest.errors import SettingsError
-from ingest.settings import Settings, _parser
+from ingest.settings import CLUSTER_PARTITIONS, EMBEDDED_PARTITIONS, Settings, _parser
 
 # One valid value per variable, unlike its default, and what it parses to.
 # A new setting must be added here: the first test fails until it is.
@@ -47,6 +47,7 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_EDGE_PROCESSES": ("4", 4),
     "INGEST_WORKER_MAX_RECORDS": ("100", 100),
     "INGEST_WORKER_STALL_TIMEOUT_S": ("30", 30.0),
+    "INGEST_WORKER_FETCH_INTERVAL_MS": ("0", 0),
     "INGEST_STREAM_CONFIG_REFRESH_S": ("0.5", 0.5),
     "INGEST_STREAM_PARK_AFTER_S": ("3", 3.0),
     "INGEST_STREAM_ASSUME_ROLE": ("false", False),
@@ -185,6 +186,22 @@ def test_a_stream_or_console_setting_out_of_its_range_is_refused(var: str, raw: 
 def test_a_job_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(f"{var}=") + ".*" + re.escape(f"expected {expected}")):
         Settings.from_env({var: raw})
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("-1", "0-10000"), ("10001", "0-10000")])
+def test_a_worker_fetch_interval_out_of_its_range_is_refused(raw: str, expected: str) -> None:
+    message = f"INGEST_WORKER_FETCH_INTERVAL_MS={raw}: expected {expected}"
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.from_env({"INGEST_WORKER_FETCH_INTERVAL_MS": raw})
+
+
+def test_the_main_topics_have_one_partition_on_the_embedded_broker_unless_set() -> None:
+    assert Settings().topic_partitions == EMBEDDED_PARTITIONS == 1
+    assert Settings(kafka_bootstrap="kafka:9092").topic_partitions == CLUSTER_PARTITIONS == 8
+    assert Settings(kafka_partitions=3).topic_partitions == 3
+    assert Settings(kafka_bootstrap="kafka:9092", kafka_partitions=1).topic_partitions == 1
+    with pytest.raises(SettingsError, match=re.escape("INGEST_KAFKA_PARTITIONS=0: expected >= 1")):
+        Settings.from_env({"INGEST_KAFKA_PARTITIONS": "0"})
 
 
 def test_more_jobs_an_app_than_in_the_deployment_is_refused() -> None:

@@ -102,8 +102,8 @@ async def ensure_topics(settings: Settings, bootstrap: str) -> None:
     partition count (one worker must own all of an endpoint's history)."""
     setup = admin(settings, bootstrap, client_id="ingest-setup")
     wanted = {
-        EVENTS_TOPIC: settings.kafka_partitions,
-        ENDPOINTS_TOPIC: settings.kafka_partitions,
+        EVENTS_TOPIC: settings.topic_partitions,
+        ENDPOINTS_TOPIC: settings.topic_partitions,
         DEADLETTER_TOPIC: DEADLETTER_PARTITIONS,
     }
     try:

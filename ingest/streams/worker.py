@@ -55,6 +55,7 @@ from aiokafka.structs import TopicPartition
 from ingest.errors import DecodeError, DeliveryError, StoreError
 from ingest.folds.endpoints import EndpointState
 from ingest.kafka.clients import EVENTS_TOPIC, start_producer
+from ingest.kafka.pacing import FetchPacer
 from ingest.metrics import StreamMetrics
 from ingest.records.codec import Codec
 from ingest.store.base import EventStream, Store
@@ -173,6 +174,7 @@ class StreamWorker:
         config_refresh_s: float,
         park_after_s: float,
         allowed_accounts: frozenset[str] = frozenset(),
+        fetch_interval_s: float = 0.0,
     ) -> None:
         self._consumer = consumer
         self._deadletter = deadletter
@@ -186,6 +188,10 @@ class StreamWorker:
         self._park_after_s = park_after_s
         self._allowed_accounts = allowed_accounts
         self._stopping = asyncio.Event()
+        # Spaces the fetches while the worker keeps up (ingest.kafka.pacing).
+        self._pacer = FetchPacer(
+            consumer, interval_s=fetch_interval_s, max_records=max_records, stopping=self._stopping
+        )
         self._started = False
         # app ID → its target, as last read; when (wall ms, monotonic s).
         self._streams: dict[str, Target] = {}
@@ -308,7 +314,9 @@ class StreamWorker:
         if any(lane.parked and lane.recovered for lane in self._lanes.values()):
             await self._settle()  # a read-back starts from a settled position
         self._rewind_recovered()
+        await self._pacer.wait()
         batch = await self._consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self._max_records)
+        self._pacer.polled(sum(len(messages) for messages in batch.values()))
         if not batch:
             await self._settle()
             if time.monotonic() - self._config_at >= self._config_refresh_s:

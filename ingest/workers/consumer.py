@@ -52,6 +52,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from ingest.errors import DecodeError, StoreCondition, StoreError, WorkerStalled
 from ingest.kafka.clients import DEADLETTER_TOPIC, start_producer
+from ingest.kafka.pacing import FetchPacer
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ class Worker(Generic[R]):
         max_records: int,
         drain_timeout_s: float,
         stall_timeout_s: float = STALL_TIMEOUT_S,
+        fetch_interval_s: float = 0.0,
     ) -> None:
         self._consumer = consumer
         self._deadletter = deadletter
@@ -146,6 +148,10 @@ class Worker(Generic[R]):
         self._max_records = max_records
         self._drain_timeout_s = drain_timeout_s
         self._stopping = asyncio.Event()
+        # Spaces the fetches while the worker keeps up (ingest.kafka.pacing).
+        self._pacer = FetchPacer(
+            consumer, interval_s=fetch_interval_s, max_records=max_records, stopping=self._stopping
+        )
         self._store_ok = True
         # Why the store last refused a batch, when it is a condition an
         # operator must fix (readiness names it); None once a batch lands.
@@ -211,7 +217,9 @@ class Worker(Generic[R]):
         """Fetch and decode a batch while the previous one is written, then
         hand it to the writer. Batches are written one after the other, in
         the order fetched, each committed only after its write."""
+        await self._pacer.wait(resume=self._store_ok)
         batch = await self._consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self._max_records)
+        self._pacer.polled(sum(len(m) for m in batch.values()))
         if not batch:
             await self._settle()
             await self._report_idle_lag()
@@ -340,6 +348,7 @@ class Worker(Generic[R]):
         fails for another reason, find the records at fault one by one and
         dead-letter them, so one bad record never blocks its partition."""
         backoff = BACKOFF_FIRST_S
+        held = False
         while True:
             started = time.perf_counter()
             try:
@@ -349,6 +358,7 @@ class Worker(Generic[R]):
                 self.store_condition = exc.condition
                 self._metrics.store_retries.inc()
                 self._consumer.pause(*partitions)
+                held = True
                 log.warning(
                     "store unavailable (%s); %s worker holding %d records, retry in %.2f s",
                     exc,
@@ -364,7 +374,9 @@ class Worker(Generic[R]):
             log.info("store available again")
         self._store_ok = True
         self.store_condition = None
-        self._consumer.resume(*partitions)
+        if held:
+            # A rebalance may have taken some of them meanwhile.
+            self._consumer.resume(*(set(partitions) & self._consumer.assignment()))
         self._metrics.write_seconds.observe(time.perf_counter() - started)
         self._metrics.batch_size.observe(len(records))
 

@@ -117,6 +117,7 @@ class EndpointWorker(Worker[EndpointRecord]):
         max_records: int,
         drain_timeout_s: float,
         stall_timeout_s: float = STALL_TIMEOUT_S,
+        fetch_interval_s: float = 0.0,
     ) -> None:
         super().__init__(
             consumer,
@@ -125,6 +126,7 @@ class EndpointWorker(Worker[EndpointRecord]):
             max_records=max_records,
             drain_timeout_s=drain_timeout_s,
             stall_timeout_s=stall_timeout_s,
+            fetch_interval_s=fetch_interval_s,
         )
 
 

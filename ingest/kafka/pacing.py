@@ -1,0 +1,72 @@
+"""How often a worker's consumer fetches while it keeps up.
+
+A consumer that keeps up fetches again as soon as it has taken the last
+records: with records arriving all the time, that is a fetch per produce
+request or so, for each of the three worker groups. Each fetch that finds
+records costs the embedded broker a listing of every batch the partition
+ever stored (Tansu's object-store engines answer a fetch that way, and keep
+every batch), so that cost grows with the run's age and, on the one broker
+the edge produces to, held up the edge's acks: at a steady half of
+saturation, the produce round trip grew from 12 ms to 114 ms over five 12 s
+rows (load/benchmark-notes.md, "Latency grows with the run's age").
+
+:class:`FetchPacer` spaces those fetches: after a poll that did not fill a
+batch (the worker is keeping up), the worker's partitions are paused for the
+rest of ``interval_s`` from that poll, so that no fetch is sent meanwhile,
+and resumed before the next poll, which then takes what arrived in one
+fetch. A worker that is behind (a full batch) is never paused, and a
+stopping one is not held either (its drain goes at full speed). The cost is
+freshness: a record waits up to ``interval_s`` more before its worker reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+class FetchPacer:
+    """Pauses ``consumer``'s partitions after a poll that kept up, until
+    ``interval_s`` after it. ``interval_s`` 0 never pauses."""
+
+    def __init__(
+        self, consumer: AIOKafkaConsumer, *, interval_s: float, max_records: int, stopping: asyncio.Event
+    ) -> None:
+        self._consumer = consumer
+        self._interval_s = interval_s
+        self._max_records = max_records
+        self._stopping = stopping
+        # The partitions this pacer paused (none other is resumed by it), and
+        # until when (monotonic s).
+        self._paused: set[TopicPartition] = set()
+        self._until = 0.0
+
+    def polled(self, records: int) -> None:
+        """Right after a poll returned ``records`` (before any await, so the
+        consumer's background fetch has not been sent yet)."""
+        if self._interval_s <= 0 or records == 0 or records >= self._max_records or self._stopping.is_set():
+            return
+        pausing = self._consumer.assignment() - self._consumer.paused()
+        self._consumer.pause(*pausing)
+        self._paused |= pausing
+        self._until = time.monotonic() + self._interval_s
+
+    async def wait(self, *, resume: bool = True) -> None:
+        """Before the next poll: the rest of the interval (ended by a stop),
+        then the partitions this pacer paused resumed. With ``resume`` false
+        (the worker holds its partitions through a store outage) they stay
+        paused, and a later wait resumes them."""
+        if not self._paused:
+            return
+        remaining = self._until - time.monotonic()
+        if remaining > 0 and not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), remaining)
+        if not resume:
+            return
+        # A rebalance may have taken some of them meanwhile.
+        self._consumer.resume(*(self._paused & self._consumer.assignment()))
+        self._paused = set()

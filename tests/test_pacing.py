@@ -1,0 +1,146 @@
+"""FetchPacer on a real consumer of a Tansu broker: a poll that kept up holds
+the partitions until the interval is over, so no fetch goes out meanwhile;
+the next poll takes in one fetch what arrived; a full batch, a stop, a store
+hold and a rebalance are each handled as ingest.kafka.pacing says."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from ingest.kafka.pacing import FetchPacer
+
+TOPIC = "paced"
+INTERVAL_S = 0.4
+MAX_RECORDS = 50
+TP0, TP1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+
+
+@pytest.fixture
+async def kafka(broker: str) -> AsyncIterator[tuple[AIOKafkaProducer, AIOKafkaConsumer]]:
+    producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
+    # Assigned by hand: no group to join, the same pause and fetch machinery.
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker, auto_offset_reset="earliest", fetch_max_wait_ms=50)
+    await producer.start()
+    await consumer.start()
+    try:
+        await producer.send_and_wait(TOPIC, b"create", partition=0)  # auto-created, 4 partitions
+        consumer.assign([TP0, TP1])
+        yield producer, consumer
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def _send(producer: AIOKafkaProducer, count: int, partition: int = 0) -> None:
+    for n in range(count):
+        await producer.send(TOPIC, f"r{n}".encode(), partition=partition)
+    await producer.flush()
+
+
+async def _poll(consumer: AIOKafkaConsumer, pacer: FetchPacer, want: int) -> int:
+    """Poll until ``want`` records came (at most 5 s); → how many, the
+    pacer told of the last poll."""
+    got = 0
+    deadline = time.monotonic() + 5
+    while got < want and time.monotonic() < deadline:
+        batch = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
+        count = sum(len(m) for m in batch.values())
+        pacer.polled(count)
+        got += count
+        if got < want:
+            await pacer.wait()
+    return got
+
+
+async def test_a_poll_that_kept_up_holds_the_partitions_for_the_interval(
+    kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer],
+) -> None:
+    producer, consumer = kafka
+    pacer = FetchPacer(consumer, interval_s=INTERVAL_S, max_records=MAX_RECORDS, stopping=asyncio.Event())
+    assert await _poll(consumer, pacer, 1) == 1  # the "create" record: a poll that kept up
+    polled_at = time.monotonic()
+    assert consumer.paused() == {TP0, TP1}
+    # Records arriving meanwhile are not fetched: a paused partition has no
+    # fetch in flight, so nothing is buffered for the next poll yet.
+    await _send(producer, 5)
+    await asyncio.sleep(0.15)
+    assert consumer.paused() == {TP0, TP1}
+    assert await consumer.getmany(timeout_ms=0) == {}
+    await pacer.wait()
+    assert time.monotonic() - polled_at >= INTERVAL_S - 0.01
+    assert consumer.paused() == set()
+    # Resumed, the next poll takes everything that arrived, in one fetch.
+    batch = await consumer.getmany(timeout_ms=2000, max_records=MAX_RECORDS)
+    assert [m.value for m in batch[TP0]] == [f"r{n}".encode() for n in range(5)]
+
+
+async def test_a_full_batch_is_never_held(kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer]) -> None:
+    _, consumer = kafka
+    pacer = FetchPacer(consumer, interval_s=INTERVAL_S, max_records=MAX_RECORDS, stopping=asyncio.Event())
+    pacer.polled(MAX_RECORDS)  # behind: the next fetch goes at once
+    assert consumer.paused() == set()
+    started = time.monotonic()
+    await pacer.wait()
+    assert time.monotonic() - started < 0.05
+    pacer.polled(0)  # an empty poll neither
+    assert consumer.paused() == set()
+
+
+async def test_a_stop_ends_the_wait_and_a_stopping_worker_is_not_held(
+    kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer],
+) -> None:
+    _, consumer = kafka
+    stopping = asyncio.Event()
+    pacer = FetchPacer(consumer, interval_s=30.0, max_records=MAX_RECORDS, stopping=stopping)
+    pacer.polled(1)
+    assert consumer.paused() == {TP0, TP1}
+    asyncio.get_running_loop().call_later(0.1, stopping.set)
+    started = time.monotonic()
+    await pacer.wait()
+    assert time.monotonic() - started < 1.0
+    assert consumer.paused() == set()
+    pacer.polled(1)  # stopping: the drain goes at full speed
+    assert consumer.paused() == set()
+
+
+async def test_partitions_held_by_the_worker_stay_held(
+    kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer],
+) -> None:
+    _, consumer = kafka
+    pacer = FetchPacer(consumer, interval_s=0.05, max_records=MAX_RECORDS, stopping=asyncio.Event())
+    consumer.pause(TP1)  # the worker's own hold (a store outage)
+    pacer.polled(1)
+    assert consumer.paused() == {TP0, TP1}
+    await pacer.wait(resume=False)  # the store is still out: nothing resumed
+    assert consumer.paused() == {TP0, TP1}
+    consumer.resume(TP1)  # the worker lets its hold go ...
+    await pacer.wait()  # ... and the next wait resumes what the pacer paused
+    assert consumer.paused() == set()
+    consumer.pause(TP1)
+    pacer.polled(1)
+    await pacer.wait()
+    assert consumer.paused() == {TP1}, "a hold the pacer did not make is not lifted by it"
+
+
+async def test_a_partition_taken_away_meanwhile_is_not_resumed(
+    kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer],
+) -> None:
+    _, consumer = kafka
+    pacer = FetchPacer(consumer, interval_s=0.05, max_records=MAX_RECORDS, stopping=asyncio.Event())
+    pacer.polled(1)
+    consumer.assign([TP0])  # TP1 went to another member
+    await pacer.wait()  # resuming TP1 would raise IllegalStateError
+    assert consumer.paused() == set()
+    assert consumer.assignment() == {TP0}
+
+
+async def test_an_interval_of_zero_never_pauses(kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer]) -> None:
+    _, consumer = kafka
+    pacer = FetchPacer(consumer, interval_s=0.0, max_records=MAX_RECORDS, stopping=asyncio.Event())
+    pacer.polled(1)
+    assert consumer.paused() == set()
