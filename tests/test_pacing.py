@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from ingest.kafka.clients import FETCH_MAX_WAIT_BEHIND_MS, FETCH_MAX_WAIT_MS
 from ingest.kafka.pacing import FetchPacer
 
 TOPIC = "paced"
@@ -144,3 +145,29 @@ async def test_an_interval_of_zero_never_pauses(kafka: tuple[AIOKafkaProducer, A
     pacer = FetchPacer(consumer, interval_s=0.0, max_records=MAX_RECORDS, stopping=asyncio.Event())
     pacer.polled(1)
     assert consumer.paused() == set()
+
+
+async def test_the_fetch_wait_is_long_only_while_records_wait_beyond_the_position(
+    kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer],
+) -> None:
+    """Tansu stops listing a partition's batches once the fetch's wait has
+    passed and answers nothing: a consumer behind by a listing longer than
+    the short wait would never get another record."""
+    producer, consumer = kafka
+    pacer = FetchPacer(consumer, interval_s=0.0, max_records=MAX_RECORDS, stopping=asyncio.Event())
+    await _send(producer, 9)  # 10 records on partition 0, with "create"
+    fetcher = consumer._fetcher  # what aiokafka builds each fetch request from
+    assert fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+    taken = 0
+    while taken == 0:
+        batch = await consumer.getmany(timeout_ms=2000, max_records=3)
+        taken = sum(len(m) for m in batch.values())
+    assert taken == 3 and await pacer.behind()
+    await pacer.wait()
+    assert fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_BEHIND_MS
+    while taken < 10:
+        batch = await consumer.getmany(timeout_ms=2000, max_records=MAX_RECORDS)
+        taken += sum(len(m) for m in batch.values())
+    assert not await pacer.behind()
+    await pacer.wait()
+    assert fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS

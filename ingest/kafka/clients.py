@@ -27,6 +27,13 @@ STREAMS_GROUP = "ingest-streams"
 # the order records failed.
 DEADLETTER_PARTITIONS = 1
 FETCH_MAX_WAIT_MS = 50
+# How long a fetch may take while the consumer is behind (records beyond its
+# position on the broker): Tansu gives up listing a partition's batches when
+# the fetch's wait has passed and then answers nothing, so a backlog whose
+# listing takes longer than FETCH_MAX_WAIT_MS left its consumer stuck for good
+# (measured: about 1,100 batches on s3rver after a crash of `ingest run`
+# under load). With records there, the broker answers as soon as it has them.
+FETCH_MAX_WAIT_BEHIND_MS = 5_000
 
 
 def connection_options(settings: Settings, bootstrap: str) -> dict[str, Any]:

@@ -17,6 +17,16 @@ and resumed before the next poll, which then takes what arrived in one
 fetch. A worker that is behind (a full batch) is never paused, and a
 stopping one is not held either (its drain goes at full speed). The cost is
 freshness: a record waits up to ``interval_s`` more before its worker reads it.
+
+It also sets how long the broker may take to answer the next fetch: the
+consumer's short wait (``clients.FETCH_MAX_WAIT_MS``) while it is caught up,
+so a new record is answered at once, and a long one
+(``clients.FETCH_MAX_WAIT_BEHIND_MS``) while records lie beyond its position:
+Tansu stops listing a partition's batches once the wait has passed and then
+answers nothing, so with a backlog whose listing outlasted the short wait the
+consumer never got another record. aiokafka reads the wait from its fetcher
+for every fetch request (``Fetcher._fetch_max_wait_ms``, aiokafka 0.14;
+``tests/test_pacing.py`` fails if that changes).
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ import contextlib
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from ingest.kafka.clients import FETCH_MAX_WAIT_BEHIND_MS, FETCH_MAX_WAIT_MS
 
 
 class FetchPacer:
@@ -58,7 +70,23 @@ class FetchPacer:
         """Before the next poll: the rest of the interval (ended by a stop),
         then the partitions this pacer paused resumed. With ``resume`` false
         (the worker holds its partitions through a store outage) they stay
-        paused, and a later wait resumes them."""
+        paused, and a later wait resumes them. Then the next fetch's wait set."""
+        await self._hold(resume=resume)
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        if fetcher is not None:  # None before the consumer started
+            behind = await self.behind()
+            fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_BEHIND_MS if behind else FETCH_MAX_WAIT_MS
+
+    async def behind(self) -> bool:
+        """Whether a partition of this consumer has records on the broker
+        beyond its position, by the high watermark of the last fetch."""
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is not None and high > await self._consumer.position(tp):
+                return True
+        return False
+
+    async def _hold(self, *, resume: bool) -> None:
         if not self._paused:
             return
         remaining = self._until - time.monotonic()
