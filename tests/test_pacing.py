@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -51,11 +52,20 @@ async def _poll(consumer: AIOKafkaConsumer, pacer: FetchPacer, want: int) -> int
     while got < want and time.monotonic() < deadline:
         batch = await consumer.getmany(timeout_ms=200, max_records=MAX_RECORDS)
         count = sum(len(m) for m in batch.values())
-        pacer.polled(count)
+        pacer.polled(batch)
         got += count
         if got < want:
             await pacer.wait()
     return got
+
+
+async def _first_poll(consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+    """A poll that took all there was (the "create" record), to tell the
+    pacer of, as often as a test needs: it reads only offsets of it."""
+    batch: dict[TopicPartition, list[Any]] = {}
+    while not batch:
+        batch = await consumer.getmany(timeout_ms=2000, max_records=MAX_RECORDS)
+    return batch
 
 
 async def test_a_poll_that_kept_up_holds_the_partitions_for_the_interval(
@@ -80,15 +90,23 @@ async def test_a_poll_that_kept_up_holds_the_partitions_for_the_interval(
     assert [m.value for m in batch[TP0]] == [f"r{n}".encode() for n in range(5)]
 
 
-async def test_a_full_batch_is_never_held(kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer]) -> None:
-    _, consumer = kafka
+async def test_a_worker_behind_is_never_held(kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer]) -> None:
+    producer, consumer = kafka
     pacer = FetchPacer(consumer, interval_s=INTERVAL_S, max_records=MAX_RECORDS, stopping=asyncio.Event())
-    pacer.polled(MAX_RECORDS)  # behind: the next fetch goes at once
+    await _send(producer, 9)  # 10 records on partition 0, with "create"
+    # A poll that ends below the high watermark: records are left.
+    batch: dict[TopicPartition, list[Any]] = {}
+    while not batch:
+        batch = await consumer.getmany(timeout_ms=2000, max_records=3)
+    assert consumer.highwater(TP0) == 10 and batch[TP0][-1].offset == 2
+    pacer.polled(batch)
     assert consumer.paused() == set()
     started = time.monotonic()
     await pacer.wait()
     assert time.monotonic() - started < 0.05
-    pacer.polled(0)  # an empty poll neither
+    pacer.polled({TP0: batch[TP0][:1] * MAX_RECORDS})  # a full batch: the next fetch goes at once
+    assert consumer.paused() == set()
+    pacer.polled({})  # an empty poll neither
     assert consumer.paused() == set()
 
 
@@ -96,16 +114,17 @@ async def test_a_stop_ends_the_wait_and_a_stopping_worker_is_not_held(
     kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer],
 ) -> None:
     _, consumer = kafka
+    first = await _first_poll(consumer)
     stopping = asyncio.Event()
     pacer = FetchPacer(consumer, interval_s=30.0, max_records=MAX_RECORDS, stopping=stopping)
-    pacer.polled(1)
+    pacer.polled(first)
     assert consumer.paused() == {TP0, TP1}
     asyncio.get_running_loop().call_later(0.1, stopping.set)
     started = time.monotonic()
     await pacer.wait()
     assert time.monotonic() - started < 1.0
     assert consumer.paused() == set()
-    pacer.polled(1)  # stopping: the drain goes at full speed
+    pacer.polled(first)  # stopping: the drain goes at full speed
     assert consumer.paused() == set()
 
 
@@ -113,9 +132,10 @@ async def test_partitions_held_by_the_worker_stay_held(
     kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer],
 ) -> None:
     _, consumer = kafka
+    first = await _first_poll(consumer)
     pacer = FetchPacer(consumer, interval_s=0.05, max_records=MAX_RECORDS, stopping=asyncio.Event())
     consumer.pause(TP1)  # the worker's own hold (a store outage)
-    pacer.polled(1)
+    pacer.polled(first)
     assert consumer.paused() == {TP0, TP1}
     await pacer.wait(resume=False)  # the store is still out: nothing resumed
     assert consumer.paused() == {TP0, TP1}
@@ -123,7 +143,7 @@ async def test_partitions_held_by_the_worker_stay_held(
     await pacer.wait()  # ... and the next wait resumes what the pacer paused
     assert consumer.paused() == set()
     consumer.pause(TP1)
-    pacer.polled(1)
+    pacer.polled(first)
     await pacer.wait()
     assert consumer.paused() == {TP1}, "a hold the pacer did not make is not lifted by it"
 
@@ -132,8 +152,9 @@ async def test_a_partition_taken_away_meanwhile_is_not_resumed(
     kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer],
 ) -> None:
     _, consumer = kafka
+    first = await _first_poll(consumer)
     pacer = FetchPacer(consumer, interval_s=0.05, max_records=MAX_RECORDS, stopping=asyncio.Event())
-    pacer.polled(1)
+    pacer.polled(first)
     consumer.assign([TP0])  # TP1 went to another member
     await pacer.wait()  # resuming TP1 would raise IllegalStateError
     assert consumer.paused() == set()
@@ -142,8 +163,9 @@ async def test_a_partition_taken_away_meanwhile_is_not_resumed(
 
 async def test_an_interval_of_zero_never_pauses(kafka: tuple[AIOKafkaProducer, AIOKafkaConsumer]) -> None:
     _, consumer = kafka
+    first = await _first_poll(consumer)
     pacer = FetchPacer(consumer, interval_s=0.0, max_records=MAX_RECORDS, stopping=asyncio.Event())
-    pacer.polled(1)
+    pacer.polled(first)
     assert consumer.paused() == set()
 
 

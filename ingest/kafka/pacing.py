@@ -10,11 +10,12 @@ the edge produces to, held up the edge's acks: at a steady half of
 saturation, the produce round trip grew from 12 ms to 114 ms over five 12 s
 rows (load/benchmark-notes.md, "Latency grows with the run's age").
 
-:class:`FetchPacer` spaces those fetches: after a poll that did not fill a
-batch (the worker is keeping up), the worker's partitions are paused for the
+:class:`FetchPacer` spaces those fetches: after a poll that took all the
+broker had (the worker is keeping up), the worker's partitions are paused for the
 rest of ``interval_s`` from that poll, so that no fetch is sent meanwhile,
 and resumed before the next poll, which then takes what arrived in one
-fetch. A worker that is behind (a full batch) is never paused, and a
+fetch. A worker that is behind (a full batch, or one that ends below its
+partition's high watermark) is never paused, and a
 stopping one is not held either (its drain goes at full speed). The cost is
 freshness: a record waits up to ``interval_s`` more before its worker reads it.
 
@@ -34,8 +35,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from ingest.kafka.clients import FETCH_MAX_WAIT_BEHIND_MS, FETCH_MAX_WAIT_MS
 
@@ -56,11 +59,19 @@ class FetchPacer:
         self._paused: set[TopicPartition] = set()
         self._until = 0.0
 
-    def polled(self, records: int) -> None:
-        """Right after a poll returned ``records`` (before any await, so the
-        consumer's background fetch has not been sent yet)."""
+    def polled(self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]]) -> None:
+        """Right after a poll returned ``batch`` (before any await, so the
+        consumer's background fetch has not been sent yet). Not after a poll
+        that left records on the broker: a full batch, or one that ends below
+        its partition's high watermark (the broker may answer a fetch with
+        less than there is, as Tansu does when its listing runs out of time)."""
+        records = sum(len(messages) for messages in batch.values())
         if self._interval_s <= 0 or records == 0 or records >= self._max_records or self._stopping.is_set():
             return
+        for tp, messages in batch.items():
+            high = self._consumer.highwater(tp)
+            if messages and high is not None and high > messages[-1].offset + 1:
+                return
         pausing = self._consumer.assignment() - self._consumer.paused()
         self._consumer.pause(*pausing)
         self._paused |= pausing

@@ -316,7 +316,7 @@ class StreamWorker:
         self._rewind_recovered()
         await self._pacer.wait()
         batch = await self._consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self._max_records)
-        self._pacer.polled(sum(len(messages) for messages in batch.values()))
+        self._pacer.polled(batch)
         if not batch:
             await self._settle()
             if time.monotonic() - self._config_at >= self._config_refresh_s:

@@ -219,7 +219,7 @@ class Worker(Generic[R]):
         the order fetched, each committed only after its write."""
         await self._pacer.wait(resume=self._store_ok)
         batch = await self._consumer.getmany(timeout_ms=POLL_TIMEOUT_MS, max_records=self._max_records)
-        self._pacer.polled(sum(len(m) for m in batch.values()))
+        self._pacer.polled(batch)
         if not batch:
             await self._settle()
             await self._report_idle_lag()
