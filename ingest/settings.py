@@ -156,7 +156,7 @@ class Settings:
     # consumer stuck after a rebalance never recovers by itself. Well above a
     # rebalance and a store retry's backoff.
     worker_stall_timeout_s: float = 120.0
-    # While a worker keeps up (a poll that does not fill a batch), the least
+    # While a worker keeps up (a poll that took all the broker had), the least
     # time from one of its polls to its next fetch (ingest.kafka.pacing): a
     # fetch that finds records costs the broker a listing of every batch the
     # partition holds (Tansu), which held up the edge's acks more the longer a

@@ -11,13 +11,13 @@ saturation, the produce round trip grew from 12 ms to 114 ms over five 12 s
 rows (load/benchmark-notes.md, "Latency grows with the run's age").
 
 :class:`FetchPacer` spaces those fetches: after a poll that took all the
-broker had (the worker is keeping up), the worker's partitions are paused for the
-rest of ``interval_s`` from that poll, so that no fetch is sent meanwhile,
-and resumed before the next poll, which then takes what arrived in one
-fetch. A worker that is behind (a full batch, or one that ends below its
-partition's high watermark) is never paused, and a
-stopping one is not held either (its drain goes at full speed). The cost is
-freshness: a record waits up to ``interval_s`` more before its worker reads it.
+broker had (the worker is keeping up), the worker's partitions are paused
+for the rest of ``interval_s`` from that poll, so that no fetch is sent
+meanwhile, and resumed before the next poll, which then takes what arrived
+in one fetch. A worker that is behind (a full batch, or a poll that ends
+below its partition's high watermark) is never paused, and a stopping one is
+not held either (its drain goes at full speed). The cost is freshness: a
+record waits up to ``interval_s`` more before its worker reads it.
 
 It also sets how long the broker may take to answer the next fetch: the
 consumer's short wait (``clients.FETCH_MAX_WAIT_MS``) while it is caught up,
@@ -41,6 +41,20 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from ingest.kafka.clients import FETCH_MAX_WAIT_BEHIND_MS, FETCH_MAX_WAIT_MS
+
+
+async def behind(consumer: AIOKafkaConsumer, *, unknown: bool) -> bool:
+    """Whether a partition of ``consumer`` has records on the broker beyond its
+    position, by the high watermark of the last fetch (Tansu's end_offsets()
+    is wrong); a partition no fetch has answered yet counts as ``unknown``."""
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if high is None:
+            if unknown:
+                return True
+        elif high > await consumer.position(tp):
+            return True
+    return False
 
 
 class FetchPacer:
@@ -89,13 +103,8 @@ class FetchPacer:
             fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_BEHIND_MS if behind else FETCH_MAX_WAIT_MS
 
     async def behind(self) -> bool:
-        """Whether a partition of this consumer has records on the broker
-        beyond its position, by the high watermark of the last fetch."""
-        for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            if high is not None and high > await self._consumer.position(tp):
-                return True
-        return False
+        """Whether records lie beyond this consumer's position (see :func:`behind`)."""
+        return await behind(self._consumer, unknown=False)
 
     async def _hold(self, *, resume: bool) -> None:
         if not self._paused:

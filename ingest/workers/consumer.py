@@ -52,7 +52,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from ingest.errors import DecodeError, StoreCondition, StoreError, WorkerStalled
 from ingest.kafka.clients import DEADLETTER_TOPIC, start_producer
-from ingest.kafka.pacing import FetchPacer
+from ingest.kafka.pacing import FetchPacer, behind
 
 log = logging.getLogger(__name__)
 
@@ -433,12 +433,8 @@ async def settle(task: asyncio.Task[None] | None) -> None:
 
 async def caught_up(consumer: AIOKafkaConsumer) -> bool:
     """Whether the consumer's position is at the high watermark of every
-    partition it has (as of the last fetch; Tansu's end_offsets() is wrong)."""
-    for tp in consumer.assignment():
-        high = consumer.highwater(tp)
-        if high is None or await consumer.position(tp) < high:
-            return False
-    return True
+    partition it has, each answered by a fetch already."""
+    return not await behind(consumer, unknown=True)
 
 
 async def dead_letter(producer: AIOKafkaProducer, message: ConsumerRecord[Any, Any], reason: str) -> None:
