@@ -51,6 +51,11 @@ GETID_BURST = 10
 # half of it 13 → 5 ms; load/benchmark-notes.md).
 CLUSTER_PARTITIONS = 8
 EMBEDDED_PARTITIONS = 1
+# Bounds of INGEST_KAFKA_SESSION_TIMEOUT_MS: a heartbeat goes a third of it
+# apart, and under a second of slack a busy two-core machine drops members
+# that are alive; above five minutes a dead worker's partitions sit unread.
+MIN_SESSION_TIMEOUT_MS = 1_000
+MAX_SESSION_TIMEOUT_MS = 300_000
 
 T = TypeVar("T")
 
@@ -111,6 +116,13 @@ class Settings:
     # How long aiokafka keeps retrying a batch before failing it; longer than
     # the produce deadline so a slow ack still frees its buffer space.
     kafka_request_timeout_ms: int = 30_000
+    # How long the group coordinator waits for a worker's heartbeat (sent a
+    # third of this apart) before it hands the worker's partitions to another
+    # member, or to the same worker started again: a SIGKILLed worker's
+    # records wait this long, and more, before anyone reads them. aiokafka's
+    # default; a Kafka cluster refuses values outside its brokers'
+    # group.min/max.session.timeout.ms (6 s and 30 min by default).
+    kafka_session_timeout_ms: int = 10_000
 
     # Edge.
     produce_timeout_s: float = 5.0
@@ -326,6 +338,12 @@ class Settings:
             ">= 65536",
         )
         _check(self.kafka_linger_ms, self.kafka_linger_ms >= 0, "kafka_linger_ms", ">= 0")
+        _check(
+            self.kafka_session_timeout_ms,
+            MIN_SESSION_TIMEOUT_MS <= self.kafka_session_timeout_ms <= MAX_SESSION_TIMEOUT_MS,
+            "kafka_session_timeout_ms",
+            f"{MIN_SESSION_TIMEOUT_MS}-{MAX_SESSION_TIMEOUT_MS}",
+        )
         _check(
             self.produce_timeout_s,
             0 < self.produce_timeout_s * 1000 < self.kafka_request_timeout_ms,

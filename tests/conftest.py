@@ -209,12 +209,16 @@ def clean_env(**extra: str) -> dict[str, str]:
 # tests (tests/test_embedded_durability.py) and costs each `ingest run` a
 # node process and several times the broker CPU. `ingest run` supervises one
 # edge process, not one per core: the suite runs several pipelines at once on
-# two cores, and tests/test_supervisor.py runs two edges.
+# two cores, and tests/test_supervisor.py runs two edges. A worker's consumer
+# group waits 3 s rather than 10 for a heartbeat: each worker's first join
+# takes half that on the embedded broker, and a SIGKILLed worker started again
+# reads its partitions after about 1.5 times it (7 s rather than 18).
 TEST_DEFAULTS = {
     "INGEST_PROBE_PORT": "0",
     "INGEST_MAX_APPS": "1000000",
     "INGEST_EMBEDDED_STORAGE": "memory",
     "INGEST_EDGE_PROCESSES": "1",
+    "INGEST_KAFKA_SESSION_TIMEOUT_MS": "3000",
 }
 
 

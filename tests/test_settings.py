@@ -34,6 +34,7 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_KAFKA_MAX_BATCH_BYTES": ("65536", 65536),
     "INGEST_KAFKA_LINGER_MS": ("5", 5),
     "INGEST_KAFKA_REQUEST_TIMEOUT_MS": ("40000", 40000),
+    "INGEST_KAFKA_SESSION_TIMEOUT_MS": ("6000", 6000),
     "INGEST_PRODUCE_TIMEOUT_S": ("2.5", 2.5),
     "INGEST_MAX_BODY_BYTES": ("2048", 2048),
     "INGEST_MAX_IN_FLIGHT_REQUESTS": ("64", 64),
@@ -193,6 +194,13 @@ def test_a_worker_fetch_interval_out_of_its_range_is_refused(raw: str, expected:
     message = f"INGEST_WORKER_FETCH_INTERVAL_MS={raw}: expected {expected}"
     with pytest.raises(SettingsError, match=re.escape(message)):
         Settings.from_env({"INGEST_WORKER_FETCH_INTERVAL_MS": raw})
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("999", "1000-300000"), ("300001", "1000-300000")])
+def test_a_session_timeout_out_of_its_range_is_refused(raw: str, expected: str) -> None:
+    message = f"INGEST_KAFKA_SESSION_TIMEOUT_MS={raw}: expected {expected}"
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.from_env({"INGEST_KAFKA_SESSION_TIMEOUT_MS": raw})
 
 
 def test_the_main_topics_have_one_partition_on_the_embedded_broker_unless_set() -> None:

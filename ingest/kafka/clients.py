@@ -87,6 +87,8 @@ def consumer(settings: Settings, bootstrap: str, *, group_id: str) -> AIOKafkaCo
         # default put a quarter second between a write and its read-back;
         # 50 ms costs a few idle fetches a second.
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_session_timeout_ms // 3,
     )
 
 
