@@ -133,64 +133,69 @@ def stored_user(seed: Seed, app_id: str, endpoint_id: str) -> str | None:
     return None if state in ("no user", "deleted", "absent") else state
 
 
+# An event's parts, built once: a strategy built inside the composite is
+# validated again for every event drawn, which was most of this file's time.
+APP_CHOICE = st.sampled_from(APP_IDS)
+ENDPOINT_CHOICE = st.sampled_from(ENDPOINT_IDS)
+DAY_CHOICE = st.integers(0, STREAM_DAYS - 1)
+TIME_OF_DAY = st.integers(0, DAY_MS - 1)
+SESSIONS = st.one_of(
+    st.none(),
+    st.builds(
+        Session,
+        id=st.sampled_from(SESSION_IDS),
+        start_timestamp=st.just("-"),
+        duration_ms=st.one_of(st.none(), st.integers(0, 10**7)),
+    ),
+)
+# Any event may carry the keys purchases and push opens read: only the
+# right event type counts them.
+ATTRIBUTES = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "_currency": st.sampled_from(("USD", "EUR", "")),
+            "campaign_id": st.sampled_from(CAMPAIGN_IDS),
+            "campaign_activity_id": st.sampled_from(("a1", "a2", "")),
+            "level": st.just("3"),
+        },
+    ),
+)
+METRICS = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "_item_price": st.sampled_from((0.99, 2.5, 10.0, 0.0, 1234.56)),
+            "_quantity": st.sampled_from((1.0, 2.0, 3.0, 0.5)),
+            "score": st.just(7.0),
+        },
+    ),
+)
+CONTEXTS = st.one_of(st.none(), st.builds(EndpointContext, user_id=st.sampled_from((None, "", *USER_IDS))))
+EVENT_TYPE_CHOICE = st.sampled_from(EVENT_TYPES)
+
+
 @st.composite
 def events(draw: st.DrawFn, number: int, ids: dict[tuple[str, str], int]) -> Event:
-    app_id = draw(st.sampled_from(APP_IDS))
-    endpoint_id = draw(st.sampled_from(ENDPOINT_IDS))
+    app_id = draw(APP_CHOICE)
+    endpoint_id = draw(ENDPOINT_CHOICE)
     # Event IDs repeat across endpoints and apps, never within one endpoint:
     # the key is (app, endpoint, event ID).
     serial = ids[(app_id, endpoint_id)] = ids.get((app_id, endpoint_id), -1) + 1
-    millis = (DAY0 + draw(st.integers(0, STREAM_DAYS - 1))) * DAY_MS + draw(st.integers(0, DAY_MS - 1))
-    session = draw(
-        st.one_of(
-            st.none(),
-            st.builds(
-                Session,
-                id=st.sampled_from(SESSION_IDS),
-                start_timestamp=st.just("-"),
-                duration_ms=st.one_of(st.none(), st.integers(0, 10**7)),
-            ),
-        )
-    )
-    # Any event may carry the keys purchases and push opens read: only the
-    # right event type counts them.
-    attributes = draw(
-        st.one_of(
-            st.none(),
-            st.fixed_dictionaries(
-                {},
-                optional={
-                    "_currency": st.sampled_from(("USD", "EUR", "")),
-                    "campaign_id": st.sampled_from(CAMPAIGN_IDS),
-                    "campaign_activity_id": st.sampled_from(("a1", "a2", "")),
-                    "level": st.just("3"),
-                },
-            ),
-        )
-    )
-    metrics = draw(
-        st.one_of(
-            st.none(),
-            st.fixed_dictionaries(
-                {},
-                optional={
-                    "_item_price": st.sampled_from((0.99, 2.5, 10.0, 0.0, 1234.56)),
-                    "_quantity": st.sampled_from((1.0, 2.0, 3.0, 0.5)),
-                    "score": st.just(7.0),
-                },
-            ),
-        )
-    )
-    context = draw(
-        st.one_of(st.none(), st.builds(EndpointContext, user_id=st.sampled_from((None, "", *USER_IDS))))
-    )
+    millis = (DAY0 + draw(DAY_CHOICE)) * DAY_MS + draw(TIME_OF_DAY)
+    session = draw(SESSIONS)
+    attributes = draw(ATTRIBUTES)
+    metrics = draw(METRICS)
+    context = draw(CONTEXTS)
     return Event(
         app_id=app_id,
         endpoint_id=endpoint_id,
         event_id=f"ev-{serial}",
         request_id=f"req-{number}",
         received_at_ms=millis,
-        event_type=draw(st.sampled_from(EVENT_TYPES)),
+        event_type=draw(EVENT_TYPE_CHOICE),
         timestamp="-",
         timestamp_ms=millis,
         session=session,
