@@ -9,6 +9,7 @@ page at desktop and phone width go to ``test-artifacts/console/`` (printed).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -108,8 +109,26 @@ class World:
         return counted(self.admin, self.app, TODAY - timedelta(days=6))
 
 
+# The module counts "today" against KPIs of the UTC day it started in: one
+# that began within this long of midnight waits for the next day instead.
+MODULE_WITHIN_S = 180
+
+
+def _today_for_the_module() -> datetime:
+    """TODAY, once the UTC day has at least MODULE_WITHIN_S left (sleeping
+    into the next day when it has not)."""
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    if (midnight - now).total_seconds() < MODULE_WITHIN_S:
+        time.sleep((midnight - now).total_seconds() + 1)
+        return midnight
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    global TODAY  # the module's day, fixed before anything is seeded
+    TODAY = _today_for_the_module()
     running = start_pipeline(tmp_path_factory.mktemp("console"), INGEST_AUTH_REFRESH_S=str(REFRESH_S))
     try:
         yield World(running)
