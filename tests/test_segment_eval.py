@@ -65,34 +65,47 @@ def maybe(strategy: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.none() | strategy
 
 
+# An endpoint's parts, built once: a strategy built inside the composite is
+# validated again for every endpoint drawn.
+CHANNEL_CHOICE = maybe(st.sampled_from(CHANNELS))
+VERSION_CHOICE = maybe(st.sampled_from(VERSIONS))
+MAKE_CHOICE = maybe(st.sampled_from(MAKES))
+PLATFORM_CHOICE = maybe(st.sampled_from(PLATFORMS))
+COUNTRY_CHOICE = maybe(st.sampled_from(COUNTRIES))
+COORDINATE_CHOICE = maybe(st.sampled_from(COORDINATES))
+PLAN_LISTS = st.lists(st.sampled_from(PLANS), max_size=2, unique=True)
+DATE_LISTS = st.lists(st.sampled_from(DATE_VALUES), max_size=2, unique=True)
+METRIC_CHOICE = st.sampled_from(METRICS)
+
+
 @st.composite
 def endpoint_upserts(draw: st.DrawFn, app_id: str, index: int) -> Any:
     members: dict[str, Any] = {}
-    if (channel := draw(maybe(st.sampled_from(CHANNELS)))) is not None:
+    if (channel := draw(CHANNEL_CHOICE)) is not None:
         members["channel_type"] = channel
     if draw(st.booleans()):
         members["demographic"] = Demographic(
-            app_version=draw(maybe(st.sampled_from(VERSIONS))),
-            make=draw(maybe(st.sampled_from(MAKES))),
-            platform=draw(maybe(st.sampled_from(PLATFORMS))),
+            app_version=draw(VERSION_CHOICE),
+            make=draw(MAKE_CHOICE),
+            platform=draw(PLATFORM_CHOICE),
         )
     if draw(st.booleans()):
         members["location"] = Location(
-            country=draw(maybe(st.sampled_from(COUNTRIES))),
-            latitude=draw(maybe(st.sampled_from(COORDINATES))),
-            longitude=draw(maybe(st.sampled_from(COORDINATES))),
+            country=draw(COUNTRY_CHOICE),
+            latitude=draw(COORDINATE_CHOICE),
+            longitude=draw(COORDINATE_CHOICE),
         )
     attributes = {}
     if draw(st.booleans()):
-        attributes["plan"] = draw(st.lists(st.sampled_from(PLANS), max_size=2, unique=True))
+        attributes["plan"] = draw(PLAN_LISTS)
     if draw(st.booleans()):
-        attributes["signup"] = draw(st.lists(st.sampled_from(DATE_VALUES), max_size=2, unique=True))
+        attributes["signup"] = draw(DATE_LISTS)
     if attributes:
         members["attributes"] = attributes
     if draw(st.booleans()):
-        members["user_attributes"] = {"tier": draw(st.lists(st.sampled_from(PLANS), max_size=2, unique=True))}
+        members["user_attributes"] = {"tier": draw(PLAN_LISTS)}
     if draw(st.booleans()):
-        members["metrics"] = {"score": draw(st.sampled_from(METRICS))}
+        members["metrics"] = {"score": draw(METRIC_CHOICE)}
     return upsert(f"e{index:02d}", app_id=app_id, address=f"a{index}", **members)
 
 
