@@ -59,12 +59,15 @@ async def _poll(consumer: AIOKafkaConsumer, pacer: FetchPacer, want: int) -> int
     return got
 
 
-async def _first_poll(consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
-    """A poll that took all there was (the "create" record), to tell the
-    pacer of, as often as a test needs: it reads only offsets of it."""
+async def _first_poll(
+    consumer: AIOKafkaConsumer, max_records: int = MAX_RECORDS
+) -> dict[TopicPartition, list[Any]]:
+    """The first poll that brings records (with no other sent, the "create"
+    record: all there was), to tell the pacer of, as often as a test needs:
+    it reads only offsets of it."""
     batch: dict[TopicPartition, list[Any]] = {}
     while not batch:
-        batch = await consumer.getmany(timeout_ms=2000, max_records=MAX_RECORDS)
+        batch = await consumer.getmany(timeout_ms=2000, max_records=max_records)
     return batch
 
 
@@ -95,9 +98,7 @@ async def test_a_worker_behind_is_never_held(kafka: tuple[AIOKafkaProducer, AIOK
     pacer = FetchPacer(consumer, interval_s=INTERVAL_S, max_records=MAX_RECORDS, stopping=asyncio.Event())
     await _send(producer, 9)  # 10 records on partition 0, with "create"
     # A poll that ends below the high watermark: records are left.
-    batch: dict[TopicPartition, list[Any]] = {}
-    while not batch:
-        batch = await consumer.getmany(timeout_ms=2000, max_records=3)
+    batch = await _first_poll(consumer, max_records=3)
     assert consumer.highwater(TP0) == 10 and batch[TP0][-1].offset == 2
     pacer.polled(batch)
     assert consumer.paused() == set()
