@@ -75,7 +75,7 @@ COUNTRY_CHOICE = maybe(st.sampled_from(COUNTRIES))
 COORDINATE_CHOICE = maybe(st.sampled_from(COORDINATES))
 PLAN_LISTS = st.lists(st.sampled_from(PLANS), max_size=2, unique=True)
 DATE_LISTS = st.lists(st.sampled_from(DATE_VALUES), max_size=2, unique=True)
-METRIC_CHOICE = st.sampled_from(METRICS)
+SCORE_CHOICE = st.sampled_from(METRICS)
 
 
 @st.composite
@@ -105,7 +105,7 @@ def endpoint_upserts(draw: st.DrawFn, app_id: str, index: int) -> Any:
     if draw(st.booleans()):
         members["user_attributes"] = {"tier": draw(PLAN_LISTS)}
     if draw(st.booleans()):
-        members["metrics"] = {"score": draw(METRIC_CHOICE)}
+        members["metrics"] = {"score": draw(SCORE_CHOICE)}
     return upsert(f"e{index:02d}", app_id=app_id, address=f"a{index}", **members)
 
 

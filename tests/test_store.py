@@ -22,7 +22,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -460,35 +459,33 @@ States = dict[tuple[str, str], EndpointState]
 Snapshot = tuple[dict[tuple[str, str], EndpointState | None], dict[tuple[str, str], list[EndpointState]]]
 
 
-# An upsert's UserId: absent half the time, else one of USER_IDS.
-USER_CHOICES = (None, None, None, *USER_IDS)
+# An upsert's parts, drawn by sampled_from and integers from strategies built
+# once: one_of and dictionaries draws, built inside the composite, were most
+# of the property tests' time.
+# Its UserId: absent half the time, else one of USER_IDS.
+USER_CHOICE = st.sampled_from((None, None, None, *USER_IDS))
 # Past the hour after the receive time, a drawn EffectiveDate stands for
 # none: about half the upserts have one.
 EFFECTIVE_NONE_SPAN = 2 * HOUR_MS
-# Attributes and metrics an upsert may carry, as key → values templates;
-# None is "not sent", {} "sent empty". Keys overlap so writes merge.
-ATTRIBUTE_CHOICES: tuple[dict[str, tuple[str, ...]] | None, ...] = (
-    None,
-    None,
-    {},
-    {"x": ("p",)},
-    {"x": ("p", "q")},
-    {"x": ()},
-    {"y": ("q",), "z": ("p", "p")},
-    {"x": ("q",), "z": ()},
-    {"x": ("q", "p"), "y": ()},
+STATUS_CHOICE = st.sampled_from((None, None, "ACTIVE", "INACTIVE"))
+# Attributes and metrics an upsert may carry: None is "not sent", {} "sent
+# empty"; keys overlap so writes merge. Copied for each upsert (the fold's
+# states keep what they are given).
+ATTRIBUTE_CHOICE = st.sampled_from(
+    (
+        None,
+        None,
+        {},
+        {"x": ("p",)},
+        {"x": ("p", "q")},
+        {"x": ()},
+        {"y": ("q",), "z": ("p", "p")},
+        {"x": ("q",), "z": ()},
+        {"x": ("q", "p"), "y": ()},
+    )
 )
-METRIC_CHOICES: tuple[tuple[str, ...] | None, ...] = (None, None, (), ("m",), ("n",), ("m", "n"))
-
-
-def _fresh(template: Any, value: float | None = None) -> Any:
-    """A new mapping from a choice: attribute lists (from tuples), or
-    metrics (from key tuples, each ``value``); None stays None."""
-    if template is None:
-        return None
-    if value is None:
-        return {key: list(values) for key, values in template.items()}
-    return dict.fromkeys(template, value)
+# Metric names; each upsert's values are its index.
+METRIC_CHOICE = st.sampled_from((None, None, (), ("m",), ("n",), ("m", "n")))
 
 
 @st.composite
@@ -504,17 +501,16 @@ def streams(draw: st.DrawFn) -> list[EndpointRecord]:
     def add(endpoint_id: str | None = None, user_id: str | None = None) -> None:
         i = len(records)  # one record a minute
         received = T0_MS + i * MINUTE_MS
-        # Choices by index from fixed tuples: a sampled_from draw costs a
-        # fraction of a one_of or dictionaries draw, and this strategy's
-        # draws were most of the property tests' time.
         app_id = draw(st.sampled_from(app_ids))
         if endpoint_id is None:
             endpoint_id = draw(st.sampled_from(endpoint_ids))
             if draw(st.integers(0, 9)) == 0:
                 records.append(EndpointDelete(app_id, endpoint_id, f"del-{i}", received))
                 return
-            user_id = draw(st.sampled_from(USER_CHOICES))
+            user_id = draw(USER_CHOICE)
         effective = draw(st.integers(received - HOUR_MS, received + HOUR_MS + EFFECTIVE_NONE_SPAN))
+        attributes = draw(ATTRIBUTE_CHOICE)
+        metrics = draw(METRIC_CHOICE)
         demographic = (None, Demographic(platform="ios"), Demographic(make=str(i)))
         records.append(
             upsert(
@@ -524,9 +520,9 @@ def streams(draw: st.DrawFn) -> list[EndpointRecord]:
                 effective_ms=None if effective > received + HOUR_MS else effective,
                 request_id=f"req-{i}",
                 user_id=user_id,
-                endpoint_status=draw(st.sampled_from((None, None, "ACTIVE", "INACTIVE"))),
-                attributes=_fresh(draw(st.sampled_from(ATTRIBUTE_CHOICES))),
-                metrics=_fresh(draw(st.sampled_from(METRIC_CHOICES)), float(i)),
+                endpoint_status=draw(STATUS_CHOICE),
+                attributes=None if attributes is None else {k: list(v) for k, v in attributes.items()},
+                metrics=None if metrics is None else dict.fromkeys(metrics, float(i)),
                 demographic=demographic[draw(st.integers(0, 2))],
                 address=f"addr-{i}" if draw(st.booleans()) else None,
             )
