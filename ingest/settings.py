@@ -56,6 +56,11 @@ EMBEDDED_PARTITIONS = 1
 # that are alive; above five minutes a dead worker's partitions sit unread.
 MIN_SESSION_TIMEOUT_MS = 1_000
 MAX_SESSION_TIMEOUT_MS = 300_000
+# Bounds of INGEST_WORKER_FETCH_WAIT_MS: below 10 ms an idle worker all but
+# spins; 5 s is what a worker that is behind asks for
+# (clients.FETCH_MAX_WAIT_BEHIND_MS), and one that keeps up waits no longer.
+MIN_FETCH_WAIT_MS = 10
+MAX_FETCH_WAIT_MS = 5_000
 
 T = TypeVar("T")
 
@@ -175,6 +180,13 @@ class Settings:
     # run went on. A record waits up to this much more before its worker reads
     # it; 0 fetches again at once.
     worker_fetch_interval_ms: int = 100
+    # While a worker is caught up, how long the broker may hold its fetch
+    # waiting for a record. Tansu answers a waiting fetch only when the wait
+    # ends, so this is also how long a new record may wait there; each wait
+    # that ends empty is a fetch round for the broker and the worker, which is
+    # most of what an idle pipeline costs (ingest.kafka.pacing). Kafka answers
+    # as soon as a record arrives.
+    worker_fetch_wait_ms: int = 50
     # KPI worker: UTC days (today included) whose event IDs are kept to
     # deduplicate on. An event dated before them is not aggregated, since a
     # retry of it could no longer be recognised. A week covers a device that
@@ -387,6 +399,12 @@ class Settings:
             0 <= self.worker_fetch_interval_ms <= 10_000,
             "worker_fetch_interval_ms",
             "0-10000",
+        )
+        _check(
+            self.worker_fetch_wait_ms,
+            MIN_FETCH_WAIT_MS <= self.worker_fetch_wait_ms <= MAX_FETCH_WAIT_MS,
+            "worker_fetch_wait_ms",
+            f"{MIN_FETCH_WAIT_MS}-{MAX_FETCH_WAIT_MS}",
         )
         _check(
             self.worker_stall_timeout_s,

@@ -212,13 +212,18 @@ def clean_env(**extra: str) -> dict[str, str]:
 # two cores, and tests/test_supervisor.py runs two edges. A worker's consumer
 # group waits 3 s rather than 10 for a heartbeat: each worker's first join
 # takes half that on the embedded broker, and a SIGKILLed worker started again
-# reads its partitions after about 1.5 times it (7 s rather than 18).
+# reads its partitions after about 1.5 times it (7 s rather than 18). A
+# caught-up worker's fetch waits 200 ms rather than 50: an idle pipeline, what
+# a module's shared one mostly is, then keeps 7 % of a core busy rather than
+# 11 %, and a record reaches its worker 50 rather than 17 ms after it is sent
+# (medians; load/benchmark-notes.md, "What an idle `ingest run` costs").
 TEST_DEFAULTS = {
     "INGEST_PROBE_PORT": "0",
     "INGEST_MAX_APPS": "1000000",
     "INGEST_EMBEDDED_STORAGE": "memory",
     "INGEST_EDGE_PROCESSES": "1",
     "INGEST_KAFKA_SESSION_TIMEOUT_MS": "3000",
+    "INGEST_WORKER_FETCH_WAIT_MS": "200",
 }
 
 

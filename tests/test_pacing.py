@@ -13,12 +13,17 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ingest.kafka.clients import FETCH_MAX_WAIT_BEHIND_MS, FETCH_MAX_WAIT_MS
+from ingest.kafka import clients
+from ingest.kafka.clients import FETCH_MAX_WAIT_BEHIND_MS
 from ingest.kafka.pacing import FetchPacer
+from ingest.settings import Settings
 
 TOPIC = "paced"
 INTERVAL_S = 0.4
 MAX_RECORDS = 50
+# The consumer's own short wait, not the default: the pacer goes back to the
+# wait its consumer was built with (INGEST_WORKER_FETCH_WAIT_MS).
+SHORT_WAIT_MS = 70
 TP0, TP1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
 
 
@@ -26,7 +31,9 @@ TP0, TP1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
 async def kafka(broker: str) -> AsyncIterator[tuple[AIOKafkaProducer, AIOKafkaConsumer]]:
     producer = AIOKafkaProducer(bootstrap_servers=broker, acks="all")
     # Assigned by hand: no group to join, the same pause and fetch machinery.
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker, auto_offset_reset="earliest", fetch_max_wait_ms=50)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker, auto_offset_reset="earliest", fetch_max_wait_ms=SHORT_WAIT_MS
+    )
     await producer.start()
     await consumer.start()
     try:
@@ -180,7 +187,7 @@ async def test_the_fetch_wait_is_long_only_while_records_wait_beyond_the_positio
     pacer = FetchPacer(consumer, interval_s=0.0, max_records=MAX_RECORDS, stopping=asyncio.Event())
     await _send(producer, 9)  # 10 records on partition 0, with "create"
     fetcher = consumer._fetcher  # what aiokafka builds each fetch request from
-    assert fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+    assert fetcher._fetch_max_wait_ms == SHORT_WAIT_MS
     taken = 0
     while taken == 0:
         batch = await consumer.getmany(timeout_ms=2000, max_records=3)
@@ -193,4 +200,15 @@ async def test_the_fetch_wait_is_long_only_while_records_wait_beyond_the_positio
         taken += sum(len(m) for m in batch.values())
     assert not await pacer.behind()
     await pacer.wait()
-    assert fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+    assert fetcher._fetch_max_wait_ms == SHORT_WAIT_MS
+
+
+async def test_a_workers_consumer_waits_as_configured_while_caught_up() -> None:
+    """INGEST_WORKER_FETCH_WAIT_MS is the wait of every worker's consumer
+    (never started here: the wait is fixed when it is built)."""
+    for settings, wait_ms in ((Settings(worker_fetch_wait_ms=300), 300), (Settings(), 50)):
+        consumer = clients.consumer(settings, "127.0.0.1:9", group_id="waits")
+        try:
+            assert consumer._fetch_max_wait_ms == wait_ms
+        finally:
+            await consumer.stop()

@@ -49,6 +49,7 @@ EVERY_VARIABLE: dict[str, tuple[str, object]] = {
     "INGEST_WORKER_MAX_RECORDS": ("100", 100),
     "INGEST_WORKER_STALL_TIMEOUT_S": ("30", 30.0),
     "INGEST_WORKER_FETCH_INTERVAL_MS": ("0", 0),
+    "INGEST_WORKER_FETCH_WAIT_MS": ("200", 200),
     "INGEST_STREAM_CONFIG_REFRESH_S": ("0.5", 0.5),
     "INGEST_STREAM_PARK_AFTER_S": ("3", 3.0),
     "INGEST_STREAM_ASSUME_ROLE": ("false", False),
@@ -196,6 +197,8 @@ def test_a_job_setting_out_of_its_range_is_refused(var: str, raw: str, expected:
         ("INGEST_WORKER_FETCH_INTERVAL_MS", "10001", "0-10000"),
         ("INGEST_KAFKA_SESSION_TIMEOUT_MS", "999", "1000-300000"),
         ("INGEST_KAFKA_SESSION_TIMEOUT_MS", "300001", "1000-300000"),
+        ("INGEST_WORKER_FETCH_WAIT_MS", "9", "10-5000"),
+        ("INGEST_WORKER_FETCH_WAIT_MS", "5001", "10-5000"),
     ],
 )
 def test_a_worker_consumer_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:

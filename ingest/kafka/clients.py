@@ -26,13 +26,13 @@ STREAMS_GROUP = "ingest-streams"
 # The dead-letter topic is unkeyed and low-volume: one partition keeps it in
 # the order records failed.
 DEADLETTER_PARTITIONS = 1
-FETCH_MAX_WAIT_MS = 50
 # How long a fetch may take while the consumer is behind (records beyond its
 # position on the broker): Tansu gives up listing a partition's batches when
 # the fetch's wait has passed and then answers nothing, so a backlog whose
-# listing takes longer than FETCH_MAX_WAIT_MS left its consumer stuck for good
-# (measured: about 1,100 batches on s3rver after a crash of `ingest run`
-# under load). With records there, the broker answers as soon as it has them.
+# listing took longer than the short wait (INGEST_WORKER_FETCH_WAIT_MS) left
+# its consumer stuck for good (measured: about 1,100 batches on s3rver after
+# a crash of `ingest run` under load). With records there, the broker
+# answers as soon as it has them.
 FETCH_MAX_WAIT_BEHIND_MS = 5_000
 
 
@@ -83,10 +83,12 @@ def consumer(settings: Settings, bootstrap: str, *, group_id: str) -> AIOKafkaCo
         client_id=group_id,
         max_partition_fetch_bytes=8 * 1024 * 1024,
         fetch_max_bytes=50 * 1024 * 1024,
-        # How long the broker may hold an empty fetch. aiokafka's 500 ms
-        # default put a quarter second between a write and its read-back;
-        # 50 ms costs a few idle fetches a second.
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        # How long the broker may hold an empty fetch while the worker keeps
+        # up (INGEST_WORKER_FETCH_WAIT_MS; ingest.kafka.pacing reads it back
+        # from the consumer). aiokafka's 500 ms default put a quarter second
+        # between a write and its read-back on Tansu; 50 ms costs a few idle
+        # fetches a second.
+        fetch_max_wait_ms=settings.worker_fetch_wait_ms,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_session_timeout_ms // 3,
     )

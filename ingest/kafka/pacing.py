@@ -20,14 +20,16 @@ not held either (its drain goes at full speed). The cost is freshness: a
 record waits up to ``interval_s`` more before its worker reads it.
 
 It also sets how long the broker may take to answer the next fetch: the
-consumer's short wait (``clients.FETCH_MAX_WAIT_MS``) while it is caught up,
-so a new record is answered at once, and a long one
+short wait the consumer was built with (``INGEST_WORKER_FETCH_WAIT_MS``)
+while it is caught up, so a new record is answered soon, and a long one
 (``clients.FETCH_MAX_WAIT_BEHIND_MS``) while records lie beyond its position:
 Tansu stops listing a partition's batches once the wait has passed and then
 answers nothing, so with a backlog whose listing outlasted the short wait the
 consumer never got another record. aiokafka reads the wait from its fetcher
 for every fetch request (``Fetcher._fetch_max_wait_ms``, aiokafka 0.14;
-``tests/test_pacing.py`` fails if that changes).
+and the consumer keeps the wait it was built with as
+``AIOKafkaConsumer._fetch_max_wait_ms``; ``tests/test_pacing.py`` fails if
+either changes).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from ingest.kafka.clients import FETCH_MAX_WAIT_BEHIND_MS, FETCH_MAX_WAIT_MS
+from ingest.kafka.clients import FETCH_MAX_WAIT_BEHIND_MS
 
 
 async def behind(consumer: AIOKafkaConsumer, *, unknown: bool) -> bool:
@@ -66,6 +68,8 @@ class FetchPacer:
     ) -> None:
         self._consumer = consumer
         self._interval_s = interval_s
+        # The wait while caught up: the one the consumer was built with.
+        self._short_wait_ms: int = consumer._fetch_max_wait_ms
         self._max_records = max_records
         self._stopping = stopping
         # The partitions this pacer paused (none other is resumed by it), and
@@ -100,7 +104,7 @@ class FetchPacer:
         fetcher = getattr(self._consumer, "_fetcher", None)
         if fetcher is not None:  # None before the consumer started
             behind = await self.behind()
-            fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_BEHIND_MS if behind else FETCH_MAX_WAIT_MS
+            fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_BEHIND_MS if behind else self._short_wait_ms
 
     async def behind(self) -> bool:
         """Whether records lie beyond this consumer's position (see :func:`behind`)."""
