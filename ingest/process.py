@@ -26,22 +26,15 @@ import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from ingest import logs
-from ingest.api.app import Edge
-from ingest.api.auth import Authenticator
-from ingest.api.identity import Identities
 from ingest.api.limits import ClientAddress
 from ingest.api.probes import Check, Probes
-from ingest.api.segments import MAX_SEGMENTS_PER_APP
 from ingest.api.server import BodyBudget, Limits, Server
-from ingest.api.sessions import Sessions
 from ingest.errors import CONDITION_TEXT, ApiError, SettingsError, StoreCondition
-from ingest.jobs.sources import ROLE_SESSION_NAME as JOB_ROLE_SESSION_NAME
-from ingest.jobs.worker import Jobs, JobWorker
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
 from ingest.kafka.publish import Publisher
@@ -60,11 +53,17 @@ from ingest.records.codec import Codec
 from ingest.settings import Settings
 from ingest.store.backends import open_store
 from ingest.store.base import Store
-from ingest.streams.aws import AwsDelivery
-from ingest.streams.senders import FirehoseSender, KafkaSender, KinesisSender
-from ingest.streams.worker import StreamWorker
 from ingest.workers.consumer import Worker
 from ingest.workers.sinks import EndpointWorker, KpiSink
+
+# What only some roles run is imported where it is built: a worker of
+# endpoints or KPIs, and `ingest run`'s supervisor, load neither the API nor
+# botocore (0.1 CPU-s less a start, and about 10 MB less resident).
+if TYPE_CHECKING:
+    from ingest.api.auth import Authenticator
+    from ingest.api.identity import Identities
+    from ingest.jobs.worker import JobWorker
+    from ingest.streams.worker import StreamWorker
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +252,10 @@ async def stream_worker(
     """The streams worker, its AWS client and Kafka clients on ``stack``; its
     metrics in ``registry``, its consumer in group ``group_id`` (a bench gives
     each drain a registry and a group of its own)."""
+    from ingest.streams.aws import AwsDelivery
+    from ingest.streams.senders import FirehoseSender, KafkaSender, KinesisSender
+    from ingest.streams.worker import StreamWorker
+
     aws = await stack.enter_async_context(
         AwsDelivery(assume_role=settings.stream_assume_role, max_threads=settings.stream_aws_threads)
     )
@@ -307,6 +310,11 @@ async def job_worker(
     ``publisher``, the edge's own when it runs in the edge's process; else
     through a publisher of its own, on ``stack``, with the edge's producer
     settings (acks, buffer bound)."""
+    from ingest.api.segments import MAX_SEGMENTS_PER_APP
+    from ingest.jobs.sources import ROLE_SESSION_NAME as JOB_ROLE_SESSION_NAME
+    from ingest.jobs.worker import Jobs, JobWorker
+    from ingest.streams.aws import AwsDelivery
+
     aws = await stack.enter_async_context(
         AwsDelivery(
             assume_role=settings.job_assume_role,
@@ -373,6 +381,10 @@ async def _authentication(
     identities, and the authenticator (None with ``INGEST_AUTH=off``). On the
     first start of `ingest run` with auth on, the admin key and its shared
     credentials file."""
+    from ingest.api.auth import Authenticator
+    from ingest.api.identity import Identities
+    from ingest.api.sessions import Sessions
+
     master = await asyncio.to_thread(MasterKey.load, settings)
     if mode == "run" and settings.auth == "sigv4":
         await bootstrap_admin(store, master, settings.data_dir)
@@ -530,6 +542,8 @@ async def serve(
 
         serves_api = mode in ("run", "edge")
         if serves_api:
+            from ingest.api.app import Edge
+
             metrics = Metrics(REGISTRY)
             probes.gauge = metrics.ready
             publisher = await stack.enter_async_context(

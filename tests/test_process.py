@@ -240,3 +240,16 @@ def test_migrate_brings_a_fresh_store_up_to_date(tmp_path: Path) -> None:
         (version,) = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
     assert version == len(MIGRATIONS)
     assert run_ingest("migrate", INGEST_STORE_URL=f"sqlite:///{path}").returncode == 0  # idempotent
+
+
+def test_a_worker_and_the_supervisor_load_neither_the_api_nor_botocore() -> None:
+    """What only some roles run is imported where it is built (ingest.process):
+    the modules an endpoint or KPI worker and `ingest run`'s supervisor load
+    leave out the edge's API, the jobs and streams workers, and botocore."""
+    heavy = ("botocore", "ingest.api.app", "ingest.jobs.worker", "ingest.streams.worker")
+    probe = "import sys, ingest.cli, ingest.process, ingest.supervise; "
+    probe += f"print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=clean_env(), cwd=ROOT, check=True
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
