@@ -68,8 +68,6 @@ class FetchPacer:
     ) -> None:
         self._consumer = consumer
         self._interval_s = interval_s
-        # The wait while caught up: the one the consumer was built with.
-        self._short_wait_ms: int = consumer._fetch_max_wait_ms
         self._max_records = max_records
         self._stopping = stopping
         # The partitions this pacer paused (none other is resumed by it), and
@@ -104,7 +102,10 @@ class FetchPacer:
         fetcher = getattr(self._consumer, "_fetcher", None)
         if fetcher is not None:  # None before the consumer started
             behind = await self.behind()
-            fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_BEHIND_MS if behind else self._short_wait_ms
+            # Caught up: the wait the consumer was built with (the fetcher's own
+            # is the one changed here).
+            short_wait_ms = self._consumer._fetch_max_wait_ms
+            fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_BEHIND_MS if behind else short_wait_ms
 
     async def behind(self) -> bool:
         """Whether records lie beyond this consumer's position (see :func:`behind`)."""
