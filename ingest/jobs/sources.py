@@ -23,11 +23,13 @@ import stat
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from ingest.errors import DeliveryError, JobError
-from ingest.streams.aws import AwsDelivery
+
+if TYPE_CHECKING:  # the edge parses job URLs with this module, without botocore
+    from ingest.streams.aws import AwsDelivery
 
 Scheme = Literal["s3", "file"]
 # Objects an import reads under one URL: its list is kept in the job row.
