@@ -23,6 +23,7 @@ from ingest.errors import Forbidden, UnrecognizedClient
 from ingest.keys import MasterKey
 from ingest.metrics import Metrics
 from ingest.scopes import Principal
+from ingest.supervise import PROBE_TIMEOUT_S
 
 READER = Principal("AKIAREADER", "read", frozenset({"app-1"}), temporary=False)
 IDLE_S, MAX_S, T0 = 600, 3600, 1_800_000_000
@@ -230,6 +231,29 @@ def test_stream_health_is_only_for_an_admin_key_of_every_app() -> None:
         shown[principal.access_key_id] = orjson.loads(asyncio.run(health.stream_health(asked)).body)
     assert "not set" in shown["AKIAADMIN"]["Unavailable"], "every app's admin reads the worker's figures"
     assert shown["AKIABOUND"] == {"Unavailable": BOUND_HEALTH}
+
+
+def test_stream_health_waits_out_a_scrape_as_slow_as_the_supervisors_of_a_child() -> None:
+    """`ingest run`'s /metrics may take its per-child timeout to answer (a
+    child slow under load is left out after it); the console still reads it."""
+    page = b'ingest_stream_lag_records{destination="kinesis"} 3.0\n'
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(PROBE_TIMEOUT_S + 0.3)
+        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(page)}\r\nConnection: close\r\n\r\n"
+        writer.write(head.encode() + page)
+        await writer.drain()
+        writer.close()
+
+    async def read() -> dict[str, Any]:
+        server = await asyncio.start_server(slow, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await StreamHealth(f"http://127.0.0.1:{port}/metrics").read()
+
+    answer = asyncio.run(read())
+    assert answer["Destinations"]["kinesis"]["LagRecords"] == 3.0, answer
 
 
 def test_stream_health_without_a_url_or_a_listener_says_so() -> None:

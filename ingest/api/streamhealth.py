@@ -24,7 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from ingest.api.probes import http_get
 
 CACHE_S = 2.0
-TIMEOUT_S = 2.0
+# Longer than `ingest run`'s own scrape of each child (supervise.PROBE_TIMEOUT_S):
+# a child slow to answer leaves its samples out of that page, rather than the
+# whole page going unread here; still a bound on what a console request waits.
+TIMEOUT_S = 5.0
 MAX_BYTES = 16 * 1024 * 1024
 # Metric (without the _total a counter's samples carry) → what the console calls it.
 FIGURES = {
