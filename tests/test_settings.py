@@ -160,16 +160,6 @@ def test_the_master_key_is_not_in_the_repr() -> None:
         ("INGEST_CONSOLE_SESSION_MAX_S", "600", SESSION_BOUNDS),
         ("INGEST_CONSOLE_SESSION_MAX_S", "604801", SESSION_BOUNDS),
         ("INGEST_CONSOLE_STREAM_METRICS_URL", "https://metrics.example/metrics", "an http:// URL"),
-    ],
-)
-def test_a_stream_or_console_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:
-    with pytest.raises(SettingsError, match=re.escape(f"{var}=") + ".*" + re.escape(f"expected {expected}")):
-        Settings.from_env({var: raw})
-
-
-@pytest.mark.parametrize(
-    ("var", "raw", "expected"),
-    [
         ("INGEST_JOB_MAX_RUNNING", "0", "1-256"),
         ("INGEST_JOB_MAX_RUNNING_PER_APP", "0", "1-256"),
         ("INGEST_JOB_MAX_UNFINISHED_PER_APP", "0", "1-1000"),
@@ -183,16 +173,6 @@ def test_a_stream_or_console_setting_out_of_its_range_is_refused(var: str, raw: 
         ("INGEST_JOB_CHECKPOINT_ROWS", "0", "1-100000"),
         ("INGEST_JOB_EXPORT_PIECE_ENDPOINTS", "0", "1-1000000"),
         ("INGEST_JOB_AWS_THREADS", "0", "1-256"),
-    ],
-)
-def test_a_job_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:
-    with pytest.raises(SettingsError, match=re.escape(f"{var}=") + ".*" + re.escape(f"expected {expected}")):
-        Settings.from_env({var: raw})
-
-
-@pytest.mark.parametrize(
-    ("var", "raw", "expected"),
-    [
         ("INGEST_WORKER_FETCH_INTERVAL_MS", "-1", "0-10000"),
         ("INGEST_WORKER_FETCH_INTERVAL_MS", "10001", "0-10000"),
         ("INGEST_KAFKA_SESSION_TIMEOUT_MS", "999", "1000-300000"),
@@ -201,8 +181,13 @@ def test_a_job_setting_out_of_its_range_is_refused(var: str, raw: str, expected:
         ("INGEST_WORKER_FETCH_WAIT_MS", "5001", "10-5000"),
     ],
 )
-def test_a_worker_consumer_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:
-    with pytest.raises(SettingsError, match=re.escape(f"{var}={raw}: expected {expected}")):
+def test_a_setting_out_of_its_range_is_refused(var: str, raw: str, expected: str) -> None:
+    """The message names the variable, the value as read (a float with its
+    ``.0``, a string quoted) and what was expected."""
+    shown = "'?" + re.escape(raw) + r"(\.0)?'?"
+    with pytest.raises(
+        SettingsError, match=re.escape(f"{var}=") + shown + re.escape(f": expected {expected}")
+    ):
         Settings.from_env({var: raw})
 
 
