@@ -57,7 +57,7 @@ EMBEDDED_PARTITIONS = 1
 MIN_SESSION_TIMEOUT_MS = 1_000
 MAX_SESSION_TIMEOUT_MS = 300_000
 # Bounds of INGEST_WORKER_FETCH_WAIT_MS: below 10 ms an idle worker all but
-# spins; 5 s is what a worker that is behind asks for
+# spins; the most is also the wait of a worker that is behind
 # (clients.FETCH_MAX_WAIT_BEHIND_MS), and one that keeps up waits no longer.
 MIN_FETCH_WAIT_MS = 10
 MAX_FETCH_WAIT_MS = 5_000

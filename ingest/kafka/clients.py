@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownError
 from aiokafka.helpers import create_ssl_context
 
 from ingest.errors import BrokerError
-from ingest.settings import Settings
+from ingest.settings import MAX_FETCH_WAIT_MS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ DEADLETTER_PARTITIONS = 1
 # listing took longer than the short wait (INGEST_WORKER_FETCH_WAIT_MS) left
 # its consumer stuck for good (measured: about 1,100 batches on s3rver after
 # a crash of `ingest run` under load). With records there, the broker
-# answers as soon as it has them.
-FETCH_MAX_WAIT_BEHIND_MS = 5_000
+# answers as soon as it has them. The caught-up wait may be set up to it.
+FETCH_MAX_WAIT_BEHIND_MS = MAX_FETCH_WAIT_MS
 
 
 def connection_options(settings: Settings, bootstrap: str) -> dict[str, Any]:
@@ -86,8 +86,8 @@ def consumer(settings: Settings, bootstrap: str, *, group_id: str) -> AIOKafkaCo
         # How long the broker may hold an empty fetch while the worker keeps
         # up (INGEST_WORKER_FETCH_WAIT_MS; ingest.kafka.pacing reads it back
         # from the consumer). aiokafka's 500 ms default put a quarter second
-        # between a write and its read-back on Tansu; 50 ms costs a few idle
-        # fetches a second.
+        # between a write and its read-back on Tansu; our default 50 ms costs a
+        # few idle fetches a second.
         fetch_max_wait_ms=settings.worker_fetch_wait_ms,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_session_timeout_ms // 3,
