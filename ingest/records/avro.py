@@ -323,6 +323,11 @@ def _min_bytes(schema: Any) -> int:
     return {"null": 0, "float": 4, "double": 8}.get(kind, 1)
 
 
+# Tails shorter than this are read, not looked up: a user ID alone reads
+# as fast as its lookup would take.
+TAIL_MEMO_MIN_BYTES = 32
+
+
 class _Reader(_Source):
     """Emits the body of ``decode(data, pos)``: each value is read into a
     fresh local; ``pos`` is the read position, ``size`` is ``len(data)``, and
@@ -347,6 +352,10 @@ class _Reader(_Source):
             }
         )
         self.types = types
+        # Set by compile_decoder / compile_projection: the record decoded,
+        # and how many tails of its last field to remember (0: none).
+        self.top: dict[str, Any] | None = None
+        self.tail_memo = 0
 
     def read(self, schema: Any, target: str, depth: int) -> None:
         """Emit code that reads a value of ``schema`` into the local ``target``."""
@@ -465,8 +474,45 @@ class _Reader(_Source):
         local = {}
         for field in schema["fields"]:
             local[field["name"]] = self.fresh("v")
-            self.read(field["type"], local[field["name"]], depth)
+            if self.memoizes(schema, field):
+                self.memoized(field["type"], local[field["name"]], depth)
+            else:
+                self.read(field["type"], local[field["name"]], depth)
         self.build(cls, local, target, depth)
+
+    def memoizes(self, schema: dict[str, Any], field: dict[str, Any]) -> bool:
+        """Whether ``field`` is read through the tail memo: the top record's
+        last field, when it holds a record and nothing mutable (a value
+        found in the memo is shared by every record that has it)."""
+        return (
+            self.tail_memo > 0
+            and schema is self.top
+            and field is schema["fields"][-1]
+            and "record" in (kinds := _kinds(field["type"]))
+            and not kinds & {"array", "map"}
+        )
+
+    def memoized(self, schema: Any, target: str, depth: int) -> None:
+        """Read ``schema`` into ``target`` behind a lookup of the bytes left.
+        The top record's last field is all that is left of the data (the
+        caller refuses stray bytes after it by the end position), so equal
+        tails are equal values, of the same length: a device's events carry
+        one endpoint context, encoded the same each time. Only bytes are
+        looked up; what fails to decode is never remembered."""
+        memo = self.fresh("memo")
+        self.names[memo] = {}
+        short = f"size - pos < {TAIL_MEMO_MIN_BYTES}"
+        self.emit(depth, f"tail = None if {short} or type(data) is not bytes else data[pos:]")
+        self.emit(depth, f"hit = None if tail is None else {memo}.get(tail)")
+        self.emit(depth, "if hit is not None:")
+        self.emit(depth + 1, f"{target}, n = hit")
+        self.emit(depth + 1, "pos += n")
+        self.emit(depth, "else:")
+        self.emit(depth + 1, "start = pos")
+        self.read(schema, target, depth + 1)
+        self.emit(depth + 1, "if tail is not None:")
+        self.emit(depth + 2, f"if len({memo}) >= {self.tail_memo}: {memo}.clear()")
+        self.emit(depth + 2, f"{memo}[tail] = ({target}, pos - start)")
 
     def record_class(self, schema: dict[str, Any]) -> type[Any]:
         """The NamedTuple a record builds, checked against the schema."""
@@ -494,7 +540,7 @@ class _Reader(_Source):
         self.emit(depth, f"{target} = new({built}, ({values}))")
 
 
-def compile_decoder(schema: dict[str, Any], types: Mapping[str, type[Any]]) -> Decoder:
+def compile_decoder(schema: dict[str, Any], types: Mapping[str, type[Any]], *, tail_memo: int = 0) -> Decoder:
     """Generate ``decode(data, pos) -> (record, end)`` for a record schema
     (parsed by fastavro): the record encoded at ``data[pos:]`` (``data`` is
     bytes) and the position just after it, which the caller compares with
@@ -509,14 +555,39 @@ def compile_decoder(schema: dict[str, Any], types: Mapping[str, type[Any]]) -> D
     bytes that are not a record of the schema: cut short, a length past the
     end, a negative length, a union or enum index out of range, invalid
     UTF-8, a varint beyond 64 bits, a boolean byte other than 0 or 1.
+
+    With ``tail_memo`` above 0, the top record's last field, when it holds a
+    record and nothing mutable, is remembered by the bytes left where it
+    starts (they are all of it, and whatever stray bytes follow, which the
+    caller's end check refuses either way): a later ``data`` of type bytes
+    whose tail is the same bytes gets the same object and the same end, not
+    a second read. At most ``tail_memo`` tails are held, all forgotten when
+    that many are; bytes that fail to decode are never held.
     """
     if schema.get("type") != "record":
         raise ValueError("compile_decoder takes a record schema")
-    return _define_decoder(_Reader(types), schema, "decoder")
+    gen = _Reader(types)
+    gen.tail_memo = tail_memo
+    return _define_decoder(gen, schema, "decoder")
+
+
+def _kinds(schema: Any) -> set[str]:
+    """The Avro types a value of ``schema`` is made of, at any depth."""
+    if isinstance(schema, list):
+        return set().union(*map(_kinds, schema))
+    kind = schema if isinstance(schema, str) else schema["type"]
+    if isinstance(kind, (dict, list)):
+        return _kinds(kind)
+    if kind == "record":
+        return {kind}.union(*(_kinds(field["type"]) for field in schema["fields"]))
+    if kind in ("array", "map"):
+        return {kind} | _kinds(schema["items"] if kind == "array" else schema["values"])
+    return {kind}
 
 
 def _define_decoder(gen: _Reader, schema: dict[str, Any], what: str) -> Decoder:
     """``decode(data, pos)`` of a record schema, emitted by ``gen``."""
+    gen.top = schema
     gen.emit(0, "def decode(data, pos):")
     gen.emit(1, "size = len(data)")
     gen.emit(1, "try:")
@@ -559,7 +630,10 @@ class _Projector(_Reader):
             name = field["name"]
             if name in kept:
                 local[name] = self.fresh("v")
-                self.read(field["type"], local[name], depth)
+                if self.memoizes(schema, field):
+                    self.memoized(field["type"], local[name], depth)
+                else:
+                    self.read(field["type"], local[name], depth)
             else:
                 local[name] = self.fresh("placeholder")
                 self.names[local[name]] = _placeholder(cls, name, field["type"])
@@ -634,7 +708,11 @@ def _placeholder(cls: type[Any], name: str, schema: Any) -> object:
 
 
 def compile_projection(
-    schema: dict[str, Any], types: Mapping[str, type[Any]], fields: Mapping[str, frozenset[str]]
+    schema: dict[str, Any],
+    types: Mapping[str, type[Any]],
+    fields: Mapping[str, frozenset[str]],
+    *,
+    tail_memo: int = 0,
 ) -> Decoder:
     """As :func:`compile_decoder`, but of each record whose short name is in
     ``fields`` only the fields named there are read; the others are stepped
@@ -648,7 +726,10 @@ def compile_projection(
     varint's width, an int's range, an enum index, a boolean byte), so bytes
     the full reader refuses for a skipped value alone decode here. Raises
     ValueError, once, as compile_decoder does, and for a field name its
-    record has not, or a skipped field with no default and no zero."""
+    record has not, or a skipped field with no default and no zero.
+    ``tail_memo`` remembers the last field as there (of its projected value)."""
     if schema.get("type") != "record":
         raise ValueError("compile_projection takes a record schema")
-    return _define_decoder(_Projector(types, fields), schema, "projection")
+    gen = _Projector(types, fields)
+    gen.tail_memo = tail_memo
+    return _define_decoder(gen, schema, "projection")

@@ -42,6 +42,10 @@ from ingest.records.values import (
 
 MARKER = b"\xc3\x01"
 HEADER_BYTES = len(MARKER) + 8
+# An event's endpoint context, its last field, is the same bytes for every
+# event of a device's batch: the event reader remembers this many of them
+# (the value read, shared), about 300 bytes each with the key.
+TAIL_MEMO_ENTRIES = 4096
 EVENT_SCHEMA = "ingest.v1.Event"
 ENDPOINT_SCHEMA = "ingest.v1.EndpointUpsert"
 DELETE_SCHEMA = "ingest.v1.EndpointDelete"
@@ -116,7 +120,9 @@ class Codec:
         self._write_endpoint = compile_encoder(endpoint_schema, RECORD_TYPES, SHARED_MEMBERS)
         self._write_delete = compile_encoder(delete_schema, RECORD_TYPES, SHARED_MEMBERS)
         event_reader = _RecordReader(
-            EVENT_SCHEMA, compile_decoder(event_schema, RECORD_TYPES), ("received_at_ms", "timestamp_ms")
+            EVENT_SCHEMA,
+            compile_decoder(event_schema, RECORD_TYPES, tail_memo=TAIL_MEMO_ENTRIES),
+            ("received_at_ms", "timestamp_ms"),
         )
         endpoint_reader = _RecordReader(
             ENDPOINT_SCHEMA,

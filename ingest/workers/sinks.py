@@ -27,6 +27,7 @@ from ingest.records.codec import (
     HEADER_BYTES,
     MARKER,
     RECORD_TYPES,
+    TAIL_MEMO_ENTRIES,
     Codec,
     fingerprint,
 )
@@ -154,7 +155,9 @@ class EventReader:
         self._codec = codec
         schema = codec.schema(EVENT_SCHEMA)
         self._header = MARKER + fingerprint(to_parsing_canonical_form(schema))
-        self._project = compile_projection(schema, RECORD_TYPES, kpis.EVENT_FIELDS)
+        self._project = compile_projection(
+            schema, RECORD_TYPES, kpis.EVENT_FIELDS, tail_memo=TAIL_MEMO_ENTRIES
+        )
 
     def __call__(self, value: bytes | None) -> Event:
         if value is not None and value.startswith(self._header):
