@@ -9,12 +9,16 @@ JSON carries what an iOS app's events carry; the other half stays as Amplify
 JS sends it. They are produced once to ``ingest.events`` on an embedded
 broker (memory engine), under one app, before anything is timed; every
 measurement reads those same records, as the streams and KPI groups read the
-same topic in production.
+same topic in production. Each streams worker's store holds every endpoint
+already (:func:`stored_endpoints`), as in production, where the endpoint
+worker has applied them: each record is its stored endpoint overlaid with
+the event's context.
 
 Each round takes, in turn:
 
-1. ceiling: ``Codec().decode_event`` + ``record.encode`` alone on the
-   records' Avro values, no I/O: what converting costs the worker;
+1. ceiling: ``Codec().decode_event`` + ``record.Converter`` (one a poll,
+   over the stored endpoints) alone on the records' Avro values, no I/O:
+   what converting costs the worker;
 2. worker → Kafka: one :class:`~ingest.streams.worker.StreamWorker` from a
    fresh consumer group, the app's stream a new topic on the same broker;
 3. worker → Kinesis: the same, the app's stream a new Kinesis stream on
@@ -39,7 +43,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +54,13 @@ from prometheus_client import CollectorRegistry
 
 from bench.kpis import drain_rate, workload
 from bench.support import cpu_seconds, fresh_store, produce, time_drain
+from ingest.folds import endpoints as folded_endpoints
+from ingest.folds.endpoints import BatchOutcome, EndpointState
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker, _Child, free_port
 from ingest.process import settle_gc, stream_worker
 from ingest.records.codec import Codec
-from ingest.records.values import Demographic, EndpointContext, Event, Location
+from ingest.records.values import Demographic, EndpointContext, EndpointUpsert, Event, Location
 from ingest.settings import Settings
 from ingest.store.base import App, EventStream, Store
 from ingest.streams import record
@@ -77,7 +83,7 @@ READY_TIMEOUT_S = 30.0
 # Reading a destination back after its drain: 100,000 records take seconds.
 READ_BACK_TIMEOUT_S = 120.0
 
-CEILING = "ceiling: decode + convert (Codec.decode_event + record.encode), no I/O"
+CEILING = "ceiling: decode + convert (decode_event + record.Converter), no I/O"
 TO_KAFKA = "worker → Kafka: a topic on the same broker"
 TO_KINESIS = "worker → Kinesis: kinesalite, PutRecords"
 KPI = "KPI worker: Kafka → SQLite, the same records"
@@ -115,12 +121,54 @@ def realistic(events: Sequence[Event]) -> list[Event]:
     return out
 
 
-def convert_rate(encoded: Sequence[bytes]) -> tuple[float, float]:
-    """→ (events/s, CPU-µs per event) of decoding and converting ``encoded``."""
-    decode, encode = Codec().decode_event, record.encode
+def stored_endpoints(events: Sequence[Event]) -> list[tuple[EndpointUpsert, int]]:
+    """An UpdateEndpoint for each of the events' endpoints, as the store holds
+    them in production before their events stream (the endpoint worker
+    applied each batch's Endpoint, and Amplify JS describes its device with
+    UpdateEndpoint): the device, its address, an attribute and its user.
+    With the records' offsets, as the worker hands them to the store."""
+    first: dict[str, Event] = {}
+    for event in events:
+        first.setdefault(event.endpoint_id, event)
+    upserts = []
+    for n, event in enumerate(first.values()):
+        context = event.endpoint or EndpointContext()
+        native = context.demographic is not None
+        upserts.append(
+            (
+                EndpointUpsert(
+                    app_id=event.app_id,
+                    endpoint_id=event.endpoint_id,
+                    request_id=f"stored-{n}",
+                    received_at_ms=event.received_at_ms - 60_000,
+                    source="UPDATE_ENDPOINT",
+                    address=f"token-{n}",
+                    channel_type="APNS" if native else "GCM",
+                    attributes={"plan": ["pro" if n % 3 else "free"]},
+                    demographic=context.demographic
+                    or Demographic(app_version="4.2", locale="de_DE", make="Google", platform="android"),
+                    location=context.location or Location(country="DE"),
+                    user_id=context.user_id or f"user-{n}",
+                ),
+                n,
+            )
+        )
+    return upserts
+
+
+def convert_rate(
+    encoded: Sequence[bytes], poll: int, stored: Mapping[tuple[str, str], EndpointState]
+) -> tuple[float, float]:
+    """→ (events/s, CPU-µs per event) of decoding and converting ``encoded``
+    as the worker does: a :class:`~ingest.streams.record.Converter` a poll of
+    ``poll`` records, over the ``stored`` endpoints (the poll's store read
+    not timed)."""
+    decode = Codec().decode_event
     started, cpu = time.perf_counter(), time.process_time()
-    for value in encoded:
-        encode(decode(value))
+    for start in range(0, len(encoded), poll):
+        encode = record.Converter(stored).encode
+        for value in encoded[start : start + poll]:
+            encode(decode(value))
     elapsed, used = time.perf_counter() - started, time.process_time() - cpu
     return len(encoded) / elapsed, used / len(encoded) * 1e6
 
@@ -370,6 +418,8 @@ async def measure(
     median JSON record size in bytes."""
     codec = Codec()
     encoded = [codec.encode_event(e) for e in events]
+    endpoints = stored_endpoints(events)
+    states = folded_endpoints.fold({}, endpoints, BatchOutcome())
     count = len(events)
     found = Rounds()
     async with (
@@ -387,11 +437,12 @@ async def measure(
         )
         with offline_aws(kinesis.url, work):
             for n in range(rounds):
-                rate, cpu_us = convert_rate(encoded)
+                rate, cpu_us = convert_rate(encoded, settings.worker_max_records, states)
                 found.add(CEILING, Drain(rate, cpu_us, 0.0))
 
                 topic = f"bench-stream-{uuid.uuid4().hex[:8]}"
                 async with fresh_store(None, work / f"kafka-{n}") as (store, _):
+                    await store.apply_endpoint_batch(endpoints)
                     await stream_to(
                         store, app_id, f"arn:aws:kafka:{REGION}:{ACCOUNT}:topic/bench/{uuid.uuid4()}/{topic}"
                     )
@@ -403,6 +454,7 @@ async def measure(
                 name = f"bench-{uuid.uuid4().hex[:8]}"
                 await asyncio.to_thread(create_stream, kinesis.url, name)
                 async with fresh_store(None, work / f"kinesis-{n}") as (store, _):
+                    await store.apply_endpoint_batch(endpoints)
                     await stream_to(store, app_id, f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/{name}")
                     found.add(
                         TO_KINESIS, await stream_drain(settings, broker, store, "kinesis", count, kinesis.pid)
@@ -415,7 +467,7 @@ async def measure(
                     before = cpu_of(broker.pid)
                     rate, cpu_us = await drain_rate(settings, store, broker.bootstrap, count)
                     found.add(KPI, Drain(rate, cpu_us, (cpu_of(broker.pid) - before) / count * 1e6))
-    sizes = sorted(len(record.encode(e)) for e in events)
+    sizes = sorted(len(record.encode(e, states.get((e.app_id, e.endpoint_id)))) for e in events)
     return found, sizes[len(sizes) // 2]
 
 
@@ -435,7 +487,8 @@ async def bench_streams(settings: Settings, *, records: int, rounds: int) -> int
     lines = [
         f"Machine: {os.cpu_count()} cores; {records:,} events of {endpoints:,} endpoints over two days, one "
         f"app streaming to one destination (half the endpoints native SDKs with their demographic, location "
-        f"and user, half Amplify JS; JSON records p50 {size:,} bytes), {settings.worker_max_records} records "
+        f"and user, half Amplify JS; every endpoint stored, as the endpoint worker leaves them; JSON records "
+        f"p50 {size:,} bytes), {settings.worker_max_records} records "
         f"per poll; {rounds} round{'s' if rounds != 1 else ''} taken in turn, each row its median round. "
         "Broker, kinesalite and the workers share the machine.",
         "",

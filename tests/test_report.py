@@ -57,7 +57,7 @@ STREAMS = """Machine: 2 cores; 50,000 events of 2,500 endpoints over two days.
 | measurement | events/s | ÷ ceiling | ÷ KPI worker | CPU-µs per event, this process \
 | broker CPU-µs per event | kinesalite CPU-µs per event |
 |---|---:|---:|---:|---:|---:|---:|
-| ceiling: decode + convert (Codec.decode_event + record.encode), no I/O | 48,302 | 1.00 | 0.74 | 11.0 |  |  |
+| ceiling: decode + convert (decode_event + record.Converter), no I/O | 48,302 | 1.00 | 0.74 | 11.0 |  |  |
 | worker → Kafka: a topic on the same broker | 13,381 | 0.28 | 0.21 | 29.7 | 16.0 |  |
 | worker → Kinesis: kinesalite, PutRecords | 4,847 | 0.10 | 0.07 | 28.4 | 6.0 | 102.0 |
 | KPI worker: Kafka → SQLite, the same records | 65,210 | 1.35 | 1.00 | 14.5 | 2.0 |  |

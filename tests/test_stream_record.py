@@ -30,7 +30,7 @@ from ingest.records import validate
 from ingest.records.codec import MAX_MS, MIN_MS, Codec, schema_dir
 from ingest.records.values import DEMOGRAPHIC_MEMBERS, LOCATION_MEMBERS, EndpointDelete, Event, Session
 from ingest.store.base import endpoint_row, endpoint_state
-from ingest.streams.record import EVENT_VERSION, SCHEMA_FILE, encode, stream_record
+from ingest.streams.record import EVENT_VERSION, SCHEMA_FILE, Converter, encode, stream_record
 from tests.test_codec import events as any_events
 from tests.test_validate import batch_items, body_sizes, good_timestamps, plausible_endpoints
 
@@ -783,6 +783,55 @@ def test_an_event_read_back_from_avro_makes_the_same_record(body: dict[str, Any]
         decoded = CODEC.decode_event(CODEC.encode_event(event))
         assert stream_record(decoded) == stream_record(event)
         assert encode(decoded) == encode(event)
+
+
+@SLOW
+@given(polls=st.lists(bodies, min_size=1, max_size=3), history=histories, ids=st.integers(1, 3))
+def test_a_converter_writes_each_event_as_encode_does(
+    polls: list[dict[str, Any]], history: list[dict[str, Any] | None], ids: int
+) -> None:
+    """The streams worker's Converter shares a record's endpoint, device and
+    session between events: each record's bytes are still encode()'s for
+    its event and its own stored endpoint. The events are put on at most
+    ``ids`` endpoint IDs, so one ID comes with other contexts, sessions and
+    stored endpoints (one of another app among them), and each is a fresh
+    object read back from Avro, as the worker reads them."""
+    events = [
+        CODEC.decode_event(CODEC.encode_event(e._replace(endpoint_id=f"ep-{n % ids}")))
+        for body in polls
+        for n, (_, e) in enumerate(put(body))
+    ]
+    held = {("app-1", f"ep-{n}"): stored(*history, endpoint_id=f"ep-{n}") for n in range(ids)}
+    held[("app-1", "ep-0")] = stored(*history, app_id="app-2", endpoint_id="ep-0")
+    known = {key: state for key, state in held.items() if state is not None}
+    converter = Converter(known)
+    for event in events:
+        assert converter.encode(event) == encode(event, known.get((event.app_id, event.endpoint_id)))
+
+
+def test_a_converter_tells_apart_the_contexts_and_sessions_of_one_endpoint() -> None:
+    """Two batches of one device, each with its own Demographic and session:
+    each record has its own, though the endpoint is the same."""
+    first = one(
+        {"Demographic": {"Platform": "iOS"}},
+        {"EventType": "a", "Timestamp": SENT, "Session": {"Id": "s-1", "StartTimestamp": START}},
+    )
+    second = one(
+        {"Demographic": {"Platform": "Android"}},
+        {"EventType": "a", "Timestamp": SENT, "Session": {"Id": "s-2", "StartTimestamp": SENT}},
+    )
+    endpoint = stored({"Demographic": {"Make": "Apple"}, "User": {"UserId": "u-1"}})
+    assert endpoint is not None
+    converter = Converter({("app-1", "ep-1"): endpoint})
+    records = [orjson.loads(converter.encode(e)) for e in (first, second, first)]
+    assert [r["device"]["platform"] for r in records] == [
+        {"name": "iOS"},
+        {"name": "Android"},
+        {"name": "iOS"},
+    ]
+    assert [r["session"]["session_id"] for r in records] == ["s-1", "s-2", "s-1"]
+    assert records[0]["endpoint"]["Demographic"] == {"Make": "Apple", "Platform": "iOS"}
+    assert records == [stream_record(e, endpoint) for e in (first, second, first)]
 
 
 # --- the schema ------------------------------------------------------------------

@@ -51,6 +51,7 @@ from ingest.records.values import (
     EndpointContext,
     Event,
     Location,
+    Session,
 )
 
 # The version of Pinpoint's app-event JSON this record follows: the one in
@@ -84,17 +85,44 @@ def stream_record(event: Event, endpoint: EndpointState | None = None) -> dict[s
     ``schemas/event-stream.schema.json``). A session timestamp that does not
     parse as ISO 8601 is left out, not fatal.
     """
+    described = _described(event, endpoint)
+    return _record(event, described, _device(described.get("Demographic")), _session(event.session))
+
+
+def _described(event: Event, endpoint: EndpointState | None) -> dict[str, Any]:
+    """The record's ``endpoint``: the stored one overlaid with the event's
+    context, or the context alone (see :func:`stream_record`)."""
     if (
         endpoint is None
         or endpoint.endpoint_id != event.endpoint_id
         or endpoint.app_id != event.app_id
         or endpoint.deleted
     ):
-        described = _endpoint(event.endpoint_id, event.endpoint)
-    else:
-        described = _overlaid(endpoint, event.endpoint)
-    demographic: Mapping[str, Any] | None = described.get("Demographic")
+        return _endpoint(event.endpoint_id, event.endpoint)
+    return _overlaid(endpoint, event.endpoint)
 
+
+def _session(session: Session | None) -> dict[str, Any]:
+    """The record's ``session``: its ID and the timestamps that parse."""
+    out: dict[str, Any] = {}
+    if session is not None:
+        out["session_id"] = session.id
+        start = parse_timestamp(session.start_timestamp)
+        if start is not None:
+            out["start_timestamp"] = start
+        if session.stop_timestamp is not None:
+            stop = parse_timestamp(session.stop_timestamp)
+            if stop is not None:
+                out["stop_timestamp"] = stop
+    return out
+
+
+def _record(
+    event: Event, described: dict[str, Any], device: dict[str, Any], session: dict[str, Any]
+) -> dict[str, Any]:
+    """The record of ``event`` around its ``endpoint``, ``device`` and
+    ``session`` objects, which it takes as they are (they may be shared)."""
+    demographic: Mapping[str, Any] | None = described.get("Demographic")
     sdk: dict[str, str] = {}
     if event.sdk_name is not None:
         sdk["name"] = event.sdk_name
@@ -110,18 +138,6 @@ def stream_record(event: Event, endpoint: EndpointState | None = None) -> dict[s
         application["version_name"] = app_version
     if event.app_version_code is not None:
         application["version_code"] = event.app_version_code
-
-    session: dict[str, Any] = {}
-    if event.session is not None:
-        session["session_id"] = event.session.id
-        start = parse_timestamp(event.session.start_timestamp)
-        if start is not None:
-            session["start_timestamp"] = start
-        if event.session.stop_timestamp is not None:
-            stop = parse_timestamp(event.session.stop_timestamp)
-            if stop is not None:
-                session["stop_timestamp"] = stop
-
     return {
         "event_type": event.event_type,
         "event_timestamp": event.timestamp_ms,
@@ -129,7 +145,7 @@ def stream_record(event: Event, endpoint: EndpointState | None = None) -> dict[s
         "event_version": EVENT_VERSION,
         "application": application,
         "client": {"client_id": event.endpoint_id},
-        "device": _device(demographic),
+        "device": device,
         "session": session,
         "attributes": _dict(event.attributes),
         "metrics": _dict(event.metrics),
@@ -146,6 +162,37 @@ def encode(event: Event, endpoint: EndpointState | None = None) -> bytes:
     endpoint the fold produces. (A NaN or infinity, which validation
     refuses, orjson would write as ``null``.)"""
     return orjson.dumps(stream_record(event, endpoint))
+
+
+class Converter:
+    """:func:`encode` for the events of one poll, each record's bytes the
+    same, with what depends on the endpoint or the session alone built once:
+    the ``endpoint`` and ``device`` objects once per (app, endpoint, the
+    event's endpoint context), the ``session`` object once per session, and
+    shared by the records that have them (orjson writes each record at once,
+    and nothing changes them). A device's events come in runs under one
+    context and one session, and overlaying a stored endpoint costs more than
+    the rest of a record (about 2.3 µs of 6.2).
+
+    ``stored`` is the poll's stored endpoints by (app ID, endpoint ID), as
+    ``Store.get_endpoints`` gives them. What it builds is held until it is
+    dropped: one Converter a poll, so at most a poll's worth."""
+
+    def __init__(self, stored: Mapping[tuple[str, str], EndpointState]) -> None:
+        self._stored = stored
+        self._parts: dict[tuple[str, str, EndpointContext | None], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._sessions: dict[Session | None, dict[str, Any]] = {}
+
+    def encode(self, event: Event) -> bytes:
+        key = (event.app_id, event.endpoint_id, event.endpoint)
+        parts = self._parts.get(key)
+        if parts is None:
+            described = _described(event, self._stored.get((event.app_id, event.endpoint_id)))
+            parts = self._parts[key] = (described, _device(described.get("Demographic")))
+        session = self._sessions.get(event.session)
+        if session is None:
+            session = self._sessions[event.session] = _session(event.session)
+        return orjson.dumps(_record(event, *parts, session))
 
 
 def _dict(mapping: Mapping[str, V] | None) -> dict[str, V]:

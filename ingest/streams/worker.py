@@ -361,14 +361,16 @@ class StreamWorker:
                     continue
                 if message.offset >= lane.next.get(tp, -1):  # else handled before a read-back
                     chosen.append((lane, message))
-        stored = await self._stored_endpoints(message for _, message in chosen)
+        converter = record.Converter(await self._stored_endpoints(message for _, message in chosen))
         work: dict[Lane, list[Item]] = {}
         for handled, (lane, message) in enumerate(chosen, 1):
             if handled % CONVERT_SLICE == 0:
                 await asyncio.sleep(0)
-            item = await self._convert(message, lane.kind, stored)
-            if item is not None:
+            item = self._convert(message, lane.kind, converter)
+            if isinstance(item, Item):
                 work.setdefault(lane, []).append(item)
+            else:
+                await self._dead_letter(message, lane.kind, *item)
         return work, ends
 
     async def _stored_endpoints(
@@ -420,30 +422,22 @@ class StreamWorker:
             lane = self._lanes[target] = Lane(target)
         return lane
 
-    async def _convert(
-        self,
-        message: ConsumerRecord[Any, Any],
-        kind: Kind,
-        stored: Mapping[tuple[str, str], EndpointState],
-    ) -> Item | None:
-        """The record as the stream's JSON; None (dead-lettered) when it does
-        not decode or is too large for the service."""
+    def _convert(
+        self, message: ConsumerRecord[Any, Any], kind: Kind, converter: record.Converter
+    ) -> Item | tuple[str, str]:
+        """The record as the stream's JSON; else why it goes to the dead
+        letters instead, (reason, text): it does not decode, or it is too
+        large for the service. Synchronous: this runs for every record."""
         try:
             event = self._codec.decode_event(message.value)
         except DecodeError as exc:
-            await self._dead_letter(message, kind, "undecodable", f"stream: {exc}")
-            return None
-        data = record.encode(event, stored.get((event.app_id, event.endpoint_id)))
-        item = Item(message.partition, message.offset, message.key, event.endpoint_id, data)
+            return "undecodable", f"stream: {exc}"
+        item = Item(
+            message.partition, message.offset, message.key, event.endpoint_id, converter.encode(event)
+        )
         limit = LIMITS[kind].max_record_bytes
-        if item.size(kind) > limit:
-            await self._dead_letter(
-                message,
-                kind,
-                "too_large",
-                f"stream: the record is {item.size(kind)} bytes as JSON; {kind} takes at most {limit}",
-            )
-            return None
+        if (size := item.size(kind)) > limit:
+            return "too_large", f"stream: the record is {size} bytes as JSON; {kind} takes at most {limit}"
         return item
 
     async def _dead_letter(
