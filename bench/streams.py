@@ -54,8 +54,7 @@ from prometheus_client import CollectorRegistry
 
 from bench.kpis import drain_rate, workload
 from bench.support import cpu_seconds, fresh_store, produce, time_drain
-from ingest.folds import endpoints as folded_endpoints
-from ingest.folds.endpoints import BatchOutcome, EndpointState
+from ingest.folds.endpoints import BatchOutcome, EndpointState, fold
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker, _Child, free_port
 from ingest.process import settle_gc, stream_worker
@@ -419,7 +418,7 @@ async def measure(
     codec = Codec()
     encoded = [codec.encode_event(e) for e in events]
     endpoints = stored_endpoints(events)
-    states = folded_endpoints.fold({}, endpoints, BatchOutcome())
+    states = fold({}, endpoints, BatchOutcome())
     count = len(events)
     found = Rounds()
     async with (

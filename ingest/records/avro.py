@@ -336,7 +336,7 @@ class _Reader(_Source):
     which the function's one ``try`` turns into AvroDecodeError; a slice does
     not fail short, so every length is checked against ``size`` before it."""
 
-    def __init__(self, types: Mapping[str, type[Any]]) -> None:
+    def __init__(self, types: Mapping[str, type[Any]], tail_memo: int = 0) -> None:
         super().__init__(
             {
                 "AvroDecodeError": AvroDecodeError,
@@ -352,10 +352,10 @@ class _Reader(_Source):
             }
         )
         self.types = types
-        # Set by compile_decoder / compile_projection: the record decoded,
-        # and how many tails of its last field to remember (0: none).
+        # How many tails of the top record's last field to remember (0: none);
+        # the top record is set by _define_decoder.
+        self.tail_memo = tail_memo
         self.top: dict[str, Any] | None = None
-        self.tail_memo = 0
 
     def read(self, schema: Any, target: str, depth: int) -> None:
         """Emit code that reads a value of ``schema`` into the local ``target``."""
@@ -474,11 +474,16 @@ class _Reader(_Source):
         local = {}
         for field in schema["fields"]:
             local[field["name"]] = self.fresh("v")
-            if self.memoizes(schema, field):
-                self.memoized(field["type"], local[field["name"]], depth)
-            else:
-                self.read(field["type"], local[field["name"]], depth)
+            self.field(schema, field, local[field["name"]], depth)
         self.build(cls, local, target, depth)
+
+    def field(self, schema: dict[str, Any], field: dict[str, Any], target: str, depth: int) -> None:
+        """Read a field of record ``schema``: through the tail memo when it is
+        the one :meth:`memoizes`, else as its type is read."""
+        if self.memoizes(schema, field):
+            self.memoized(field["type"], target, depth)
+        else:
+            self.read(field["type"], target, depth)
 
     def memoizes(self, schema: dict[str, Any], field: dict[str, Any]) -> bool:
         """Whether ``field`` is read through the tail memo: the top record's
@@ -566,9 +571,7 @@ def compile_decoder(schema: dict[str, Any], types: Mapping[str, type[Any]], *, t
     """
     if schema.get("type") != "record":
         raise ValueError("compile_decoder takes a record schema")
-    gen = _Reader(types)
-    gen.tail_memo = tail_memo
-    return _define_decoder(gen, schema, "decoder")
+    return _define_decoder(_Reader(types, tail_memo), schema, "decoder")
 
 
 def _kinds(schema: Any) -> set[str]:
@@ -612,8 +615,10 @@ class _Projector(_Reader):
     bounds-checked and skipped, never decoded, and the record gets a
     placeholder in their place."""
 
-    def __init__(self, types: Mapping[str, type[Any]], fields: Mapping[str, frozenset[str]]) -> None:
-        super().__init__(types)
+    def __init__(
+        self, types: Mapping[str, type[Any]], fields: Mapping[str, frozenset[str]], tail_memo: int = 0
+    ) -> None:
+        super().__init__(types, tail_memo)
         self.fields = fields
 
     def record(self, schema: dict[str, Any], target: str, depth: int) -> None:
@@ -630,10 +635,7 @@ class _Projector(_Reader):
             name = field["name"]
             if name in kept:
                 local[name] = self.fresh("v")
-                if self.memoizes(schema, field):
-                    self.memoized(field["type"], local[name], depth)
-                else:
-                    self.read(field["type"], local[name], depth)
+                self.field(schema, field, local[name], depth)
             else:
                 local[name] = self.fresh("placeholder")
                 self.names[local[name]] = _placeholder(cls, name, field["type"])
@@ -730,6 +732,4 @@ def compile_projection(
     ``tail_memo`` remembers the last field as there (of its projected value)."""
     if schema.get("type") != "record":
         raise ValueError("compile_projection takes a record schema")
-    gen = _Projector(types, fields)
-    gen.tail_memo = tail_memo
-    return _define_decoder(gen, schema, "projection")
+    return _define_decoder(_Projector(types, fields, tail_memo), schema, "projection")
