@@ -13,7 +13,13 @@ from typing import Any, NamedTuple
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.records.avro import AvroDecodeError, Decoder, compile_decoder, compile_projection
+from ingest.records.avro import (
+    TAIL_MEMO_MAX_BYTES,
+    AvroDecodeError,
+    Decoder,
+    compile_decoder,
+    compile_projection,
+)
 from ingest.records.codec import ENDPOINT_SCHEMA, EVENT_SCHEMA, HEADER_BYTES, RECORD_TYPES
 from ingest.records.values import Demographic, EndpointContext, Event, Location
 from tests.test_codec import CODEC, EVENT, FAST, events
@@ -91,6 +97,12 @@ def test_equal_tails_share_one_value_and_the_memo_holds_at_most_its_size() -> No
         moved = first._replace(endpoint=CONTEXT._replace(user_id=f"user-{n}"))
         assert decode(CODEC.encode_event(moved), HEADER_BYTES)[0] == moved
         assert len(held) <= 3
+    # A tail past the bound is read, not held: a key is its tail's bytes.
+    held.clear()
+    huge = first._replace(endpoint=CONTEXT._replace(user_id="u" * TAIL_MEMO_MAX_BYTES))
+    for _ in range(2):
+        assert decode(CODEC.encode_event(huge), HEADER_BYTES)[0] == huge
+    assert held == {}
     # Data that is not bytes is read, not looked up (a bytearray is no dict key).
     assert decode(bytearray(CODEC.encode_event(first)), HEADER_BYTES)[0] == first  # type: ignore[arg-type]
 

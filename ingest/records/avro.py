@@ -324,8 +324,12 @@ def _min_bytes(schema: Any) -> int:
 
 
 # Tails shorter than this are read, not looked up: a user ID alone reads
-# as fast as its lookup would take.
+# as fast as its lookup would take. Longer than the most, they are read too:
+# a memo entry's key is its tail, so this bounds the memo's memory (an
+# endpoint context is a few hundred bytes; a record on the topic, whoever
+# wrote it, can be a megabyte).
 TAIL_MEMO_MIN_BYTES = 32
+TAIL_MEMO_MAX_BYTES = 2048
 
 
 class _Reader(_Source):
@@ -506,8 +510,8 @@ class _Reader(_Source):
         looked up; what fails to decode is never remembered."""
         memo = self.fresh("memo")
         self.names[memo] = {}
-        short = f"size - pos < {TAIL_MEMO_MIN_BYTES}"
-        self.emit(depth, f"tail = None if {short} or type(data) is not bytes else data[pos:]")
+        sized = f"{TAIL_MEMO_MIN_BYTES} <= size - pos <= {TAIL_MEMO_MAX_BYTES}"
+        self.emit(depth, f"tail = data[pos:] if {sized} and type(data) is bytes else None")
         self.emit(depth, f"hit = None if tail is None else {memo}.get(tail)")
         self.emit(depth, "if hit is not None:")
         self.emit(depth + 1, f"{target}, n = hit")
@@ -566,7 +570,8 @@ def compile_decoder(schema: dict[str, Any], types: Mapping[str, type[Any]], *, t
     starts (they are all of it, and whatever stray bytes follow, which the
     caller's end check refuses either way): a later ``data`` of type bytes
     whose tail is the same bytes gets the same object and the same end, not
-    a second read. At most ``tail_memo`` tails are held, all forgotten when
+    a second read. At most ``tail_memo`` tails are held, each of
+    ``TAIL_MEMO_MIN_BYTES`` to ``TAIL_MEMO_MAX_BYTES``, all forgotten when
     that many are; bytes that fail to decode are never held.
     """
     if schema.get("type") != "record":

@@ -44,7 +44,8 @@ MARKER = b"\xc3\x01"
 HEADER_BYTES = len(MARKER) + 8
 # An event's endpoint context, its last field, is the same bytes for every
 # event of a device's batch: the event reader remembers this many of them
-# (the value read, shared), about 300 bytes each with the key.
+# (the value read, shared): a few hundred bytes each with the key, 2 KiB at
+# most (avro.TAIL_MEMO_MAX_BYTES), so under 10 MB.
 TAIL_MEMO_ENTRIES = 4096
 EVENT_SCHEMA = "ingest.v1.Event"
 ENDPOINT_SCHEMA = "ingest.v1.EndpointUpsert"
