@@ -25,7 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from bench.support import batches_rate, fresh_store, ingest_run, produce, quantile, time_drain
+from bench.support import batches_rate, counted, fresh_store, ingest_run, produce, quantile, time_drain
 from ingest.folds import endpoints
 from ingest.folds.endpoints import EndpointRecord, EndpointState
 from ingest.kafka import clients
@@ -96,12 +96,7 @@ async def time_endpoint_drain(
         drain_timeout_s=5,
     )
 
-    def done() -> float:
-        return sum(
-            registry.get_sample_value("ingest_endpoint_records_total", {"outcome": o}) or 0.0
-            for o in ("applied", "superseded")
-        )
-
+    done = counted(registry, "ingest_endpoint_records", "outcome", ("applied", "superseded"))
     return await time_drain(worker, done, count)
 
 

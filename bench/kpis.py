@@ -32,7 +32,7 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import CollectorRegistry
 
-from bench.support import batches_rate, fresh_store, ingest_run, produce, quantile, time_drain
+from bench.support import batches_rate, counted, fresh_store, ingest_run, produce, quantile, time_drain
 from ingest.folds import kpis
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker
@@ -124,12 +124,8 @@ async def drain_rate(settings: Settings, store: Store, bootstrap: str, count: in
         drain_timeout_s=5,
     )
 
-    def done() -> float:
-        return sum(
-            registry.get_sample_value("ingest_kpi_events_total", {"outcome": o}) or 0.0
-            for o in ("aggregated", "duplicate", "too_old", "too_new", "dead_lettered")
-        )
-
+    outcomes = ("aggregated", "duplicate", "too_old", "too_new", "dead_lettered")
+    done = counted(registry, "ingest_kpi_events", "outcome", outcomes)
     rate, cpu_ms = await time_drain(worker, done, count)
     aggregated = registry.get_sample_value("ingest_kpi_events_total", {"outcome": "aggregated"})
     if aggregated != count:

@@ -53,7 +53,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from bench.kpis import drain_rate, workload
-from bench.support import cpu_seconds, fresh_store, produce, time_drain
+from bench.support import counted, cpu_seconds, fresh_store, produce, time_drain
 from ingest.folds.endpoints import BatchOutcome, EndpointState, fold
 from ingest.kafka import clients
 from ingest.kafka.broker import EmbeddedBroker, _Child, free_port
@@ -352,10 +352,7 @@ async def stream_drain(
             group_id=f"bench-streams-{uuid.uuid4().hex[:8]}",
         )
 
-        def delivered() -> float:
-            labels: dict[str, str] = {"destination": kind}
-            return registry.get_sample_value("ingest_stream_delivered_records_total", labels) or 0.0
-
+        delivered = counted(registry, "ingest_stream_delivered_records", "destination", (kind,))
         before = cpu_of(broker.pid), cpu_of(kinesalite_pid)
         rate, cpu_us = await time_drain(worker, delivered, count)
         after = cpu_of(broker.pid), cpu_of(kinesalite_pid)
