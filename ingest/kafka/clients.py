@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownError
 from aiokafka.helpers import create_ssl_context
 
 from ingest.errors import BrokerError
+from ingest.kafka.gapless import GaplessConsumer
 from ingest.settings import MAX_FETCH_WAIT_MS, Settings
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,10 @@ def producer(
     )
 
 
-def consumer(settings: Settings, bootstrap: str, *, group_id: str) -> AIOKafkaConsumer:
-    """A group member that commits by hand, after its store write."""
-    return AIOKafkaConsumer(
+def consumer(settings: Settings, bootstrap: str, *, group_id: str) -> GaplessConsumer:
+    """A group member that commits by hand, after its store write, and never
+    moves past an offset the broker has not shown yet (:mod:`ingest.kafka.gapless`)."""
+    return GaplessConsumer(
         **connection_options(settings, bootstrap),
         group_id=group_id,
         enable_auto_commit=False,

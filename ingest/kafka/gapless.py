@@ -1,0 +1,155 @@
+"""A consumer that never moves past a record not yet visible.
+
+Tansu, the embedded broker, can make a later batch of a partition visible
+before an earlier one when two producers append to that partition at once:
+a consumer at the end of the log is handed offsets N+2… while N and N+1 are
+still being stored, moves past them, and never reads them, though every
+later reader finds them (load/benchmark-notes.md, "Why the embedded broker
+took one edge"; measured: 4 of 60,000 records skipped by a tailing consumer
+with six producers, none by a second reader). A Kafka cluster hands out no
+such gap: the pipeline's topics are neither compacted nor written in
+transactions, so their offsets run without holes.
+
+:class:`GaplessConsumer` checks that each partition's records follow on from
+the last it returned (or from where it was last sought). At a gap it returns
+the records before it, seeks back to the missing offset and fetches again,
+so nothing after a gap is handed to a worker, and so committed, before the
+gap is filled. A gap still open after ``patience_s`` is a real one (a topic
+someone compacted, transactional markers, records removed by retention
+under a consumer that fell behind): it is logged and passed.
+
+Where it starts: after the group assigns partitions, the first records of
+each are taken as they come (the position was reset to the committed offset,
+which this consumer does not know without asking the coordinator); from then
+on every offset is checked. A gap at the very first fetch after an
+assignment is therefore not seen; the race above is at the tail of the log,
+which a worker reaches only after its first fetch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+log = logging.getLogger(__name__)
+
+# How long a gap is held before it is taken as real. Tansu's stored the
+# earlier batch within milliseconds in every gap measured; a real gap (see
+# above) costs its partition this much once.
+GAP_PATIENCE_S = 5.0
+
+Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+
+
+class GaplessConsumer(AIOKafkaConsumer):  # type: ignore[misc]
+    """An AIOKafkaConsumer whose ``getmany`` returns, of each partition, only
+    records whose offsets follow on without a gap (see the module)."""
+
+    def __init__(self, *args: Any, patience_s: float = GAP_PATIENCE_S, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._patience_s = patience_s
+        # Of each partition: the offset its next record must have.
+        self._next: dict[TopicPartition, int] = {}
+        # Of each partition held at a gap: the missing offset, and since when.
+        self._held: dict[TopicPartition, tuple[int, float]] = {}
+        self.gaps_filled = 0
+        """Gaps held until their records came."""
+        self.gaps_passed = 0
+        """Gaps held for ``patience_s`` and then passed."""
+
+    def subscribe(
+        self,
+        topics: Iterable[str] = (),
+        pattern: str | None = None,
+        listener: ConsumerRebalanceListener | None = None,
+    ) -> None:
+        super().subscribe(topics, pattern, listener=_ForgetOnAssign(self, listener))
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        super().seek(partition, offset)
+        self._next[partition] = offset
+        self._held.pop(partition, None)
+
+    def forget(self) -> None:
+        """The group moved partitions: their positions are the committed
+        offsets now, unknown here."""
+        self._next.clear()
+        self._held.clear()
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> Batch:
+        batch: Batch = await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+        for tp in list(batch):
+            records = batch[tp]
+            kept = self._follow_on(tp, records)
+            if kept < len(records):
+                if kept:
+                    batch[tp] = records[:kept]
+                else:
+                    del batch[tp]
+        return batch
+
+    def _follow_on(self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]]) -> int:
+        """How many of ``records`` to hand over: all, or those before a gap
+        being held (the consumer then seeks back to it)."""
+        expected = self._next.get(tp)
+        for index, message in enumerate(records):
+            if expected is not None and message.offset > expected:
+                if self._hold(tp, expected, message.offset):
+                    return index
+            expected = message.offset + 1
+        if expected is not None:
+            self._next[tp] = expected
+        held = self._held.pop(tp, None)
+        if held is not None:
+            self.gaps_filled += 1
+            log.info("%s[%d]: offset %d came after a gap was held", tp.topic, tp.partition, held[0])
+        return len(records)
+
+    def _hold(self, tp: TopicPartition, missing: int, found: int) -> bool:
+        """A gap from ``missing`` to ``found``: True to hold it (seek back to
+        it), False to pass it, once it has been held ``patience_s``."""
+        now = time.monotonic()
+        held = self._held.get(tp)
+        if held is None or held[0] != missing:
+            held = (missing, now)
+        if now - held[1] < self._patience_s:
+            super().seek(tp, missing)
+            self._next[tp] = missing
+            self._held[tp] = held
+            return True
+        self._held.pop(tp, None)
+        self.gaps_passed += 1
+        log.warning(
+            "%s[%d]: offsets %d-%d were not there after %.1f s; going on past them",
+            tp.topic,
+            tp.partition,
+            missing,
+            found - 1,
+            now - held[1],
+        )
+        return False
+
+
+class _ForgetOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The worker's own listener, with the consumer forgetting its partitions'
+    positions once the group assigns them again."""
+
+    def __init__(self, consumer: GaplessConsumer, inner: ConsumerRebalanceListener | None) -> None:
+        self._consumer = consumer
+        self._inner = inner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        if self._inner is not None:
+            await self._inner.on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._consumer.forget()
+        if self._inner is not None:
+            await self._inner.on_partitions_assigned(assigned)
