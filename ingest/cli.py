@@ -70,12 +70,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="share the API port with other edges (SO_REUSEPORT; the kernel spreads connections)",
     )
-    edge.add_argument(
-        "--with-jobs",
-        action="store_true",
-        help="also run the import and export jobs, on this edge's producer (ingest run's edge "
-        "does, with its embedded broker: one producer on ingest.endpoints)",
-    )
 
     worker = commands.add_parser(
         "worker",
@@ -286,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "worker":
                 mode = WORKER_MODES[args.role]
             reuse_port = getattr(args, "reuse_port", False)
-            with_jobs = getattr(args, "with_jobs", False)
-            served = serve(
-                settings, mode=mode, status_file=args.status_file, reuse_port=reuse_port, with_jobs=with_jobs
-            )
+            served = serve(settings, mode=mode, status_file=args.status_file, reuse_port=reuse_port)
             return uvloop.run(served)
         if args.command in ("keys", "identity-pools"):
             return uvloop.run(_admin(settings, args))

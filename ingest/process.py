@@ -495,14 +495,12 @@ async def serve(
     mode: Mode,
     status_file: Path | None = None,
     reuse_port: bool = False,
-    with_jobs: bool = False,
 ) -> int:
     """Run one process role until SIGINT/SIGTERM, then drain (module docstring).
 
     With ``status_file``, once listening it writes there where it listens and
     which broker it uses (:mod:`ingest.launch`), and removes it on the way out.
-    ``reuse_port`` shares the API port with other edges (SO_REUSEPORT);
-    ``with_jobs`` runs the jobs worker in an edge too, on the edge's producer.
+    ``reuse_port`` shares the API port with other edges (SO_REUSEPORT).
     """
     stopping = asyncio.Event()
     stop_on_signals(stopping)
@@ -566,11 +564,9 @@ async def serve(
                 identities=identities,
                 auth=auth,
             )
-            if mode == "run" or with_jobs:
-                # On the edge's producer: one producer on ingest.endpoints, as
-                # the embedded broker needs (Tansu's race between producers
-                # appending to one partition: load/benchmark-notes.md). Entered
-                # after the publisher, so the jobs stop before it flushes.
+            if mode == "run":
+                # The one interpreter runs the jobs on the edge's producer.
+                # Entered after the publisher, so the jobs stop before it flushes.
                 jobs = await job_worker(
                     stack,
                     settings,

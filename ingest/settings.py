@@ -154,15 +154,11 @@ class Settings:
 
     # `ingest run`: how many `ingest edge` processes it supervises, sharing
     # the API port (SO_REUSEPORT), beside one process per worker role.
-    # ``None``: one per CPU this process may run on with INGEST_KAFKA_BOOTSTRAP,
-    # one with the embedded broker. ``0``: no child processes; the edge and
-    # both workers share the one interpreter (the smallest footprint).
-    # The embedded broker (Tansu) takes one: with two producers appending to
-    # one partition at once it can show a consumer at the end of the log a
-    # later batch before an earlier one, and the consumer skips the earlier
-    # one (measured: 2-8 of 60,000 records with six producers; 10 of 1.7 M
-    # events through two edges). One edge has one produce request in flight
-    # per broker, so its appends never race.
+    # ``None``: one per CPU this process may run on. ``0``: no child
+    # processes; the edge and the workers share the one interpreter (the
+    # smallest footprint). Edges racing each other on the embedded broker's
+    # partitions are safe: the workers wait out the gaps it shows
+    # (ingest.kafka.gapless).
     edge_processes: int | None = None
 
     # Workers: records per poll, and so per store transaction.
@@ -388,12 +384,6 @@ class Settings:
         )
         if self.edge_processes is not None:
             _check(self.edge_processes, 0 <= self.edge_processes <= 256, "edge_processes", "0-256")
-            if self.kafka_bootstrap is None and self.edge_processes > 1:
-                raise SettingsError(
-                    f"{PREFIX}EDGE_PROCESSES={self.edge_processes}: the embedded broker takes one edge "
-                    "process (two producers appending to one of its partitions at once can lose records "
-                    f"to the workers); more need {PREFIX}KAFKA_BOOTSTRAP, a Kafka cluster"
-                )
         _check(
             self.worker_fetch_interval_ms,
             0 <= self.worker_fetch_interval_ms <= 10_000,
@@ -524,11 +514,10 @@ class Settings:
 
     @property
     def edge_process_count(self) -> int:
-        """``edge_processes``, with ``None`` read as the CPUs this process may
-        use, or one with the embedded broker."""
+        """``edge_processes``, with ``None`` read as the CPUs this process may use."""
         if self.edge_processes is not None:
             return self.edge_processes
-        return 1 if self.kafka_bootstrap is None else len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
 
     @property
     def stream_accounts(self) -> frozenset[str]:

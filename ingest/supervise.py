@@ -15,9 +15,7 @@ brings the store's schema up to date, and then supervises:
   takes it while an edge restarts.
 - ``worker-endpoints``, ``worker-kpis``, ``worker-streams`` and
   ``worker-jobs``: `ingest worker endpoints`, `ingest worker kpis`, `ingest
-  worker streams` and `ingest worker jobs`. With the embedded broker the
-  jobs run in the edge instead (`ingest edge --with-jobs`, on the edge's
-  producer; :func:`children_of` says why).
+  worker streams` and `ingest worker jobs`.
 
 Each child runs in a session of its own (a terminal's Ctrl-C reaches only
 this process, which then drains in order), is killed by the kernel if this
@@ -420,7 +418,6 @@ def children_of(
     bootstrap: str,
     idempotence: bool,
     port: int,
-    embedded: bool,
     metrics_url: str | None = None,
 ) -> list[Supervised]:
     """The processes `ingest run` supervises, with the environment each
@@ -428,12 +425,9 @@ def children_of(
     and the shared port, and probes on a free loopback port of their own;
     the console reads stream health from ``metrics_url`` (this process's
     /metrics, every child's samples) unless the operator named another.
-
-    With the ``embedded`` broker (one edge) the edge runs the jobs too, on
-    its own producer: Tansu loses track of batches that two producers append
-    to one partition at once (load/benchmark-notes.md), and the jobs'
-    imports go to ``ingest.endpoints``, which the edge writes. With a Kafka
-    cluster they are a child of their own."""
+    The same processes with the embedded broker as with a Kafka cluster:
+    the workers' consumers wait out the gaps Tansu shows when producers
+    append to one partition at once (:mod:`ingest.kafka.gapless`)."""
     data_dir = settings.data_dir.resolve()
     run_dir = data_dir / "processes"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -452,16 +446,14 @@ def children_of(
     if metrics_url is not None:
         env.setdefault("INGEST_CONSOLE_STREAM_METRICS_URL", metrics_url)
     roles: list[tuple[str, list[str]]] = [
-        (f"edge-{index}", ["edge", "--reuse-port", *(["--with-jobs"] if embedded else [])])
-        for index in range(settings.edge_process_count)
+        (f"edge-{index}", ["edge", "--reuse-port"]) for index in range(settings.edge_process_count)
     ]
     roles += [
         ("worker-endpoints", ["worker", "endpoints"]),
         ("worker-kpis", ["worker", "kpis"]),
         ("worker-streams", ["worker", "streams"]),
+        ("worker-jobs", ["worker", "jobs"]),
     ]
-    if not embedded:
-        roles.append(("worker-jobs", ["worker", "jobs"]))
     children = []
     for name, command in roles:
         status_path = run_dir / f"{name}.json"
@@ -491,7 +483,6 @@ async def supervise(settings: Settings, *, status_file: Path | None = None) -> i
             bootstrap=bootstrap,
             idempotence=idempotence,
             port=port,
-            embedded=embedded is not None,
             metrics_url=f"http://{own}/metrics",
         )
         api = f"{settings.host}:{port}"
@@ -510,10 +501,9 @@ async def supervise(settings: Settings, *, status_file: Path | None = None) -> i
                 write_status(status_file, status())
 
         log.info(
-            "supervising %d edge processes on http://%s%s and %s",
+            "supervising %d edge processes on http://%s and %s",
             settings.edge_process_count,
             api,
-            " (running the jobs too)" if embedded is not None else "",
             ", ".join(child.name for child in children if not child.name.startswith("edge-")),
         )
         supervisor = await stack.enter_async_context(

@@ -1,5 +1,5 @@
-"""Import and export jobs end to end: `ingest run` (its edge runs the jobs,
-with the embedded broker) driven by boto3, reading and writing files under its
+"""Import and export jobs end to end: `ingest run` (the jobs a child of
+their own, `worker-jobs`) driven by boto3, reading and writing files under its
 confined directories and S3 in moto's server mode (AssumeRole through
 moto's STS), behind a proxy that only injects faults (a connection dropped,
 a size faked in a listing, a slow transfer). Imported rows take
@@ -286,9 +286,7 @@ def exported(moto_server: aws.MotoServer, name: str, prefix: str) -> dict[str, l
     }
 
 
-# With its embedded broker `ingest run` runs the jobs in its edge, on the
-# edge's producer (ingest.supervise.children_of says why).
-JOBS_PROCESS = "edge-0"
+JOBS_PROCESS = "worker-jobs"
 
 
 def jobs_pid(pipeline: Pipeline) -> int:
@@ -382,9 +380,11 @@ def test_a_json_and_a_csv_file_import_through_update_endpoints_merge_rules(
     assert second is not None and second["OptOut"] == "ALL" and "Attributes" not in second
 
     scraped = jobs.request("GET", "/metrics", sign=False)[2].decode()
-    finished_here = re.findall(r'ingest_jobs_finished_total\{[^}]*process="edge-0"[^}]*\} (\S+)', scraped)
+    finished_here = re.findall(
+        r'ingest_jobs_finished_total\{[^}]*process="worker-jobs"[^}]*\} (\S+)', scraped
+    )
     assert finished_here and float(finished_here[0]) >= 1, scraped[-2000:]
-    assert 'ingest_job_rows_total{outcome="imported",process="edge-0",type="IMPORT"}' in scraped
+    assert 'ingest_job_rows_total{outcome="imported",process="worker-jobs",type="IMPORT"}' in scraped
 
     listed = client.get_import_jobs(ApplicationId=app_id, PageSize="1")["ImportJobsResponse"]
     assert [job["Id"] for job in listed["Item"]] == [csv_job["Id"]]
