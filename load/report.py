@@ -20,8 +20,8 @@ In order, on this machine, one thing at a time:
    matched, per role;
 5. the same saturation row against a second ``ingest run`` with
    ``INGEST_EDGE_PROCESSES=0`` (everything in one interpreter; the first
-   leaves the variable unset: the supervisor's default, which with the
-   embedded broker is one edge process and one process per worker);
+   leaves the variable unset: the supervisor's default, an edge process per
+   CPU and one process per worker);
 6. ``--chaos`` at a quarter of saturation;
 7. ``python -m bench --part endpoints`` and ``--part kpis`` (each worker's drain
    rate per store backend beside its ceiling, and freshness);
@@ -64,6 +64,9 @@ NOTES = Path(__file__).with_name("benchmark-notes.md")
 SEED = 1
 SHARES = (0.25, 0.5, 0.75)
 EDGE_PROCESSES = "INGEST_EDGE_PROCESSES"
+# The saturation row again against an `ingest run` of each of these, after
+# the default's rows: one edge process, then everything in one interpreter.
+VARIANTS = (("1", "one edge process"), ("0", "one interpreter"))
 SATURATION = "saturation (closed loop, 32 connections)"
 
 
@@ -274,18 +277,18 @@ async def _against_ingest_run(
                 )
     finally:
         await pipeline.stop()
-    one = faults.Pipeline(work / "run-0", {EDGE_PROCESSES: "0"})
-    try:
-        await one.start()
-        target = _target(one)
-        await execute(replace(target, duration_s=d.warmup_s), out=None)
-        label = f"{SATURATION}, `{EDGE_PROCESSES}=0` (one interpreter)"
-        column = f"`{EDGE_PROCESSES}=0`"
-        saturated = await _saturate(one, target, column, d.duration_s)
-        runs.saturated.append(saturated)
-        runs.rows.append(_load_line(saturated.summary, label))
-    finally:
-        await one.stop()
+    for value, what in VARIANTS:
+        other = faults.Pipeline(work / f"run-{value}", {EDGE_PROCESSES: value})
+        try:
+            await other.start()
+            target = _target(other)
+            await execute(replace(target, duration_s=d.warmup_s), out=None)
+            column = f"`{EDGE_PROCESSES}={value}`"
+            saturated = await _saturate(other, target, column, d.duration_s)
+            runs.saturated.append(saturated)
+            runs.rows.append(_load_line(saturated.summary, f"{SATURATION}, {column} ({what})"))
+        finally:
+            await other.stop()
     chaos = await execute(
         Options(chaos=True, duration_s=d.chaos_s, rate=0.25 * runs.peak, retry_rate=0.05, seed=SEED),
         out=None,
@@ -363,8 +366,8 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
     load_after = os.getloadavg()
     elapsed = (datetime.now(UTC) - started).total_seconds()
     peak, produce_ceiling = runs.peak, figures.produce_ceiling
-    single = runs.saturated[-1].summary
     edges_seen = [s.used.spent.processes.get(cpu.EDGE, 0) for s in runs.saturated]
+    seen_as = ["by default", *(f"with `={value}`" for value, _ in VARIANTS)]
     quick = (
         ["", "**`--quick`: every part at tiny durations to check the machinery; the figures mean nothing.**"]
         if d.quick
@@ -419,11 +422,12 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         f"(Amplify JS, native SDKs and boto3 request shapes), batches of 100, {d.duration_s:g} s a row,",
         f"latency from each batch's due time (open loop); after a {d.warmup_s:g} s warm-up the workers",
         "caught up with. Accounting compares `events-grouped-by-event-type` with the distinct events",
-        f"answered Accepted. `{EDGE_PROCESSES}` unset (the supervisor's default, which with the embedded",
-        "broker is one `ingest edge` process beside one process per worker: more edges need a Kafka",
-        "cluster, see the notes) for every row but the one marked `=0` (the edge and both workers in one",
-        "interpreter, as before the supervisor), which ran against a second `ingest run`; `ingest edge`",
-        f"processes seen in the tree: {edges_seen[0]} by default, {edges_seen[-1]} with `=0`.",
+        f"answered Accepted. `{EDGE_PROCESSES}` unset (the supervisor's default: an `ingest edge` process",
+        "per CPU beside one process per worker) for every row but those marked `=1` (one edge process)",
+        "and `=0` (the edge and the workers in one interpreter, as before the supervisor), each against",
+        "an `ingest run` of its own; `ingest edge` processes seen in the tree: "
+        + ", ".join(f"{n} {how}" for n, how in zip(edges_seen, seen_as, strict=True))
+        + ".",
         "",
         "| run | events/s | p50 ms | p95 ms | p99 ms | max ms | lost / duplicated |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -431,7 +435,11 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         "",
         "Ratios (same run):",
         f"- `ingest run` at saturation (harness) ÷ encode+produce ceiling: {peak / produce_ceiling:.2f}",
-        f"- the same with `{EDGE_PROCESSES}=0`: {float(single['events_per_s']) / produce_ceiling:.2f}",
+        *(
+            f"- the same with `{EDGE_PROCESSES}={value}`: "
+            f"{float(s.summary['events_per_s']) / produce_ceiling:.2f}"
+            for (value, _), s in zip(VARIANTS, runs.saturated[1:], strict=True)
+        ),
         f"- `ingest edge` alone (bench) ÷ encode+produce ceiling: {figures.edge / produce_ceiling:.2f}",
         f"- edge at saturation ÷ HTTP ceiling: {peak / figures.http_ceiling:.3f}",
         "",
