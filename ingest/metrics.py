@@ -136,6 +136,20 @@ class HttpMetrics:
         )
 
 
+def offset_gaps(registry: CollectorRegistry, name: str) -> Counter:
+    """Offset gaps a worker's consumer held at, by outcome: filled (the
+    broker showed the missing records, read in order) or passed (still
+    missing after the consumer's patience: records that may never be read;
+    alert on it)."""
+    return Counter(
+        name,
+        "Offset gaps a worker's consumer held at until the broker showed the records, by outcome: "
+        "filled (read in order) or passed (still missing after the patience; possibly lost).",
+        ["topic", "outcome"],
+        registry=registry,
+    )
+
+
 class ConsumerMetrics:
     """What every consumer worker reports, labelled by its topic. Registered
     once per registry: `ingest run` runs both workers in one process, so they
@@ -149,6 +163,8 @@ class ConsumerMetrics:
             ["topic", "partition"],
             registry=registry,
         )
+        # Counter: offset gaps the consumer held at (ingest.kafka.gapless).
+        self.offset_gaps = offset_gaps(registry, "ingest_consumer_offset_gaps")
 
 
 class WorkerMetrics:
@@ -243,6 +259,8 @@ class StreamMetrics:
     undecodable): closed sets, never ARNs."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        # Counter: offset gaps the streams worker's consumer held at.
+        self.offset_gaps = offset_gaps(registry, "ingest_stream_offset_gaps")
         # Counter: records a destination acknowledged.
         self.delivered = Counter(
             "ingest_stream_delivered_records",

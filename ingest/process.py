@@ -199,7 +199,9 @@ def workers_of(
     if mode in ("run", "worker-endpoints"):
         built.append(
             EndpointWorker(
-                clients.consumer(settings, bootstrap, group_id=clients.ENDPOINTS_GROUP),
+                clients.consumer(
+                    settings, bootstrap, group_id=clients.ENDPOINTS_GROUP, gaps=consumer_metrics.offset_gaps
+                ),
                 clients.deadletter_producer(settings, bootstrap, idempotence=idempotence),
                 store,
                 codec=codec,
@@ -220,7 +222,9 @@ def workers_of(
         )
         built.append(
             Worker(
-                clients.consumer(settings, bootstrap, group_id=clients.KPIS_GROUP),
+                clients.consumer(
+                    settings, bootstrap, group_id=clients.KPIS_GROUP, gaps=consumer_metrics.offset_gaps
+                ),
                 clients.deadletter_producer(settings, bootstrap, idempotence=idempotence),
                 sink,
                 max_records=settings.worker_max_records,
@@ -278,13 +282,14 @@ async def stream_worker(
         group_id,
         "as each stream's role" if settings.stream_assume_role else "with this process's own credentials",
     )
+    metrics = StreamMetrics(registry)
     return StreamWorker(
-        clients.consumer(settings, bootstrap, group_id=group_id),
+        clients.consumer(settings, bootstrap, group_id=group_id, gaps=metrics.offset_gaps),
         clients.deadletter_producer(settings, bootstrap, idempotence=idempotence),
         store,
         codec=codec,
         senders={"kinesis": KinesisSender(aws), "firehose": FirehoseSender(aws), "kafka": kafka},
-        metrics=StreamMetrics(registry),
+        metrics=metrics,
         max_records=settings.worker_max_records,
         drain_timeout_s=settings.drain_timeout_s,
         config_refresh_s=settings.stream_config_refresh_s,

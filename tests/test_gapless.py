@@ -14,8 +14,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import CollectorRegistry
 
 from ingest.kafka.gapless import GaplessConsumer
+from ingest.metrics import offset_gaps
 
 TP = TopicPartition("t", 0)
 
@@ -92,15 +94,29 @@ async def test_a_seek_of_the_worker_moves_where_the_next_record_must_be(
         assert await fetch.offsets(consumer, 30, 31) == [30, 31]
 
 
-async def test_a_gap_still_open_after_the_patience_is_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_gap_still_open_after_the_patience_is_passed_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     fetch = Scripted(monkeypatch)
-    async with fetch.consumer(patience_s=0.2) as consumer:
+    registry = CollectorRegistry()
+    gaps = offset_gaps(registry, "ingest_consumer_offset_gaps")
+    async with fetch.consumer(patience_s=0.2, gaps=gaps) as consumer:
         assert await fetch.offsets(consumer, 0) == [0]
         assert await fetch.offsets(consumer, 2, 3) == []
         await asyncio.sleep(0.25)
         assert await fetch.offsets(consumer, 2, 3) == [2, 3]
         assert consumer.gaps_passed == 1 and consumer.gaps_filled == 0
         assert await fetch.offsets(consumer, 4) == [4]
+        # And one that fills in time.
+        assert await fetch.offsets(consumer, 6) == []
+        assert await fetch.offsets(consumer, 5, 6) == [5, 6]
+    counted = {
+        sample.labels["outcome"]: sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "ingest_consumer_offset_gaps_total" and sample.labels["topic"] == "t"
+    }
+    assert counted == {"passed": 1.0, "filled": 1.0}
 
 
 async def _produce(bootstrap: str, name: str, count: int) -> None:

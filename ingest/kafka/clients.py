@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, UnknownError
 from aiokafka.helpers import create_ssl_context
+from prometheus_client import Counter
 
 from ingest.errors import BrokerError
 from ingest.kafka.gapless import GaplessConsumer
@@ -74,11 +75,15 @@ def producer(
     )
 
 
-def consumer(settings: Settings, bootstrap: str, *, group_id: str) -> GaplessConsumer:
+def consumer(
+    settings: Settings, bootstrap: str, *, group_id: str, gaps: Counter | None = None
+) -> GaplessConsumer:
     """A group member that commits by hand, after its store write, and never
-    moves past an offset the broker has not shown yet (:mod:`ingest.kafka.gapless`)."""
+    moves past an offset the broker has not shown yet (:mod:`ingest.kafka.gapless`;
+    ``gaps`` counts those it held at)."""
     return GaplessConsumer(
         **connection_options(settings, bootstrap),
+        gaps=gaps,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -35,6 +35,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,14 @@ class GaplessConsumer(AIOKafkaConsumer):  # type: ignore[misc]
     """An AIOKafkaConsumer whose ``getmany`` returns, of each partition, only
     records whose offsets follow on without a gap (see the module)."""
 
-    def __init__(self, *args: Any, patience_s: float = GAP_PATIENCE_S, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, patience_s: float = GAP_PATIENCE_S, gaps: Counter | None = None, **kwargs: Any
+    ) -> None:
+        """``gaps``: a counter of the gaps held, labelled (topic, outcome:
+        filled or passed)."""
         super().__init__(*args, **kwargs)
         self._patience_s = patience_s
+        self._gaps = gaps
         # Of each partition: the offset its next record must have.
         self._next: dict[TopicPartition, int] = {}
         # Of each partition held at a gap: the missing offset, and since when.
@@ -118,8 +124,13 @@ class GaplessConsumer(AIOKafkaConsumer):  # type: ignore[misc]
         held = self._held.pop(tp, None)
         if held is not None:
             self.gaps_filled += 1
+            self._count(tp, "filled")
             log.info("%s[%d]: offset %d came after a gap was held", tp.topic, tp.partition, held[0])
         return len(records)
+
+    def _count(self, tp: TopicPartition, outcome: str) -> None:
+        if self._gaps is not None:
+            self._gaps.labels(tp.topic, outcome).inc()
 
     def _hold(self, tp: TopicPartition, missing: int, found: int) -> bool:
         """A gap from ``missing`` to ``found``: True to hold it (seek back to
@@ -135,6 +146,7 @@ class GaplessConsumer(AIOKafkaConsumer):  # type: ignore[misc]
             return True
         self._held.pop(tp, None)
         self.gaps_passed += 1
+        self._count(tp, "passed")
         log.warning(
             "%s[%d]: offsets %d-%d were not there after %.1f s; going on past them",
             tp.topic,
