@@ -58,7 +58,7 @@ class Limits:
     max_records: int
     max_request_bytes: int
     max_record_bytes: int
-    """Of one record as :meth:`Item.size` counts it."""
+    """Of one record as :func:`counted` counts it."""
 
 
 LIMITS: dict[Kind, Limits] = {
@@ -87,16 +87,20 @@ class Item(NamedTuple):
     endpoint_id: str
     data: bytes
     """The stream's JSON of the event (:func:`ingest.streams.record.encode`)."""
+    size: int
+    """Bytes its lane's service counts against its limits (:func:`counted`),
+    computed once: every call's cut reads it."""
 
-    def size(self, kind: Kind) -> int:
-        """Bytes the service counts against its limits: Kinesis the data and
-        the partition key, Firehose the data and its newline, Kafka the
-        value and the key."""
-        if kind == "kinesis":
-            return len(self.data) + len(self.endpoint_id.encode())
-        if kind == "firehose":
-            return len(self.data) + 1
-        return len(self.data) + len(self.key)
+
+def counted(kind: Kind, key: bytes, endpoint_id: str, data: bytes) -> int:
+    """Bytes the service counts against its limits: Kinesis the data and
+    the partition key, Firehose the data and its newline, Kafka the value
+    and the key."""
+    if kind == "kinesis":
+        return len(data) + len(endpoint_id.encode())
+    if kind == "firehose":
+        return len(data) + 1
+    return len(data) + len(key)
 
 
 def chunks(items: Sequence[Item], kind: Kind) -> list[list[Item]]:
@@ -107,7 +111,7 @@ def chunks(items: Sequence[Item], kind: Kind) -> list[list[Item]]:
     chunk: list[Item] = []
     used = 0
     for item in items:
-        size = item.size(kind)
+        size = item.size
         if chunk and (len(chunk) >= limits.max_records or used + size > limits.max_request_bytes):
             out.append(chunk)
             chunk, used = [], 0

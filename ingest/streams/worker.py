@@ -62,7 +62,7 @@ from ingest.store.base import EventStream, Store
 from ingest.streams import record
 from ingest.streams.aws import RecordFailure
 from ingest.streams.destinations import DestinationError, Kind, check_accounts, parse
-from ingest.streams.senders import LIMITS, Item, Sender, Target, chunks
+from ingest.streams.senders import LIMITS, Item, Sender, Target, chunks, counted
 from ingest.workers.consumer import POLL_TIMEOUT_MS, caught_up, dead_letter, settle
 from ingest.workers.sinks import wall_clock_ms
 
@@ -351,9 +351,15 @@ class StreamWorker:
             return None
         ends = {tp: messages[-1].offset + 1 for tp, messages in batch.items()}
         chosen: list[tuple[Lane, ConsumerRecord[Any, Any]]] = []
+        # A key's lane, once a poll: a device's events share their key.
+        lanes: dict[bytes | None, Lane | None] = {}
         for tp, messages in batch.items():
             for message in messages:
-                lane = self._lane_of(message)
+                key = message.key
+                if key in lanes:
+                    lane = lanes[key]
+                else:
+                    lane = lanes[key] = self._lane_of(message)
                 if lane is None:
                     continue
                 if lane.parked:
@@ -432,13 +438,12 @@ class StreamWorker:
             event = self._codec.decode_event(message.value)
         except DecodeError as exc:
             return "undecodable", f"stream: {exc}"
-        item = Item(
-            message.partition, message.offset, message.key, event.endpoint_id, converter.encode(event)
-        )
+        data = converter.encode(event)
+        size = counted(kind, message.key, event.endpoint_id, data)
         limit = LIMITS[kind].max_record_bytes
-        if (size := item.size(kind)) > limit:
+        if size > limit:
             return "too_large", f"stream: the record is {size} bytes as JSON; {kind} takes at most {limit}"
-        return item
+        return Item(message.partition, message.offset, message.key, event.endpoint_id, data, size)
 
     async def _dead_letter(
         self, message: ConsumerRecord[Any, Any], kind: Kind, reason: str, text: str
