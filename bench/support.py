@@ -126,7 +126,8 @@ def counted(
     bench's five outcomes read that way took 352 µs a check against 11 µs,
     on the event loop of the very worker being timed (py-spy put 7 % of a
     200,000-event drain's samples there)."""
-    one = registry.restricted_registry([f"{counter}_total"])
+    name = f"{counter}_total"
+    one = registry.restricted_registry([name])
     wanted = frozenset(values)
 
     def total() -> float:
@@ -134,7 +135,7 @@ def counted(
             sample.value
             for metric in one.collect()
             for sample in metric.samples
-            if sample.name == f"{counter}_total" and sample.labels.get(label) in wanted
+            if sample.name == name and sample.labels.get(label) in wanted
         )
 
     return total

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import CollectorRegistry
 
+from ingest.kafka import gapless
 from ingest.kafka.gapless import GaplessConsumer
 from ingest.metrics import offset_gaps
 
@@ -100,10 +101,14 @@ async def test_a_gap_still_open_after_the_patience_is_passed_and_counted(
     fetch = Scripted(monkeypatch)
     registry = CollectorRegistry()
     gaps = offset_gaps(registry, "ingest_consumer_offset_gaps")
+    now = [100.0]
+    monkeypatch.setattr(gapless, "monotonic", lambda: now[0])
     async with fetch.consumer(patience_s=0.2, gaps=gaps) as consumer:
         assert await fetch.offsets(consumer, 0) == [0]
         assert await fetch.offsets(consumer, 2, 3) == []
-        await asyncio.sleep(0.25)
+        now[0] += 0.1
+        assert await fetch.offsets(consumer, 2, 3) == []
+        now[0] += 0.15
         assert await fetch.offsets(consumer, 2, 3) == [2, 3]
         assert consumer.gaps_passed == 1 and consumer.gaps_filled == 0
         assert await fetch.offsets(consumer, 4) == [4]

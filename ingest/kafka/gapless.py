@@ -29,8 +29,8 @@ which a worker reaches only after its first fetch.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
+from time import monotonic
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -135,7 +135,7 @@ class GaplessConsumer(AIOKafkaConsumer):  # type: ignore[misc]
     def _hold(self, tp: TopicPartition, missing: int, found: int) -> bool:
         """A gap from ``missing`` to ``found``: True to hold it (seek back to
         it), False to pass it, once it has been held ``patience_s``."""
-        now = time.monotonic()
+        now = monotonic()
         held = self._held.get(tp)
         if held is None or held[0] != missing:
             held = (missing, now)
