@@ -10,10 +10,13 @@ a watermark or record batch behind. Tansu acknowledges a produce once s3rver
 has answered its PUT, so an ``Accepted`` record is in a file: it survives a
 crash of `ingest run` (SIGKILL, OOM kill), and, since nothing calls fsync,
 not necessarily a power cut. Tansu never deletes a batch (its object-store
-engine has no retention), which :mod:`ingest.kafka.retention` makes up for.
+engine has no retention), which ``embedded/s3rver.cjs`` makes up for: it
+deletes the batches every consumer group has committed past.
 
 ``memory`` keeps every record in RAM until the process stops and loses them
-all when it does: for tests and benchmarks. Both servers listen on loopback
+all when it does: for tests and benchmarks. Nothing deletes a batch there,
+so each fetch, which lists a partition's batches, costs more the longer the
+broker runs. Both servers listen on loopback
 ports of their own, in sessions of their own, and the kernel kills them when
 `ingest run` dies. Production points ``INGEST_KAFKA_BOOTSTRAP`` at a
 replicated Kafka cluster.
