@@ -13,8 +13,10 @@ In order, on this machine, one thing at a time:
    saturation, at the default in-flight limit and at 512;
 4. the load harness against one ``ingest run`` (warmed up first, until the
    workers have caught up: the workers' group join at start is not steady
-   state): saturation (closed loop), then open-loop latency at 25, 50 and 75 %
-   of it, then 5 % re-sends and 1 % invalid events at half of it, each with
+   state): saturation (closed loop), then on the same run half of it open
+   loop and half of it with 5 % re-sends and 1 % invalid events; then
+   open-loop latency at 25, 50 and 75 % of saturation, each against an
+   ``ingest run`` of its own warmed up at that rate; each row with
    end-to-end accounting; during saturation the CPU of ``ingest run``'s whole
    process tree (:mod:`load.cpu`) from the first request until the accounting
    matched, per role;
@@ -68,6 +70,9 @@ EDGE_PROCESSES = "INGEST_EDGE_PROCESSES"
 # the default's rows: one edge process, then everything in one interpreter.
 VARIANTS = (("1", "one edge process"), ("0", "one interpreter"))
 SATURATION = "saturation (closed loop, 32 connections)"
+# Rows on the saturation row's `ingest run`, after it.
+AGED = "open loop at 50% of saturation, after the saturation row on its `ingest run`"
+RESENT = "50 %, 5 % of batches re-sent, 1 % invalid events, after the saturation row on its `ingest run`"
 
 
 @dataclass(frozen=True)
@@ -218,11 +223,33 @@ async def _saturate(pipeline: faults.Pipeline, target: Options, column: str, dur
     return Saturated(summary, cpu.Measured(column, int(summary["events_accepted"]), spent, window.seconds))
 
 
+def _profile_wanted(write: WritePath, peak: float, p99_ms: dict[float, float], profile_all: bool) -> set[str]:
+    """The ``ingest run`` profiles the targets decided so far call for."""
+    verdicts = targets.evaluate(
+        write,
+        saturation=peak,
+        p99_ms=p99_ms,
+        endpoints={},
+        kpis={},
+        streams={},
+        verified_runs=0,
+        clean=True,
+    )
+    return _wanted(verdicts, profile_all)
+
+
 async def _against_ingest_run(
     write: WritePath, durations: Durations, work: Path, *, profile_all: bool
 ) -> Runs:
     """The load rows against `ingest run` (edge processes by default, then
-    one), the profiles of its targets not met, and the ``--chaos`` row."""
+    one), the profiles of its targets not met, and the ``--chaos`` row.
+
+    Each open-loop latency row runs against an `ingest run` of its own,
+    warmed up at the row's rate: the memory engine keeps every batch and a
+    fetch lists them all, so a row run after others on one broker carries
+    their batches in its tail (the notes, "Latency and the run's age"). The
+    saturation row's `ingest run` then takes the half-rate row again, to show
+    that, and the row of re-sends and invalid events."""
     runs = Runs()
     d = durations
     pipeline = faults.Pipeline(work / "run", {EDGE_PROCESSES: None})
@@ -235,28 +262,14 @@ async def _against_ingest_run(
         runs.saturated.append(saturated)
         runs.rows.append(_load_line(saturated.summary, SATURATION))
         runs.peak = peak = float(saturated.summary["events_per_s"])
-        for share in SHARES:
-            summary = await execute(replace(target, duration_s=d.duration_s, rate=share * peak), out=None)
-            runs.rows.append(_load_line(summary, f"open loop at {share:.0%} of saturation"))
-            runs.p99_ms[share] = float(summary["latency_ms"]["p99"])
+        aged = await execute(replace(target, duration_s=d.duration_s, rate=0.5 * peak), out=None)
+        aged_row = _load_line(aged, AGED)
         resent = await execute(
             replace(target, duration_s=d.duration_s, rate=0.5 * peak, retry_rate=0.05, invalid_rate=0.01),
             out=None,
         )
-        runs.rows.append(_load_line(resent, "50 %, 5 % of batches re-sent, 1 % invalid events"))
-        # This run's targets are decided already: profile while it is up.
-        verdicts = targets.evaluate(
-            write,
-            saturation=peak,
-            p99_ms=runs.p99_ms,
-            endpoints={},
-            kpis={},
-            streams={},
-            verified_runs=0,
-            clean=True,
-        )
-        wanted = _wanted(verdicts, profile_all)
-        if targets.RUN_SATURATION in wanted:
+        resent_row = _load_line(resent, RESENT)
+        if targets.RUN_SATURATION in _profile_wanted(write, peak, {}, profile_all):
             runs.profiles[targets.RUN_SATURATION] = await repeats.run(
                 pipeline,
                 target,
@@ -265,18 +278,29 @@ async def _against_ingest_run(
                 title="`ingest run` at saturation",
                 load="closed loop, 32 connections",
             )
-        for share in SHARES:
-            if targets.run_open(share) in wanted:
+    finally:
+        await pipeline.stop()
+    for share in SHARES:
+        fresh = faults.Pipeline(work / f"run-{share:.0%}", {EDGE_PROCESSES: None})
+        try:
+            await fresh.start()
+            target = replace(_target(fresh), rate=share * peak)
+            await execute(replace(target, duration_s=d.warmup_s), out=None)
+            summary = await execute(replace(target, duration_s=d.duration_s), out=None)
+            runs.rows.append(_load_line(summary, f"open loop at {share:.0%} of saturation"))
+            runs.p99_ms[share] = float(summary["latency_ms"]["p99"])
+            if targets.run_open(share) in _profile_wanted(write, peak, runs.p99_ms, profile_all):
                 runs.profiles[targets.run_open(share)] = await repeats.run(
-                    pipeline,
-                    replace(target, rate=share * peak),
+                    fresh,
+                    target,
                     seconds=d.profile_s,
                     work=work,
                     title=f"`ingest run` at {share:.0%} of saturation",
                     load=f"open loop, {share * peak:,.0f} events/s",
                 )
-    finally:
-        await pipeline.stop()
+        finally:
+            await fresh.stop()
+    runs.rows += [aged_row, resent_row]
     for value, what in VARIANTS:
         other = faults.Pipeline(work / f"run-{value}", {EDGE_PROCESSES: value})
         try:
@@ -421,9 +445,14 @@ async def build(postgres_url: str | None, durations: Durations, *, profile_all: 
         "throughput and crash loss are in the notes below), `--profile mixed`",
         f"(Amplify JS, native SDKs and boto3 request shapes), batches of 100, {d.duration_s:g} s a row,",
         f"latency from each batch's due time (open loop); after a {d.warmup_s:g} s warm-up the workers",
-        "caught up with. Accounting compares `events-grouped-by-event-type` with the distinct events",
-        f"answered Accepted. `{EDGE_PROCESSES}` unset (the supervisor's default: an `ingest edge` process",
-        "per CPU beside one process per worker) for every row but those marked `=1` (one edge process)",
+        "caught up with. Each open-loop row at 25, 50 and 75 % runs against an `ingest run` of its own,",
+        "warmed up at the row's rate: the memory engine keeps every batch and each fetch lists them",
+        "all, so a row run after others on one broker carries their batches in its tail (the same",
+        "`ingest run` as the saturation row takes half of it again after it, to show that; the notes,",
+        '"Latency and the run\'s age"). Accounting compares `events-grouped-by-event-type` with the',
+        f"distinct events answered Accepted. `{EDGE_PROCESSES}` unset (the supervisor's default: an",
+        "`ingest edge` process per CPU beside one process per worker) for every row but those marked",
+        "`=1` (one edge process)",
         "and `=0` (the edge and the workers in one interpreter, as before the supervisor), each against",
         "an `ingest run` of its own; `ingest edge` processes seen in the tree: "
         + ", ".join(f"{n} {how}" for n, how in zip(edges_seen, seen_as, strict=True))
