@@ -21,6 +21,9 @@ from ingest.kafka.gapless import GaplessConsumer
 from ingest.metrics import offset_gaps
 
 TP = TopicPartition("t", 0)
+# How long a tailing consumer waits for more once the producers are done:
+# under the patience (5 s), so a gap held that long fails the test.
+IDLE_S = 3.0
 
 
 def records(*offsets: int) -> list[ConsumerRecord[Any, Any]]:
@@ -139,12 +142,20 @@ async def _produce(bootstrap: str, name: str, count: int) -> None:
 
 
 async def _tail(consumer: AIOKafkaConsumer, total: int, producing: asyncio.Future[Any]) -> list[int]:
+    """The offsets read until ``total`` came, or until nothing came for
+    ``IDLE_S`` after the producers finished: an empty fetch alone is not the
+    end (the gapless consumer answers empty while it holds a gap, and the
+    broker can show an acknowledged batch a moment later)."""
     consumer.assign([TP])
     seen: list[int] = []
+    loop = asyncio.get_running_loop()
+    last_record = loop.time()
     while len(seen) < total:
         got = await consumer.getmany(timeout_ms=200)
-        seen += [m.offset for m in got.get(TP, [])]
-        if not got and producing.done():
+        if got:
+            seen += [m.offset for m in got.get(TP, [])]
+            last_record = loop.time()
+        elif producing.done() and loop.time() - last_record > IDLE_S:
             break
     return seen
 
