@@ -26,4 +26,4 @@ export INGEST_TEST_POSTGRES_URL
 # holds for the whole suite, so a run narrowed by arguments reports it only.
 floor=()
 [ "$#" -eq 0 ] || floor=(--cov-fail-under=0)
-.venv/bin/pytest -n 4 --dist loadfile --cov --cov-report=term "${floor[@]}" "$@"
+.venv/bin/pytest -n 4 --dist loadfile --durations=30 --cov --cov-report=term "${floor[@]}" "$@"
