@@ -21,9 +21,10 @@ INGEST_TEST_POSTGRES_URL=$(scripts/postgres.sh | tail -n 1)
 export INGEST_TEST_POSTGRES_URL
 # Four workers on two cores: most of the suite waits on subprocesses (with
 # three, the suite took 482 s here; with four, 351 s). A file's tests stay on
-# one worker (loadfile), so module-scoped servers start once.
+# one worker (loadfile), so module-scoped servers start once; files go out
+# longest first (tests/conftest.py, SLOWEST_FILES).
 # Coverage covers the `ingest` subprocesses too; its floor (pyproject.toml)
 # holds for the whole suite, so a run narrowed by arguments reports it only.
 floor=()
 [ "$#" -eq 0 ] || floor=(--cov-fail-under=0)
-.venv/bin/pytest -n 4 --dist loadfile --durations=30 --cov --cov-report=term "${floor[@]}" "$@"
+.venv/bin/pytest -n 4 --dist loadfile --no-loadscope-reorder --durations=30 --cov --cov-report=term "${floor[@]}" "$@"

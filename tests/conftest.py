@@ -37,21 +37,76 @@ START_TIMEOUT_S = 30.0
 T = TypeVar("T")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # pytest-cov's marker, declared here too for a run without the plugin.
-    config.addinivalue_line("markers", "no_cover: the coverage tracer paused for this test")
+# The files that take longest, longest first (their tests' seconds summed,
+# measured with `pytest -n 4 --durations=0`): scripts/test.sh hands files to
+# its workers in collection order (--no-loadscope-reorder), so these start
+# first and the short files fill the end, rather than xdist's order (files
+# with the most tests first), which left a few long files for the last
+# minutes with two of four workers idle.
+SLOWEST_FILES = (
+    "test_fault_matrix.py",
+    "test_deploy.py",
+    "test_stream_worker.py",
+    "test_worker_faults.py",
+    "test_app_lifecycle.py",
+    "test_kpi_store.py",
+    "test_kpi_worker.py",
+    "test_store.py",
+    "test_load.py",
+    "test_console_browser.py",
+    "test_embedded_durability.py",
+    "test_faults.py",
+    "test_codec.py",
+    "test_supervisor.py",
+    "test_segment_eval.py",
+    "test_stream_record.py",
+    "test_jobs.py",
+    "test_projection.py",
+    "test_fuzz.py",
+    "test_endpoints_api.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Property tests (Hypothesis) run with the coverage tracer paused in
-    this process: under it they took 2.2 times the CPU (tests/test_stream_record.py:
-    21.9 → 45.1 CPU-s beside one load test), the largest part of what coverage
-    added to a CI run on two cores. Their lines are the ones the example tests
-    and the `ingest` subprocesses run (still measured, and the floor in
-    pyproject.toml holds over them); the properties keep every example."""
-    for item in items:
-        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
-            item.add_marker(pytest.mark.no_cover)
+    rank = {name: index for index, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+# A property test's first examples run under the coverage tracer, the rest
+# with it paused (pytest-cov's own pause, what its no_cover marker does):
+# under the tracer the in-process Hypothesis tests took 2.2 times the CPU
+# (tests/test_stream_record.py: 21.9 → 45.1 CPU-s beside one load test), the
+# largest part of what coverage added to a CI run on two cores, while the
+# lines they reach are reached by their first examples (the explicit ones
+# come first). The `ingest` subprocesses they start stay measured throughout.
+TRACED_EXAMPLES = 10
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    handle = getattr(getattr(item, "obj", None), "hypothesis", None)
+    plugin = item.config.pluginmanager.getplugin("_cov")
+    controller = getattr(plugin, "cov_controller", None)
+    if handle is None or controller is None or not getattr(controller, "started", False):
+        yield
+        return
+    inner = handle.inner_test
+    calls = 0
+
+    def traced_first(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == TRACED_EXAMPLES + 1:
+            controller.pause()
+        return inner(*args, **kwargs)
+
+    handle.inner_test = traced_first
+    try:
+        yield
+    finally:
+        handle.inner_test = inner
+        if calls > TRACED_EXAMPLES:
+            controller.resume()
 
 
 @dataclass

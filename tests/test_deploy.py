@@ -35,6 +35,7 @@ from ingest.kafka import clients
 from ingest.kafka.broker import free_port
 from ingest.metrics import ConsumerMetrics, KpiWorkerMetrics, Metrics, WorkerMetrics
 from ingest.settings import Settings
+from tests.aws import untraced_env
 from tests.conftest import ROOT, clean_env
 
 DEPLOY = ROOT / "deploy"
@@ -865,6 +866,7 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_runs(tmp_path: Path) -> None
         ],
         check=True,
         capture_output=True,
+        env=untraced_env(),
     )
     (wheel,) = dist.glob("ingest-*-py3-none-any.whl")
     venv = tmp_path / "venv"
@@ -879,9 +881,10 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_runs(tmp_path: Path) -> None
         [*install, "--require-hashes", "--only-binary", ":all:", "-r", str(runtime_lock)],
         check=True,
         capture_output=True,
+        env=untraced_env(),
     )
-    subprocess.run([*install, str(wheel)], check=True, capture_output=True)
-    check = subprocess.run([*pip, "check"], capture_output=True, text=True, check=False)
+    subprocess.run([*install, str(wheel)], check=True, capture_output=True, env=untraced_env())
+    check = subprocess.run([*pip, "check"], capture_output=True, text=True, check=False, env=untraced_env())
     assert check.returncode == 0, check.stdout + check.stderr
     outside = clean_env(PYTHONPATH="")
     helped = subprocess.run(

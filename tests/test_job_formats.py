@@ -54,6 +54,12 @@ def test_lines_do_not_depend_on_chunking_or_gzip(
         assert lines_of(cut(body, points)) == expected
 
 
+def test_an_object_shorter_than_the_gzip_magic_is_its_one_line() -> None:
+    # Held while it cannot tell gzip from text, then read as text at the end.
+    assert lines_of([b"a"]) == [Line(1, b"a")]
+    assert lines_of([b"\x1f", b""]) == [Line(1, b"\x1f")]
+
+
 def test_concatenated_gzip_members_read_as_one_object() -> None:
     body = gzip.compress(b"a\nb\n") + gzip.compress(b"c\n")
     assert [line.data for line in lines_of(cut(body, [3, 25, 26]))] == [b"a", b"b", b"c"]
