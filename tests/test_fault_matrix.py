@@ -56,6 +56,10 @@ from tests.samples import metric
 from tests.test_store_conditions import can_mount
 from tests.test_worker_faults import start_role
 
+# Long runs whose lines the rest of the suite reaches (tests/conftest.py).
+pytestmark = pytest.mark.untraced
+
+
 # --- the stream ---------------------------------------------------------------
 
 WRITERS = 4

@@ -42,6 +42,9 @@ from tests.conftest import ROOT, clean_env, start_pipeline
 
 NOW_MS = int(time.time() * 1000)
 
+# Long runs whose lines the rest of the suite reaches (tests/conftest.py).
+pytestmark = pytest.mark.untraced
+
 
 # --- pure pieces ---------------------------------------------------------------
 

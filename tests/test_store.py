@@ -620,30 +620,22 @@ async def test_store_equals_the_fold_under_batching_and_replay(backend: str, dat
         assert await snapshot(whole) == expected
 
 
-def test_the_pure_fold_equals_the_oracle_under_batching_and_replay() -> None:
+@settings(max_examples=400, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])
+@given(data=st.data())
+def test_the_pure_fold_equals_the_oracle_under_batching_and_replay(data: st.DataObject) -> None:
     """The same property without a database, many more examples: ``fold``
     per batch, given each crowded user's endpoints as the stores find them."""
-
-    @settings(
-        max_examples=400, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]
-    )
-    @given(data=st.data())
-    def check(data: st.DataObject) -> None:
-        records = data.draw(streams(), label="stream")
-        stream = offsets(records, start=100)
-        crash_at = data.draw(st.integers(0, len(stream)), label="crash at")
-        delivered = stream[:crash_at] + stream[data.draw(st.integers(0, crash_at), label="restart from") :]
-        states: States = {}
-        for a, b in data.draw(cuts(len(delivered)), label="cuts"):
-            batch = delivered[a:b]
-            joining = endpoints.joining(states, batch)
-            crowded = {
-                user: [s for s in states.values() if endpoints.member_of(s) == user] for user in joining
-            }
-            states.update(endpoints.fold(states, batch, BatchOutcome(), crowded))
-        assert oracle_snapshot(states) == oracle_snapshot(oracle(stream))
-
-    check()
+    records = data.draw(streams(), label="stream")
+    stream = offsets(records, start=100)
+    crash_at = data.draw(st.integers(0, len(stream)), label="crash at")
+    delivered = stream[:crash_at] + stream[data.draw(st.integers(0, crash_at), label="restart from") :]
+    states: States = {}
+    for a, b in data.draw(cuts(len(delivered)), label="cuts"):
+        batch = delivered[a:b]
+        joining = endpoints.joining(states, batch)
+        crowded = {user: [s for s in states.values() if endpoints.member_of(s) == user] for user in joining}
+        states.update(endpoints.fold(states, batch, BatchOutcome(), crowded))
+    assert oracle_snapshot(states) == oracle_snapshot(oracle(stream))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

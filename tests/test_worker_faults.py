@@ -47,6 +47,9 @@ LAG_RECORDS = 30
 LAG_BATCH = 10
 T0_MS = 1_700_000_000_000
 
+# Long runs whose lines the rest of the suite reaches (tests/conftest.py).
+pytestmark = pytest.mark.untraced
+
 
 # --- the topology ----------------------------------------------------------
 
