@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
+import coverage
 import hypothesis
 import orjson
 import pytest
@@ -82,6 +83,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 TRACED_EXAMPLES = 10
 
 
+def pause_coverage(controller: Any) -> Callable[[], None]:
+    """Pause pytest-cov's tracer and every Coverage started beneath it; →
+    what resumes them. An xdist worker is itself a subprocess, so coverage's
+    .pth has started its own Coverage there (patch = subprocess), and pausing
+    only pytest-cov's hands tracing back to the one beneath."""
+    controller.pause()
+    paused: list[coverage.Coverage] = []
+    while (current := coverage.Coverage.current()) is not None and len(paused) < 8:
+        current.stop()
+        paused.append(current)
+
+    def resume() -> None:
+        for beneath in reversed(paused):
+            beneath.start()
+        controller.resume()
+
+    return resume
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     handle = getattr(getattr(item, "obj", None), "hypothesis", None)
@@ -92,12 +112,13 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         return
     inner = handle.inner_test
     calls = 0
+    resume: Callable[[], None] | None = None
 
     def traced_first(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
+        nonlocal calls, resume
         calls += 1
         if calls == TRACED_EXAMPLES + 1:
-            controller.pause()
+            resume = pause_coverage(controller)
         return inner(*args, **kwargs)
 
     handle.inner_test = traced_first
@@ -105,8 +126,8 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         yield
     finally:
         handle.inner_test = inner
-        if calls > TRACED_EXAMPLES:
-            controller.resume()
+        if resume is not None:
+            resume()
 
 
 # A module marked `untraced` runs without the coverage tracer, in the test
@@ -124,11 +145,11 @@ def _untraced_module(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     config = os.environ.pop("COVERAGE_PROCESS_CONFIG", None)
-    controller.pause()
+    resume = pause_coverage(controller)
     try:
         yield
     finally:
-        controller.resume()
+        resume()
         if config is not None:
             os.environ["COVERAGE_PROCESS_CONFIG"] = config
 
