@@ -25,6 +25,10 @@ export INGEST_TEST_POSTGRES_URL
 # longest first (tests/conftest.py, SLOWEST_FILES).
 # Coverage covers the `ingest` subprocesses too; its floor (pyproject.toml)
 # holds for the whole suite, so a run narrowed by arguments reports it only.
+# With coverage the suite is CPU-bound on two cores (about 760 CPU-s, a third
+# of it the tracer): the whole of .ci/run took 8m20s here (pytest 404 s) on
+# 2026-12-03, once the tracer sampled property tests and skipped the long
+# load files (tests/conftest.py).
 floor=()
 [ "$#" -eq 0 ] || floor=(--cov-fail-under=0)
 .venv/bin/pytest -n 4 --dist loadfile --no-loadscope-reorder --durations=30 --cov --cov-report=term "${floor[@]}" "$@"
