@@ -131,11 +131,13 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 
 
 # A module marked `untraced` runs without the coverage tracer, in the test
-# process and in the subprocesses it starts (the session's shared servers,
-# started earlier, stay measured). For the long load and fault runs whose
-# lines the rest of the suite reaches: measured per file, the three marked
-# reach 19 lines no other file does (of about 12,000) and cost 34 CPU-s more
-# under the tracer (118 → 84 CPU-s), a sixth of a CI run's coverage cost.
+# process and in the subprocesses it starts: the long load and fault runs
+# whose lines the rest of the suite reaches. Measured per file, the three
+# marked reach 19 lines no other file does (of about 12,000) and cost 34 CPU-s
+# more under the tracer (118 against 84), about a tenth of what coverage adds
+# to the suite. A session-scoped server first started inside such a module
+# would stay untraced for the rest of the session, so the marked modules use
+# none (`pipeline`, `moto_server`, ...).
 @pytest.fixture(scope="module", autouse=True)
 def _untraced_module(request: pytest.FixtureRequest) -> Iterator[None]:
     plugin = request.config.pluginmanager.getplugin("_cov")
