@@ -74,7 +74,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # A property test's first examples run under the coverage tracer, the rest
-# with it paused (pytest-cov's own pause, what its no_cover marker does):
+# with it paused (pause_coverage below):
 # under the tracer the in-process Hypothesis tests took 2.2 times the CPU
 # (tests/test_stream_record.py: 21.9 → 45.1 CPU-s beside one load test), the
 # largest part of what coverage added to a CI run on two cores, while the
