@@ -19,8 +19,9 @@ echo "test: chromium ready ($(/usr/bin/chromium --version 2>/dev/null | head -n 
 # starting it here once keeps the xdist workers from queueing on it.
 INGEST_TEST_POSTGRES_URL=$(scripts/postgres.sh | tail -n 1)
 export INGEST_TEST_POSTGRES_URL
-# Four workers on two cores: most of the suite waits on subprocesses (with
-# three, the suite took 482 s here; with four, 351 s). A file's tests stay on
+# Four workers on two cores: without coverage most of the suite waits on
+# subprocesses (with three, the suite took 482 s here; with four, 351 s).
+# A file's tests stay on
 # one worker (loadfile), so module-scoped servers start once; files go out
 # longest first (tests/conftest.py, SLOWEST_FILES).
 # Coverage covers the `ingest` subprocesses too; its floor (pyproject.toml)

@@ -97,12 +97,16 @@ def loopback_env(directory: Path, key_id: str) -> dict[str, str]:
     }
 
 
+# What makes a Python child start under the coverage tracer (coverage's .pth,
+# patch = subprocess in pyproject.toml).
+TRACED_CHILD_ENV = "COVERAGE_PROCESS_CONFIG"
+
+
 def untraced_env() -> dict[str, str]:
-    """This process's environment without what makes a Python child run
-    under the coverage tracer (pytest-cov's patch = subprocess): for the
+    """This process's environment without TRACED_CHILD_ENV: for the
     processes that are not the code under test (moto, pip), which ran twice
-    as slow under it for nothing measured."""
-    return {k: v for k, v in os.environ.items() if k != "COVERAGE_PROCESS_CONFIG"}
+    as slow under the tracer for nothing measured."""
+    return {k: v for k, v in os.environ.items() if k != TRACED_CHILD_ENV}
 
 
 class Server:

@@ -83,6 +83,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 TRACED_EXAMPLES = 10
 
 
+def active_coverage(config: pytest.Config) -> Any | None:
+    """pytest-cov's controller when it is tracing this process, else None
+    (a run without --cov, or already paused)."""
+    controller = getattr(config.pluginmanager.getplugin("_cov"), "cov_controller", None)
+    return controller if getattr(controller, "started", False) else None
+
+
 def pause_coverage(controller: Any) -> Callable[[], None]:
     """Pause pytest-cov's tracer and every Coverage started beneath it; →
     what resumes them. An xdist worker is itself a subprocess, so coverage's
@@ -105,9 +112,8 @@ def pause_coverage(controller: Any) -> Callable[[], None]:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     handle = getattr(getattr(item, "obj", None), "hypothesis", None)
-    plugin = item.config.pluginmanager.getplugin("_cov")
-    controller = getattr(plugin, "cov_controller", None)
-    if handle is None or controller is None or not getattr(controller, "started", False):
+    controller = active_coverage(item.config)
+    if handle is None or controller is None:
         yield
         return
     inner = handle.inner_test
@@ -140,20 +146,18 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 # none (`pipeline`, `moto_server`, ...).
 @pytest.fixture(scope="module", autouse=True)
 def _untraced_module(request: pytest.FixtureRequest) -> Iterator[None]:
-    plugin = request.config.pluginmanager.getplugin("_cov")
-    controller = getattr(plugin, "cov_controller", None)
-    marked = request.node.get_closest_marker("untraced") is not None
-    if not marked or controller is None or not getattr(controller, "started", False):
+    controller = active_coverage(request.config)
+    if request.node.get_closest_marker("untraced") is None or controller is None:
         yield
         return
-    config = os.environ.pop("COVERAGE_PROCESS_CONFIG", None)
+    config = os.environ.pop(aws.TRACED_CHILD_ENV, None)
     resume = pause_coverage(controller)
     try:
         yield
     finally:
         resume()
         if config is not None:
-            os.environ["COVERAGE_PROCESS_CONFIG"] = config
+            os.environ[aws.TRACED_CHILD_ENV] = config
 
 
 @dataclass

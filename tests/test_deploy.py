@@ -851,6 +851,8 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_runs(tmp_path: Path) -> None
     into an empty virtualenv, run `ingest --help` and every subcommand's
     `--help`, load the schemas."""
     dist = tmp_path / "dist"
+    # pip is not the code under test: no coverage tracer in it.
+    untraced = untraced_env()
     subprocess.run(
         [
             sys.executable,
@@ -866,7 +868,7 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_runs(tmp_path: Path) -> None
         ],
         check=True,
         capture_output=True,
-        env=untraced_env(),
+        env=untraced,
     )
     (wheel,) = dist.glob("ingest-*-py3-none-any.whl")
     venv = tmp_path / "venv"
@@ -881,10 +883,10 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_runs(tmp_path: Path) -> None
         [*install, "--require-hashes", "--only-binary", ":all:", "-r", str(runtime_lock)],
         check=True,
         capture_output=True,
-        env=untraced_env(),
+        env=untraced,
     )
-    subprocess.run([*install, str(wheel)], check=True, capture_output=True, env=untraced_env())
-    check = subprocess.run([*pip, "check"], capture_output=True, text=True, check=False, env=untraced_env())
+    subprocess.run([*install, str(wheel)], check=True, capture_output=True, env=untraced)
+    check = subprocess.run([*pip, "check"], capture_output=True, text=True, check=False, env=untraced)
     assert check.returncode == 0, check.stdout + check.stderr
     outside = clean_env(PYTHONPATH="")
     helped = subprocess.run(
