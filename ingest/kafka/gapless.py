@@ -18,16 +18,19 @@ gap is filled. A gap still open after ``patience_s`` is a real one (a topic
 someone compacted, transactional markers, records removed by retention
 under a consumer that fell behind): it is logged and passed.
 
-Where it starts: after the group assigns partitions, the first records of
-each are taken as they come (the position was reset to the committed offset,
-which this consumer does not know without asking the coordinator); from then
-on every offset is checked. A gap at the very first fetch after an
-assignment is therefore not seen; the race above is at the tail of the log,
-which a worker reaches only after its first fetch.
+Where it starts: before the first fetch of a partition it was just given
+(by the group, or by ``assign``), it asks for the partition's position: the
+committed offset, or where the reset policy puts a group with none. So the
+first fetch is checked like any other. That matters where the race is: a
+worker that stops at the tail of the log (caught up, then restarted, or a
+first start while the edges are already producing) resumes at the tail. A
+position not known within the poll's timeout (the coordinator still
+answering) makes that poll return nothing; the next one asks again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from time import monotonic
@@ -83,13 +86,29 @@ class GaplessConsumer(AIOKafkaConsumer):  # type: ignore[misc]
 
     def forget(self) -> None:
         """The group moved partitions: their positions are the committed
-        offsets now, unknown here."""
+        offsets now, learnt again before their first fetch."""
         self._next.clear()
         self._held.clear()
+
+    async def _learn_positions(self, timeout_s: float) -> bool:
+        """Where each partition given since the last fetch starts (see the
+        module); False if one is not known within ``timeout_s``."""
+        new = [tp for tp in self.assignment() if tp not in self._next]
+        if not new:
+            return True
+        try:
+            async with asyncio.timeout(timeout_s):
+                for tp in new:
+                    self._next[tp] = await self.position(tp)
+        except TimeoutError:
+            return False
+        return True
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> Batch:
+        if not await self._learn_positions(timeout_ms / 1000):
+            return {}
         batch: Batch = await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
         for tp in list(batch):
             records = batch[tp]
