@@ -54,6 +54,7 @@ SLOWEST_FILES = (
     "test_kpi_worker.py",
     "test_store.py",
     "test_load.py",
+    "test_gapless.py",
     "test_console_browser.py",
     "test_embedded_durability.py",
     "test_faults.py",
