@@ -79,14 +79,18 @@ class GaplessConsumer(AIOKafkaConsumer):  # type: ignore[misc]
     ) -> None:
         super().subscribe(topics, pattern, listener=_ForgetOnAssign(self, listener))
 
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        super().assign(partitions)
+        self.forget()
+
     def seek(self, partition: TopicPartition, offset: int) -> None:
         super().seek(partition, offset)
         self._next[partition] = offset
         self._held.pop(partition, None)
 
     def forget(self) -> None:
-        """The group moved partitions: their positions are the committed
-        offsets now, learnt again before their first fetch."""
+        """The partitions were given again (by the group or ``assign``): their
+        positions are the committed offsets now, learnt before their next fetch."""
         self._next.clear()
         self._held.clear()
 
