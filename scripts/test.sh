@@ -21,15 +21,14 @@ INGEST_TEST_POSTGRES_URL=$(scripts/postgres.sh | tail -n 1)
 export INGEST_TEST_POSTGRES_URL
 # Four workers on two cores: without coverage most of the suite waits on
 # subprocesses (with three, the suite took 482 s here; with four, 351 s).
-# A file's tests stay on
-# one worker (loadfile), so module-scoped servers start once; files go out
-# longest first (tests/conftest.py, SLOWEST_FILES).
+# A file's tests stay on one worker (loadfile), so module-scoped servers
+# start once; files go out longest first (tests/conftest.py, SLOWEST_FILES).
 # Coverage covers the `ingest` subprocesses too; its floor (pyproject.toml)
 # holds for the whole suite, so a run narrowed by arguments reports it only.
 # With coverage the suite is CPU-bound on two cores (about 760 CPU-s, a third
-# of it the tracer): the whole of .ci/run took 8m20s here (pytest 404 s) on
-# 2026-12-03, once the tracer sampled property tests and skipped the long
-# load files (tests/conftest.py).
+# of it the tracer): the whole of .ci/run took 7m53s to 8m55s here (pytest
+# 381-427 s) on 2026-12-03, once the tracer sampled property tests and
+# skipped the long load files (tests/conftest.py).
 floor=()
 [ "$#" -eq 0 ] || floor=(--cov-fail-under=0)
 .venv/bin/pytest -n 4 --dist loadfile --no-loadscope-reorder --durations=30 --cov --cov-report=term "${floor[@]}" "$@"

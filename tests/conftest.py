@@ -98,6 +98,7 @@ def pause_coverage(controller: Any) -> Callable[[], None]:
     only pytest-cov's hands tracing back to the one beneath."""
     controller.pause()
     paused: list[coverage.Coverage] = []
+    # Bounded: a Coverage whose stop() left it on the stack must not loop here.
     while (current := coverage.Coverage.current()) is not None and len(paused) < 8:
         current.stop()
         paused.append(current)
