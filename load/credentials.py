@@ -42,9 +42,16 @@ INGEST_PROFILE = "ingest"  # the profile `ingest run` writes to {data_dir}/crede
 # Refresh temporary credentials this long before they expire (botocore's
 # mandatory refresh is 10 minutes before), or halfway through a shorter life.
 REFRESH_BEFORE_S = 600.0
-# A new identity pool reaches the edge within INGEST_AUTH_REFRESH_S (2 s).
+# A new identity pool reaches each edge process within INGEST_AUTH_REFRESH_S
+# (2 s), each on its own clock: `ingest run` has one per CPU on one port,
+# and the kernel spreads new connections among them (SO_REUSEPORT). So a
+# pool counts as visible once GetId succeeds on this many new connections in
+# a row: with two edges, one still without it, all of them reach the other
+# with chance 1 in 4,096. (One answer on one connection proved it for one
+# edge only, and a run's first requests met the other's 403.)
 POOL_VISIBLE_WITHIN_S = 30.0
 POOL_POLL_S = 0.5
+POOL_CONFIRMATIONS = 12
 CLI_TIMEOUT_S = 60.0
 # The AWS variables a child would otherwise prefer over the file it is given.
 AWS_KEY_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -136,20 +143,29 @@ class CognitoRefused(CredentialsError):
         self.error_type = error_type
 
 
-async def identity(session: aiohttp.ClientSession, base: str, pool_id: str) -> str:
-    """``GetId`` for an unauthenticated identity of ``pool_id``; waits (within
-    POOL_VISIBLE_WITHIN_S) for a pool the edge has not loaded yet, and out
-    the per-address rate limit."""
+async def identity(base: str, pool_id: str) -> str:
+    """``GetId`` for an unauthenticated identity of ``pool_id``, once every
+    edge process knows the pool (POOL_CONFIRMATIONS answers in a row, each on
+    a new connection); waits (within POOL_VISIBLE_WITHIN_S) for a pool an
+    edge has not loaded yet, and out the per-address rate limit."""
     deadline = time.monotonic() + POOL_VISIBLE_WITHIN_S
-    while True:
-        try:
-            raw = await _cognito(session, base, "GetId", {"IdentityPoolId": pool_id})
-            return str(orjson.loads(raw)["IdentityId"])
-        except CognitoRefused as exc:
-            waiting = ("ResourceNotFoundException", "TooManyRequestsException")
-            if exc.error_type not in waiting or time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(POOL_POLL_S)  # until the edge's key ring has the new pool
+    identity_id = ""
+    confirmed = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        while confirmed < POOL_CONFIRMATIONS:
+            try:
+                raw = await _cognito(fresh, base, "GetId", {"IdentityPoolId": pool_id})
+            except CognitoRefused as exc:
+                waiting = ("ResourceNotFoundException", "TooManyRequestsException")
+                if exc.error_type not in waiting or time.monotonic() > deadline:
+                    raise
+                if exc.error_type == "ResourceNotFoundException":
+                    confirmed = 0  # an edge without the pool yet
+                await asyncio.sleep(POOL_POLL_S)
+                continue
+            identity_id = str(orjson.loads(raw)["IdentityId"])
+            confirmed += 1
+    return identity_id
 
 
 async def temporary(session: aiohttp.ClientSession, base: str, identity_id: str) -> Key:

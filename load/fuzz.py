@@ -276,7 +276,7 @@ async def _setup(session: aiohttp.ClientSession, options: FuzzOptions, key: Key,
     identity_id = temporary = None
     if options.identity_pool_id:
         base = _base(options.url)
-        identity_id = await credentials.identity(session, base, options.identity_pool_id)
+        identity_id = await credentials.identity(base, options.identity_pool_id)
         temporary = await credentials.temporary(session, base, identity_id)
     return {"app_id": app_id, "victims": tuple(victims), "identity_id": identity_id, "temporary": temporary}
 

@@ -235,7 +235,7 @@ async def _devices(
         else:
             env = dict(os.environ)
         pool_id = await asyncio.to_thread(credentials.create_identity_pool, app_id, env=env)
-    identity_id = await credentials.identity(session, url, pool_id)
+    identity_id = await credentials.identity(url, pool_id)
     return await credentials.temporary(session, url, identity_id), identity_id
 
 

@@ -420,6 +420,44 @@ async def test_devices_sign_with_fresh_credentials_before_theirs_expire() -> Non
     assert len(cognito.signed_by) >= 2 and set(cognito.signed_by) <= set(cognito.issued)
 
 
+async def test_a_new_pool_is_taken_as_visible_only_once_every_edge_answers_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two edges on one port, one of them not yet reloaded: GetId succeeds on
+    some connections and not others. The harness takes the pool as known
+    only after POOL_CONFIRMATIONS answers in a row, each on a new connection;
+    a refusal by rate limit says nothing of the pool and does not start over."""
+    monkeypatch.setattr(credentials, "POOL_POLL_S", 0.01)
+    answers = ["ok", "missing", "ok", "ok", "missing", "throttled"]
+    peers: list[tuple[str, int]] = []
+
+    async def root(request: web.Request) -> web.Response:
+        assert request.headers["X-Amz-Target"].endswith(".GetId")
+        peers.append(request.transport.get_extra_info("peername") if request.transport else ("", 0))
+        answer = answers.pop(0) if answers else "ok"
+        if answer == "ok":
+            body = orjson.dumps({"IdentityId": f"us-east-1:{len(peers):08d}-0000-0000-0000-000000000000"})
+            return web.Response(body=body, content_type="application/x-amz-json-1.1")
+        kind = "ResourceNotFoundException" if answer == "missing" else "TooManyRequestsException"
+        return web.Response(status=400, body=b"{}", headers={"x-amzn-ErrorType": kind})
+
+    app = web.Application()
+    app.router.add_post("/", root)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        identity_id = await credentials.identity(f"http://127.0.0.1:{port}", "us-east-1:pool")
+    finally:
+        await runner.cleanup()
+    # Five answers up to the last refusal of the pool, the throttled one,
+    # then the confirmations; each on a connection of its own.
+    assert len(peers) == 6 + credentials.POOL_CONFIRMATIONS
+    assert len(set(peers)) == len(peers)
+    assert identity_id == f"us-east-1:{len(peers):08d}-0000-0000-0000-000000000000"
+
+
 # --- the command against the real thing ---------------------------------------
 
 
