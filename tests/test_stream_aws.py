@@ -8,6 +8,8 @@ other service at a closed loopback port (tests/aws.py: offline_env)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -77,6 +79,32 @@ def faulty(
     with FaultyKinesis(kinesalite.url) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL_KINESIS", proxy.url)
         yield proxy
+
+
+def test_botocore_is_imported_with_the_first_client_not_with_the_worker() -> None:
+    """A streams or jobs worker with no AWS destination never loads
+    botocore's session and config (0.09 CPU-s and 7 MB a start);
+    the first client made loads them. In a fresh interpreter: this one has
+    botocore loaded already."""
+    script = (
+        "import asyncio, sys\n"
+        "import ingest.process, ingest.streams.worker, ingest.jobs.worker\n"
+        "from ingest.streams.aws import AwsDelivery\n"
+        "HEAVY = ('botocore.session', 'botocore.config', 'botocore.client')\n"
+        "async def main():\n"
+        "    async with AwsDelivery(assume_role=False) as delivery:\n"
+        "        print(sorted(m for m in HEAVY if m in sys.modules))\n"
+        "        delivery._new_client('kinesis', 'us-east-1', None).close()\n"
+        "        print(sorted(m for m in HEAVY if m in sys.modules))\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.splitlines() == [
+        "[]",
+        str(sorted(["botocore.client", "botocore.config", "botocore.session"])),
+    ]
 
 
 async def test_put_records_round_trip(
