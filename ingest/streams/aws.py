@@ -394,17 +394,18 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _botocore() -> tuple[Any, Any]:
-    """botocore's session module and its Config class, imported when the
-    first client is made, not when a streams or jobs worker starts: on top of
-    the worker's own imports they cost 0.09 CPU-s and 7 MB of RSS a start
-    (0.20 → 0.29 CPU-s, median of 12; 47.0 → 53.7 MB), which a worker with no
-    AWS destination never needs. ``botocore.exceptions``, imported at the
-    top for the error mapping, is light."""
+def _botocore(options: dict[str, Any]) -> tuple[Any, Any]:
+    """A botocore session and a Config of ``options``, made with the first
+    client, not when a streams or jobs worker starts: on top of the worker's
+    own imports, botocore's session and config modules cost 0.09 CPU-s and
+    7 MB of RSS a start (0.20 → 0.29 CPU-s, median of 12; 47.0 → 53.7 MB),
+    which a worker with no AWS destination never needs.
+    ``botocore.exceptions``, imported at the top for the error mapping, is
+    light."""
     import botocore.session
     from botocore.config import Config
 
-    return botocore.session, Config
+    return botocore.session.Session(), Config(**options)
 
 
 class AwsDelivery:
@@ -449,11 +450,10 @@ class AwsDelivery:
             "retries": {"total_max_attempts": 1, "mode": "standard"},
             "max_pool_connections": max_threads,
         }
-        # botocore's session and its Config, made with the first client
+        # botocore's (session, config), made with the first client
         # (:func:`_botocore`). botocore sessions are not thread-safe (clients
         # are, for calls): clients are made one at a time, in a pool thread.
-        self._session: Any = None
-        self._config: Any = None
+        self._botocore: tuple[Any, Any] | None = None
         self._session_lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_threads, thread_name_prefix="ingest-aws")
         self._slots = asyncio.Semaphore(max_threads)
@@ -638,11 +638,10 @@ class AwsDelivery:
                 "aws_session_token": credentials.session_token,
             }
         with self._session_lock:
-            if self._session is None:
-                session, config = _botocore()
-                self._config = config(**self._config_options)
-                self._session = session.Session()
-            return self._session.create_client(service, region_name=region, config=self._config, **keys)
+            if self._botocore is None:
+                self._botocore = _botocore(self._config_options)
+            session, config = self._botocore
+            return session.create_client(service, region_name=region, config=config, **keys)
 
     async def _role_credentials(self, identity: tuple[str, str | None], region: str) -> _RoleCredentials:
         """The role's credentials, assumed again when they are within
