@@ -428,7 +428,7 @@ async def test_a_new_pool_is_taken_as_visible_only_once_every_edge_answers_for_i
     only after POOL_CONFIRMATIONS answers in a row, each on a new connection;
     a refusal by rate limit says nothing of the pool and does not start over."""
     monkeypatch.setattr(credentials, "POOL_POLL_S", 0.01)
-    answers = ["ok", "missing", "ok", "ok", "missing", "throttled"]
+    answers = ["ok", "missing", "ok", "ok", "missing", "ok", "throttled"]
     peers: list[tuple[str, int]] = []
 
     async def root(request: web.Request) -> web.Response:
@@ -451,8 +451,9 @@ async def test_a_new_pool_is_taken_as_visible_only_once_every_edge_answers_for_i
         identity_id = await credentials.identity(f"http://127.0.0.1:{port}", "us-east-1:pool")
     finally:
         await runner.cleanup()
-    # Five answers up to the last refusal of the pool, the throttled one,
-    # then the confirmations; each on a connection of its own.
+    # Five answers up to the last refusal of the pool; then a confirmation,
+    # the throttled answer (which keeps it: 19 requests if it started over),
+    # and the other confirmations; each on a connection of its own.
     assert len(peers) == 6 + credentials.POOL_CONFIRMATIONS
     assert len(set(peers)) == len(peers)
     assert identity_id == f"us-east-1:{len(peers):08d}-0000-0000-0000-000000000000"
